@@ -1,0 +1,3 @@
+from dpo_recipe.cli import main
+
+main()

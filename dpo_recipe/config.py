@@ -1,0 +1,341 @@
+"""Recipes: YAML files loaded into typed dataclasses.
+
+The dataclasses below are the single place where every recipe key is documented (the
+``help`` metadata); ``dpo-recipe recipes keys`` prints them. Validation happens here, before
+any data or model is touched, so that a typo costs a second, not a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpo_recipe.errors import RecipeError
+from dpo_recipe.resources import packaged_dir
+
+
+def _key(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = _key("", "Hub id (e.g. microsoft/DialoGPT-small) or local model directory.")
+    gguf_file: str | None = _key(
+        None,
+        "GGUF file to load weights from: a path, or 'package:MODULE/FILE' for a file shipped in "
+        "an installed Python package. Converted once to safetensors and cached.",
+    )
+    revision: str = _key("main", "Hub revision (branch, tag or commit) of the model.")
+    dtype: str = _key(
+        "float32",
+        "Weights dtype: float32, bfloat16 or float16.",
+        choices=("float32", "bfloat16", "float16"),
+    )
+    trust_remote_code: bool = _key(False, "Run model code from the Hub repo. Off unless set here.")
+    load_in_4bit: bool = _key(False, "QLoRA: load the base in 4-bit with bitsandbytes (CUDA only).")
+
+
+@dataclass
+class LoraSection:
+    r: int = _key(16, "LoRA rank.", min=1)
+    alpha: int = _key(32, "LoRA scaling numerator (scale = alpha / r).", min=1)
+    dropout: float = _key(0.05, "Dropout on the LoRA input (active only if training.disable_dropout is false).", min=0.0, max=1.0)
+    target_modules: list[str] | str = _key(
+        ["q_proj", "v_proj"], "Module names to adapt, or 'all-linear'."
+    )
+
+
+@dataclass
+class DataSection:
+    source: str = _key(
+        "builtin:ja-preferences",
+        "Where pairs come from: 'builtin:ja-preferences' (generated in memory), a JSONL / CSV / "
+        "Parquet file, a saved dataset directory, or a Hub dataset id.",
+    )
+    num_pairs: int = _key(1000, "Pairs to generate for the builtin source.", min=10)
+    seed: int = _key(0, "Generator seed for the builtin source.")
+    train_split: str = _key("train", "Split to train on.")
+    test_split: str = _key("test", "Held-out split to evaluate on (created with test_size if absent).")
+    test_size: float = _key(0.1, "Share held out when the source has no test split.", min=0.0, max=0.9)
+    max_train_pairs: int | None = _key(None, "Train on the first N pairs only (CPU-sized slices).", min=1)
+    max_eval_pairs: int | None = _key(None, "Evaluate on the first N held-out pairs only.", min=1)
+    prompt_column: str = _key("prompt", "Column holding the prompt (renamed to 'prompt').")
+    chosen_column: str = _key("chosen", "Column holding the preferred answer.")
+    rejected_column: str = _key("rejected", "Column holding the dispreferred answer.")
+    revision: str | None = _key(None, "Hub revision of a Hub dataset.")
+
+
+@dataclass
+class TrainingSection:
+    output_dir: str = _key("outputs/run", "Where the adapter, metrics, plots and card are written.")
+    num_epochs: float = _key(1.0, "Passes over the training pairs.", min_exclusive=0.0)
+    per_device_batch_size: int = _key(1, "Pairs per device per forward pass.", min=1)
+    gradient_accumulation_steps: int = _key(4, "Forward passes per optimizer step.", min=1)
+    learning_rate: float = _key(5e-6, "Peak learning rate.", min_exclusive=0.0)
+    lr_scheduler: str = _key("linear", "Learning-rate schedule (transformers name).")
+    warmup_steps: int = _key(0, "Linear warm-up steps.", min=0)
+    max_grad_norm: float = _key(1.0, "Gradient clipping norm.", min_exclusive=0.0)
+    beta: float = _key(0.1, "DPO temperature: how far the policy may move from the reference.", min_exclusive=0.0)
+    loss_type: str = _key("sigmoid", "DPO loss variant (TRL loss_type).")
+    max_length: int = _key(128, "Tokens of prompt + completion; the end is truncated.", min=16)
+    precision: str = _key(
+        "auto",
+        "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    activation_checkpointing: bool = _key(False, "Recompute activations to save memory (slower).")
+    disable_dropout: bool = _key(True, "Zero every dropout, LoRA's included (TRL default).")
+    seed: int = _key(42, "Seed for initialisation and data order.")
+    logging_steps: int = _key(5, "Optimizer steps between log lines.", min=1)
+    save_steps: int = _key(50, "Optimizer steps between checkpoints.", min=1)
+    save_total_limit: int = _key(2, "Checkpoints kept (oldest deleted).", min=1)
+    tensorboard: bool = _key(False, "Also write TensorBoard events to output_dir/runs.")
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = _key(8, "Pairs per evaluation forward pass.", min=1)
+    num_generations: int = _key(4, "Held-out prompts answered greedily by base and tuned model.", min=0)
+    max_new_tokens: int = _key(64, "Token budget of those answers.", min=1)
+
+
+@dataclass
+class HubSection:
+    push: bool = _key(False, "Push the adapter to the Hub at the end of training.")
+    repo_id: str | None = _key(None, "Target repo, USER/NAME.")
+    private: bool = _key(False, "Create the repo private.")
+    revision: str | None = _key(None, "Branch to push to (default main).")
+    license: str = _key("apache-2.0", "License written into the model card.")
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    hub: HubSection = field(default_factory=HubSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Recipe)}
+REQUIRED_SECTIONS = ("model",)
+
+
+# ---------------------------------------------------------------------------- locating
+
+
+def recipes_dir() -> Path:
+    return packaged_dir("recipes")
+
+
+def packaged_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def recipe_summary(path: Path) -> str:
+    """The first comment line of a recipe: what it is for."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    if name_or_path in packaged:
+        return packaged[name_or_path]
+    close = difflib.get_close_matches(name_or_path, packaged, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise RecipeError(
+        f"Recipe '{name_or_path}' is neither an existing file nor a packaged recipe.{hint} "
+        f"Packaged recipes: {', '.join(packaged)}. Run 'dpo-recipe recipes list' to see them."
+    )
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe, apply ``key=value`` overrides, and validate everything at once."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path}: YAML syntax error{where}: {problem}. Fix the YAML and retry.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections ({', '.join(SECTIONS)}).")
+    raw = apply_overrides(raw, overrides, source=str(path))
+    return recipe_from_dict(raw, source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> dict[str, Any]:
+    """Apply CLI ``section.key=value`` overrides; values are parsed as YAML scalars/lists."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    seen: dict[str, str] = {}
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        dotted = dotted.strip()
+        if not sep or dotted.count(".") != 1:
+            raise RecipeError(
+                f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set training.learning_rate=1e-5."
+            )
+        if dotted in seen and seen[dotted] != text:
+            raise RecipeError(
+                f"--set {dotted} is given twice with different values ({seen[dotted]!r} and {text!r}); "
+                "keep one."
+            )
+        seen[dotted] = text
+        section, key = dotted.split(".")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise RecipeError(f"{source}: section '{section}' must be a mapping.")
+        target[key] = value
+    return merged
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    problems: list[str] = []
+    for name in raw:
+        if name not in SECTIONS:
+            problems.append(f"{name}: unknown section{_suggest(name, SECTIONS)}")
+    for name in REQUIRED_SECTIONS:
+        if name not in raw:
+            problems.append(f"{name}: required section is missing")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            problems.append(f"{name}: expected a mapping of keys, got {type(values).__name__}")
+            values = {}
+        sections[name] = _build_section(cls, name, values, problems)
+    recipe = Recipe(**sections)
+    if not problems:
+        problems.extend(_cross_checks(recipe))
+    if problems:
+        listing = "; ".join(problems).rstrip("?") + ("?" if problems[-1].endswith("?") else ".")
+        raise RecipeError(f"{source}: {listing} See 'dpo-recipe recipes keys' for every key and its form.")
+    return recipe
+
+
+def _suggest(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _build_section(cls: type, section: str, values: dict[str, Any], problems: list[str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{section}.{key}"
+        if key not in fields:
+            problems.append(f"{dotted}: unknown key{_suggest(key, fields)}")
+            continue
+        converted, error = _convert(value, hints[key])
+        if error:
+            problems.append(f"{dotted}: expected {error}, got {value!r}")
+            continue
+        range_error = _check_range(converted, fields[key].metadata)
+        if range_error:
+            problems.append(f"{dotted}: {range_error}, got {value!r}")
+            continue
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
+    """Coerce a YAML value to a field's type; returns (value, expected-form or None)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        return (None, None) if type(None) in options else (None, _describe(hint))
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value, None
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        if option is float and isinstance(value, str):
+            try:  # YAML 1.1 reads "5e-6" (no dot) as a string
+                return float(value), None
+            except ValueError:
+                pass
+        if option is str and isinstance(value, str):
+            return value, None
+        if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value), None
+    return None, _describe(hint)
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    parts = [names.get(o, "a list of strings") for o in options]
+    return " or ".join(parts)
+
+
+def _check_range(value: Any, meta: Any) -> str | None:
+    if value is None:
+        return None
+    if "choices" in meta and value not in meta["choices"]:
+        return f"expected one of {', '.join(meta['choices'])}"
+    if "min" in meta and value < meta["min"]:
+        return f"must be >= {meta['min']}"
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        return f"must be > {meta['min_exclusive']}"
+    if "max" in meta and value > meta["max"]:
+        return f"must be <= {meta['max']}"
+    return None
+
+
+def _cross_checks(recipe: Recipe) -> list[str]:
+    problems = []
+    if not recipe.model.name_or_path and not recipe.model.gguf_file:
+        problems.append("model.name_or_path: required (a Hub id or a local directory)")
+    if isinstance(recipe.lora.target_modules, list) and not recipe.lora.target_modules:
+        problems.append("lora.target_modules: expected at least one module name or 'all-linear'")
+    if not recipe.data.test_split:
+        problems.append("data.test_split: the eval split name must not be empty")
+    if recipe.hub.push and not recipe.hub.repo_id:
+        problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) for every recipe key, for docs and the CLI."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((f"{section}.{f.name}", _describe(hints[f.name]), repr(default), f.metadata["help"]))
+    return rows

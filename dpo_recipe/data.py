@@ -1,0 +1,194 @@
+"""Reading preference data from wherever the recipe points, and writing datasets safely.
+
+Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding
+or a null field is reported with its line or row number instead of an Arrow cast error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.config import DataSection
+from dpo_recipe.errors import DataError
+from dpo_recipe.generate import generate_pairs
+from dpo_recipe.lint import LintReport, lint
+
+BUILTIN_SOURCE = "builtin:ja-preferences"
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+Rows = list[dict[str, Any]]
+
+
+def read_source(source: str, *, num_pairs: int = 1000, seed: int = 0, revision: str | None = None) -> dict[str, Rows]:
+    """Rows by split from the builtin generator, a file, a dataset directory or a Hub id."""
+    if source == BUILTIN_SOURCE:
+        return generate_pairs(num_pairs=num_pairs, seed=seed)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_directory(path)
+    if path.is_file():
+        return {"train": read_file(path)}
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix:
+        return _read_hub(source, revision)
+    raise DataError(
+        f"Data source '{source}' does not exist. Give a JSONL / CSV / Parquet file, a dataset directory "
+        f"(e.g. one written by 'dpo-recipe data generate'), a Hub dataset id USER/NAME, or {BUILTIN_SOURCE}."
+    )
+
+
+def read_file(path: Path) -> Rows:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type '{suffix or '(none)'}'. Use one of {', '.join(FILE_SUFFIXES)} "
+            "with columns prompt / chosen / rejected."
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Write at least one prompt / chosen / rejected row.")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+            raise DataError(f"{path}: not a readable Parquet file ({exc}). Re-export it.") from None
+    text = _decode(path)
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if suffix == ".json" and text.lstrip().startswith("["):
+        rows = _parse_json(path, text, line=1)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{path}: a .json file must hold a list of objects (or be JSON Lines).")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            row = _parse_json(path, line, line=number)
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object with prompt / chosen / rejected.")
+            rows.append(row)
+    return rows
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: not valid UTF-8 (byte {exc.start}). Re-save the file as UTF-8, e.g. "
+            f"'iconv -f SHIFT_JIS -t UTF-8 {path.name} > fixed{path.suffix}' for Shift_JIS files."
+        ) from None
+
+
+def _parse_json(path: Path, text: str, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line.") from None
+
+
+def _read_directory(path: Path) -> dict[str, Rows]:
+    import datasets
+
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        try:
+            loaded = datasets.load_dataset(str(path))
+        except Exception as exc:
+            raise DataError(f"{path}: no dataset found in this directory ({exc}).") from None
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": loaded.to_list()}
+    return {name: split.to_list() for name, split in loaded.items()}
+
+
+def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
+    import datasets
+
+    loaded = datasets.load_dataset(repo_id, revision=revision)
+    return {name: split.to_list() for name, split in loaded.items()}
+
+
+def rename_columns(splits: dict[str, Rows], data: DataSection) -> dict[str, Rows]:
+    mapping = {data.prompt_column: "prompt", data.chosen_column: "chosen", data.rejected_column: "rejected"}
+    if all(k == v for k, v in mapping.items()):
+        return splits
+    return {name: [{mapping.get(k, k): v for k, v in row.items()} for row in rows] for name, rows in splits.items()}
+
+
+def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
+    """Split off a test set; whole topics go to one side when the data has a topic column."""
+    if rows and "topic" in rows[0]:
+        topics = sorted({str(r["topic"]) for r in rows})
+        held = set(random.Random(seed).sample(topics, max(1, round(len(topics) * test_size))))
+        return [r for r in rows if str(r["topic"]) not in held], [r for r in rows if str(r["topic"]) in held]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(len(rows) * test_size))
+    test = set(order[:cut])
+    return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
+
+
+def load_preference_splits(data: DataSection, source_name: str | None = None) -> tuple[Rows, Rows, LintReport]:
+    """Train and held-out rows for a recipe, linted; raises DataError on lint errors."""
+    splits = rename_columns(read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision), data)
+    name = source_name or data.source
+    if data.train_split not in splits:
+        raise DataError(
+            f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split."
+        )
+    train = splits[data.train_split]
+    if data.test_split in splits:
+        test = splits[data.test_split]
+    elif data.test_size > 0:
+        train, test = hold_out(train, data.test_size, data.seed)
+    else:
+        test = []
+    report = lint({data.train_split: train, data.test_split: test})
+    if report.errors:
+        raise DataError(lint_error_message(name, report))
+    if data.max_train_pairs:
+        train = train[: data.max_train_pairs]
+    if data.max_eval_pairs:
+        test = test[: data.max_eval_pairs]
+    return train, test, report
+
+
+def lint_error_message(name: str, report: LintReport) -> str:
+    parts = [f"{f.check} in split '{f.split}' rows {f.rows_text(5)}: {f.message}" for f in report.errors]
+    return f"{name}: the data failed the linter: " + "; ".join(parts) + f". Run 'dpo-recipe data lint {name}' for the full table."
+
+
+def write_atomically(out_dir: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
+    """Write into a temporary sibling directory, then rename it into place.
+
+    A crash leaves either the old directory or the new one, never half of each.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"{out_dir} already exists and is not empty. Choose another --out or pass --overwrite.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(staging)
+        if out_dir.exists():
+            retired = staging.with_name(staging.name + ".old")
+            os.rename(out_dir, retired)
+            os.rename(staging, out_dir)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
