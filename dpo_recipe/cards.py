@@ -32,7 +32,6 @@ def render_dataset_card(
     *,
     num_pairs: int,
     seed: int,
-    local_path: str,
     tokenizer: Any = None,
     tokenizer_name: str = "",
     license: str = "apache-2.0",
@@ -45,10 +44,12 @@ def render_dataset_card(
         size_categories=[_size_category(len(rows))],
         pretty_name="Japanese DPO preference pairs (AI / programming / data science)",
         tags=["dpo", "preference", "synthetic", "japanese"],
-        configs=[{
-            "config_name": "default",
-            "data_files": [{"split": name, "path": f"{name}/*.arrow"} for name in splits],
-        }],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"{name}/*.arrow"} for name in splits],
+            }
+        ],
     )
     rejection_rows = []
     for kind, count in sorted(Counter(r["rejection_type"] for r in rows).items()):
@@ -56,11 +57,13 @@ def render_dataset_card(
         ratio = sum(len(r["rejected"]) / len(r["chosen"]) for r in pairs) / len(pairs)
         rejection_rows.append({"type": kind, "hard": kind in HARD_NEGATIVE_TYPES, "pairs": count, "ratio": ratio})
     if tokenizer is not None:
+
         def measure(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
         length_note = f"Token counts with the `{tokenizer_name}` tokenizer."
     else:
+
         def measure(text: str) -> int:
             return len(text)
 
@@ -70,13 +73,12 @@ def render_dataset_card(
         "chosen": [measure(r["chosen"]) for r in rows],
         "rejected": [measure(r["rejected"]) for r in rows],
     }
-    fields["prompt + chosen"] = [p + c for p, c in zip(fields["prompt"], fields["chosen"])]
+    fields["prompt + chosen"] = [p + c for p, c in zip(fields["prompt"], fields["chosen"], strict=True)]
     return DatasetCard.from_template(
         data,
         template_path=str(packaged_dir("cards") / "dataset_card.md"),
         num_pairs=num_pairs,
         seed=seed,
-        local_path=local_path,
         split_rows=[{"split": n, "pairs": len(s), "topics": len({r["topic"] for r in s})} for n, s in splits.items()],
         domain_counts=dict(sorted(Counter(r["domain"] for r in rows).items())),
         rejection_rows=rejection_rows,

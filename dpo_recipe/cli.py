@@ -109,9 +109,7 @@ def data_generate(out_dir: Path, num_pairs: int, seed: int, tokenizer: str, over
     if report.findings:  # the generator must pass its own linter; anything else is a bug
         raise RuntimeError("generated data failed the linter:\n" + report.table())
     tok, tok_name = _card_tokenizer(tokenizer)
-    card = render_dataset_card(
-        splits, num_pairs=num_pairs, seed=seed, local_path=str(out_dir), tokenizer=tok, tokenizer_name=tok_name
-    )
+    card = render_dataset_card(splits, num_pairs=num_pairs, seed=seed, tokenizer=tok, tokenizer_name=tok_name)
 
     def write(staging: Path) -> None:
         datasets.disable_progress_bars()
@@ -152,8 +150,9 @@ def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_colu
     from dpo_recipe.data import read_source, rename_columns
     from dpo_recipe.lint import lint
 
-    section = DataSection(source=source, prompt_column=prompt_column, chosen_column=chosen_column,
-                          rejected_column=rejected_column)
+    section = DataSection(
+        source=source, prompt_column=prompt_column, chosen_column=chosen_column, rejected_column=rejected_column
+    )
     report = lint(rename_columns(read_source(source), section))
     if as_json:
         payload = {"findings": [vars(f) for f in report.findings], "stats": report.stats}
@@ -161,8 +160,10 @@ def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_colu
     else:
         for split, stats in report.stats.items():
             japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
-            click.echo(f"{split}: {stats['pairs']} pairs; Japanese rows: {japanese}; "
-                       f"chosen longer in {stats['chosen_longer_share']:.0%}")
+            click.echo(
+                f"{split}: {stats['pairs']} pairs; Japanese rows: {japanese}; "
+                f"chosen longer in {stats['chosen_longer_share']:.0%}"
+            )
         click.echo(report.table())
     if report.errors:
         raise SystemExit(1)

@@ -49,10 +49,10 @@ class ModelSection:
 class LoraSection:
     r: int = _key(16, "LoRA rank.", min=1)
     alpha: int = _key(32, "LoRA scaling numerator (scale = alpha / r).", min=1)
-    dropout: float = _key(0.05, "Dropout on the LoRA input (active only if training.disable_dropout is false).", min=0.0, max=1.0)
-    target_modules: list[str] | str = _key(
-        ["q_proj", "v_proj"], "Module names to adapt, or 'all-linear'."
+    dropout: float = _key(
+        0.05, "Dropout on the LoRA input (active only if training.disable_dropout is false).", min=0.0, max=1.0
     )
+    target_modules: list[str] | str = _key(["q_proj", "v_proj"], "Module names to adapt, or 'all-linear'.")
 
 
 @dataclass
@@ -201,13 +201,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         dotted, sep, text = item.partition("=")
         dotted = dotted.strip()
         if not sep or dotted.count(".") != 1:
-            raise RecipeError(
-                f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set training.learning_rate=1e-5."
-            )
+            raise RecipeError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set training.learning_rate=1e-5.")
         if dotted in seen and seen[dotted] != text:
             raise RecipeError(
-                f"--set {dotted} is given twice with different values ({seen[dotted]!r} and {text!r}); "
-                "keep one."
+                f"--set {dotted} is given twice with different values ({seen[dotted]!r} and {text!r}); keep one."
             )
         seen[dotted] = text
         section, key = dotted.split(".")

@@ -95,7 +95,9 @@ def _parse_json(path: Path, text: str, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line.") from None
+        raise DataError(
+            f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line."
+        ) from None
 
 
 def _read_directory(path: Path) -> dict[str, Rows]:
@@ -142,12 +144,12 @@ def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
 
 def load_preference_splits(data: DataSection, source_name: str | None = None) -> tuple[Rows, Rows, LintReport]:
     """Train and held-out rows for a recipe, linted; raises DataError on lint errors."""
-    splits = rename_columns(read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision), data)
+    splits = rename_columns(
+        read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision), data
+    )
     name = source_name or data.source
     if data.train_split not in splits:
-        raise DataError(
-            f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split."
-        )
+        raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
     train = splits[data.train_split]
     if data.test_split in splits:
         test = splits[data.test_split]
@@ -167,7 +169,11 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
 
 def lint_error_message(name: str, report: LintReport) -> str:
     parts = [f"{f.check} in split '{f.split}' rows {f.rows_text(5)}: {f.message}" for f in report.errors]
-    return f"{name}: the data failed the linter: " + "; ".join(parts) + f". Run 'dpo-recipe data lint {name}' for the full table."
+    return (
+        f"{name}: the data failed the linter: "
+        + "; ".join(parts)
+        + f". Run 'dpo-recipe data lint {name}' for the full table."
+    )
 
 
 def write_atomically(out_dir: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:

@@ -74,10 +74,19 @@ def load_topics() -> list[Topic]:
 # also names a second topic and is answered by both definitions.
 QUESTION_FORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "what": (("{t}とは何ですか？", "{t}とは何か教えてください。"), ("definition", "detail")),
-    "beginner": (("初心者向けに{t}を説明してください。", "{t}について、初心者にも分かるように教えてください。"), ("definition", "example")),
-    "usage": (("{t}の使いどころを教えてください。", "{t}は実際にどのような場面で役に立ちますか？"), ("definition", "usage")),
+    "beginner": (
+        ("初心者向けに{t}を説明してください。", "{t}について、初心者にも分かるように教えてください。"),
+        ("definition", "example"),
+    ),
+    "usage": (
+        ("{t}の使いどころを教えてください。", "{t}は実際にどのような場面で役に立ちますか？"),
+        ("definition", "usage"),
+    ),
     "example": (("{t}について、例を挙げて説明してください。", "{t}の具体例を教えてください。"), ("example", "detail")),
-    "points": (("{t}について押さえておくべきポイントは何ですか？", "{t}を学ぶときの要点を教えてください。"), ("detail", "usage")),
+    "points": (
+        ("{t}について押さえておくべきポイントは何ですか？", "{t}を学ぶときの要点を教えてください。"),
+        ("detail", "usage"),
+    ),
     "difference": (("{t}と{n}の違いは何ですか？", "{t}と{n}はどう違いますか？"), ()),
 }
 
@@ -114,8 +123,20 @@ def _concept_swap(topic: Topic, form: str, neighbour: Topic) -> str:
     return "".join(facts[slot] for slot in QUESTION_FORMS[form][1])
 
 
-_TERSE = ("{t}です。", "{en}のことです。", "よくある概念です。", "場合によります。", "{t}は重要です。", "色々あります。")
-_RUDE_OPENERS = ("そんなことも知らないの？", "はあ、またその質問か。", "自分で調べなよ。まあ一応言っとく。", "常識だろ。")
+_TERSE = (
+    "{t}です。",
+    "{en}のことです。",
+    "よくある概念です。",
+    "場合によります。",
+    "{t}は重要です。",
+    "色々あります。",
+)
+_RUDE_OPENERS = (
+    "そんなことも知らないの？",
+    "はあ、またその質問か。",
+    "自分で調べなよ。まあ一応言っとく。",
+    "常識だろ。",
+)
 _RUDE_CLOSERS = ("分かった？", "これくらい覚えとけよ。", "もう聞くなよ。", "")
 _REFUSALS = (
     "申し訳ありませんが、{t}に関するご質問にはお答えできません。専門家にご相談ください。",
@@ -137,8 +158,28 @@ def to_plain_form(text: str) -> str:
 
 
 _ICHIDAN_I = ("でき", "起き", "生き", "用い", "見", "い")
-_GODAN_I_TO_U = {"い": "う", "き": "く", "ぎ": "ぐ", "し": "す", "ち": "つ", "に": "ぬ", "び": "ぶ", "み": "む", "り": "る"}
-_GODAN_I_TO_A = {"い": "わ", "き": "か", "ぎ": "が", "し": "さ", "ち": "た", "に": "な", "び": "ば", "み": "ま", "り": "ら"}
+_GODAN_I_TO_U = {
+    "い": "う",
+    "き": "く",
+    "ぎ": "ぐ",
+    "し": "す",
+    "ち": "つ",
+    "に": "ぬ",
+    "び": "ぶ",
+    "み": "む",
+    "り": "る",
+}
+_GODAN_I_TO_A = {
+    "い": "わ",
+    "き": "か",
+    "ぎ": "が",
+    "し": "さ",
+    "ち": "た",
+    "に": "な",
+    "び": "ば",
+    "み": "ま",
+    "り": "ら",
+}
 _E_ROW = set("えけげせぜてでねへべぺめれ")
 
 
@@ -147,7 +188,13 @@ def _is_kanji(ch: str) -> bool:
 
 
 def _plain_sentence(sentence: str) -> str:
-    fixed = {"ではありません。": "ではない。", "ありません。": "ない。", "でしょう。": "だろう。", "でした。": "だった。", "です。": "だ。"}
+    fixed = {
+        "ではありません。": "ではない。",
+        "ありません。": "ない。",
+        "でしょう。": "だろう。",
+        "でした。": "だった。",
+        "です。": "だ。",
+    }
     for polite, plain in fixed.items():
         if sentence.endswith(polite):
             return sentence[: -len(polite)] + plain
@@ -161,12 +208,17 @@ def _plain_sentence(sentence: str) -> str:
 def _plain_verb(stem: str, negative: bool) -> str:
     last = stem[-1:]
     before = stem[-2:-1]
-    suru = last == "し" and (stem.endswith("にし") or (_is_kanji(before) and _is_kanji(stem[-3:-2])) or not (
-        _is_kanji(before) or before in "らかやさわたまなばが"))
+    suru = last == "し" and (
+        stem.endswith("にし")
+        or (_is_kanji(before) and _is_kanji(stem[-3:-2]))
+        or not (_is_kanji(before) or before in "らかやさわたまなばが")
+    )
     if suru:
         return stem[:-1] + ("しない" if negative else "する")
-    ichidan = last in _E_ROW or _is_kanji(last) or any(
-        stem.endswith(s) and (s != "い" or not _is_kanji(before)) for s in _ICHIDAN_I
+    ichidan = (
+        last in _E_ROW
+        or _is_kanji(last)
+        or any(stem.endswith(s) and (s != "い" or not _is_kanji(before)) for s in _ICHIDAN_I)
     )
     if ichidan:
         return stem + ("ない" if negative else "る")

@@ -63,7 +63,11 @@ def as_text(value: Any) -> str | None:
     """Text of a field in the standard (string) or conversational (messages list) form."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+    ):
         return "\n".join(m["content"] for m in value)
     return None
 
@@ -96,11 +100,16 @@ def lint(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
             continue
         if missing:
             have = ", ".join(rows[0]) or "none"
-            findings.append(Finding(
-                "error", "missing-column", split, [],
-                f"missing column(s) {', '.join(missing)} (found: {have}); rename them in the file or map them "
-                "with data.prompt_column / data.chosen_column / data.rejected_column",
-            ))
+            findings.append(
+                Finding(
+                    "error",
+                    "missing-column",
+                    split,
+                    [],
+                    f"missing column(s) {', '.join(missing)} (found: {have}); rename them in the file or map them "
+                    "with data.prompt_column / data.chosen_column / data.rejected_column",
+                )
+            )
             continue
         texts = _row_texts(split, rows, findings)
         findings.extend(_pair_checks(split, texts))
@@ -141,8 +150,13 @@ def _row_texts(split: str, rows: list[dict[str, Any]], findings: list[Finding]) 
 def _pair_checks(split: str, texts: dict[int, dict[str, str]]) -> Iterable[Finding]:
     same = [n for n, t in texts.items() if normalise(t["chosen"]) == normalise(t["rejected"])]
     if same:
-        yield Finding("error", "chosen-equals-rejected", split, same,
-                      "chosen and rejected are the same text after NFKC/width normalisation; such a pair teaches nothing")
+        yield Finding(
+            "error",
+            "chosen-equals-rejected",
+            split,
+            same,
+            "chosen and rejected are the same text after NFKC/width normalisation; such a pair teaches nothing",
+        )
     exact: dict[tuple[str, ...], list[int]] = defaultdict(list)
     folded: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for n, t in texts.items():
@@ -151,12 +165,15 @@ def _pair_checks(split: str, texts: dict[int, dict[str, str]]) -> Iterable[Findi
     exact_rows = sorted(n for group in exact.values() if len(group) > 1 for n in group[1:])
     if exact_rows:
         yield Finding("warning", "duplicate-pair", split, exact_rows, "exact duplicate of an earlier row; drop it")
-    near_rows = sorted(
-        n for group in folded.values() if len(group) > 1 for n in group[1:] if n not in set(exact_rows)
-    )
+    near_rows = sorted(n for group in folded.values() if len(group) > 1 for n in group[1:] if n not in set(exact_rows))
     if near_rows:
-        yield Finding("warning", "near-duplicate-pair", split, near_rows,
-                      "duplicate of an earlier row after normalisation (width, case, spacing); drop it")
+        yield Finding(
+            "warning",
+            "near-duplicate-pair",
+            split,
+            near_rows,
+            "duplicate of an earlier row after normalisation (width, case, spacing); drop it",
+        )
 
 
 def _stats(texts: dict[int, dict[str, str]]) -> dict[str, Any]:
@@ -171,18 +188,30 @@ def _stats(texts: dict[int, dict[str, str]]) -> dict[str, Any]:
     }
 
 
-def _language_and_length_checks(split: str, texts: dict[int, dict[str, str]], stats: dict[str, Any]) -> Iterable[Finding]:
+def _language_and_length_checks(
+    split: str, texts: dict[int, dict[str, str]], stats: dict[str, Any]
+) -> Iterable[Finding]:
     if stats["japanese_rows"]["prompt"] > 0.5:  # a Japanese dataset: prompts and chosen stay Japanese
         for column in ("prompt", "chosen"):
             rows = [n for n, t in texts.items() if japanese_share(t[column]) < JAPANESE_SHARE_MIN]
             if rows:
-                yield Finding("warning", "non-japanese", split, rows,
-                              f"{column} is mostly non-Japanese in a Japanese dataset; check these rows")
+                yield Finding(
+                    "warning",
+                    "non-japanese",
+                    split,
+                    rows,
+                    f"{column} is mostly non-Japanese in a Japanese dataset; check these rows",
+                )
     share = stats["chosen_longer_share"]
     if stats["pairs"] >= MIN_PAIRS_FOR_STATS and not (1 - LENGTH_BIAS_LIMIT <= share <= LENGTH_BIAS_LIMIT):
-        yield Finding("warning", "length-bias", split, [],
-                      f"chosen is longer than rejected in {share:.0%} of pairs: a model can win by length alone; "
-                      "add rejected answers of similar length that are wrong in content")
+        yield Finding(
+            "warning",
+            "length-bias",
+            split,
+            [],
+            f"chosen is longer than rejected in {share:.0%} of pairs: a model can win by length alone; "
+            "add rejected answers of similar length that are wrong in content",
+        )
 
 
 def _cross_split_prompts(splits: dict[str, list[dict[str, Any]]]) -> Iterable[Finding]:
@@ -190,7 +219,14 @@ def _cross_split_prompts(splits: dict[str, list[dict[str, Any]]]) -> Iterable[Fi
     for i, first in enumerate(names):
         seen = {normalise(t): n for n, r in enumerate(splits[first], 1) if (t := as_text(r.get("prompt")))}
         for second in names[i + 1 :]:
-            rows = [n for n, r in enumerate(splits[second], 1) if (t := as_text(r.get("prompt"))) and normalise(t) in seen]
+            rows = [
+                n for n, r in enumerate(splits[second], 1) if (t := as_text(r.get("prompt"))) and normalise(t) in seen
+            ]
             if rows:
-                yield Finding("warning", "prompt-in-both-splits", second, rows,
-                              f"prompt also appears in split '{first}': held-out scores will be inflated")
+                yield Finding(
+                    "warning",
+                    "prompt-in-both-splits",
+                    second,
+                    rows,
+                    f"prompt also appears in split '{first}': held-out scores will be inflated",
+                )

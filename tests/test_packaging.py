@@ -1,0 +1,56 @@
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+
+def test_wheel_carries_recipes_cards_and_topics(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("dpo_recipe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for recipe in REPO.glob("recipes/**/*.yaml"):
+        assert f"dpo_recipe/{recipe.relative_to(REPO)}" in names
+    for card in REPO.glob("cards/*.md"):
+        assert f"dpo_recipe/cards/{card.name}" in names
+    assert {f"dpo_recipe/topics/{d}.json" for d in ("ai", "programming", "data_science")} <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "dpo-recipe = dpo_recipe.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_packaged_dirs_resolve_from_an_unpacked_wheel(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("dpo_recipe-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "from dpo_recipe.config import recipes_dir; print(recipes_dir())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == str(site / "dpo_recipe" / "recipes")
+
+
+def test_github_workflows_pass_actionlint() -> None:
+    actionlint = shutil.which("actionlint")
+    if actionlint is None:
+        pytest.fail("actionlint is not installed: pip install -e '.[dev]'")
+    workflows = sorted(str(p) for p in (REPO / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    result = subprocess.run([actionlint, "-no-color", *workflows], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
