@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
+from dpo_recipe.config import Recipe
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
 
@@ -84,4 +86,56 @@ def render_dataset_card(
         rejection_rows=rejection_rows,
         length_note=length_note,
         length_rows=[{"field": name, **_percentiles(values)} for name, values in fields.items()],
+    )
+
+
+def render_model_card(
+    recipe: Recipe,
+    metrics: dict[str, Any],
+    *,
+    recipe_name: str,
+    command: str,
+    plots: list[str],
+    adapter_ref: str = "./path/to/adapter",
+) -> ModelCard:
+    base_model = recipe.model.name_or_path
+    held_out = metrics.get("eval", {})
+    accuracy = held_out.get("rewards/accuracies")
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        language=["ja"],
+        license=recipe.hub.license,
+        tags=["trl", "dpo", "lora", "dpo-recipe"],
+    )
+    t = recipe.training
+    hyperparameters = [
+        ("beta", t.beta), ("learning_rate", t.learning_rate), ("epochs", t.num_epochs),
+        ("per_device_batch_size", t.per_device_batch_size),
+        ("gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ("max_length", t.max_length), ("lr_scheduler", t.lr_scheduler), ("warmup_steps", t.warmup_steps),
+        ("lora r / alpha / dropout", f"{recipe.lora.r} / {recipe.lora.alpha} / {recipe.lora.dropout}"),
+        ("lora target_modules", recipe.lora.target_modules),
+        ("training pairs", metrics.get("train", {}).get("pairs")),
+        ("precision", t.precision), ("seed", t.seed),
+    ]
+    summary = (
+        f"Held-out reward accuracy **{accuracy:.3f}** on {held_out.get('pairs')} pairs from topics not seen in "
+        "training." if accuracy is not None else "No held-out evaluation was run."
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(packaged_dir("cards") / "model_card.md"),
+        model_name=Path(t.output_dir).name,
+        base_model=base_model,
+        adapter_ref=adapter_ref,
+        recipe_name=recipe_name,
+        eval_summary=summary,
+        eval_rows=[(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in held_out.items()],
+        plots=plots,
+        hyperparameters=hyperparameters,
+        versions=sorted(metrics.get("versions", {}).items()),
+        command=command,
+        recipe_yaml=recipe.to_yaml(),
     )

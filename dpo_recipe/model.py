@@ -7,6 +7,7 @@ so every later run loads the cached directory through the ordinary ``from_pretra
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -85,24 +86,134 @@ def _with_pad_token(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def _convert_gguf(gguf: Path, staging: Path) -> None:
+    """Dequantize once and save plain safetensors; refuse to cache a conversion that changed the model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.tie_weights()
+    probe = torch.arange(min(32, config.vocab_size))[None]
+    with torch.no_grad():
+        if not torch.equal(quantized(probe).logits, plain(probe).logits):
+            raise ModelError(f"Converting {gguf} changed the model's logits; the GGUF file may be unsupported.")
+    plain.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+
+
+def resolve_model_source(model: ModelSection) -> str:
+    """What ``from_pretrained`` should load: the Hub id / directory, or the cached GGUF conversion."""
+    if not model.gguf_file:
+        return model.name_or_path
+    gguf = resolve_gguf_path(model.gguf_file)
+    try:
+        return str(_fill_atomically(gguf_cache_dir(gguf), lambda staging: _convert_gguf(gguf, staging)))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ModelError(
+            f"model.gguf_file '{model.gguf_file}': could not read {gguf} as a GGUF model ({exc}). "
+            "The file may be truncated or corrupt: download or reinstall it."
+        ) from None
+
+
+def _hub_kwargs(model: ModelSection) -> dict[str, Any]:
+    if model.gguf_file:
+        return {}
+    return {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+
+
 def load_tokenizer(model: ModelSection) -> Any:
     from transformers import AutoTokenizer
 
-    if model.gguf_file:
-        gguf = resolve_gguf_path(model.gguf_file)
-
-        def convert(staging: Path) -> None:
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
-
-        source = str(_fill_atomically(gguf_cache_dir(gguf) / "tokenizer", convert))
-        return _with_pad_token(AutoTokenizer.from_pretrained(source))
+    source = resolve_model_source(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code
-        )
-    except OSError as exc:
+        tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(model))
+    except (OSError, ValueError) as exc:
         raise ModelError(
             f"model.name_or_path '{model.name_or_path}': no tokenizer could be loaded ({exc}). "
             "Give a Hub id or a directory with tokenizer files."
         ) from None
     return _with_pad_token(tokenizer)
+
+
+def load_config(model: ModelSection) -> Any:
+    from transformers import AutoConfig
+
+    source = resolve_model_source(model)
+    try:
+        return AutoConfig.from_pretrained(source, **_hub_kwargs(model))
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model.name_or_path '{model.name_or_path}' is not a model: {exc}. "
+            "Give a Hub id, a directory with config.json and weights, or model.gguf_file."
+        ) from None
+
+
+def skeleton_model(model: ModelSection) -> Any:
+    """The architecture on the meta device: module names and parameter counts, no weights, no RAM."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(model)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=model.trust_remote_code)
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Leaf names of linear layers (what LoRA can target), e.g. q_proj, c_attn."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    return sorted(names - {"lm_head"})
+
+
+def check_lora_targets(target_modules: list[str] | str, model: Any) -> None:
+    if target_modules == "all-linear":
+        return
+    available = linear_module_names(model)
+    missing = [t for t in target_modules if t not in available]
+    if missing:
+        raise ModelError(
+            f"lora.target_modules: {', '.join(missing)} not found in the model. "
+            f"Its linear modules are: {', '.join(available)} (or use 'all-linear')."
+        )
+
+
+def check_hardware(model: ModelSection, precision: str) -> None:
+    """Refuse settings the hardware cannot run, before anything heavy is loaded."""
+    import torch
+
+    if model.load_in_4bit and not torch.cuda.is_available():
+        raise ModelError(
+            "model.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
+            "Set model.load_in_4bit: false to train in full precision on CPU."
+        )
+    if model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes.")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ModelError("training.precision bf16: this GPU does not support bfloat16. Use fp16 or auto.")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ModelError("training.precision fp16 needs a CUDA GPU. Use fp32 (or auto) on CPU.")
+
+
+def load_model(model: ModelSection) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(model)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, model.dtype), **_hub_kwargs(model)}
+    if model.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.name_or_path '{model.name_or_path}' could not be loaded: {exc}") from None

@@ -1,0 +1,42 @@
+"""Trainer callbacks: a progress bar that shows DPO's numbers, and a JSONL log of every logged step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+LIVE_KEYS = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin"}
+
+
+class LiveMetricsProgress(ProgressCallback):
+    """tqdm bar with live loss / reward accuracy / margin instead of a printed dict per log."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {short: f"{logs[key]:.4f}" for key, short in LIVE_KEYS.items() if key in logs}
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=True)
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends each log to ``train_log.jsonl``; on resume, drops lines past the resumed step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= state.global_step]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")

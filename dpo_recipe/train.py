@@ -1,0 +1,336 @@
+"""Train a LoRA adapter with DPO from a recipe: setup → train → evaluate → save.
+
+    accelerate launch [accelerate args] -m dpo_recipe.train --recipe NAME_OR_PATH [--set k=v ...]
+    python -m dpo_recipe.train --recipe NAME_OR_PATH --dry-run
+
+Everything that can be wrong with the recipe, the data or the hardware is checked before the
+model's weights load. Checkpoints go to ``OUTPUT_DIR/checkpoints``; the final artifacts are
+moved into ``OUTPUT_DIR`` only at the end, ``metrics.json`` last, so an interrupted run never
+looks complete (it keeps an ``INCOMPLETE`` file that says how to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.config import Recipe, load_recipe
+from dpo_recipe.data import load_preference_splits
+from dpo_recipe.errors import DpoRecipeError, RecipeError
+from dpo_recipe.model import (
+    check_hardware,
+    check_lora_targets,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+)
+from dpo_recipe.preflight import (
+    format_dry_run,
+    lora_summary,
+    measure_tokens,
+    memory_estimate_mb,
+    refuse_emptied_completions,
+)
+
+INCOMPLETE = "INCOMPLETE"
+CHECKPOINTS = "checkpoints"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_recipe.train",
+        description="Train a LoRA adapter with DPO from a recipe (run under 'accelerate launch' for several "
+        "processes). Writes the adapter, tokenizer, recipe.yaml, metrics.json, plots and a model card.",
+    )
+    parser.add_argument("--recipe", required=True, help="Packaged recipe name (dpo-recipe recipes list) or YAML path.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="Override a recipe key; repeatable. Validated like the file.")
+    parser.add_argument("--output-dir", help="Overrides training.output_dir.")
+    parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the output dir.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a finished or interrupted run in the output dir.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Check recipe, data, tokenization and LoRA targets; report and exit before training.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args.recipe, args.overrides, output_dir=args.output_dir, resume=args.resume,
+            overwrite=args.overwrite, dry_run=args.dry_run)
+    except DpoRecipeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(recipe_name: str, overrides: list[str], *, output_dir: str | None = None, resume: bool = False,
+        overwrite: bool = False, dry_run: bool = False) -> dict[str, Any] | None:
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_name, overrides + ([f"training.output_dir={output_dir}"] if output_dir else []))
+    out = Path(recipe.training.output_dir)
+    check_hardware(recipe.model, recipe.training.precision)
+    if resume and overwrite:
+        raise RecipeError("--resume and --overwrite contradict each other: resume continues a run, overwrite starts over.")
+    if not dry_run:
+        _check_output_dir(out, resume=resume, overwrite=overwrite)
+
+    # ---- setup: data, tokenizer and architecture, all before any weights load
+    train_rows, eval_rows, lint_report = load_preference_splits(recipe.data)
+    tokenizer = load_tokenizer(recipe.model)
+    skeleton = skeleton_model(recipe.model)
+    check_lora_targets(recipe.lora.target_modules, skeleton)
+    tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
+    if dry_run:
+        matched, trainable = lora_summary(skeleton, recipe)
+        total = sum(p.numel() for p in skeleton.parameters())
+        memory = memory_estimate_mb(skeleton, recipe, trainable, recipe.training.max_length)
+        warnings = len(lint_report.findings)
+        print(format_dry_run(recipe, tokens, matched, trainable, memory, warnings, total))
+        print(f"dry run finished in {time.perf_counter() - started:.1f} s")
+    refuse_emptied_completions(tokens, recipe.training.max_length)
+    if dry_run:
+        return None
+
+    args = dpo_config(recipe, out)  # creates accelerate's process state: rank-aware from here on
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        _prepare_output_dir(out, recipe_name, overrides, resume=resume, overwrite=overwrite)
+    state.wait_for_everyone()
+
+    # ---- train
+    trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, eval_rows, out)
+    train_output = trainer.train(resume_from_checkpoint=resume or None)
+    eval_metrics = trainer.evaluate() if eval_rows else {}
+
+    # ---- save (main process only; every rank reports its adapter digest first)
+    digests = _gather_adapter_digests(trainer)
+    if not state.is_main_process:
+        return None
+    metrics = collect_metrics(recipe, trainer, train_output, eval_metrics, len(train_rows), len(eval_rows), digests)
+    metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
+    save_artifacts(recipe, recipe_name, trainer, tokenizer, metrics, out, overrides)
+    print(summary_line(metrics, out))
+    return metrics
+
+
+def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    has_checkpoints = any((out / CHECKPOINTS).glob("checkpoint-*"))
+    if resume and not has_checkpoints:
+        raise RecipeError(f"--resume: no checkpoint in {out / CHECKPOINTS}; start without --resume.")
+    if resume or overwrite or not out.exists():
+        return
+    if (out / "metrics.json").exists():
+        raise RecipeError(f"{out} holds a finished run. Pass --overwrite to replace it or choose another --output-dir.")
+    if has_checkpoints or (out / INCOMPLETE).exists():
+        raise RecipeError(f"{out} holds an interrupted run. Pass --resume to continue it or --overwrite to start over.")
+
+
+def _prepare_output_dir(out: Path, recipe_name: str, overrides: list[str], *, resume: bool, overwrite: bool) -> None:
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for finished in ("metrics.json",):  # a resumed run is not finished until it says so again
+        (out / finished).unlink(missing_ok=True)
+    command = resume_command(recipe_name, overrides, out)
+    (out / INCOMPLETE).write_text(f"This run has not finished. Continue it with:\n  {command}\n", encoding="utf-8")
+
+
+def resume_command(recipe_name: str, overrides: list[str], out: Path) -> str:
+    parts = ["accelerate", "launch", "-m", "dpo_recipe.train", "--recipe", recipe_name]
+    for item in overrides:
+        parts += ["--set", item]
+    return shlex.join([*parts, "--output-dir", str(out), "--resume"])
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+def dpo_config(recipe: Recipe, out: Path) -> Any:
+    from trl import DPOConfig
+
+    t = recipe.training
+    if t.tensorboard:  # transformers 5 reads the TensorBoard directory from the environment only
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    return DPOConfig(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=t.num_epochs,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=recipe.eval.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        max_grad_norm=t.max_grad_norm,
+        beta=t.beta,
+        loss_type=[t.loss_type],
+        max_length=t.max_length,
+        activation_checkpointing=t.activation_checkpointing,
+        disable_dropout=t.disable_dropout,
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="no",
+        report_to=["tensorboard"] if t.tensorboard else [],
+        dataloader_pin_memory=False,
+        ddp_find_unused_parameters=False,
+        **precision_flags(t.precision),
+    )
+
+
+def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict],
+                  out: Path) -> Any:
+    import datasets
+    from peft import LoraConfig
+    from transformers.trainer_callback import ProgressCallback
+    from trl import DPOTrainer
+
+    from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress
+
+    def to_dataset(rows: list[dict]) -> Any:
+        return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+    lora = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=recipe.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
+        args=args,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LiveMetricsProgress())
+    return trainer
+
+
+def adapter_state(model: Any) -> dict[str, Any]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def _gather_adapter_digests(trainer: Any) -> list[str]:
+    """One digest of the LoRA weights per rank: DDP must keep them identical."""
+    from accelerate.utils import gather_object
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter_state(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return gather_object([digest.hexdigest()[:16]])
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    import torch
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ("dpo-recipe", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface_hub")
+    return {name: version(name) for name in names}
+
+
+def collect_metrics(recipe: Recipe, trainer: Any, train_output: Any, eval_metrics: dict[str, float], n_train: int,
+                    n_eval: int, digests: list[str]) -> dict[str, Any]:
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    last_train = next((h for h in reversed(history) if "rewards/accuracies" in h), {})
+    runtime = train_output.metrics["train_runtime"]
+    pairs_seen = n_train * recipe.training.num_epochs
+    keys = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+            "logps/rejected")
+    return {
+        "train": {
+            "pairs": n_train,
+            "steps": trainer.state.global_step,
+            "loss": round(train_output.training_loss, 6),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            **{k: last_train[k] for k in keys if k in last_train},
+            "runtime_s": round(runtime, 2),
+            "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
+        },
+        "eval": {"pairs": n_eval, **{k.removeprefix("eval_"): v for k, v in eval_metrics.items()
+                                     if k.removeprefix("eval_") in (*keys, "loss")}},
+        "memory": _peak_memory_mb(),
+        "distributed": {"world_size": trainer.args.world_size, "adapter_digest_by_rank": digests,
+                        "ranks_in_sync": len(set(digests)) == 1},
+        "versions": _versions(),
+    }
+
+
+def save_artifacts(recipe: Recipe, recipe_name: str, trainer: Any, tokenizer: Any, metrics: dict[str, Any], out: Path,
+                   overrides: list[str]) -> None:
+    """Write everything into a staging dir, then move it into ``out`` with metrics.json last."""
+    from dpo_recipe.cards import render_model_card
+    from dpo_recipe.plots import plot_training
+
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    trainer.model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    plots = plot_training(trainer.state.log_history, staging / "plots")
+    command = shlex.join(["accelerate", "launch", "-m", "dpo_recipe.train", "--recipe", recipe_name,
+                          *[a for item in overrides for a in ("--set", item)]])
+    card = render_model_card(recipe, metrics, recipe_name=recipe_name, command=command,
+                             plots=[str(p.relative_to(staging)) for p in plots])
+    card.save(staging / "README.md")
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json")
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+    (out / INCOMPLETE).unlink(missing_ok=True)
+
+
+def summary_line(metrics: dict[str, Any], out: Path) -> str:
+    t, e = metrics["train"], metrics["eval"]
+    accuracy = e.get("rewards/accuracies")
+    held_out = f"held-out reward accuracy {accuracy:.3f} on {e['pairs']} pairs" if accuracy is not None else "no eval"
+    return (f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
+            f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
+            f"Adapter: {out}")
+
+
+if __name__ == "__main__":
+    main()
