@@ -111,18 +111,25 @@ def render_model_card(
     )
     t = recipe.training
     hyperparameters = [
-        ("beta", t.beta), ("learning_rate", t.learning_rate), ("epochs", t.num_epochs),
+        ("beta", t.beta),
+        ("learning_rate", t.learning_rate),
+        ("epochs", t.num_epochs),
         ("per_device_batch_size", t.per_device_batch_size),
         ("gradient_accumulation_steps", t.gradient_accumulation_steps),
-        ("max_length", t.max_length), ("lr_scheduler", t.lr_scheduler), ("warmup_steps", t.warmup_steps),
+        ("max_length", t.max_length),
+        ("lr_scheduler", t.lr_scheduler),
+        ("warmup_steps", t.warmup_steps),
         ("lora r / alpha / dropout", f"{recipe.lora.r} / {recipe.lora.alpha} / {recipe.lora.dropout}"),
         ("lora target_modules", recipe.lora.target_modules),
         ("training pairs", metrics.get("train", {}).get("pairs")),
-        ("precision", t.precision), ("seed", t.seed),
+        ("precision", t.precision),
+        ("seed", t.seed),
     ]
     summary = (
         f"Held-out reward accuracy **{accuracy:.3f}** on {held_out.get('pairs')} pairs from topics not seen in "
-        "training." if accuracy is not None else "No held-out evaluation was run."
+        "training."
+        if accuracy is not None
+        else "No held-out evaluation was run."
     )
     return ModelCard.from_template(
         data,

@@ -64,6 +64,7 @@ def _fill_atomically(target: Path, write: Any) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable
         try:
             os.rename(staging, target)
         except OSError:  # another process filled it first
@@ -113,7 +114,9 @@ def resolve_model_source(model: ModelSection) -> str:
     gguf = resolve_gguf_path(model.gguf_file)
     try:
         return str(_fill_atomically(gguf_cache_dir(gguf), lambda staging: _convert_gguf(gguf, staging)))
-    except (ValueError, OSError, RuntimeError) as exc:
+    except ModelError:
+        raise
+    except Exception as exc:  # a damaged file surfaces as struct, value, index or OS errors from the reader
         raise ModelError(
             f"model.gguf_file '{model.gguf_file}': could not read {gguf} as a GGUF model ({exc}). "
             "The file may be truncated or corrupt: download or reinstall it."

