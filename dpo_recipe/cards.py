@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from dpo_recipe.config import Recipe
+from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
 
@@ -100,7 +101,6 @@ def render_model_card(
 ) -> ModelCard:
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})
-    accuracy = held_out.get("rewards/accuracies")
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
@@ -125,12 +125,7 @@ def render_model_card(
         ("precision", t.precision),
         ("seed", t.seed),
     ]
-    summary = (
-        f"Held-out reward accuracy **{accuracy:.3f}** on {held_out.get('pairs')} pairs from topics not seen in "
-        "training."
-        if accuracy is not None
-        else "No held-out evaluation was run."
-    )
+    summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
     return ModelCard.from_template(
         data,
         template_path=str(packaged_dir("cards") / "model_card.md"),
@@ -139,7 +134,6 @@ def render_model_card(
         adapter_ref=adapter_ref,
         recipe_name=recipe_name,
         eval_summary=summary,
-        eval_rows=[(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in held_out.items()],
         plots=plots,
         hyperparameters=hyperparameters,
         versions=sorted(metrics.get("versions", {}).items()),

@@ -111,15 +111,19 @@ def _read_directory(path: Path) -> dict[str, Rows]:
         except Exception as exc:
             raise DataError(f"{path}: no dataset found in this directory ({exc}).") from None
     if isinstance(loaded, datasets.Dataset):
-        return {"train": loaded.to_list()}
-    return {name: split.to_list() for name, split in loaded.items()}
+        return {"train": _rows(loaded)}
+    return {name: _rows(split) for name, split in loaded.items()}
+
+
+def _rows(split: Any) -> Rows:
+    return split.to_list() if len(split) else []  # datasets 5.2 fails on to_list() of an empty split
 
 
 def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
     import datasets
 
     loaded = datasets.load_dataset(repo_id, revision=revision)
-    return {name: split.to_list() for name, split in loaded.items()}
+    return {name: _rows(split) for name, split in loaded.items()}
 
 
 def rename_columns(splits: dict[str, Rows], data: DataSection) -> dict[str, Rows]:

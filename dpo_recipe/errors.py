@@ -3,6 +3,12 @@
 The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
 """
 
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
 
 class DpoRecipeError(Exception):
     """An error caused by the user's input, with a message that explains the fix."""
@@ -18,3 +24,12 @@ class DataError(DpoRecipeError):
 
 class ModelError(DpoRecipeError):
     """A model, tokenizer or adapter cannot be used as asked."""
+
+
+def exit_on_user_error(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a script entry point; a user error becomes one ``Error:`` paragraph and exit status 2."""
+    try:
+        return function(*args, **kwargs)
+    except DpoRecipeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -217,6 +217,58 @@ def load_model(model: ModelSection) -> Any:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
     try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"model.name_or_path '{model.name_or_path}' could not be loaded: {exc}") from None
+    if model.gguf_file and model.name_or_path:  # adapters must name the real base, not the local cache path
+        loaded.name_or_path = model.name_or_path
+        loaded.config._name_or_path = model.name_or_path
+    return loaded
+
+
+def resolve_adapter_dir(adapter: str) -> Path:
+    """A local adapter directory, or a Hub id downloaded (safetensors only) into the HF cache."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").exists():
+            raise ModelError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
+        return path
+    if adapter.count("/") != 1 or path.suffix:
+        raise ModelError(f"Adapter '{adapter}' is neither a directory nor a Hub id USER/NAME.")
+    from huggingface_hub import snapshot_download
+
+    allowed = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jinja", "*.txt", "*.model"]
+    return Path(snapshot_download(adapter, allow_patterns=allowed))
+
+
+def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str) -> None:
+    """Compare every LoRA matrix's shape with the base's layer before any weights load."""
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ModelError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are loaded).")
+    modules = dict(skeleton.named_modules())
+    problems = []
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            shape = handle.get_slice(key).get_shape()
+            path = key.removeprefix("base_model.model.").split(".lora_")[0]
+            layer = modules.get(path)
+            if layer is None or not hasattr(layer, "weight"):
+                problems.append(f"{path} does not exist")
+                continue
+            out_features, in_features = layer.weight.shape[0], layer.weight.shape[-1]
+            expected = in_features if ".lora_A." in key else out_features
+            actual = shape[1] if ".lora_A." in key else shape[0]
+            if expected != actual:
+                problems.append(f"{path} has size {expected}, the adapter expects {actual}")
+            if len(problems) >= 3:
+                break
+    if problems:
+        raise ModelError(
+            f"The adapter in {adapter_dir} does not fit base model '{base_name}': {'; '.join(problems)}. "
+            "Pass the base model the adapter was trained on (--base), as recorded in its adapter_config.json."
+        )

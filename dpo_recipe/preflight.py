@@ -14,6 +14,7 @@ from typing import Any
 from dpo_recipe.config import Recipe
 from dpo_recipe.errors import DataError
 from dpo_recipe.model import linear_module_names
+from dpo_recipe.tokens import encode_pair
 
 
 @dataclass
@@ -37,34 +38,21 @@ def _percentiles(values: list[int]) -> str:
     return f"p50 {at(0.5)} / p95 {at(0.95)} / max {ordered[-1]}"
 
 
-def _render(tokenizer: Any, value: Any, *, prompt: bool) -> str:
-    if isinstance(value, str):
-        return value
-    return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=prompt)
-
-
 def measure_tokens(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> TokenReport:
     """Tokenize every pair the way TRL does: prompt, then prompt + completion + EOS."""
     report = TokenReport(pairs=len(rows))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     for number, row in enumerate(rows, start=1):
-        prompt = _render(tokenizer, row["prompt"], prompt=True)
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        report.prompt_lengths.append(len(prompt_ids))
-        truncated = False
-        for column in ("chosen", "rejected"):
-            full_ids = tokenizer(prompt + _render(tokenizer, row[column], prompt=False))["input_ids"]
-            if full_ids[: len(prompt_ids)] != prompt_ids:
-                report.not_prefix_pairs += column == "chosen"
-            completion = len(full_ids) - len(prompt_ids) + (full_ids[-1:] != [eos])
-            report.completion_lengths.append(completion)
-            truncated |= len(prompt_ids) + completion > max_length
-            if column == "chosen" and bos is not None and full_ids[:2] == [bos, bos]:
-                report.double_bos_pairs += 1
-            if column == "chosen" and not isinstance(row[column], str) and full_ids[-1:] != [eos]:
-                report.missing_eos_pairs += 1
-        report.truncated_pairs += truncated
-        if len(prompt_ids) >= max_length:
+        pair = encode_pair(tokenizer, row)
+        report.prompt_lengths.append(len(pair.prompt_ids))
+        report.completion_lengths += [len(pair.chosen_ids), len(pair.rejected_ids)]
+        longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+        report.truncated_pairs += longest > max_length
+        report.not_prefix_pairs += not pair.prompt_is_prefix
+        full = pair.prompt_ids + pair.chosen_ids
+        report.double_bos_pairs += bos is not None and full[:2] == [bos, bos]
+        report.missing_eos_pairs += eos not in pair.chosen_ids
+        if len(pair.prompt_ids) >= max_length:
             report.emptied_pairs.append(number)
     return report
 

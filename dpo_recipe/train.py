@@ -18,14 +18,13 @@ import os
 import resource
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config import Recipe, load_recipe
 from dpo_recipe.data import load_preference_splits
-from dpo_recipe.errors import DpoRecipeError, RecipeError
+from dpo_recipe.errors import RecipeError, exit_on_user_error
 from dpo_recipe.model import (
     check_hardware,
     check_lora_targets,
@@ -33,6 +32,7 @@ from dpo_recipe.model import (
     load_tokenizer,
     skeleton_model,
 )
+from dpo_recipe.perf import keep_freed_memory_in_heap
 from dpo_recipe.preflight import (
     format_dry_run,
     lora_summary,
@@ -75,18 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        run(
-            args.recipe,
-            args.overrides,
-            output_dir=args.output_dir,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
-        )
-    except DpoRecipeError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error(
+        run,
+        args.recipe,
+        args.overrides,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
+    )
 
 
 def run(
@@ -126,6 +123,7 @@ def run(
     if dry_run:
         return None
 
+    keep_freed_memory_in_heap()
     args = dpo_config(recipe, out)  # creates accelerate's process state: rank-aware from here on
     from accelerate import PartialState
 
@@ -137,15 +135,17 @@ def run(
     # ---- train
     trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, eval_rows, out)
     train_output = trainer.train(resume_from_checkpoint=resume or None)
-    eval_metrics = trainer.evaluate() if eval_rows else {}
+
+    # ---- evaluate on held-out pairs (every rank scores a shard; the main one gets the report)
+    report = held_out_report(recipe, trainer, tokenizer, eval_rows)
 
     # ---- save (main process only; every rank reports its adapter digest first)
     digests = _gather_adapter_digests(trainer)
     if not state.is_main_process:
         return None
-    metrics = collect_metrics(recipe, trainer, train_output, eval_metrics, len(train_rows), len(eval_rows), digests)
+    metrics = collect_metrics(recipe, trainer, train_output, report, len(train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    save_artifacts(recipe, recipe_name, trainer, tokenizer, metrics, out, overrides)
+    save_artifacts(recipe, recipe_name, trainer, tokenizer, metrics, report, out, overrides)
     print(summary_line(metrics, out))
     return metrics
 
@@ -258,6 +258,24 @@ def build_trainer(
     return trainer
 
 
+def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict]) -> dict[str, Any] | None:
+    from dpo_recipe.evaluation import evaluate_adapter
+
+    if not eval_rows:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return evaluate_adapter(
+        model,
+        tokenizer,
+        eval_rows,
+        beta=recipe.training.beta,
+        max_length=recipe.training.max_length,
+        batch_size=recipe.eval.batch_size,
+        num_generations=recipe.eval.num_generations,
+        max_new_tokens=recipe.eval.max_new_tokens,
+    )
+
+
 def adapter_state(model: Any) -> dict[str, Any]:
     from peft import get_peft_model_state_dict
 
@@ -296,9 +314,8 @@ def collect_metrics(
     recipe: Recipe,
     trainer: Any,
     train_output: Any,
-    eval_metrics: dict[str, float],
+    report: dict[str, Any] | None,
     n_train: int,
-    n_eval: int,
     digests: list[str],
 ) -> dict[str, Any]:
     history = trainer.state.log_history
@@ -325,14 +342,7 @@ def collect_metrics(
             "runtime_s": round(runtime, 2),
             "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
         },
-        "eval": {
-            "pairs": n_eval,
-            **{
-                k.removeprefix("eval_"): v
-                for k, v in eval_metrics.items()
-                if k.removeprefix("eval_") in (*keys, "loss")
-            },
-        },
+        "eval": {k: v for k, v in (report or {}).items() if k != "per_pair"},
         "memory": _peak_memory_mb(),
         "distributed": {
             "world_size": trainer.args.world_size,
@@ -349,11 +359,13 @@ def save_artifacts(
     trainer: Any,
     tokenizer: Any,
     metrics: dict[str, Any],
+    report: dict[str, Any] | None,
     out: Path,
     overrides: list[str],
 ) -> None:
     """Write everything into a staging dir, then move it into ``out`` with metrics.json last."""
     from dpo_recipe.cards import render_model_card
+    from dpo_recipe.evaluation import plot_report
     from dpo_recipe.plots import plot_training
 
     staging = out / ".staging"
@@ -362,7 +374,22 @@ def save_artifacts(
     trainer.model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    plots = plot_training(trainer.state.log_history, staging / "plots")
+    history = list(trainer.state.log_history)
+    if report:  # the held-out point at the last step, beside the training curves
+        overall = report["overall"]
+        history.append(
+            {
+                "step": trainer.state.global_step,
+                "eval_loss": overall["loss"],
+                "eval_rewards/accuracies": overall["reward_accuracy"],
+                "eval_rewards/margins": overall["reward_margin"],
+            }
+        )
+        (staging / "eval_report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    plots = plot_training(history, staging / "plots")
+    plots += plot_report(report or {}, staging / "plots")
     command = shlex.join(
         [
             "accelerate",
@@ -390,9 +417,12 @@ def save_artifacts(
 
 
 def summary_line(metrics: dict[str, Any], out: Path) -> str:
-    t, e = metrics["train"], metrics["eval"]
-    accuracy = e.get("rewards/accuracies")
-    held_out = f"held-out reward accuracy {accuracy:.3f} on {e['pairs']} pairs" if accuracy is not None else "no eval"
+    t, overall = metrics["train"], metrics["eval"].get("overall")
+    held_out = (
+        f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall['pairs']} pairs"
+        if overall
+        else "no held-out pairs"
+    )
     return (
         f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
         f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
-
 from conftest import REPO, invoke, tiny_overrides
+
 from dpo_recipe.cli import accelerate_launch_args
 from dpo_recipe.config import ModelSection
 from dpo_recipe.errors import ModelError

@@ -8,30 +8,32 @@ import pytest
 from conftest import REPO
 
 
-def test_wheel_carries_recipes_cards_and_topics(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A non-editable wheel, built the way a release would be."""
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("dpo_recipe-*.whl")
+    (built,) = out.glob("dpo_recipe-*.whl")
+    return built
+
+
+def test_wheel_carries_recipes_cards_and_topics(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for recipe in REPO.glob("recipes/**/*.yaml"):
         assert f"dpo_recipe/{recipe.relative_to(REPO)}" in names
     for card in REPO.glob("cards/*.md"):
         assert f"dpo_recipe/cards/{card.name}" in names
     assert {f"dpo_recipe/topics/{d}.json" for d in ("ai", "programming", "data_science")} <= names
+    assert "dpo_recipe/metrics/dpo_preference/dpo_preference.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "dpo-recipe = dpo_recipe.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_packaged_dirs_resolve_from_an_unpacked_wheel(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("dpo_recipe-*.whl")
+def test_packaged_dirs_resolve_from_an_unpacked_wheel(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = "from dpo_recipe.config import recipes_dir; print(recipes_dir())"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, tiny_overrides
+
+from dpo_recipe.cli import accelerate_launch_args
 from dpo_recipe.errors import DataError, ModelError, RecipeError
 from dpo_recipe.train import run
 
@@ -50,14 +51,16 @@ def test_run_writes_every_artifact(finished_run) -> None:
     assert saved == json.loads(json.dumps(metrics))
     for key in (
         "loss",
-        "rewards/accuracies",
-        "rewards/margins",
-        "rewards/chosen",
-        "rewards/rejected",
-        "logps/chosen",
-        "logps/rejected",
+        "reward_accuracy",
+        "reward_margin",
+        "chosen_reward",
+        "rejected_reward",
+        "base_loglik_accuracy",
+        "policy_loglik_accuracy_normalized",
     ):
-        assert key in saved["eval"], key
+        assert key in saved["eval"]["overall"], key
+    for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/chosen", "logps/rejected"):
+        assert key in saved["train"], key
     assert saved["train"]["pairs"] == 64 and saved["train"]["steps"] == 32
     assert saved["train"]["pairs_per_s"] > 0 and saved["memory"]["peak_rss_mb"] > 100
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -97,7 +100,7 @@ def test_draft_model_card_parses(finished_run, tiny_model: Path) -> None:
     assert meta["library_name"] == "peft" and meta["base_model"] == str(tiny_model)
     assert {"trl", "dpo", "lora"} <= set(meta["tags"])
     assert "PeftModel.from_pretrained" in card.text and "![plots/loss.png](plots/loss.png)" in card.text
-    assert f"{metrics['eval']['rewards/accuracies']:.3f}" in card.text
+    assert f"{100 * metrics['eval']['overall']['reward_accuracy']:.1f}%" in card.text
 
 
 def test_finished_run_is_not_overwritten_by_accident(finished_run, tiny_model: Path) -> None:
@@ -162,15 +165,7 @@ def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: 
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *accelerate_launch_args(None, 2),
         "--main_process_port",
         str(29500 + random.randrange(400)),
     ]

@@ -1,0 +1,385 @@
+"""Held-out evaluation of a LoRA adapter: reward accuracy, margins, before/after, by failure type.
+
+    dpo-recipe eval --adapter DIR [--base MODEL] [--data SOURCE] [--split test] [--out report.json]
+    accelerate launch --multi_gpu --num_processes 2 -m dpo_recipe.evaluation --adapter DIR ...
+
+One pass over the pairs scores each answer under the tuned model (adapter on) and the base
+(adapter off, the DPO reference): that gives the implicit rewards and, from the base alone,
+the "before" log-likelihood accuracy. Processes split the pairs and the main one gathers them.
+Only completion positions go through the LM head, so a 49k vocabulary costs no full logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
+from dpo_recipe.tokens import encode_pair, truncate
+
+METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
+BREAKDOWNS = ("rejection_type", "domain")
+
+
+def load_metric() -> Any:
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR))
+
+
+def _completion_logps(model: Any, sequences: list[tuple[list[int], int]], pad_id: int) -> list[tuple[float, int]]:
+    """Summed log-prob of each sequence's last ``n`` tokens (its completion), and ``n``."""
+    import torch
+
+    width = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for i, (ids, _) in enumerate(sequences):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    head = model.get_output_embeddings()
+    results = []
+    for i, (ids, n) in enumerate(sequences):
+        if n == 0:
+            results.append((0.0, 0))
+            continue
+        start = len(ids) - n  # hidden state at t predicts token t + 1
+        logits = head(hidden[i, start - 1 : len(ids) - 1]).float()
+        targets = input_ids[i, start : len(ids)]
+        logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum()
+        results.append((float(logps), n))
+    return results
+
+
+def score_pairs(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Per-pair log-probs under the tuned model and the base (adapter disabled), in ``rows`` order.
+
+    Sequences are batched by length (each is scored independently, so order changes nothing but
+    the padding), which on CPU saves about as much time as the padding it avoids.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sequences = []
+    for row in rows:
+        pair = encode_pair(tokenizer, row)
+        sequences.append(truncate(pair.prompt_ids, pair.chosen_ids, max_length))
+        sequences.append(truncate(pair.prompt_ids, pair.rejected_ids, max_length))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    tuned: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
+    reference = list(tuned)
+    was_training = model.training
+    model.eval()
+    width = 2 * batch_size
+    for start in tqdm(range(0, len(order), width), desc="Scoring held-out pairs", disable=not progress):
+        chunk = order[start : start + width]
+        batch = [sequences[i] for i in chunk]
+        with torch.no_grad():
+            policy_scores = _completion_logps(base, batch, pad_id)
+            with model.disable_adapter():
+                reference_scores = _completion_logps(base, batch, pad_id)
+        for i, p, r in zip(chunk, policy_scores, reference_scores, strict=True):
+            tuned[i], reference[i] = p, r
+    model.train(was_training)
+    scored = []
+    for j, row in enumerate(rows):
+        (pc, nc), (pr, nr) = tuned[2 * j], tuned[2 * j + 1]
+        scored.append(
+            {
+                "policy_chosen_logps": pc,
+                "policy_rejected_logps": pr,
+                "reference_chosen_logps": reference[2 * j][0],
+                "reference_rejected_logps": reference[2 * j + 1][0],
+                "chosen_tokens": nc,
+                "rejected_tokens": nr,
+                **{key: row[key] for key in (*BREAKDOWNS, "topic") if key in row},
+            }
+        )
+    return scored
+
+
+def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
+    metric = load_metric()
+    inputs = list(metric.features)
+
+    def compute(subset: list[dict[str, Any]]) -> dict[str, Any]:
+        return metric.compute(**{k: [s[k] for s in subset] for k in inputs}, beta=beta)
+
+    report: dict[str, Any] = {"beta": beta, "overall": compute(scored)}
+    for s in scored:
+        s["reward_margin"] = beta * (
+            (s["policy_chosen_logps"] - s["reference_chosen_logps"])
+            - (s["policy_rejected_logps"] - s["reference_rejected_logps"])
+        )
+    for key in BREAKDOWNS:
+        groups: dict[str, list] = defaultdict(list)
+        for s in scored:
+            if key in s:
+                groups[str(s[key])].append(s)
+        if groups:
+            report[f"by_{key}"] = {name: compute(group) for name, group in sorted(groups.items())}
+    return report
+
+
+def greedy_answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, str]]:
+    """A few held-out prompts answered by the base and the tuned model, greedily (deterministic)."""
+    import torch
+
+    answers = []
+    model.eval()
+    for row in rows:
+        prompt = row["prompt"]
+        text = (
+            prompt
+            if isinstance(prompt, str)
+            else tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        )
+        inputs = tokenizer(text, return_tensors="pt")
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+        with torch.no_grad():
+            tuned = model.generate(**inputs, **settings)
+            with model.disable_adapter():
+                base = model.generate(**inputs, **settings)
+        cut = inputs["input_ids"].shape[1]
+        answers.append(
+            {
+                "prompt": text,
+                "base": tokenizer.decode(base[0, cut:], skip_special_tokens=True).strip(),
+                "tuned": tokenizer.decode(tuned[0, cut:], skip_special_tokens=True).strip(),
+            }
+        )
+    return answers
+
+
+def evaluate_adapter(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    *,
+    beta: float,
+    max_length: int,
+    batch_size: int,
+    num_generations: int,
+    max_new_tokens: int,
+) -> dict[str, Any] | None:
+    """Score ``rows`` split across processes; the main process returns the report, others None."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    indexed = list(enumerate(rows))
+    with state.split_between_processes(indexed) as shard:
+        scored = score_pairs(
+            model, tokenizer, [r for _, r in shard], max_length, batch_size, progress=state.is_main_process
+        )
+        tagged = [(i, s) for (i, _), s in zip(shard, scored, strict=True)]
+    gathered = sorted(gather_object(tagged), key=lambda item: item[0])
+    if not state.is_main_process:
+        return None
+    report = summarise([s for _, s in gathered], beta)
+    report["per_pair"] = [s for _, s in gathered]
+    report["generations"] = greedy_answers(model, tokenizer, rows[:num_generations], max_new_tokens)
+    return report
+
+
+# ---------------------------------------------------------------------------- presentation
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    overall = report["overall"]
+    low, high = overall["reward_accuracy_ci95"]
+    lines = [
+        f"Held-out reward accuracy **{_pct(overall['reward_accuracy'])}** (95% CI {_pct(low)}–{_pct(high)}) on "
+        f"{overall['pairs']} pairs; mean reward margin {overall['reward_margin']:.4f}; ties {overall['reward_ties']}.",
+        "Log-likelihood preference accuracy (length-normalised): base "
+        f"{_pct(overall['base_loglik_accuracy_normalized'])} → tuned "
+        f"{_pct(overall['policy_loglik_accuracy_normalized'])}.",
+        "",
+    ]
+    for key in BREAKDOWNS:
+        groups = report.get(f"by_{key}")
+        if not groups:
+            continue
+        lines += [
+            f"| {key} | pairs | reward acc. (95% CI) | margin | base LL acc. (sum / norm.) "
+            "| tuned LL acc. (sum / norm.) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, m in groups.items():
+            lo, hi = m["reward_accuracy_ci95"]
+            lines.append(
+                f"| {name} | {m['pairs']} | {_pct(m['reward_accuracy'])} ({_pct(lo)}–{_pct(hi)}) | "
+                f"{m['reward_margin']:.4f} | {_pct(m['base_loglik_accuracy'])} / "
+                f"{_pct(m['base_loglik_accuracy_normalized'])} | {_pct(m['policy_loglik_accuracy'])} / "
+                f"{_pct(m['policy_loglik_accuracy_normalized'])} |"
+            )
+        lines.append("")
+    if report.get("generations"):
+        lines += ["| prompt | base | tuned |", "| --- | --- | --- |"]
+        for g in report["generations"]:
+            cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    groups = report.get("by_rejection_type")
+    if groups:
+        names = list(groups)
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [groups[n]["reward_accuracy"] for n in names], width=0.4, label="reward acc.")
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [groups[n]["base_loglik_accuracy_normalized"] for n in names],
+            width=0.4,
+            label="base LL acc. (norm.)",
+        )
+        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title("Held-out accuracy by rejection type")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = out_dir / "accuracy_by_rejection_type.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    margins = [p["reward_margin"] for p in report.get("per_pair", [])]
+    if margins:
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.hist(margins, bins=30)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_xlabel("reward margin (chosen - rejected)")
+        ax.set_title("Held-out reward margins")
+        fig.tight_layout()
+        path = out_dir / "reward_margin_histogram.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_recipe.evaluation",
+        description="Score a LoRA adapter on held-out preference pairs (run under 'accelerate launch' to split "
+        "the pairs across processes).",
+    )
+    parser.add_argument("--adapter", required=True, help="Adapter directory written by training, or a Hub id.")
+    parser.add_argument("--base", help="Base model (default: the one the adapter's recipe recorded).")
+    parser.add_argument("--data", help="Pairs to score (default: the adapter's recipe data source).")
+    parser.add_argument("--split", default="test", help="Split to score (default: test).")
+    parser.add_argument("--beta", type=float, help="DPO beta for rewards (default: the recipe's).")
+    parser.add_argument("--max-pairs", type=int, help="Score only the first N pairs.")
+    parser.add_argument("--out", default="eval_report.json", help="JSON report path; charts go beside it.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    exit_on_user_error(
+        run_eval,
+        args.adapter,
+        base=args.base,
+        data=args.data,
+        split=args.split,
+        beta=args.beta,
+        max_pairs=args.max_pairs,
+        out=Path(args.out),
+    )
+
+
+def run_eval(
+    adapter: str,
+    *,
+    base: str | None = None,
+    data: str | None = None,
+    split: str = "test",
+    beta: float | None = None,
+    max_pairs: int | None = None,
+    out: Path = Path("eval_report.json"),
+) -> dict[str, Any] | None:
+    """Everything that can be wrong is checked before the base model's weights load."""
+    import dataclasses
+
+    from dpo_recipe.config import Recipe, load_recipe
+    from dpo_recipe.data import load_preference_splits
+    from dpo_recipe.model import (
+        check_adapter_matches_base,
+        load_model,
+        load_tokenizer,
+        resolve_adapter_dir,
+        skeleton_model,
+    )
+
+    adapter_dir = resolve_adapter_dir(adapter)
+    recipe = load_recipe(str(adapter_dir / "recipe.yaml")) if (adapter_dir / "recipe.yaml").exists() else Recipe()
+    model_section = recipe.model
+    if base:
+        model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
+    if not model_section.name_or_path:
+        raise DpoRecipeError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL.")
+    data_section = dataclasses.replace(
+        recipe.data, source=data or recipe.data.source, test_split=split, max_train_pairs=None, max_eval_pairs=max_pairs
+    )
+    _, rows, _ = load_preference_splits(data_section)
+    if not rows:
+        raise DpoRecipeError(f"{data_section.source}: split '{split}' has no pairs to score.")
+    check_adapter_matches_base(adapter_dir, skeleton_model(model_section), model_section.name_or_path)
+
+    from peft import PeftModel
+
+    from dpo_recipe.perf import keep_freed_memory_in_heap
+
+    keep_freed_memory_in_heap()
+    tokenizer = load_tokenizer(dataclasses.replace(model_section, name_or_path=str(adapter_dir), gguf_file=None))
+    model = PeftModel.from_pretrained(load_model(model_section), str(adapter_dir))
+    report = evaluate_adapter(
+        model,
+        tokenizer,
+        rows,
+        beta=beta or recipe.training.beta,
+        max_length=recipe.training.max_length,
+        batch_size=recipe.eval.batch_size,
+        num_generations=recipe.eval.num_generations,
+        max_new_tokens=recipe.eval.max_new_tokens,
+    )
+    if report is None:
+        return None
+    report["adapter"] = adapter
+    report["base_model"] = model_section.name_or_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    charts = plot_report(report, out.parent / f"{out.stem}_plots")
+    report["charts"] = [str(c) for c in charts]
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(markdown_summary(report))
+    print(f"\nReport: {out}; charts: {', '.join(report['charts'])}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Turning a preference pair into token ids exactly as TRL's DPOTrainer does.
+
+The dry run and the evaluation both use this, so the lengths they report and the
+log-probabilities they score are those of the sequences the trainer optimises (a test checks
+the evaluation's log-probs against TRL's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trl.trainer.dpo_trainer import common_prefix_length
+
+
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # completion only, EOS included
+    rejected_ids: list[int]
+    prompt_is_prefix: bool  # False when TRL would cut the prompt's tail
+
+
+def render_ids(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -> list[int]:
+    if isinstance(value, str):
+        return tokenizer(value)["input_ids"]
+    rendered = tokenizer.apply_chat_template(
+        value, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
+    )
+    return list(rendered["input_ids"])
+
+
+def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if isinstance(prompt, str):
+        eos = tokenizer.eos_token
+        chosen = chosen if chosen.endswith(eos) else chosen + eos
+        rejected = rejected if rejected.endswith(eos) else rejected + eos
+    prompt_ids = render_ids(tokenizer, prompt, generation_prompt=True)
+    prompt_chosen = render_ids(tokenizer, prompt + chosen)
+    prompt_rejected = render_ids(tokenizer, prompt + rejected)
+    prompt_len = min(common_prefix_length(prompt_ids, prompt_chosen), common_prefix_length(prompt_ids, prompt_rejected))
+    return EncodedPair(
+        prompt_ids=prompt_ids[:prompt_len],
+        chosen_ids=prompt_chosen[prompt_len:],
+        rejected_ids=prompt_rejected[prompt_len:],
+        prompt_is_prefix=prompt_len == len(prompt_ids),
+    )
+
+
+def truncate(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> tuple[list[int], int]:
+    """TRL's keep_start truncation: the sequence, and how many completion tokens survive."""
+    sequence = (prompt_ids + completion_ids)[:max_length]
+    return sequence, max(0, len(sequence) - len(prompt_ids))
