@@ -104,7 +104,10 @@ def _read_directory(path: Path) -> dict[str, Rows]:
     import datasets
 
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except IndexError:  # datasets 5.2 cannot load a saved split that has zero rows
+            return _read_saved_arrow(path)
     else:
         try:
             loaded = datasets.load_dataset(str(path))
@@ -113,6 +116,27 @@ def _read_directory(path: Path) -> dict[str, Rows]:
     if isinstance(loaded, datasets.Dataset):
         return {"train": _rows(loaded)}
     return {name: _rows(split) for name, split in loaded.items()}
+
+
+def _read_saved_arrow(path: Path) -> dict[str, Rows]:
+    """Read a ``save_to_disk`` directory's Arrow files directly (the layout is state.json per split)."""
+    import pyarrow as pa
+
+    names = (
+        json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if (path / "dataset_dict.json").exists()
+        else [""]
+    )
+    splits = {}
+    for name in names:
+        folder = path / name
+        files = json.loads((folder / "state.json").read_text())["_data_files"]
+        rows: Rows = []
+        for entry in files:
+            with pa.memory_map(str(folder / entry["filename"])) as source:
+                rows += pa.ipc.open_stream(source).read_all().to_pylist()
+        splits[name or "train"] = rows
+    return splits
 
 
 def _rows(split: Any) -> Rows:
