@@ -265,7 +265,7 @@ def train_command(
 @click.option("--recipe", default="smollm2-135m-ja", show_default=True, help="Recipe to train.")
 @click.option(
     "--train-pairs",
-    default=128,
+    default=48,
     show_default=True,
     type=click.IntRange(min=8),
     help="CPU-sized slice of the training split (the held-out split is evaluated whole).",

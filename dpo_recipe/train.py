@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import resource
@@ -99,6 +100,11 @@ def run(
     recipe = load_recipe(recipe_name, overrides + ([f"training.output_dir={output_dir}"] if output_dir else []))
     out = Path(recipe.training.output_dir)
     check_hardware(recipe.model, recipe.training.precision)
+    if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RecipeError(
+            "training.tensorboard is true but TensorBoard is not installed: "
+            "pip install 'dpo-recipe[tensorboard]' (or set training.tensorboard: false)."
+        )
     if resume and overwrite:
         raise RecipeError(
             "--resume and --overwrite contradict each other: resume continues a run, overwrite starts over."
@@ -193,7 +199,7 @@ def dpo_config(recipe: Recipe, out: Path) -> Any:
 
     t = recipe.training
     if t.tensorboard:  # transformers 5 reads the TensorBoard directory from the environment only
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
     return DPOConfig(
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=t.num_epochs,

@@ -222,3 +222,39 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_model: 
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-6)
     assert not (out / "INCOMPLETE").exists()
+
+
+def test_tensorboard_events_when_the_recipe_asks(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    out = tmp_path / "tb"
+    run(
+        "tiny-ja",
+        tiny_overrides(tiny_model, "training.tensorboard=true", "data.max_train_pairs=8", "data.max_eval_pairs=4"),
+        output_dir=str(out),
+    )
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    from dpo_recipe.generate import generate_pairs
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in generate_pairs(100, seed=1)["train"][:12]
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    overrides = tiny_overrides(tiny_model, f"data.source={data}", "data.test_size=0.34", "training.max_length=256")
+    run("tiny-ja", overrides, output_dir=str(tmp_path / "dry"), dry_run=True)
+    report = capsys.readouterr().out
+    assert "chat template round trip: double BOS 0, missing EOS 0" in report
+    assert "prompt not a token prefix of prompt+answer (TRL cuts the prompt tail): 0" in report
+    metrics = run("tiny-ja", overrides, output_dir=str(tmp_path / "chat"))
+    assert metrics["train"]["pairs"] == 8 and metrics["eval"]["overall"]["pairs"] == 4
+    assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert metrics["eval"]["generations"][0]["prompt"].startswith("<|im_start|>user\n")
