@@ -40,3 +40,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={model_dir}", *extra]
+
+
+def two_process_launcher() -> list[str]:
+    """`accelerate launch` for two CPU processes (gloo), on a free-ish port so tests do not collide."""
+    import random
+    import sys
+
+    from dpo_recipe.cli import accelerate_launch_args
+
+    port = str(29500 + random.randrange(1000))
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *accelerate_launch_args(None, 2),
+        "--main_process_port",
+        port,
+    ]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import datasets
 import pytest
-from conftest import REPO, invoke, tiny_overrides
+from conftest import REPO, invoke, tiny_overrides, two_process_launcher
 
-from dpo_recipe.cli import accelerate_launch_args
 from dpo_recipe.errors import DpoRecipeError, ModelError
 from dpo_recipe.evaluation import load_metric, markdown_summary, run_eval, summarise
 from dpo_recipe.train import run
@@ -132,14 +130,7 @@ def test_two_processes_give_the_same_report_as_one(trained: Path, tmp_path: Path
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *accelerate_launch_args(None, 2),
-        "--main_process_port",
-        str(29900 + random.randrange(90)),
-    ]
+    launcher = two_process_launcher()
     two = subprocess.run(
         [*launcher, *args, "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300
     )

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_overrides
+from conftest import REPO, tiny_overrides, two_process_launcher
 
-from dpo_recipe.cli import accelerate_launch_args
 from dpo_recipe.errors import DataError, ModelError, RecipeError
 from dpo_recipe.train import run
 
@@ -161,14 +160,7 @@ def _env() -> dict[str, str]:
 
 def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *accelerate_launch_args(None, 2),
-        "--main_process_port",
-        str(29500 + random.randrange(400)),
-    ]
+    launcher = two_process_launcher()
     result = subprocess.run(
         _train_cmd(tiny_model, out, launcher=launcher), env=_env(), capture_output=True, text=True, timeout=300
     )
