@@ -12,15 +12,7 @@ from dpo_recipe.config import Recipe
 from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
-
-
-def _percentiles(values: list[int]) -> dict[str, int]:
-    ordered = sorted(values) or [0]
-
-    def at(q: float) -> int:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return {"p50": at(0.5), "p95": at(0.95), "max": ordered[-1]}
+from dpo_recipe.tokens import length_percentiles
 
 
 def _size_category(n: int) -> str:
@@ -86,7 +78,7 @@ def render_dataset_card(
         domain_counts=dict(sorted(Counter(r["domain"] for r in rows).items())),
         rejection_rows=rejection_rows,
         length_note=length_note,
-        length_rows=[{"field": name, **_percentiles(values)} for name, values in fields.items()],
+        length_rows=[{"field": name, **length_percentiles(values)} for name, values in fields.items()],
     )
 
 

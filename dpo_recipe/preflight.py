@@ -14,7 +14,7 @@ from typing import Any
 from dpo_recipe.config import Recipe
 from dpo_recipe.errors import DataError
 from dpo_recipe.model import linear_module_names
-from dpo_recipe.tokens import encode_pair
+from dpo_recipe.tokens import encode_pair, length_percentiles
 
 
 @dataclass
@@ -30,12 +30,7 @@ class TokenReport:
 
 
 def _percentiles(values: list[int]) -> str:
-    ordered = sorted(values) or [0]
-
-    def at(q: float) -> int:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return f"p50 {at(0.5)} / p95 {at(0.95)} / max {ordered[-1]}"
+    return " / ".join(f"{name} {value}" for name, value in length_percentiles(values).items())
 
 
 def measure_tokens(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> TokenReport:
@@ -109,15 +104,10 @@ def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: i
     return (weight_bytes + lora_bytes + activation_bytes) / 2**20
 
 
-def format_dry_run(
-    recipe: Recipe,
-    report: TokenReport,
-    matched: Counter,
-    trainable: int,
-    memory_mb: float,
-    lint_warnings: int,
-    total_params: int,
-) -> str:
+def dry_run_report(recipe: Recipe, report: TokenReport, skeleton: Any, lint_warnings: int) -> str:
+    matched, trainable = lora_summary(skeleton, recipe)
+    total_params = sum(p.numel() for p in skeleton.parameters())
+    memory_mb = memory_estimate_mb(skeleton, recipe, trainable, recipe.training.max_length)
     modules = ", ".join(f"{name} x{count}" for name, count in sorted(matched.items()))
     lines = [
         f"pairs kept: {report.pairs} (lint warnings: {lint_warnings})",

@@ -34,13 +34,7 @@ from dpo_recipe.model import (
     skeleton_model,
 )
 from dpo_recipe.perf import keep_freed_memory_in_heap
-from dpo_recipe.preflight import (
-    format_dry_run,
-    lora_summary,
-    measure_tokens,
-    memory_estimate_mb,
-    refuse_emptied_completions,
-)
+from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINTS = "checkpoints"
@@ -119,11 +113,7 @@ def run(
     check_lora_targets(recipe.lora.target_modules, skeleton)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if dry_run:
-        matched, trainable = lora_summary(skeleton, recipe)
-        total = sum(p.numel() for p in skeleton.parameters())
-        memory = memory_estimate_mb(skeleton, recipe, trainable, recipe.training.max_length)
-        warnings = len(lint_report.findings)
-        print(format_dry_run(recipe, tokens, matched, trainable, memory, warnings, total))
+        print(dry_run_report(recipe, tokens, skeleton, lint_warnings=len(lint_report.findings)))
         print(f"dry run finished in {time.perf_counter() - started:.1f} s")
     refuse_emptied_completions(tokens, recipe.training.max_length)
     if dry_run:
@@ -135,7 +125,7 @@ def run(
 
     state = PartialState()
     if state.is_main_process:
-        _prepare_output_dir(out, recipe_name, overrides, resume=resume, overwrite=overwrite)
+        _prepare_output_dir(out, recipe_name, overrides, overwrite=overwrite)
     state.wait_for_everyone()
 
     # ---- train
@@ -168,12 +158,11 @@ def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise RecipeError(f"{out} holds an interrupted run. Pass --resume to continue it or --overwrite to start over.")
 
 
-def _prepare_output_dir(out: Path, recipe_name: str, overrides: list[str], *, resume: bool, overwrite: bool) -> None:
+def _prepare_output_dir(out: Path, recipe_name: str, overrides: list[str], *, overwrite: bool) -> None:
     if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    for finished in ("metrics.json",):  # a resumed run is not finished until it says so again
-        (out / finished).unlink(missing_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # a resumed run is not finished until it says so again
     command = resume_command(recipe_name, overrides, out)
     (out / INCOMPLETE).write_text(f"This run has not finished. Continue it with:\n  {command}\n", encoding="utf-8")
 
