@@ -14,6 +14,8 @@ from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
 from dpo_recipe.tokens import length_percentiles
 
+ADAPTER_PLACEHOLDER = "./path/to/adapter"  # replaced by the repo id when the adapter is pushed
+
 
 def _size_category(n: int) -> str:
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
@@ -89,7 +91,7 @@ def render_model_card(
     recipe_name: str,
     command: str,
     plots: list[str],
-    adapter_ref: str = "./path/to/adapter",
+    adapter_ref: str = ADAPTER_PLACEHOLDER,
 ) -> ModelCard:
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})

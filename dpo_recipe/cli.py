@@ -169,6 +169,51 @@ def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_colu
         raise SystemExit(1)
 
 
+@data.command("push")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--repo-id", required=True, help="Target dataset repo, USER/NAME.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--revision", help="Branch to push to (default main).")
+def data_push(source: Path, repo_id: str, private: bool, revision: str | None) -> None:
+    """Publish dataset SOURCE (linted first) to the Hub as Parquet train/test splits with its card.
+
+    The token comes from HF_TOKEN or `hf auth login` and is never printed.
+    """
+    from dpo_recipe.data import lint_error_message, read_source
+    from dpo_recipe.hub import push_dataset, writable_token
+    from dpo_recipe.lint import lint
+
+    writable_token(repo_id)  # fail before reading anything large
+    splits = read_source(str(source))
+    report = lint(splits)
+    if report.errors:
+        raise DpoRecipeError(lint_error_message(str(source), report))
+    card = source / "README.md" if source.is_dir() else None
+    result = push_dataset(splits, card, repo_id, private=private, revision=revision)
+    click.echo(f"Pushed {sum(len(r) for r in splits.values())} pairs to {result.url} at commit {result.commit}")
+
+
+@cli.command("push")
+@click.argument("output_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Target model repo, USER/NAME.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--revision", help="Branch to push to (default main).")
+@click.option("--commit-message", help="Commit message (default: Upload OUTPUT_DIR).")
+def push_command(
+    output_dir: Path, repo_id: str, private: bool, revision: str | None, commit_message: str | None
+) -> None:
+    """Push a finished training OUTPUT_DIR to the Hub in one commit, then verify it.
+
+    Adapter (safetensors only), tokenizer, recipe.yaml, metrics, plots and the model card go in
+    one atomic commit; the remote files at that commit are checked against the local ones
+    (size and hash) before the URL and commit id are printed.
+    """
+    from dpo_recipe.hub import push_adapter
+
+    result = push_adapter(output_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    click.echo(f"Pushed and verified {result.files} files: {result.url} (commit {result.commit})")
+
+
 # ---------------------------------------------------------------------------- training
 
 

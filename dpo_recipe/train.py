@@ -105,6 +105,10 @@ def run(
         )
     if not dry_run:
         _check_output_dir(out, resume=resume, overwrite=overwrite)
+    if recipe.hub.push and not dry_run:  # a missing or read-only token must not cost a training run
+        from dpo_recipe.hub import writable_token
+
+        writable_token(recipe.hub.repo_id)
 
     # ---- setup: data, tokenizer and architecture, all before any weights load
     train_rows, eval_rows, lint_report = load_preference_splits(recipe.data)
@@ -143,6 +147,11 @@ def run(
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     save_artifacts(recipe, recipe_name, trainer, tokenizer, metrics, report, out, overrides)
     print(summary_line(metrics, out))
+    if recipe.hub.push:
+        from dpo_recipe.hub import push_adapter
+
+        pushed = push_adapter(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+        print(f"Pushed and verified {pushed.files} files: {pushed.url} (commit {pushed.commit})")
     return metrics
 
 

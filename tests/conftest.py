@@ -58,3 +58,38 @@ def two_process_launcher() -> list[str]:
         "--main_process_port",
         port,
     ]
+
+
+# ---------------------------------------------------------------------------- the local Hub
+
+WRITE, READ, OTHER = "hf_alice_write", "hf_alice_read", "hf_bob_write"
+TOKENS = {WRITE: ("alice", "write"), READ: ("alice", "read"), OTHER: ("bob", "write")}
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """tests/hub_server.py, with the env (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE=0 over the default 1) pointing at it."""
+    from hub_server import LocalHub
+
+    with LocalHub(tmp_path / "hub-storage", tokens=TOKENS) as server:
+        server.point_clients(monkeypatch, token=WRITE, home=tmp_path / "hf-home")
+        yield server
+
+
+def run_client(script: str, timeout: int = 120) -> dict:
+    """Run ``script`` in a fresh interpreter with the current env; it prints one JSON line, returned parsed."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, f"client subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])

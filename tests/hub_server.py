@@ -509,3 +509,10 @@ class LocalHub:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(home) / "hub"))
+        import datasets.config
+
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", self.endpoint)
+        monkeypatch.setattr(
+            datasets.config, "HUB_DATASETS_URL", self.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        )
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)

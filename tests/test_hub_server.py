@@ -7,40 +7,12 @@ the `datasets` and `peft` round trips run in fresh subprocesses that get the env
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import OTHER, READ, WRITE, run_client
 from hub_server import LocalHub
-
-WRITE, READ, OTHER = "hf_alice_write", "hf_alice_read", "hf_bob_write"
-TOKENS = {WRITE: ("alice", "write"), READ: ("alice", "read"), OTHER: ("bob", "write")}
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The server, with the env (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE=0 over conftest's 1, ...) pointing at it."""
-    with LocalHub(tmp_path / "hub-storage", tokens=TOKENS) as hub:
-        hub.point_clients(monkeypatch, token=WRITE, home=tmp_path / "hf-home")
-        yield hub
-
-
-def run_client(script: str, timeout: int = 120) -> dict:
-    """Run `script` in a fresh interpreter (the env is already set by the fixture); it prints one JSON line."""
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert proc.returncode == 0, f"client subprocess failed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_whoami(hub: LocalHub):
