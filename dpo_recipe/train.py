@@ -134,7 +134,8 @@ def run(
 
     # ---- train
     trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, eval_rows, out)
-    train_output = trainer.train(resume_from_checkpoint=resume or None)
+    checkpoint = newest_complete_checkpoint(out) if resume else None
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # ---- evaluate on held-out pairs (every rank scores a shard; the main one gets the report)
     report = held_out_report(recipe, trainer, tokenizer, eval_rows)
@@ -155,10 +156,26 @@ def run(
     return metrics
 
 
+def newest_complete_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint whose trainer_state.json (written last by the Trainer) is whole.
+
+    A kill during a save leaves a newer, half-written checkpoint directory; resuming from it
+    would fail, so it is skipped.
+    """
+    candidates = [p for p in (out / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return path
+    return None
+
+
 def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     has_checkpoints = any((out / CHECKPOINTS).glob("checkpoint-*"))
-    if resume and not has_checkpoints:
-        raise RecipeError(f"--resume: no checkpoint in {out / CHECKPOINTS}; start without --resume.")
+    if resume and newest_complete_checkpoint(out) is None:
+        raise RecipeError(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; start without --resume.")
     if resume or overwrite or not out.exists():
         return
     if (out / "metrics.json").exists():
