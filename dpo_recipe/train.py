@@ -297,19 +297,14 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
     )
 
 
-def adapter_state(model: Any) -> dict[str, Any]:
-    from peft import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(model)
-
-
 def _gather_adapter_digests(trainer: Any) -> list[str]:
     """One digest of the LoRA weights per rank: DDP must keep them identical."""
     from accelerate.utils import gather_object
+    from peft import get_peft_model_state_dict
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     digest = hashlib.sha256()
-    for name, tensor in sorted(adapter_state(model).items()):
+    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return gather_object([digest.hexdigest()[:16]])
