@@ -6,9 +6,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from dpo_recipe.config import Recipe
+from dpo_recipe.data import is_hub_id
 from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
@@ -84,6 +85,34 @@ def render_dataset_card(
     )
 
 
+def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalResult]:
+    """Held-out figures as ``model-index`` entries; the dataset is named with its pinned commit."""
+    if not overall:
+        return []
+    d = recipe.data
+    dataset = {
+        "dataset_type": d.source if is_hub_id(d.source) else "local",
+        "dataset_name": f"{d.source} (held-out topics)",
+        "dataset_split": d.test_split,
+        "dataset_revision": d.revision,
+    }
+    figures = (
+        ("reward_accuracy", "Reward accuracy (held-out)", overall["reward_accuracy"]),
+        ("reward_margin", "Mean reward margin (held-out)", overall["reward_margin"]),
+    )
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Preference alignment (DPO)",
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(value), 4),
+            **dataset,
+        )
+        for metric, name, value in figures
+    ]
+
+
 def render_model_card(
     recipe: Recipe,
     metrics: dict[str, Any],
@@ -93,15 +122,21 @@ def render_model_card(
     plots: list[str],
     adapter_ref: str = ADAPTER_PLACEHOLDER,
 ) -> ModelCard:
+    """The adapter's README.md; ``model-index`` carries the held-out reward accuracy and margin."""
+    model_name = Path(recipe.training.output_dir).name
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})
+    hub_dataset = is_hub_id(recipe.data.source)
     data = ModelCardData(
-        base_model=base_model,
+        model_name=model_name,
+        base_model=base_model if is_hub_id(base_model) else None,  # the Hub accepts only model ids here
         library_name="peft",
         pipeline_tag="text-generation",
         language=["ja"],
         license=recipe.hub.license,
         tags=["trl", "dpo", "lora", "dpo-recipe"],
+        datasets=[recipe.data.source] if hub_dataset else None,
+        eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
     t = recipe.training
     hyperparameters = [
@@ -123,7 +158,7 @@ def render_model_card(
     return ModelCard.from_template(
         data,
         template_path=str(packaged_dir("cards") / "model_card.md"),
-        model_name=Path(t.output_dir).name,
+        model_name=model_name,
         base_model=base_model,
         adapter_ref=adapter_ref,
         recipe_name=recipe_name,

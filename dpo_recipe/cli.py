@@ -247,7 +247,13 @@ def accelerate_launch_args(config_file: str | None, num_processes: int | None) -
 
 
 @cli.command("train")
-@click.option("--recipe", required=True, help="Packaged recipe name or YAML path.")
+@click.option("--recipe", help="Packaged recipe name or YAML path.")
+@click.option(
+    "--from-hub",
+    metavar="USER/NAME[@REVISION]",
+    help="Instead of --recipe: repeat the run behind an adapter pushed by dpo-recipe (its recipe.yaml, "
+    "dataset commit included). hub.push is off unless you --set it; output defaults to outputs/NAME.",
+)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a key (repeatable).")
 @click.option("--output-dir", help="Overrides training.output_dir.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint.")
@@ -261,7 +267,8 @@ def accelerate_launch_args(config_file: str | None, num_processes: int | None) -
 )
 @click.option("--num-processes", type=click.IntRange(min=1), help="Processes to launch (default: GPU count or 1).")
 def train_command(
-    recipe: str,
+    recipe: str | None,
+    from_hub: str | None,
     overrides: tuple[str, ...],
     output_dir: str | None,
     resume: bool,
@@ -270,7 +277,7 @@ def train_command(
     accelerate_config: str | None,
     num_processes: int | None,
 ) -> None:
-    """Train RECIPE with DPO + LoRA under accelerate launch.
+    """Train a recipe (or repeat a pushed run, --from-hub) with DPO + LoRA under accelerate launch.
 
     A convenience for `accelerate launch [config] -m dpo_recipe.train ...`; the recipe is checked
     here first, so a typo fails in a second instead of after the processes start.
@@ -278,10 +285,13 @@ def train_command(
     import os
     import sys
 
-    from dpo_recipe.config import load_recipe
+    from dpo_recipe.config import load_recipe, recipe_from_hub
 
-    load_recipe(recipe, overrides)
-    train_args = ["--recipe", recipe, *[a for item in overrides for a in ("--set", item)]]
+    if bool(recipe) == bool(from_hub):
+        raise click.UsageError("Give exactly one of --recipe NAME_OR_PATH and --from-hub USER/NAME.")
+    load_recipe(str(recipe_from_hub(from_hub)) if from_hub else str(recipe), overrides)
+    source_args = ["--from-hub", from_hub] if from_hub else ["--recipe", str(recipe)]
+    train_args = [*source_args, *[a for item in overrides for a in ("--set", item)]]
     train_args += ["--output-dir", output_dir] if output_dir else []
     train_args += [
         flag for flag, on in (("--resume", resume), ("--overwrite", overwrite), ("--dry-run", dry_run)) if on

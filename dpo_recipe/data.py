@@ -7,6 +7,7 @@ or a null field is reported with its line or row number instead of an Arrow cast
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -37,12 +38,46 @@ def read_source(source: str, *, num_pairs: int = 1000, seed: int = 0, revision: 
         return _read_directory(path)
     if path.is_file():
         return {"train": read_file(path)}
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix:
+    if is_hub_id(source):
         return _read_hub(source, revision)
     raise DataError(
         f"Data source '{source}' does not exist. Give a JSONL / CSV / Parquet file, a dataset directory "
         f"(e.g. one written by 'dpo-recipe data generate'), a Hub dataset id USER/NAME, or {BUILTIN_SOURCE}."
     )
+
+
+def is_hub_id(source: str) -> bool:
+    """USER/NAME that is not a local path: what read_source fetches from the Hub."""
+    path = Path(source).expanduser()
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix and not path.exists()
+
+
+def pin_hub_revision(data: DataSection) -> DataSection:
+    """The same section with a Hub dataset's branch or tag replaced by its commit id.
+
+    Training records the resolved recipe, so a run trained on ``main`` today can be reproduced
+    from its card after the dataset has moved on (``dpo-recipe train --from-hub``).
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not is_hub_id(data.source) or constants.HF_HUB_OFFLINE:
+        return data
+    where = f"data.source '{data.source}' (revision {data.revision or 'main'})"
+    try:
+        sha = HfApi().dataset_info(data.source, revision=data.revision).sha
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "no response"
+        raise DataError(
+            f"{where} cannot be read from the Hub (HTTP {status}). Check the dataset id and revision, "
+            "and log in (HF_TOKEN) if it is private."
+        ) from None
+    except Exception as exc:  # the HTTP client's transport errors: no route, refused, timeout
+        raise DataError(
+            f"{where}: the Hub cannot be reached ({type(exc).__name__}). Check the network, or set "
+            "HF_HUB_OFFLINE=1 to use a cached copy."
+        ) from None
+    return dataclasses.replace(data, revision=sha)
 
 
 def read_file(path: Path) -> Rows:

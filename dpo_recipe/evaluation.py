@@ -342,7 +342,12 @@ def run_eval(
     if not model_section.name_or_path:
         raise DpoRecipeError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL.")
     data_section = dataclasses.replace(
-        recipe.data, source=data or recipe.data.source, test_split=split, max_train_pairs=None, max_eval_pairs=max_pairs
+        recipe.data,
+        source=data or recipe.data.source,
+        revision=None if data else recipe.data.revision,  # the recorded commit belongs to the recorded source
+        test_split=split,
+        max_train_pairs=None,
+        max_eval_pairs=max_pairs,
     )
     _, rows, _ = load_preference_splits(data_section)
     if not rows:

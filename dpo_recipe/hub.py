@@ -117,7 +117,7 @@ def push_adapter(
     commit_message: str | None = None,
 ) -> PushResult:
     """Adapter (safetensors only), tokenizer, recipe, metrics, plots and card in one commit, then verified."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
     from dpo_recipe.cards import ADAPTER_PLACEHOLDER
 
@@ -130,9 +130,10 @@ def push_adapter(
     operations = []
     for path_in_repo, path in files.items():
         content: Any = str(path)
-        if path_in_repo == "README.md":  # the usage snippet names the repo it now lives in
-            card = path.read_text(encoding="utf-8").replace(ADAPTER_PLACEHOLDER, repo_id)
-            content = card.encode("utf-8")
+        if path_in_repo == "README.md":  # the usage snippet and model-index name the repo it now lives in
+            card = ModelCard(path.read_text(encoding="utf-8").replace(ADAPTER_PLACEHOLDER, repo_id))
+            card.data.model_name = repo_id.split("/")[-1]
+            content = str(card).encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
     info = api.create_commit(
         repo_id,

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config import Recipe, load_recipe
-from dpo_recipe.data import load_preference_splits
+from dpo_recipe.config import Recipe, load_recipe, recipe_from_hub
+from dpo_recipe.data import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, exit_on_user_error
 from dpo_recipe.model import (
     check_hardware,
@@ -46,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter with DPO from a recipe (run under 'accelerate launch' for several "
         "processes). Writes the adapter, tokenizer, recipe.yaml, metrics.json, plots and a model card.",
     )
-    parser.add_argument("--recipe", required=True, help="Packaged recipe name (dpo-recipe recipes list) or YAML path.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="Packaged recipe name (dpo-recipe recipes list) or YAML path.")
+    source.add_argument(
+        "--from-hub",
+        metavar="USER/NAME[@REVISION]",
+        help="Repeat the run behind an adapter pushed by dpo-recipe: its recipe.yaml, dataset commit included. "
+        "hub.push is off unless you --set it; the output dir defaults to outputs/NAME.",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         run,
         args.recipe,
         args.overrides,
+        from_hub=args.from_hub,
         output_dir=args.output_dir,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -82,16 +90,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(
-    recipe_name: str,
+    recipe_name: str | None,
     overrides: list[str],
     *,
+    from_hub: str | None = None,
     output_dir: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     dry_run: bool = False,
 ) -> dict[str, Any] | None:
+    """Train from a recipe (or from a pushed run's recipe, ``from_hub``); returns metrics on the main process."""
     started = time.perf_counter()
-    recipe = load_recipe(recipe_name, overrides + ([f"training.output_dir={output_dir}"] if output_dir else []))
+    source_args = ["--from-hub", from_hub] if from_hub else ["--recipe", str(recipe_name)]
+    implied = []
+    if from_hub:
+        recipe_name = str(recipe_from_hub(from_hub))
+        implied = ["hub.push=false", f"training.output_dir=outputs/{from_hub.split('@')[0].split('/')[-1]}"]
+    user_settings = overrides + ([f"training.output_dir={output_dir}"] if output_dir else [])
+    given = {item.partition("=")[0].strip() for item in user_settings}
+    settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings
+    recipe = load_recipe(str(recipe_name), settings)
+    recipe.data = pin_hub_revision(recipe.data)
     out = Path(recipe.training.output_dir)
     check_hardware(recipe.model, recipe.training.precision)
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -129,7 +148,7 @@ def run(
 
     state = PartialState()
     if state.is_main_process:
-        _prepare_output_dir(out, recipe_name, overrides, overwrite=overwrite)
+        _prepare_output_dir(out, source_args, overrides, overwrite=overwrite)
     state.wait_for_everyone()
 
     # ---- train
@@ -146,7 +165,7 @@ def run(
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    save_artifacts(recipe, recipe_name, trainer, tokenizer, metrics, report, out, overrides)
+    save_artifacts(recipe, source_args, trainer, tokenizer, metrics, report, out, overrides)
     print(summary_line(metrics, out))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
@@ -184,20 +203,21 @@ def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise RecipeError(f"{out} holds an interrupted run. Pass --resume to continue it or --overwrite to start over.")
 
 
-def _prepare_output_dir(out: Path, recipe_name: str, overrides: list[str], *, overwrite: bool) -> None:
+def _prepare_output_dir(out: Path, source_args: list[str], overrides: list[str], *, overwrite: bool) -> None:
     if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # a resumed run is not finished until it says so again
-    command = resume_command(recipe_name, overrides, out)
+    command = launch_command(source_args, overrides, "--output-dir", str(out), "--resume")
     (out / INCOMPLETE).write_text(f"This run has not finished. Continue it with:\n  {command}\n", encoding="utf-8")
 
 
-def resume_command(recipe_name: str, overrides: list[str], out: Path) -> str:
-    parts = ["accelerate", "launch", "-m", "dpo_recipe.train", "--recipe", recipe_name]
+def launch_command(source_args: list[str], overrides: list[str], *extra: str) -> str:
+    """The shell command that runs this training again (``source_args``: --recipe X or --from-hub Y)."""
+    parts = ["accelerate", "launch", "-m", "dpo_recipe.train", *source_args]
     for item in overrides:
         parts += ["--set", item]
-    return shlex.join([*parts, "--output-dir", str(out), "--resume"])
+    return shlex.join([*parts, *extra])
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -371,7 +391,7 @@ def collect_metrics(
 
 def save_artifacts(
     recipe: Recipe,
-    recipe_name: str,
+    source_args: list[str],
     trainer: Any,
     tokenizer: Any,
     metrics: dict[str, Any],
@@ -406,19 +426,12 @@ def save_artifacts(
         )
     plots = plot_training(history, staging / "plots")
     plots += plot_report(report or {}, staging / "plots")
-    command = shlex.join(
-        [
-            "accelerate",
-            "launch",
-            "-m",
-            "dpo_recipe.train",
-            "--recipe",
-            recipe_name,
-            *[a for item in overrides for a in ("--set", item)],
-        ]
-    )
     card = render_model_card(
-        recipe, metrics, recipe_name=recipe_name, command=command, plots=[str(p.relative_to(staging)) for p in plots]
+        recipe,
+        metrics,
+        recipe_name=source_args[1],
+        command=launch_command(source_args, overrides),
+        plots=[str(p.relative_to(staging)) for p in plots],
     )
     card.save(staging / "README.md")
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

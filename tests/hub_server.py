@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,38 @@ LFS_THRESHOLD = 10 * 1024 * 1024
 LFS_SUFFIXES = (".bin", ".safetensors", ".parquet", ".arrow", ".pt", ".pth", ".ckpt", ".h5", ".png", ".jpg", ".zip")
 GITATTRIBUTES = b"".join(b"*%s filter=lfs diff=lfs merge=lfs -text\n" % s.encode() for s in LFS_SUFFIXES)
 TYPES = {"models": "model", "datasets": "dataset"}
+
+
+def card_metadata_problems(card: str) -> list[str]:
+    """The Hub's model-card metadata rules these tests rely on (types of the keys and model-index shape)."""
+    import yaml
+
+    if not card.startswith("---\n") or "\n---" not in card[4:]:
+        return ["README.md has no YAML metadata block"]
+    meta = yaml.safe_load(card[4 : card.index("\n---", 4)]) or {}
+    if not isinstance(meta, dict):
+        return ["metadata must be a mapping"]
+    problems = []
+    for key in ("language", "tags", "datasets"):
+        value = meta.get(key, [])
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            problems.append(f'"{key}" must be a string or a list of strings')
+    for key in ("license", "library_name", "pipeline_tag", "base_model"):
+        if key in meta and not isinstance(meta[key], str):
+            problems.append(f'"{key}" must be a string')
+    for i, model in enumerate(meta.get("model-index", [])):
+        if not isinstance(model.get("name"), str):
+            problems.append(f'"model-index[{i}].name" is required')
+        for j, result in enumerate(model.get("results", [])):
+            where = f"model-index[{i}].results[{j}]"
+            if "type" not in result.get("task", {}):
+                problems.append(f'"{where}.task.type" is required')
+            if not {"type", "name"} <= set(result.get("dataset", {})):
+                problems.append(f'"{where}.dataset" needs "type" and "name"')
+            for k, metric in enumerate(result.get("metrics", [])):
+                if "type" not in metric or not isinstance(metric.get("value"), (int, float, str)):
+                    problems.append(f'"{where}.metrics[{k}]" needs "type" and a scalar "value"')
+    return problems
 
 
 class HubError(Exception):
@@ -107,6 +140,11 @@ class Store:
             blob = {"sha256": self.put_blob(GITATTRIBUTES), "oid": git_blob_oid(GITATTRIBUTES)}
             entry = {**blob, "size": len(GITATTRIBUTES), "lfs": False}
             self._commit(kind, repo_id, meta, "main", "initial commit", {".gitattributes": entry})
+
+    def delete(self, kind: str, repo_id: str) -> None:
+        """Commits go with the repo; blobs stay (content addressed, possibly shared)."""
+        with self.lock:
+            shutil.rmtree(self.repo_dir(kind, repo_id))
 
     def apply(self, kind: str, repo_id: str, branch: str, title: str, parent: str | None, ops: list) -> str:
         """Apply ("add", path, entry) / ("delete", path) / ("delete_folder", path) ops as one new commit."""
@@ -233,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": e.message, **({"X-Error-Code": e.code} if e.code else {})}
             self._send(e.status, json.dumps({"error": e.message, **e.extra}).encode(), headers)
 
-    do_GET = do_HEAD = do_POST = do_PUT = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
 
     # ---- routes ---------------------------------------------------------------------------------------------
     def _route(self, method: str, parts: list[str], query: dict) -> None:
@@ -256,8 +294,18 @@ class Handler(BaseHTTPRequestHandler):
             url = f"{self.server.hub.endpoint}/{prefix}{repo_id}"
             store.create(kind, repo_id, namespace, private, url)
             return self._json({"url": url, "name": repo_id, "id": repo_id})
+        if parts[:3] == ["api", "repos", "delete"] and method == "DELETE":
+            body = json.loads(self._body())
+            namespace = body.get("organization") or (self._user() or ("",))[0]
+            self._need_write(namespace)
+            kind = body.get("type", "model") + "s"
+            self._repo(kind, f"{namespace}/{body['name']}")
+            store.delete(kind, f"{namespace}/{body['name']}")
+            return self._json({})
         if parts[:2] == ["api", "validate-yaml"]:
-            self._body()
+            problems = card_metadata_problems(json.loads(self._body())["content"])
+            if problems:
+                return self._send(400, "\n".join(problems).encode(), ctype="text/plain")
             return self._json({"errors": [], "warnings": []})
         if parts[0] == "api" and len(parts) >= 4 and parts[1] in TYPES:
             return self._api_repo(method, parts[1], "/".join(parts[2:4]), parts[4:], query)

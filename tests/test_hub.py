@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from conftest import READ, WRITE, invoke, run_client, tiny_overrides
+from safetensors.torch import load_file
 
 from dpo_recipe.hub import HubError
 from dpo_recipe.train import run
@@ -145,3 +148,67 @@ def test_training_pushes_at_the_end_and_checks_the_token_first(
         print(json.dumps({"files": HfApi().list_repo_files("alice/from-training")}))
     """)
     assert "adapter_model.safetensors" in remote["files"]
+
+
+def test_card_pins_the_dataset_commit_and_from_hub_repeats_the_run(hub, runner, tiny_model: Path, tmp_path: Path):
+    """Dataset on the Hub → train + push → the dataset moves on → --from-hub trains the same adapter again."""
+    from huggingface_hub import HfApi, ModelCard
+
+    data = tmp_path / "data"
+    invoke(runner, "data", "generate", "--out", data, "--num-pairs", 120, "--tokenizer", "none")
+    assert invoke(runner, "data", "push", data, "--repo-id", "alice/prefs").exit_code == 0
+    pinned = HfApi().dataset_info("alice/prefs").sha
+    settings = tiny_overrides(
+        tiny_model,
+        "data.source=alice/prefs",
+        "data.max_train_pairs=12",
+        "data.max_eval_pairs=6",
+        "hub.push=true",
+        "hub.repo_id=alice/pinned",
+    )
+    first = run("tiny-ja", settings, output_dir=str(tmp_path / "first"))
+    card = ModelCard.load("alice/pinned")
+    card.validate()  # the local Hub checks metadata types and the model-index shape
+    accuracy, margin = card.data.eval_results
+    assert card.data.datasets == ["alice/prefs"] and card.data.base_model is None  # a local path is no Hub id
+    assert accuracy.dataset_type == "alice/prefs" and accuracy.dataset_revision == pinned
+    assert accuracy.metric_value == round(first["eval"]["overall"]["reward_accuracy"], 4)
+    assert margin.metric_type == "reward_margin" and card.data.model_name == "pinned"
+
+    moved = tmp_path / "moved"
+    invoke(runner, "data", "generate", "--out", moved, "--num-pairs", 120, "--seed", 7, "--tokenizer", "none")
+    assert invoke(runner, "data", "push", moved, "--repo-id", "alice/prefs").exit_code == 0
+    assert HfApi().dataset_info("alice/prefs").sha != pinned
+
+    result = invoke(runner, "train", "--from-hub", "alice/pinned", "--output-dir", tmp_path / "again", "--dry-run")
+    assert result.exit_code == 0 and "12" in result.output, result.output
+    again = run(None, [], from_hub="alice/pinned", output_dir=str(tmp_path / "again"))
+    recipes = [yaml.safe_load((tmp_path / name / "recipe.yaml").read_text()) for name in ("first", "again")]
+    assert recipes[1]["data"]["revision"] == pinned and recipes[1]["hub"]["push"] is False
+    for recipe in recipes:
+        del recipe["training"]["output_dir"], recipe["hub"]["push"]
+    assert recipes[0] == recipes[1]
+    weights = [load_file(tmp_path / name / "adapter_model.safetensors") for name in ("first", "again")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert again["eval"]["overall"] == first["eval"]["overall"]
+    assert "--from-hub alice/pinned" in (tmp_path / "again" / "README.md").read_text()
+
+
+def test_eval_scores_an_adapter_straight_from_the_hub(hub, runner, finished: Path, tmp_path: Path) -> None:
+    assert invoke(runner, "push", finished, "--repo-id", "alice/to-score").exit_code == 0
+    out = tmp_path / "report.json"
+    result = invoke(runner, "eval", "--adapter", "alice/to-score", "--max-pairs", 8, "--out", out)
+    assert result.exit_code == 0, result.output
+    local = json.loads((finished / "metrics.json").read_text())["eval"]["overall"]
+    remote = json.loads(out.read_text())["overall"]
+    assert remote["pairs"] == local["pairs"] == 8
+    assert remote["reward_accuracy"] == local["reward_accuracy"]
+    assert remote["reward_margin"] == pytest.approx(local["reward_margin"], abs=1e-5)
+
+
+def test_from_hub_names_what_is_missing(hub, runner) -> None:
+    result = invoke(runner, "train", "--from-hub", "alice/nothing-here")
+    assert result.exit_code == 1 and "--from-hub alice/nothing-here: no such model repo" in result.output
+    result = invoke(runner, "train", "--recipe", "tiny-ja", "--from-hub", "alice/x")
+    assert result.exit_code == 2 and "exactly one of --recipe" in result.output

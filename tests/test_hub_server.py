@@ -178,3 +178,28 @@ def test_commit_is_all_or_nothing(hub: LocalHub):
     assert err.value.response.status_code == 412
     assert api.model_info("alice/atomic").sha == second
     assert sorted(api.list_repo_files("alice/atomic")) == [".gitattributes", "one.txt", "two.txt"]
+
+
+def test_card_validation_rejects_bad_metadata(hub: LocalHub):
+    from huggingface_hub import ModelCard, get_session
+
+    good = "---\nlanguage: [ja]\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-generation}\n"
+    good += "    dataset: {type: alice/prefs, name: prefs}\n    metrics: [{type: reward_accuracy, value: 0.9}]\n---\n"
+    ModelCard(good).validate()
+    broken = good.replace("dataset: {type: alice/prefs, name: prefs}", "dataset: {name: prefs}")
+    answer = get_session().post(f"{hub.endpoint}/api/validate-yaml", json={"repoType": "model", "content": broken})
+    assert answer.status_code == 400 and 'model-index[0].results[0].dataset" needs' in answer.text
+    with pytest.raises(ValueError, match='"license" must be a string'):
+        ModelCard("---\nlicense: [1, 2]\n---\ntext\n").validate()
+
+
+def test_delete_repo(hub: LocalHub):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=WRITE)
+    api.create_repo("alice/short-lived")
+    with pytest.raises(Exception, match="403"):
+        HfApi(token=OTHER).delete_repo("alice/short-lived")
+    api.delete_repo("alice/short-lived")
+    assert not api.repo_exists("alice/short-lived")
+    api.create_repo("alice/short-lived")  # the name is free again
