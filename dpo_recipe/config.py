@@ -100,6 +100,11 @@ class TrainingSection:
     save_steps: int = _key(50, "Optimizer steps between checkpoints.", min=1)
     save_total_limit: int = _key(2, "Checkpoints kept (oldest deleted).", min=1)
     tensorboard: bool = _key(False, "Also write TensorBoard events to output_dir/runs.")
+    packing: bool = _key(
+        True,
+        "Pack each pair into one sequence (prompt computed once, no padding, LM head on completion tokens "
+        "only) and compute reference log-probs once, cached on disk. Same loss as TRL; false = plain DPOTrainer.",
+    )
 
 
 @dataclass

@@ -152,7 +152,7 @@ def run(
     state.wait_for_everyone()
 
     # ---- train
-    trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, eval_rows, out)
+    trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, out)
     checkpoint = newest_complete_checkpoint(out) if resume else None
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
@@ -264,15 +264,15 @@ def dpo_config(recipe: Recipe, out: Path) -> Any:
     )
 
 
-def build_trainer(
-    recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], eval_rows: list[dict], out: Path
-) -> Any:
+def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], out: Path) -> Any:
     import datasets
     from peft import LoraConfig
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress
+    from dpo_recipe.model import cache_root
+    from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
 
     def to_dataset(rows: list[dict]) -> Any:
         return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -284,15 +284,18 @@ def build_trainer(
         target_modules=recipe.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    trainer = DPOTrainer(
+    trainer_class, extra = DPOTrainer, {}
+    if recipe.training.packing and supports_packing(model, args):
+        trainer_class, extra = PackedDPOTrainer, {"ref_cache_dir": cache_root() / "reference_logps"}
+    trainer = trainer_class(
         model=model,
         ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
         args=args,
-        train_dataset=to_dataset(train_rows),
-        eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        train_dataset=to_dataset(train_rows),  # held-out pairs are scored by dpo_recipe.evaluation
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[JsonlLogger(out / "train_log.jsonl")],
+        **extra,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LiveMetricsProgress())

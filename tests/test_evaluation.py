@@ -146,19 +146,27 @@ def test_two_processes_give_the_same_report_as_one(trained: Path, tmp_path: Path
 def test_eval_logps_match_trl(tiny_model: Path, tmp_path: Path) -> None:
     """Our scoring path (completion positions only) gives TRL's log-probs on the same pairs."""
     import torch
+    from datasets import Dataset
     from peft import LoraConfig, get_peft_model
+    from trl import DPOTrainer
 
     from dpo_recipe.config import load_recipe
     from dpo_recipe.data import load_preference_splits
     from dpo_recipe.evaluation import score_pairs
     from dpo_recipe.model import load_model, load_tokenizer
-    from dpo_recipe.train import build_trainer, dpo_config
+    from dpo_recipe.train import dpo_config
 
     recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model, "eval.batch_size=8"))
     _, rows, _ = load_preference_splits(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
-    trainer = build_trainer(
-        recipe, dpo_config(recipe, tmp_path), load_model(recipe.model), tokenizer, rows[:8], rows[:16], tmp_path
+    pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:16]])
+    trainer = DPOTrainer(
+        model=load_model(recipe.model),
+        args=dpo_config(recipe, tmp_path),
+        train_dataset=pairs,
+        eval_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
     )
     trl_metrics = trainer.evaluate()
     torch.manual_seed(0)

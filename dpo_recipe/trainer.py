@@ -1,0 +1,190 @@
+"""TRL's DPOTrainer with a leaner step: packed pairs and reference log-probs computed once.
+
+What is optimised does not change (the sigmoid DPO loss of TRL on TRL's own tokenization and
+truncation; tests/test_packing.py checks loss and LoRA gradients against ``DPOTrainer`` on the
+same batch). What changes is how much work a step does:
+
+- each pair is one packed row (``dpo_recipe.packing``): the prompt is computed once, nothing is
+  padded, and only completion positions go through the LM head;
+- the reference log-probs (the base model with the adapter off) are computed once, before
+  training, in no-grad packed batches, and cached on disk under a key made of the base weights,
+  the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
+
+Anything this path does not cover (other loss types, length desensitisation, WPO weighting, a
+separate reference model, vision data) stays with plain ``DPOTrainer``: ``supports_packing``
+says which to use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer
+from trl.trainer.utils import use_adapter
+
+from dpo_recipe.packing import PackedPairs, pack_pairs, pair_logps
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def supports_packing(model: Any, args: Any) -> bool:
+    """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
+    import inspect
+
+    attention = getattr(model.config, "_attn_implementation", "sdpa")
+    return (
+        args.loss_type == ["sigmoid"]
+        and args.ld_alpha is None
+        and not args.use_weighting
+        and args.f_divergence_type == "reverse_kl"
+        and not args.sync_ref_model
+        and "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        and attention in ("sdpa", "eager")  # flash-attention kernels take no block masks
+    )
+
+
+class PackedCollator:
+    """Batches of tokenized pairs → one packed row, with the cached reference log-probs."""
+
+    def __init__(self, max_length: int | None) -> None:
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = vars(pack_pairs(examples, self.max_length))
+        if REF_COLUMNS[0] in examples[0]:
+            for column in REF_COLUMNS:
+                batch[column] = torch.tensor([example[column] for example in examples])
+        return batch
+
+
+class PackedDPOTrainer(DPOTrainer):
+    def __init__(self, *args: Any, ref_cache_dir: Path | None = None, **kwargs: Any) -> None:
+        dpo_args = kwargs["args"]
+        kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length))
+        super().__init__(*args, **kwargs)
+        if not hasattr(self.model, "peft_config"):
+            raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
+        self.ref_cache_dir = ref_cache_dir
+        self.train_dataset = self._with_reference_logps(self.train_dataset, "train")
+
+    # ---- reference log-probs, once ---------------------------------------------------------------
+    def _with_reference_logps(self, dataset: Any, name: str) -> Any:
+        if REF_COLUMNS[0] in dataset.column_names:
+            return dataset
+        examples = [{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in dataset]
+        key = self._reference_key(examples)
+        cached = self._read_cache(key)
+        if cached is None:
+            cached = self._compute_reference(examples, name)
+            if self.accelerator.is_main_process:
+                self._write_cache(key, cached)
+        dataset = dataset.add_column(REF_COLUMNS[0], cached[0].tolist())
+        return dataset.add_column(REF_COLUMNS[1], cached[1].tolist())
+
+    @torch.no_grad()
+    def _compute_reference(self, examples: list[dict], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank scores a slice (longest first, so packs are even), then all gather everything."""
+        from accelerate.utils import gather_object
+        from tqdm.auto import tqdm
+
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        order = sorted(range(len(examples)), key=lambda i: -sum(len(v) for v in examples[i].values()))
+        mine = order[rank::world]
+        size = self.args.precompute_ref_batch_size or 2 * self.args.per_device_train_batch_size
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        scores: list[tuple[int, float, float]] = []
+        # as in DPOTrainer: the base with the adapter off, or the initial copy of an adapter being re-trained
+        reference = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+        with reference, self.accelerator.autocast():
+            for start in tqdm(
+                range(0, len(mine), size),
+                desc=f"Reference log-probs ({name})",
+                disable=not self.accelerator.is_local_main_process,
+            ):
+                chunk = mine[start : start + size]
+                packed = pack_pairs([examples[i] for i in chunk], self.args.max_length).to(self.accelerator.device)
+                chosen, rejected = pair_logps(model, packed)
+                scores += zip(chunk, chosen.tolist(), rejected.tolist(), strict=True)
+        model.train(was_training)
+        gathered = sorted(gather_object(scores) if world > 1 else scores)
+        return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])
+
+    def _reference_key(self, examples: list[dict]) -> str:
+        """Base weights + tokenized pairs + max_length + precision: anything that changes the numbers."""
+        from importlib.metadata import version
+
+        digest = hashlib.sha256()
+        model = self.accelerator.unwrap_model(self.model)
+        for param_name, param in model.named_parameters():
+            if "lora_" not in param_name:
+                digest.update(param_name.encode())
+                digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy())
+        settings = {
+            "max_length": self.args.max_length,
+            "bf16": self.args.bf16,
+            "fp16": self.args.fp16,
+            "config": model.get_base_model().config.to_dict(),
+            "versions": [version("torch"), version("transformers")],
+        }
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(examples).encode())
+        return digest.hexdigest()[:32]
+
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.ref_cache_dir is None else self.ref_cache_dir / f"{key}.safetensors"
+
+    def _read_cache(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from safetensors.torch import load_file
+
+        path = self._cache_path(key)
+        if path is None or not path.exists():
+            return None
+        tensors = load_file(path)
+        return tensors["chosen"], tensors["rejected"]
+
+    def _write_cache(self, key: str, logps: tuple[torch.Tensor, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        path = self._cache_path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        save_file({"chosen": logps[0].contiguous(), "rejected": logps[1].contiguous()}, staging)
+        os.replace(staging, path)
+
+    # ---- the step ------------------------------------------------------------------------------------
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        mode = "train" if self.model.training else "eval"
+        ref_chosen, ref_rejected = inputs.pop(REF_COLUMNS[0]), inputs.pop(REF_COLUMNS[1])
+        chosen_logps, rejected_logps = pair_logps(model, PackedPairs(**inputs))
+        chosen_logratios = chosen_logps - ref_chosen
+        rejected_logratios = rejected_logps - ref_rejected
+        loss = -F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean()
+        self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
+        return (loss, {}) if return_outputs else loss
+
+    def _log_rewards(self, mode: str, chosen_ratio: Any, rejected_ratio: Any, chosen: Any, rejected: Any) -> None:
+        """The reward metrics TRL logs, under the same names, so logs and callbacks read the same."""
+        gather = self.accelerator.gather
+        chosen_rewards = gather(self.beta * chosen_ratio.detach())
+        rejected_rewards = gather(self.beta * rejected_ratio.detach())
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected.detach()).mean().item())
