@@ -6,7 +6,7 @@
 One pass over the pairs scores each answer under the tuned model (adapter on) and the base
 (adapter off, the DPO reference): that gives the implicit rewards and, from the base alone,
 the "before" log-likelihood accuracy. Processes split the pairs and the main one gathers them.
-Only completion positions go through the LM head, so a 49k vocabulary costs no full logits.
+Pairs are packed as in training: only completion positions go through the 49k-word LM head.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
-from dpo_recipe.tokens import encode_pair, truncate
+from dpo_recipe.tokens import encode_pair
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
 BREAKDOWNS = ("rejection_type", "domain")
@@ -30,76 +30,48 @@ def load_metric() -> Any:
     return evaluate.load(str(METRIC_DIR))
 
 
-def _completion_logps(model: Any, sequences: list[tuple[list[int], int]], pad_id: int) -> list[tuple[float, int]]:
-    """Summed log-prob of each sequence's last ``n`` tokens (its completion), and ``n``."""
-    import torch
-
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for i, (ids, _) in enumerate(sequences):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    head = model.get_output_embeddings()
-    results = []
-    for i, (ids, n) in enumerate(sequences):
-        if n == 0:
-            results.append((0.0, 0))
-            continue
-        start = len(ids) - n  # hidden state at t predicts token t + 1
-        logits = head(hidden[i, start - 1 : len(ids) - 1]).float()
-        targets = input_ids[i, start : len(ids)]
-        logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum()
-        results.append((float(logps), n))
-    return results
-
-
 def score_pairs(
     model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Per-pair log-probs under the tuned model and the base (adapter disabled), in ``rows`` order.
 
-    Sequences are batched by length (each is scored independently, so order changes nothing but
-    the padding), which on CPU saves about as much time as the padding it avoids.
+    Pairs are packed like training packs them (``dpo_recipe.packing``: prompt once, no padding,
+    LM head on completion tokens only), ``batch_size`` pairs a row, longest first.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from dpo_recipe.packing import pack_pairs, pair_logps, truncated
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sequences = []
-    for row in rows:
-        pair = encode_pair(tokenizer, row)
-        sequences.append(truncate(pair.prompt_ids, pair.chosen_ids, max_length))
-        sequences.append(truncate(pair.prompt_ids, pair.rejected_ids, max_length))
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    tuned: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
+    pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
+    order = sorted(range(len(pairs)), key=lambda i: -sum(len(pairs[i][k]) for k in ("prompt_ids", "chosen_ids")))
+    tuned: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
     reference = list(tuned)
     was_training = model.training
     model.eval()
-    width = 2 * batch_size
-    for start in tqdm(range(0, len(order), width), desc="Scoring held-out pairs", disable=not progress):
-        chunk = order[start : start + width]
-        batch = [sequences[i] for i in chunk]
+    for start in tqdm(range(0, len(order), batch_size), desc="Scoring held-out pairs", disable=not progress):
+        chunk = order[start : start + batch_size]
+        packed = pack_pairs([pairs[i] for i in chunk], max_length).to(next(base.parameters()).device)
         with torch.no_grad():
-            policy_scores = _completion_logps(base, batch, pad_id)
+            policy = pair_logps(base, packed)
             with model.disable_adapter():
-                reference_scores = _completion_logps(base, batch, pad_id)
-        for i, p, r in zip(chunk, policy_scores, reference_scores, strict=True):
-            tuned[i], reference[i] = p, r
+                ref = pair_logps(base, packed)
+        for k, i in enumerate(chunk):
+            tuned[i] = (policy[0][k].item(), policy[1][k].item())
+            reference[i] = (ref[0][k].item(), ref[1][k].item())
     model.train(was_training)
     scored = []
     for j, row in enumerate(rows):
-        (pc, nc), (pr, nr) = tuned[2 * j], tuned[2 * j + 1]
+        _, chosen, rejected = truncated(pairs[j], max_length)
         scored.append(
             {
-                "policy_chosen_logps": pc,
-                "policy_rejected_logps": pr,
-                "reference_chosen_logps": reference[2 * j][0],
-                "reference_rejected_logps": reference[2 * j + 1][0],
-                "chosen_tokens": nc,
-                "rejected_tokens": nr,
+                "policy_chosen_logps": tuned[j][0],
+                "policy_rejected_logps": tuned[j][1],
+                "reference_chosen_logps": reference[j][0],
+                "reference_rejected_logps": reference[j][1],
+                "chosen_tokens": len(chosen),
+                "rejected_tokens": len(rejected),
                 **{key: row[key] for key in (*BREAKDOWNS, "topic") if key in row},
             }
         )

@@ -48,12 +48,6 @@ def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
     )
 
 
-def truncate(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> tuple[list[int], int]:
-    """TRL's keep_start truncation: the sequence, and how many completion tokens survive."""
-    sequence = (prompt_ids + completion_ids)[:max_length]
-    return sequence, max(0, len(sequence) - len(prompt_ids))
-
-
 def length_percentiles(values: list[int]) -> dict[str, int]:
     """p50 / p95 / max by nearest rank: what a reader needs to choose max_length."""
     ordered = sorted(values) or [0]
