@@ -388,6 +388,8 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
       dpo-recipe chat --adapter outputs/quickstart/adapter --prompt "AIとは何ですか？"
       dpo-recipe chat --adapter USER/NAME            # interactive
     """
+    import sys
+
     from dpo_recipe.api import chat, load_adapter
 
     if prompt is not None and not prompt.strip():
@@ -396,7 +398,7 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
     if prompt is not None:
         click.echo(chat(model, tokenizer, prompt, max_new_tokens=max_new_tokens))
         return
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     if stdin.isatty():
         click.echo("Ask a question; an empty line, 'exit' or Ctrl-D quits.", err=True)
     while True:
