@@ -261,7 +261,7 @@ def adapter_base(adapter: str, base: str | None = None) -> tuple[Path, Recipe, M
     if base:
         model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
     if not model_section.name_or_path:
-        raise ModelError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL.")
+        raise ModelError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL (Python: base=).")
     return adapter_dir, recipe, model_section
 
 
@@ -279,7 +279,9 @@ def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]
     keep_freed_memory_in_heap()
     tokenizer = load_tokenizer(dataclasses.replace(base, name_or_path=str(adapter_dir), gguf_file=None))
     model = PeftModel.from_pretrained(load_model(base), str(adapter_dir))
-    return model.to(PartialState().device), tokenizer
+    if not base.load_in_4bit:  # bitsandbytes places 4-bit weights itself and refuses .to()
+        model.to(PartialState().device)
+    return model, tokenizer
 
 
 def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str) -> None:
