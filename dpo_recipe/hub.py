@@ -59,16 +59,14 @@ def _backoff_s(attempt: int) -> float:
 
 
 def _bound_waits() -> None:
-    """Give huggingface_hub's shared HTTP client a read timeout (it has none), so a stalled Hub fails and is retried.
+    """Give huggingface_hub's shared HTTP client a timeout (it has none), so a stalled Hub fails and is retried.
 
     ``DPO_RECIPE_HUB_TIMEOUT`` seconds (default 60) between bytes, not for a whole transfer.
     """
     import httpx2
     from huggingface_hub.utils import get_session
 
-    session = get_session()
-    if session.timeout.read is None:
-        session.timeout = httpx2.Timeout(float(os.environ.get("DPO_RECIPE_HUB_TIMEOUT", "60")), connect=10.0)
+    get_session().timeout = httpx2.Timeout(float(os.environ.get("DPO_RECIPE_HUB_TIMEOUT", "60")), connect=10.0)
 
 
 def _status(exc: BaseException) -> int | None:

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -158,8 +159,10 @@ def run(
     stop = _signal_stop(trainer)
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except OSError as exc:  # disk full, quota, permissions: a half-written checkpoint is skipped on resume
-        raise _save_failed(exc, out, source_args, overrides) from None
+    except Exception as exc:  # disk full, quota, permissions: a half-written checkpoint is skipped on resume
+        if _write_failure(exc) is None:
+            raise
+        raise _save_failed(_write_failure(exc), out, source_args, overrides) from None
     finally:
         stop.restore()
     if stop.received is not None:
@@ -181,8 +184,10 @@ def run(
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     try:
         save_artifacts(recipe, source_args, trainer, tokenizer, metrics, report, out, overrides)
-    except OSError as exc:
-        raise _save_failed(exc, out, source_args, overrides) from None
+    except Exception as exc:
+        if _write_failure(exc) is None:
+            raise
+        raise _save_failed(_write_failure(exc), out, source_args, overrides) from None
     print(summary_line(metrics, out))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
@@ -196,6 +201,19 @@ def _signal_stop(trainer: Any) -> Any:
     from dpo_recipe.callbacks import StopOnSignal
 
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+
+
+def _write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: Python raises one, but the Rust writers (tokenizers, safetensors)
+    raise a plain Exception ending in "(os error N)" and torch.save a RuntimeError "file write failed"."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found:
+        return OSError(int(found[1]), os.strerror(int(found[1])))
+    if isinstance(exc, RuntimeError) and "file write failed" in str(exc):
+        return OSError(str(exc).strip().splitlines()[-1])
+    return None
 
 
 def _save_failed(exc: OSError, out: Path, source_args: list[str], overrides: list[str]) -> SaveError:

@@ -238,6 +238,11 @@ class Faults:
     def drop(self, prefix: str, times: int = 1, method: str | None = None) -> None:
         self._add(Fault("drop", prefix, times, method))
 
+    def clear(self) -> None:
+        """Disarm every fault (the log stays)."""
+        with self._lock:
+            self._rules.clear()
+
     def _add(self, fault: Fault) -> None:
         with self._lock:
             self._rules.append(fault)
