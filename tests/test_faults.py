@@ -340,8 +340,8 @@ def finish_and_compare(tiny_model: Path, out: Path, reference: Path, record) -> 
     assert resumed.keys() == expected.keys()
     # Resuming restores the optimizer, scheduler and RNG state and replays the same data order, so on CPU
     # fp32 each step recomputes the same numbers; only the thread split of a reduction may differ between
-    # processes. Measured: identical (max |diff| 0.0) on 2 cores; 1e-6 absolute (the weights are ~1e-2) leaves
-    # room for other thread counts while any lost or repeated step (changes of ~1e-4) would fail.
+    # processes. Measured: identical (max |diff| 0.0, weights up to ~0.13) on 2 cores; 1e-6 absolute leaves
+    # room for other thread counts, while a lost or repeated step (Adam at lr 1e-3 moves weights ~1e-3) fails.
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
     assert not (out / "INCOMPLETE").exists()
@@ -359,10 +359,6 @@ def test_sigkill_three_times_then_resume_matches_uninterrupted(
             process.kill()
             process.communicate()
             assert not (out / "metrics.json").exists() and "--resume" in (out / "INCOMPLETE").read_text()
-        refused = subprocess.run(
-            train_cmd(tiny_model, out, *FAULT_SETTINGS), env=subprocess_env(), capture_output=True, text=True
-        )
-        assert refused.returncode == 2 and "holds an interrupted run. Pass --resume" in refused.stderr
         finish_and_compare(tiny_model, out, uninterrupted, record)
 
 
@@ -398,10 +394,10 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_
         resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (40_000, 40_000))
         _, stderr = process.communicate(timeout=240)
         assert process.returncode == 2, stderr[-2000:]
-        message = stderr[stderr.rindex("Error:") :]
+        message = next(line for line in stderr.splitlines() if line.startswith("Error:"))
         assert f"Writing to {out} failed: File too large" in message
         named = Path(re.search(r"The last complete checkpoint, (\S+), is intact", message)[1])
-        assert f"--output-dir {out} --resume" in message and "\n" not in message.strip()
+        assert message.endswith(f"--output-dir {out} --resume")
         changed = [name for name, digest in before.items() if _tree(good).get(name) != digest]
         record.lost(nbytes=sum((good / name).stat().st_size if (good / name).exists() else 1 for name in changed))
         assert not changed and named.name.startswith("checkpoint-")
