@@ -22,6 +22,8 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +160,8 @@ def run(
     checkpoint = newest_complete_checkpoint(out) if resume else None
     stop = _signal_stop(trainer)
     try:
-        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except Exception as exc:  # disk full, quota, permissions: a half-written checkpoint is skipped on resume
-        if _write_failure(exc) is None:
-            raise
-        raise _save_failed(_write_failure(exc), out, source_args, overrides) from None
+        with _write_failures_explained(out, source_args, overrides):
+            train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stop.restore()
     if stop.received is not None:
@@ -182,12 +181,8 @@ def run(
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    try:
+    with _write_failures_explained(out, source_args, overrides):
         save_artifacts(recipe, source_args, trainer, tokenizer, metrics, report, out, overrides)
-    except Exception as exc:
-        if _write_failure(exc) is None:
-            raise
-        raise _save_failed(_write_failure(exc), out, source_args, overrides) from None
     print(summary_line(metrics, out))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
@@ -216,8 +211,20 @@ def _write_failure(exc: BaseException) -> OSError | None:
     return None
 
 
+@contextmanager
+def _write_failures_explained(out: Path, source_args: list[str], overrides: list[str]) -> Iterator[None]:
+    """A failed write (disk full, quota, permissions) becomes one paragraph: what failed, what is intact
+    (a half-written checkpoint is skipped on resume), how to go on."""
+    try:
+        yield
+    except Exception as exc:
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        raise _save_failed(failure, out, source_args, overrides) from None
+
+
 def _save_failed(exc: OSError, out: Path, source_args: list[str], overrides: list[str]) -> SaveError:
-    """An OSError while training or saving, as one paragraph: what failed, what is intact, how to go on."""
     checkpoint = newest_complete_checkpoint(out)
     what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
     if checkpoint is None:

@@ -394,8 +394,8 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_
         resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (40_000, 40_000))
         _, stderr = process.communicate(timeout=240)
         assert process.returncode == 2, stderr[-2000:]
-        message = next(line for line in stderr.splitlines() if line.startswith("Error:"))
-        assert f"Writing to {out} failed: File too large" in message
+        message = re.search(r"Error: (.*)", stderr)[1]  # one line, after the progress bar's last redraw
+        assert message.startswith(f"Writing to {out} failed: File too large.")
         named = Path(re.search(r"The last complete checkpoint, (\S+), is intact", message)[1])
         assert message.endswith(f"--output-dir {out} --resume")
         changed = [name for name, digest in before.items() if _tree(good).get(name) != digest]
