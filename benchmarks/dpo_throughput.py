@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dpo-recipe-batch", type=int, default=2, help="dpo-recipe's pairs per packed row.")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
-    parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check, no figure.")
+    parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--tiny-dir", help=argparse.SUPPRESS)

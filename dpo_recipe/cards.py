@@ -168,4 +168,5 @@ def render_model_card(
         versions=sorted(metrics.get("versions", {}).items()),
         command=command,
         recipe_yaml=recipe.to_yaml(),
+        trust_remote_code=recipe.model.trust_remote_code,
     )

@@ -186,9 +186,21 @@ def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
 
 
 def rename_columns(splits: dict[str, Rows], data: DataSection) -> dict[str, Rows]:
+    """Map the recipe's column names onto prompt / chosen / rejected.
+
+    A mapped column that the data lacks is an error even when a column with the standard name
+    exists: silently training on ``chosen`` when the recipe says ``better`` would train the wrong pairs.
+    """
     mapping = {data.prompt_column: "prompt", data.chosen_column: "chosen", data.rejected_column: "rejected"}
     if all(k == v for k, v in mapping.items()):
         return splits
+    for name, rows in splits.items():
+        absent = [f"data.{v}_column '{k}'" for k, v in mapping.items() if k != v and rows and k not in rows[0]]
+        if absent:
+            raise DataError(
+                f"{data.source}: {', '.join(absent)}: no such column in split '{name}' (found: "
+                f"{', '.join(rows[0])}). Set the key to a column the data has, or remove it to use the standard name."
+            )
     return {name: [{mapping.get(k, k): v for k, v in row.items()} for row in rows] for name, rows in splits.items()}
 
 

@@ -13,6 +13,20 @@ T = TypeVar("T")
 class DpoRecipeError(Exception):
     """An error caused by the user's input, with a message that explains the fix."""
 
+    exit_status = 2  # what a script entry point exits with; interruptions use the shell's 128 + signal
+
+
+class RunInterrupted(DpoRecipeError):
+    """Training stopped on SIGINT / SIGTERM after saving a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+class SaveError(DpoRecipeError):
+    """Writing a checkpoint or an artifact failed (disk full, no permission); earlier saves are intact."""
+
 
 class RecipeError(DpoRecipeError):
     """A recipe (YAML or ``--set`` override) is invalid."""
@@ -27,9 +41,10 @@ class ModelError(DpoRecipeError):
 
 
 def exit_on_user_error(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a script entry point; a user error becomes one ``Error:`` paragraph and exit status 2."""
+    """Run a script entry point; a user error becomes one ``Error:`` paragraph and exit status 2 (130 / 143
+    after SIGINT / SIGTERM, as a shell reports a signal)."""
     try:
         return function(*args, **kwargs)
     except DpoRecipeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_status) from None

@@ -1,5 +1,14 @@
 """Publishing to the Hugging Face Hub: an adapter in one atomic commit, a dataset as Parquet.
 
+Retries: huggingface_hub 2.x already retries (``http_backoff``: 5 retries, 1-8 s exponential, on
+timeouts, network errors, dropped connections and 408 / 429 / 5xx) the preupload call, the LFS
+batch, upload and verify calls and tree listing, but not ``whoami``, ``create_repo``,
+``repo_info``, ``paths-info`` or the commit itself, and its HTTP client has no timeout. Here the
+calls that are safe to repeat are retried too, with backoff (``HUB_ATTEMPTS`` tries); the commit is
+made against the head it was computed from (``parent_commit``), so it is repeated only when it
+certainly did not land: after a failure the remote head is read back, and a head that moved is
+checked file by file against what was sent.
+
 The token comes from ``HF_TOKEN`` or the huggingface_hub login and is only ever handed to the
 client: it is never printed, logged or written. Its write access is checked before anything
 is uploaded (and, when a recipe asks to push, before training starts). After a push the remote
@@ -10,6 +19,9 @@ files at the new commit are compared with what was sent, size and hash, so "push
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +45,62 @@ ADAPTER_FILES = (
 )
 
 
+HUB_ATTEMPTS = 4
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+
 class HubError(DpoRecipeError):
     """A Hub operation cannot be done as asked (token, repo, verification)."""
+
+
+def _backoff_s(attempt: int) -> float:
+    """Seconds to wait after failed try ``attempt`` (1-based): 1, 2, 4 ... scaled by DPO_RECIPE_HUB_BACKOFF."""
+    return float(os.environ.get("DPO_RECIPE_HUB_BACKOFF", "1")) * 2 ** (attempt - 1)
+
+
+def _bound_waits() -> None:
+    """Give huggingface_hub's shared HTTP client a timeout (it has none), so a stalled Hub fails and is retried.
+
+    ``DPO_RECIPE_HUB_TIMEOUT`` seconds (default 60) between bytes, not for a whole transfer.
+    """
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    get_session().timeout = httpx2.Timeout(float(os.environ.get("DPO_RECIPE_HUB_TIMEOUT", "60")), connect=10.0)
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure a later try may not see: a dropped or timed-out connection, or 408 / 429 / 5xx."""
+    import httpx2
+
+    return isinstance(exc, httpx2.TransportError) or _status(exc) in TRANSIENT_STATUS
+
+
+def _describe_failure(exc: BaseException) -> str:
+    status = _status(exc)
+    return f"HTTP {status}" if status else type(exc).__name__
+
+
+def _retrying(call: Callable[[], Any], what: str) -> Any:
+    """``call()``, repeated with backoff while it fails transiently; only for calls that are safe to repeat."""
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if attempt == HUB_ATTEMPTS:
+                raise HubError(
+                    f"{what} failed {HUB_ATTEMPTS} times ({_describe_failure(exc)}); the Hub may be down. "
+                    "Nothing was changed by this step: re-run the same command later."
+                ) from None
+            time.sleep(_backoff_s(attempt))
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -56,7 +122,7 @@ def writable_token(repo_id: str) -> str:
             "'hf auth login' (create one at https://huggingface.co/settings/tokens)."
         )
     try:
-        who = HfApi().whoami(token=token)
+        who = _retrying(lambda: HfApi().whoami(token=token), "Checking the Hugging Face token")
     except HfHubHTTPError:
         raise HubError("The Hugging Face token was rejected (HF_TOKEN or the saved login); create a new one.") from None
     role = who.get("auth", {}).get("accessToken", {}).get("role")
@@ -74,11 +140,15 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _verify(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path], token: str) -> None:
+def _differences(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path], token: str) -> list:
+    """What differs between the local files and the repo at ``commit`` (size, sha256 or git blob id)."""
     remote = {
         f.path: f
-        for f in api.get_paths_info(
-            repo_id, list(local), revision=commit, repo_type=repo_type, expand=True, token=token
+        for f in _retrying(
+            lambda: api.get_paths_info(
+                repo_id, list(local), revision=commit, repo_type=repo_type, expand=True, token=token
+            ),
+            f"Reading back '{repo_id}'",
         )
     }
     problems = []
@@ -93,6 +163,11 @@ def _verify(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str
             problems.append(f"{path_in_repo} has another sha256")
         elif entry.lfs is None and entry.blob_id != _git_blob_sha1(data):
             problems.append(f"{path_in_repo} has another git blob id")
+    return problems
+
+
+def _verify(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path], token: str) -> None:
+    problems = _differences(api, repo_id, repo_type, commit, local, token)
     if problems:
         raise HubError(f"The push to '{repo_id}' at {commit} did not verify: {'; '.join(problems)}. Push again.")
 
@@ -122,11 +197,15 @@ def push_adapter(
     from dpo_recipe.cards import ADAPTER_PLACEHOLDER
 
     files = adapter_files(output_dir)
+    _bound_waits()
     token = writable_token(repo_id)
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    _retrying(lambda: api.create_repo(repo_id, private=private, exist_ok=True, token=token), f"Creating '{repo_id}'")
     if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        _retrying(
+            lambda: api.create_branch(repo_id, branch=revision, exist_ok=True, token=token),
+            f"Creating branch '{revision}' of '{repo_id}'",
+        )
     operations = []
     for path_in_repo, path in files.items():
         content: Any = str(path)
@@ -135,17 +214,70 @@ def push_adapter(
             card.data.model_name = repo_id.split("/")[-1]
             content = str(card).encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
-    info = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or f"Upload {Path(output_dir).name}",
-        revision=revision,
-        token=token,
+    verify_paths = {p: files[p] for p in files if p != "README.md"}
+    message = commit_message or f"Upload {Path(output_dir).name}"
+    commit = _commit_once(api, repo_id, operations, set(files), verify_paths, message, revision, token)
+    _verify(api, repo_id, "model", commit, verify_paths, token)
+    return PushResult(url=f"{api.endpoint}/{repo_id}", commit=commit, files=len(operations))
+
+
+def _managed(path_in_repo: str) -> bool:
+    """Paths a push owns: stale ones from an earlier push are deleted so the tree is one run's files."""
+    return path_in_repo in ADAPTER_FILES or path_in_repo.startswith("plots/")
+
+
+def _commit_once(
+    api: Any,
+    repo_id: str,
+    additions: list,
+    paths: set[str],
+    verify_paths: dict[str, Path],
+    message: str,
+    revision: str | None,
+    token: str,
+) -> str:
+    """One commit of every file, landed exactly once; returns its id.
+
+    Each try reads the head, deletes managed files this push lacks and commits on top of that
+    head only (``parent_commit``). After a failure, a head that moved and now holds exactly our
+    files means the commit landed (its response was lost); any other failure changed nothing, so
+    the commit is tried again on the new head. Two pushes racing each other therefore leave one
+    whole run's files, never a mix.
+    """
+    from huggingface_hub import CommitOperationDelete
+
+    branch = revision or "main"
+    head = None
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            head = _retrying(lambda: api.repo_info(repo_id, revision=branch, token=token).sha, f"Reading '{repo_id}'")
+            remote = _retrying(
+                lambda head=head: api.list_repo_files(repo_id, revision=head, token=token), f"Listing '{repo_id}'"
+            )
+            stale = [CommitOperationDelete(p) for p in remote if _managed(p) and p not in paths]
+            return api.create_commit(
+                repo_id,
+                [*additions, *stale],
+                commit_message=message,
+                revision=revision,
+                parent_commit=head,
+                token=token,
+            ).oid
+        except Exception as exc:
+            conflict = _status(exc) == 412  # another commit landed first: ours did not
+            if not (conflict or _transient(exc)):
+                raise
+            failure = _describe_failure(exc)
+        now = _retrying(lambda: api.repo_info(repo_id, revision=branch, token=token).sha, f"Reading '{repo_id}'")
+        if now != head and not _differences(api, repo_id, "model", now, verify_paths, token):
+            return now
+        if attempt < HUB_ATTEMPTS:
+            time.sleep(_backoff_s(attempt))
+    raise HubError(
+        f"Pushing to '{repo_id}' failed {HUB_ATTEMPTS} times (last: {failure}). Nothing was committed: the "
+        f"repo's {branch} is still at its previous commit {now[:12]}, so no new adapter sits beside an old card. "
+        "Re-run the same push command to complete it."
     )
-    pushed = {op.path_in_repo: op for op in operations}
-    verify_paths = {p: files[p] for p in pushed if p != "README.md"}
-    _verify(api, repo_id, "model", info.oid, verify_paths, token)
-    return PushResult(url=f"{api.endpoint}/{repo_id}", commit=info.oid, files=len(operations))
 
 
 def push_dataset(

@@ -188,6 +188,15 @@ def check_lora_targets(target_modules: list[str] | str, model: Any) -> None:
         )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (Linux cpuinfo flags); elsewhere assume it does."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def check_hardware(model: ModelSection, precision: str) -> None:
     """Refuse settings the hardware cannot run, before anything heavy is loaded."""
     import torch
@@ -201,6 +210,12 @@ def check_hardware(model: ModelSection, precision: str) -> None:
         raise ModelError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes.")
     if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ModelError("training.precision bf16: this GPU does not support bfloat16. Use fp16 or auto.")
+    if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        raise ModelError(
+            "training.precision bf16: this machine has no CUDA GPU and its CPU has no native bfloat16 "
+            "(avx512_bf16 / amx_bf16), so every matmul would be emulated, slowly and less precisely. "
+            "Use fp32 (or auto) here, or train on a GPU with bfloat16."
+        )
     if precision == "fp16" and not torch.cuda.is_available():
         raise ModelError("training.precision fp16 needs a CUDA GPU. Use fp32 (or auto) on CPU.")
 
@@ -227,26 +242,53 @@ def load_model(model: ModelSection) -> Any:
     return loaded
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def resolve_adapter_dir(adapter: str) -> Path:
-    """A local adapter directory, or a Hub id downloaded (safetensors only) into the HF cache."""
+    """A local adapter directory, or a Hub id downloaded (safetensors only) into the HF cache.
+
+    Only ``adapter_model.safetensors`` is ever loaded: a pickle file (``adapter_model.bin``, ``*.pt``)
+    runs arbitrary code when unpickled, so one from an untrusted source is refused, with the
+    conversion to run by hand for a file the user does trust.
+    """
     path = Path(adapter).expanduser()
     if path.is_dir():
         if not (path / "adapter_config.json").exists():
             raise ModelError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
+        _refuse_pickle_only(path, [p.name for p in path.iterdir()])
         return path
     if adapter.count("/") != 1 or path.suffix:
         raise ModelError(f"Adapter '{adapter}' is neither a directory nor a Hub id USER/NAME.")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     allowed = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jinja", "*.txt", "*.model"]
     try:
-        return Path(snapshot_download(adapter, allow_patterns=allowed))
+        local = Path(snapshot_download(adapter, allow_patterns=allowed))
     except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
         raise ModelError(
             f"Adapter '{adapter}' is not a local directory ({path.resolve()} does not exist) and could not be "
             f"downloaded as a Hub id ({type(exc).__name__}). Check the path, or the repo id and your network."
         ) from None
+    if not (local / "adapter_model.safetensors").exists():
+        _refuse_pickle_only(Path(adapter), HfApi().list_repo_files(adapter))
+    return local
+
+
+def _refuse_pickle_only(where: Path, names: list[str]) -> None:
+    if "adapter_model.safetensors" in names:
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if not pickles:
+        return
+    weights = where / pickles[0]
+    raise ModelError(
+        f"{where} holds its adapter weights only as a pickle file ({', '.join(pickles)}); dpo-recipe loads "
+        "safetensors only, because unpickling a file from an untrusted source can run any code. If you trust "
+        'the file, convert it once: python -c "import torch; from safetensors.torch import save_file; '
+        f"save_file(torch.load('{weights}', weights_only=True), '{where / 'adapter_model.safetensors'}')\""
+    )
 
 
 def adapter_base(adapter: str, base: str | None = None) -> tuple[Path, Recipe, ModelSection]:
@@ -282,6 +324,7 @@ def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]
     if not base.load_in_4bit:  # bitsandbytes places 4-bit weights itself and refuses .to()
         model.to(PartialState().device)
     return model, tokenizer
+
 
 
 def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str) -> None:

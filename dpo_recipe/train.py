@@ -16,16 +16,20 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config import Recipe, load_recipe, recipe_from_hub
 from dpo_recipe.data import load_preference_splits, pin_hub_revision
-from dpo_recipe.errors import RecipeError, exit_on_user_error
+from dpo_recipe.errors import RecipeError, RunInterrupted, SaveError, exit_on_user_error
 from dpo_recipe.model import (
     check_hardware,
     check_lora_targets,
@@ -154,7 +158,19 @@ def run(
     # ---- train
     trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, out)
     checkpoint = newest_complete_checkpoint(out) if resume else None
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    stop = _signal_stop(trainer)
+    try:
+        with _write_failures_explained(out, source_args, overrides):
+            train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        stop.restore()
+    if stop.received is not None:
+        resume_with = launch_command(source_args, overrides, "--output-dir", str(out), "--resume")
+        raise RunInterrupted(
+            f"Training stopped on {signal.Signals(stop.received).name} after step {trainer.state.global_step}; "
+            f"its checkpoint is in {newest_complete_checkpoint(out)}. Nothing is lost: continue with {resume_with}",
+            stop.received,
+        )
 
     # ---- evaluate on held-out pairs (every rank scores a shard; the main one gets the report)
     report = held_out_report(recipe, trainer, tokenizer, eval_rows)
@@ -165,7 +181,8 @@ def run(
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    save_artifacts(recipe, source_args, trainer, tokenizer, metrics, report, out, overrides)
+    with _write_failures_explained(out, source_args, overrides):
+        save_artifacts(recipe, source_args, trainer, tokenizer, metrics, report, out, overrides)
     print(summary_line(metrics, out))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
@@ -173,6 +190,52 @@ def run(
         pushed = push_adapter(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
         print(f"Pushed and verified {pushed.files} files: {pushed.url} (commit {pushed.commit})")
     return metrics
+
+
+def _signal_stop(trainer: Any) -> Any:
+    from dpo_recipe.callbacks import StopOnSignal
+
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+
+
+def _write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: Python raises one, but the Rust writers (tokenizers, safetensors)
+    raise a plain Exception ending in "(os error N)" and torch.save a RuntimeError "file write failed"."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found:
+        return OSError(int(found[1]), os.strerror(int(found[1])))
+    if isinstance(exc, RuntimeError) and "file write failed" in str(exc):
+        return OSError(str(exc).strip().splitlines()[-1])
+    return None
+
+
+@contextmanager
+def _write_failures_explained(out: Path, source_args: list[str], overrides: list[str]) -> Iterator[None]:
+    """A failed write (disk full, quota, permissions) becomes one paragraph: what failed, what is intact
+    (a half-written checkpoint is skipped on resume), how to go on."""
+    try:
+        yield
+    except Exception as exc:
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        raise _save_failed(failure, out, source_args, overrides) from None
+
+
+def _save_failed(exc: OSError, out: Path, source_args: list[str], overrides: list[str]) -> SaveError:
+    checkpoint = newest_complete_checkpoint(out)
+    what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    if checkpoint is None:
+        kept = "No checkpoint was complete yet; free space or fix permissions and start again with --overwrite."
+    else:
+        resume_with = launch_command(source_args, overrides, "--output-dir", str(out), "--resume")
+        kept = (
+            f"The last complete checkpoint, {checkpoint}, is intact; free space or fix permissions, then "
+            f"continue with {resume_with}"
+        )
+    return SaveError(f"Writing to {out} failed: {what}. {kept}")
 
 
 def newest_complete_checkpoint(out: Path) -> Path | None:
@@ -192,6 +255,13 @@ def newest_complete_checkpoint(out: Path) -> Path | None:
 
 
 def _check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
+        raise RecipeError(
+            f"training.output_dir {out}: {existing} {problem}, so nothing could be saved. "
+            "Choose another --output-dir (or fix its permissions)."
+        )
     has_checkpoints = any((out / CHECKPOINTS).glob("checkpoint-*"))
     if resume and newest_complete_checkpoint(out) is None:
         raise RecipeError(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; start without --resume.")
@@ -270,7 +340,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
-    from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress
+    from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.model import cache_root
     from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
 
@@ -294,7 +364,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         train_dataset=to_dataset(train_rows),  # held-out pairs are scored by dpo_recipe.evaluation
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[JsonlLogger(out / "train_log.jsonl")],
+        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
         **extra,
     )
     trainer.remove_callback(ProgressCallback)

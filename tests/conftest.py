@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -42,6 +48,25 @@ def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={model_dir}", *extra]
 
 
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """Rows as JSON Lines (UTF-8, Japanese kept readable)."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def train_cmd(tiny_model: Path, out: Path, *settings: str, extra: tuple[str, ...] = (), launcher=None) -> list[str]:
+    """`python -m dpo_recipe.train` on the tiny model (or under ``launcher``), ``settings`` as --set items."""
+    args = ["-m", "dpo_recipe.train", "--recipe", "tiny-ja", "--output-dir", str(out)]
+    for item in tiny_overrides(tiny_model, *settings):
+        args += ["--set", item]
+    return [*(launcher or [sys.executable]), *args, *extra]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The current environment with this checkout first on the path, for training subprocesses."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
 def two_process_launcher() -> list[str]:
     """`accelerate launch` for two CPU processes (gloo), on a free-ish port so tests do not collide."""
     import random
@@ -63,7 +88,8 @@ def two_process_launcher() -> list[str]:
 # ---------------------------------------------------------------------------- the local Hub
 
 WRITE, READ, OTHER = "hf_alice_write", "hf_alice_read", "hf_bob_write"
-TOKENS = {WRITE: ("alice", "write"), READ: ("alice", "read"), OTHER: ("bob", "write")}
+CANARY = "hf_CANARY_4f9c2e7d1b8a6053_do_not_leak"  # recognisable in any byte stream it leaks into
+TOKENS = {WRITE: ("alice", "write"), READ: ("alice", "read"), OTHER: ("bob", "write"), CANARY: ("alice", "write")}
 
 
 @pytest.fixture
@@ -93,3 +119,54 @@ def run_client(script: str, timeout: int = 120) -> dict:
     )
     assert proc.returncode == 0, f"client subprocess failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- the fault-and-abuse record
+
+
+class FaultRecord:
+    """What the fault-and-abuse suite tried and what held, printed at the end of the run.
+
+    A case counts as tried when it starts and as held only when its assertions passed; losses are
+    measured by the tests (bytes of a checkpoint that changed, rows or steps that went missing).
+    """
+
+    KINDS = {"bad-input": "clear errors", "fault": "faults survived", "security": "security checks held"}
+
+    def __init__(self) -> None:
+        self.tried: Counter[str] = Counter()
+        self.held: Counter[str] = Counter()
+        self.lost_bytes = 0
+        self.lost_rows = 0
+
+    @contextmanager
+    def case(self, kind: str) -> Iterator[None]:
+        assert kind in self.KINDS, kind
+        self.tried[kind] += 1
+        yield
+        self.held[kind] += 1
+
+    def lost(self, *, nbytes: int = 0, rows: int = 0) -> None:
+        self.lost_bytes += nbytes
+        self.lost_rows += rows
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{self.KINDS[k]} {self.held[k]}/{self.tried[k]}" for k in self.KINDS if self.tried[k])
+        return (
+            f"fault-and-abuse suite: {sum(self.tried.values())} cases tried; {counts}; "
+            f"lost: {self.lost_bytes} bytes, {self.lost_rows} rows"
+        )
+
+
+RECORD = FaultRecord()
+
+
+@pytest.fixture
+def record() -> FaultRecord:
+    return RECORD
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RECORD.tried:
+        terminalreporter.write_sep("=", "fault-and-abuse summary")
+        terminalreporter.write_line(RECORD.summary())

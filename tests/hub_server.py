@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -203,6 +204,65 @@ def file_info(path: str, entry: dict, store: Store | None = None, where: tuple |
     return info
 
 
+@dataclass
+class Fault:
+    kind: str  # "fail" | "delay" | "drop"
+    prefix: str
+    times: int
+    method: str | None
+    status: int = 500
+    seconds: float = 0.0
+
+
+class Faults:
+    """Explicit fault injection: the next `times` requests whose URL path starts with `prefix` misbehave.
+
+        hub.faults.fail("/api/models/alice/x/commit/", status=500, times=2)  # answer 500 twice
+        hub.faults.delay("/api/models/alice/x/commit/", seconds=3)           # answer late (client times out)
+        hub.faults.drop("/_lfs/", method="PUT")                              # close the socket mid-body
+
+    Every request is logged, so a test can count what the client sent (e.g. its own retries).
+    """
+
+    def __init__(self) -> None:
+        self._rules: list[Fault] = []
+        self._lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []
+
+    def fail(self, prefix: str, status: int = 500, times: int = 1, method: str | None = None) -> None:
+        self._add(Fault("fail", prefix, times, method, status=status))
+
+    def delay(self, prefix: str, seconds: float, times: int = 1, method: str | None = None) -> None:
+        self._add(Fault("delay", prefix, times, method, seconds=seconds))
+
+    def drop(self, prefix: str, times: int = 1, method: str | None = None) -> None:
+        self._add(Fault("drop", prefix, times, method))
+
+    def clear(self) -> None:
+        """Disarm every fault (the log stays)."""
+        with self._lock:
+            self._rules.clear()
+
+    def _add(self, fault: Fault) -> None:
+        with self._lock:
+            self._rules.append(fault)
+
+    def hits(self, prefix: str, method: str | None = None) -> int:
+        """Requests received so far whose path starts with `prefix` (faulty ones included)."""
+        with self._lock:
+            return sum(p.startswith(prefix) and method in (None, m) for m, p in self.log)
+
+    def take(self, method: str, path: str) -> Fault | None:
+        """Log the request; the first armed fault that matches it, used up once."""
+        with self._lock:
+            self.log.append((method, path))
+            for fault in self._rules:
+                if fault.times > 0 and path.startswith(fault.prefix) and fault.method in (None, method):
+                    fault.times -= 1
+                    return fault
+        return None
+
+
 class Handler(BaseHTTPRequestHandler):
     """Routes requests by URL shape. `self.server.hub` is the owning `LocalHub`."""
 
@@ -264,7 +324,17 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        fault = self.server.hub.faults.take(self.command, url.path)
+        if fault is not None and fault.kind == "drop":  # read half the body, then hang up without an answer
+            self.rfile.read(int(self.headers.get("Content-Length") or 0) // 2)
+            self.close_connection = True
+            return
         self.body = self._read_body()
+        if fault is not None and fault.kind == "fail":
+            message = f"Injected fault: {fault.status}"
+            return self._send(fault.status, json.dumps({"error": message}).encode(), {"X-Error-Message": message})
+        if fault is not None:
+            time.sleep(fault.seconds)
         try:
             self._route(self.command, parts, query)
         except HubError as e:
@@ -503,6 +573,7 @@ class LocalHub:
     def __init__(self, root: str | os.PathLike, tokens: dict[str, tuple[str, str]] | None = None):
         self.store = Store(Path(root))
         self.tokens = dict(tokens or {})
+        self.faults = Faults()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -97,7 +97,12 @@ def test_push_without_a_write_token_fails_before_uploading(hub, runner, finished
     assert remote["exists"] is False
 
 
-def test_private_adapter_is_invisible_without_a_token(hub, runner, finished: Path, monkeypatch) -> None:
+def test_private_adapter_is_invisible_without_a_token(hub, runner, finished: Path, monkeypatch, record) -> None:
+    with record.case("security"):
+        _private_repo_is_invisible(runner, finished, monkeypatch)
+
+
+def _private_repo_is_invisible(runner, finished: Path, monkeypatch) -> None:
     assert invoke(runner, "push", finished, "--repo-id", "alice/secret", "--private").exit_code == 0
     monkeypatch.delenv("HF_TOKEN")
     remote = run_client("""

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import invoke
+from conftest import invoke, write_jsonl
 
 from dpo_recipe.data import read_source
 from dpo_recipe.errors import DataError
@@ -18,9 +18,7 @@ def row(**changes):
 
 
 def jsonl(tmp_path: Path, rows, name="data.jsonl") -> Path:
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
+    return write_jsonl(tmp_path / name, rows)
 
 
 def findings(path: Path):

@@ -1,20 +1,17 @@
-"""End-to-end training on the tiny local model: artifacts, reload, DDP, kill and resume."""
+"""End-to-end training on the tiny local model: artifacts, reload, DDP, resume bookkeeping.
+
+Kills, signals and a full disk are in tests/test_faults.py."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_overrides, two_process_launcher
+from conftest import subprocess_env, tiny_overrides, train_cmd, two_process_launcher, write_jsonl
 
 from dpo_recipe.errors import DataError, ModelError, RecipeError
 from dpo_recipe.train import run
@@ -121,8 +118,7 @@ def test_dry_run_reports_and_refuses_emptied_completions(tiny_model: Path, tmp_p
     long_prompt = "長い質問です。" * 30
     rows = [{"prompt": long_prompt + str(i), "chosen": "はい、そうです。", "rejected": "いいえ。"} for i in range(4)]
     rows.append({"prompt": "短い質問？", "chosen": "はい、そうです。", "rejected": "いいえ。"})
-    data = tmp_path / "long.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
     overrides = tiny_overrides(
         tiny_model,
         f"data.source={data}",
@@ -147,25 +143,11 @@ def test_bad_lora_target_and_qlora_on_cpu_fail_before_weights_load(tiny_model: P
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def _train_cmd(tiny_model: Path, out: Path, *extra: str, launcher: list[str] | None = None) -> list[str]:
-    args = ["-m", "dpo_recipe.train", "--recipe", "tiny-ja", "--output-dir", str(out)]
-    for item in tiny_overrides(
-        tiny_model, "training.per_device_batch_size=2", "training.save_steps=4", "training.save_total_limit=2"
-    ):
-        args += ["--set", item]
-    return [*(launcher or [sys.executable]), *args, *extra]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-
-
 def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     launcher = two_process_launcher()
-    result = subprocess.run(
-        _train_cmd(tiny_model, out, launcher=launcher), env=_env(), capture_output=True, text=True, timeout=300
-    )
+    command = train_cmd(tiny_model, out, "training.per_device_batch_size=2", "training.save_steps=4", launcher=launcher)
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["distributed"]["world_size"] == 2
@@ -175,47 +157,6 @@ def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: 
     assert result.stdout.count("Done:") == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 17))  # logged once, not once per rank
-
-
-def _adapter(out: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(out / "adapter_model.safetensors")
-
-
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_model: Path, tmp_path: Path) -> None:
-    reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(tiny_model, reference), env=_env(), check=True, capture_output=True, timeout=300)
-    expected_steps = json.loads((reference / "metrics.json").read_text())["train"]["steps"]
-
-    out = tmp_path / "killed"
-    rng = random.Random(0)
-    for attempt in range(2):  # killed twice, each time at a random step after a checkpoint
-        extra = ["--resume"] if attempt else []
-        process = subprocess.Popen(
-            _train_cmd(tiny_model, out, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        first = 4 * (attempt + 1)
-        deadline = time.time() + 240
-        while not (out / "checkpoints" / f"checkpoint-{first}").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.6))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        assert not (out / "metrics.json").exists()
-        assert "--resume" in (out / "INCOMPLETE").read_text()
-
-    refused = subprocess.run(_train_cmd(tiny_model, out), env=_env(), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "holds an interrupted run. Pass --resume" in refused.stderr
-
-    subprocess.run(_train_cmd(tiny_model, out, "--resume"), env=_env(), check=True, capture_output=True, timeout=300)
-    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == expected_steps
-    resumed, uninterrupted = _adapter(out), _adapter(reference)
-    assert resumed.keys() == uninterrupted.keys()
-    # Same data order, restored optimizer/scheduler/RNG state: only float summation order could differ.
-    for name, tensor in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-6)
-    assert not (out / "INCOMPLETE").exists()
 
 
 def test_tensorboard_events_when_the_recipe_asks(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
@@ -241,8 +182,7 @@ def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp
         }
         for r in generate_pairs(100, seed=1)["train"][:12]
     ]
-    data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
     overrides = tiny_overrides(tiny_model, f"data.source={data}", "data.test_size=0.34", "training.max_length=256")
     run("tiny-ja", overrides, output_dir=str(tmp_path / "dry"), dry_run=True)
     report = capsys.readouterr().out
