@@ -326,7 +326,6 @@ def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]
     return model, tokenizer
 
 
-
 def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str) -> None:
     """Compare every LoRA matrix's shape with the base's layer before any weights load."""
     from safetensors import safe_open
