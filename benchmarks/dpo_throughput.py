@@ -16,8 +16,9 @@ for every configuration and left out. Held-out reward accuracy is scored afterwa
    fp32), TRL defaults otherwise (activation checkpointing on).
 2. ``trl_best``: plain ``DPOTrainer``, the fastest settings found for it here: batch 4 x 1,
    activation checkpointing off, pin_memory off, glibc's malloc thresholds raised.
-3. ``dpo_recipe``: ``dpo_recipe.train.build_trainer`` as training uses it (packed pairs, reference
-   log-probs precomputed once; a fresh cache directory, so the reference pass is paid here).
+3. ``dpo_recipe``: ``dpo_recipe.train.build_trainer`` as training uses it (packed pairs, one pair a
+   row x accumulation 4, reference log-probs precomputed once; a fresh cache directory, so the
+   reference pass is paid here).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-pairs", type=int, default=32, help="Held-out pairs scored after each run.")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dpo-recipe-batch", type=int, default=2, help="dpo-recipe's pairs per packed row.")
+    parser.add_argument("--dpo-recipe-batch", type=int, default=1, help="dpo-recipe's pairs per packed row.")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
@@ -112,7 +113,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from dpo_recipe.train import build_trainer, dpo_config
 
     config = args.worker
-    if config != "trl_guide":  # the product does this at the start of training; "best" TRL gets it too
+    if config == "trl_best":  # dpo_recipe's build_trainer decides this for itself
         keep_freed_memory_in_heap()
     batch = args.dpo_recipe_batch
     recipe = _recipe(
