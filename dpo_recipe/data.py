@@ -10,14 +10,12 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.atomic import write_dir_atomically
 from dpo_recipe.config import DataSection
 from dpo_recipe.errors import DataError
 from dpo_recipe.generate import generate_pairs
@@ -252,24 +250,8 @@ def lint_error_message(name: str, report: LintReport) -> str:
 
 
 def write_atomically(out_dir: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
-    """Write into a temporary sibling directory, then rename it into place.
-
-    A crash leaves either the old directory or the new one, never half of each.
-    """
+    """A dataset directory written whole (see ``dpo_recipe.atomic``); a non-empty one is kept unless ``overwrite``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise DataError(f"{out_dir} already exists and is not empty. Choose another --out or pass --overwrite.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(staging)
-        if out_dir.exists():
-            retired = staging.with_name(staging.name + ".old")
-            os.rename(out_dir, retired)
-            os.rename(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    write_dir_atomically(out_dir, write)

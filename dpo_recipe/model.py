@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.atomic import write_dir_atomically
 from dpo_recipe.config import ModelSection, Recipe, load_recipe
 from dpo_recipe.errors import ModelError
 
@@ -45,7 +45,9 @@ def resolve_gguf_path(spec: str) -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a weights file, once per process and file version (tokenizer, config and weights all ask)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -54,26 +56,8 @@ def _file_digest(path: Path) -> str:
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path:
-    return cache_root() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
-
-
-def _fill_atomically(target: Path, write: Any) -> Path:
-    """Write a cache entry into a temp sibling and rename it, so readers never see half of one."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; a shared cache must stay readable
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process filled it first
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    stat = gguf_path.stat()
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path, stat.st_size, stat.st_mtime_ns)}"
 
 
 def _with_pad_token(tokenizer: Any) -> Any:
@@ -114,7 +98,10 @@ def resolve_model_source(model: ModelSection) -> str:
         return model.name_or_path
     gguf = resolve_gguf_path(model.gguf_file)
     try:
-        return str(_fill_atomically(gguf_cache_dir(gguf), lambda staging: _convert_gguf(gguf, staging)))
+        target = gguf_cache_dir(gguf)
+        if not target.exists():
+            write_dir_atomically(target, lambda staging: _convert_gguf(gguf, staging), keep_existing=True)
+        return str(target)
     except ModelError:
         raise
     except Exception as exc:  # a damaged file surfaces as struct, value, index or OS errors from the reader
