@@ -38,9 +38,12 @@ def supports_packing(model: Any, args: Any) -> bool:
     """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
     import inspect
 
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     attention = getattr(model.config, "_attn_implementation", "sdpa")
     return (
-        args.loss_type == ["sigmoid"]
+        not is_deepspeed_zero3_enabled()  # ZeRO-3 shards weights before the reference pass could run
+        and args.loss_type == ["sigmoid"]
         and args.ld_alpha is None
         and not args.use_weighting
         and args.f_divergence_type == "reverse_kl"
