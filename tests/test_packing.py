@@ -142,3 +142,31 @@ def test_packing_rejected_never_sees_chosen(setup) -> None:
     assert packed["target_ids"].tolist() == [8, 11, 15, 16, 17]
     assert packed["segment"].tolist() == [0, 1, 2, 3, 3]
     assert packed["attention_mask"][0, 0, 4].tolist() == [True, True, True, False, True] + [False] * 5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_logps_equal_one_row_per_sequence(family: str) -> None:
+    """Both position schemes (rotary, learned absolute) take the restarted positions and the block mask."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=64))
+    else:
+        config = LlamaConfig(
+            vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        )
+        model = LlamaForCausalLM(config)
+    rows = [
+        {"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]},
+        {"prompt_ids": [20, 21], "chosen_ids": [22], "rejected_ids": [23, 24, 25, 26]},
+    ]
+    with torch.no_grad():
+        chosen, rejected = pair_logps(model.eval(), pack_pairs(rows, None))
+        expected = []
+        for row in rows:
+            for completion in (row["chosen_ids"], row["rejected_ids"]):
+                sequence, start = row["prompt_ids"] + completion, len(row["prompt_ids"])
+                logps = model(torch.tensor([sequence])).logits[0].log_softmax(-1)
+                expected.append(sum(logps[start - 1 + j, sequence[start + j]] for j in range(len(completion))))
+    assert torch.allclose(torch.stack([chosen[0], rejected[0], chosen[1], rejected[1]]), torch.stack(expected))
