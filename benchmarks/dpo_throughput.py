@@ -150,7 +150,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     model = trainer.accelerator.unwrap_model(trainer.model)
     held_out = splits["test"][: args.eval_pairs]
-    scored = score_pairs(model, tokenizer, held_out, args.max_length, batch_size=8, progress=False)
+    scored = score_pairs(model, tokenizer, held_out, args.max_length, batch_size=1, progress=False)
     overall = summarise(scored, beta=0.1)["overall"]
     return {
         "config": config,

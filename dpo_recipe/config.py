@@ -109,7 +109,12 @@ class TrainingSection:
 
 @dataclass
 class EvalSection:
-    batch_size: int = _key(8, "Pairs per evaluation forward pass.", min=1)
+    batch_size: int = _key(
+        1,
+        "Held-out pairs packed into one row per forward pass. 1 is fastest on a CPU (a row's attention "
+        "grows with the square of its length); a GPU can take more.",
+        min=1,
+    )
     num_generations: int = _key(4, "Held-out prompts answered greedily by base and tuned model.", min=0)
     max_new_tokens: int = _key(64, "Token budget of those answers.", min=1)
 
