@@ -27,7 +27,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from dpo_recipe.generate import generate_pairs
-from dpo_recipe.train import run
+from dpo_recipe.train import newest_complete_checkpoint, run
 
 # ---------------------------------------------------------------------------- bad input
 
@@ -297,7 +297,10 @@ def test_bad_input_fails_early_and_clearly(
 # ---------------------------------------------------------------------------- training faults
 
 # 32 pairs / 4 per step = 8 optimizer steps, a checkpoint every 2; no generations, 4 held-out pairs.
-FAULT_SETTINGS = ("training.save_steps=2", "data.max_train_pairs=32", "data.max_eval_pairs=4", "eval.num_generations=0")
+# 16 optimizer steps, a checkpoint every 2: room for three kills, each after a newer checkpoint, however fast a
+# step is (on 2 cores a tiny step takes ~75 ms, so kills must be placed by checkpoint, not by the clock).
+FAULT_SETTINGS = ("training.save_steps=2", "data.max_train_pairs=64", "data.max_eval_pairs=4", "eval.num_generations=0")
+FAULT_STEPS = 16
 RESUMED = re.compile(r"after step (\d+); its checkpoint is in (\S+)\. Nothing is lost: continue with (.+--resume)")
 
 
@@ -318,14 +321,17 @@ def start_training(tiny_model: Path, out: Path, *extra: str) -> subprocess.Popen
     )
 
 
-def wait_for_checkpoint(out: Path, step: int, process: subprocess.Popen) -> Path:
-    """Block until checkpoint-``step`` is complete (trainer_state.json is written last)."""
-    checkpoint = out / "checkpoints" / f"checkpoint-{step}"
+def wait_for_newer_checkpoint(out: Path, process: subprocess.Popen) -> Path:
+    """Block until the run saves a checkpoint newer than the one it started (or resumed) from.
+
+    Called right after ``process`` starts, before it can have trained a step (imports alone take seconds)."""
+    start = newest_complete_checkpoint(out)
+    target = (int(start.name.split("-")[-1]) if start else 0) + 2
     deadline = time.monotonic() + 240
-    while not (checkpoint / "trainer_state.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, f"no {checkpoint}"
-        time.sleep(0.02)
-    return checkpoint
+    while (newest := newest_complete_checkpoint(out)) is None or int(newest.name.split("-")[-1]) < target:
+        assert process.poll() is None and time.monotonic() < deadline, f"no checkpoint-{target} in {out}"
+        time.sleep(0.01)
+    return newest
 
 
 def finish_and_compare(tiny_model: Path, out: Path, reference: Path, record) -> None:
@@ -335,7 +341,7 @@ def finish_and_compare(tiny_model: Path, out: Path, reference: Path, record) -> 
     )
     steps = [json.loads((d / "metrics.json").read_text())["train"]["steps"] for d in (out, reference)]
     record.lost(rows=steps[1] - steps[0])
-    assert steps[0] == steps[1] == 8
+    assert steps[0] == steps[1] == FAULT_STEPS
     resumed, expected = (load_file(d / "adapter_model.safetensors") for d in (out, reference))
     assert resumed.keys() == expected.keys()
     # Resuming restores the optimizer, scheduler and RNG state and replays the same data order, so on CPU
@@ -354,8 +360,8 @@ def test_sigkill_three_times_then_resume_matches_uninterrupted(
     with record.case("fault"):
         for kill in range(3):  # each after a newer checkpoint, at a seeded-random moment; resumes get killed too
             process = start_training(tiny_model, out, *(["--resume"] if kill else []))
-            wait_for_checkpoint(out, 2 * (kill + 1), process)
-            time.sleep(rng.uniform(0.0, 1.0))
+            wait_for_newer_checkpoint(out, process)
+            time.sleep(rng.uniform(0.0, 0.05))  # under one step: sometimes mid-step, sometimes mid-save
             process.kill()
             process.communicate()
             assert not (out / "metrics.json").exists() and "--resume" in (out / "INCOMPLETE").read_text()
@@ -369,14 +375,14 @@ def test_sigint_and_sigterm_save_the_step_and_say_how_to_resume(
     with record.case("fault"):
         for attempt, (signum, status) in enumerate(((signal.SIGINT, 130), (signal.SIGTERM, 143))):
             process = start_training(tiny_model, out, *(["--resume"] if attempt else []))
-            wait_for_checkpoint(out, 2 * (attempt + 1), process)
+            reached = int(wait_for_newer_checkpoint(out, process).name.split("-")[-1])
             process.send_signal(signum)
             _, stderr = process.communicate(timeout=240)
             assert process.returncode == status, stderr[-2000:]
             found = RESUMED.search(stderr)
             assert found, stderr[-2000:]
             step, checkpoint, command = int(found[1]), Path(found[2]), found[3]
-            assert checkpoint == out / "checkpoints" / f"checkpoint-{step}" and step >= 2 * (attempt + 1)
+            assert checkpoint == out / "checkpoints" / f"checkpoint-{step}" and step >= reached
             assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
             assert command.startswith("accelerate launch -m dpo_recipe.train --recipe tiny-ja")
             assert f"--output-dir {out} --resume" in command and command in (out / "INCOMPLETE").read_text()
@@ -387,7 +393,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_
     out = tmp_path / "full"
     with record.case("fault"):
         process = start_training(tiny_model, out)
-        good = wait_for_checkpoint(out, 2, process)
+        good = wait_for_newer_checkpoint(out, process)
         before = _tree(good)
         # From now on no file of the run may grow past 40 kB (writes fail with EFBIG; Python ignores SIGXFSZ):
         # the next checkpoint's tokenizer.json (150 kB) cannot be written, as on a full disk.
