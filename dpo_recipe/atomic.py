@@ -1,8 +1,9 @@
-"""Directories that appear whole or not at all.
+"""Files and directories that appear whole or not at all.
 
-A dataset written by ``dpo-recipe data generate`` and a converted GGUF model in the cache are
-both filled in a temporary sibling directory and renamed into place, so a crash, a full disk
-or a second process never leaves half of one where a reader would take it for complete.
+A dataset written by ``dpo-recipe data generate``, a converted GGUF model in the cache, an
+evaluation report and a cached set of reference log-probs are each written to a temporary
+sibling and renamed into place, so a crash, a full disk or a second process never leaves half
+of one where a reader would take it for complete.
 """
 
 from __future__ import annotations
@@ -42,4 +43,20 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None], *, keep_ex
             os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """``write(staging)`` to a temporary file beside ``target``, then rename it over ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    staging = Path(name)
+    try:
+        write(staging)
+        staging.chmod(0o644)  # mkstemp makes it private; reports and caches are meant to be read
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
     return target

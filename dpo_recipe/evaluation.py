@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.atomic import write_file_atomically
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.tokens import encode_pair
 
@@ -334,9 +335,8 @@ def run_eval(
     out.parent.mkdir(parents=True, exist_ok=True)
     charts = plot_report(report, out.parent / f"{out.stem}_plots")
     report["charts"] = [str(c) for c in charts]
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_file_atomically(out, lambda staging: staging.write_text(text, encoding="utf-8"))
     print(markdown_summary(report))
     print(f"\nReport: {out}; charts: {', '.join(report['charts'])}")
     return report

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
+from dpo_recipe.atomic import write_file_atomically
 from dpo_recipe.packing import PackedPairs, pack_pairs, pair_logps
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -160,11 +159,8 @@ class PackedDPOTrainer(DPOTrainer):
         path = self._cache_path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"chosen": logps[0].contiguous(), "rejected": logps[1].contiguous()}, staging)
-        os.replace(staging, path)
+        tensors = {"chosen": logps[0].contiguous(), "rejected": logps[1].contiguous()}
+        write_file_atomically(path, lambda staging: save_file(tensors, str(staging)))
 
     # ---- the step ------------------------------------------------------------------------------------
     def compute_loss(

@@ -26,6 +26,7 @@ from conftest import CANARY, invoke, run_client, subprocess_env, tiny_overrides,
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
+from dpo_recipe.atomic import write_file_atomically
 from dpo_recipe.generate import generate_pairs
 from dpo_recipe.train import newest_complete_checkpoint, run
 
@@ -409,6 +410,25 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_
         assert not changed and named.name.startswith("checkpoint-")
         assert load_file(named / "adapter_model.safetensors")  # the checkpoint named loads
         assert not (out / "metrics.json").exists() and (out / "INCOMPLETE").exists()
+
+
+def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, record) -> None:
+    """Reports and the reference-log-prob cache are written through write_file_atomically."""
+    target = tmp_path / "eval.json"
+    target.write_text("old report", encoding="utf-8")
+
+    def write_half_then_fail(staging: Path) -> None:
+        staging.write_text("half a new rep", encoding="utf-8")
+        raise OSError(28, "No space left on device")
+
+    with record.case("fault"):
+        with pytest.raises(OSError, match="No space left"):
+            write_file_atomically(target, write_half_then_fail)
+        record.lost(nbytes=0 if target.read_text(encoding="utf-8") == "old report" else len("old report"))
+        assert target.read_text(encoding="utf-8") == "old report" and sorted(tmp_path.iterdir()) == [target]
+        write_file_atomically(target, lambda staging: staging.write_text("new report", encoding="utf-8"))
+        assert target.read_text(encoding="utf-8") == "new report" and sorted(tmp_path.iterdir()) == [target]
+        assert target.stat().st_mode & 0o777 == 0o644
 
 
 # ---------------------------------------------------------------------------- Hub faults
