@@ -80,6 +80,29 @@ def pack_pairs(examples: list[dict[str, list[int]]], max_length: int | None) -> 
     )
 
 
+BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # the implementations that take a 4D mask as given
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention kernel of ``model``, seen through DDP / FSDP / PEFT wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    config = getattr(extract_model_from_parallel(model), "config", None)
+    return getattr(config, "_attn_implementation", None) or "sdpa"
+
+
+def block_mask_for(attention: str, mask: torch.Tensor) -> torch.Tensor:
+    """SDPA takes the boolean mask; eager attention adds the mask to its scores, so it gets 0 / -max."""
+    if attention == "sdpa":
+        return mask
+    if attention == "eager":
+        return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    raise ValueError(
+        f"Packed pairs need an attention implementation that takes a block mask ({' or '.join(BLOCK_MASK_ATTENTION)}); "
+        f"this model uses {attention!r}. Load it with attn_implementation='sdpa'."
+    )
+
+
 def pair_logps(model: Any, packed: PackedPairs) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (chosen, rejected), one per pair, through ``model``'s own forward.
 
@@ -88,7 +111,7 @@ def pair_logps(model: Any, packed: PackedPairs) -> tuple[torch.Tensor, torch.Ten
     """
     output = model(
         input_ids=packed.input_ids,
-        attention_mask=packed.attention_mask,
+        attention_mask=block_mask_for(attention_implementation(model), packed.attention_mask),
         position_ids=packed.position_ids,
         logits_to_keep=packed.predictor_index,
         use_cache=False,

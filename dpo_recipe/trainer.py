@@ -28,7 +28,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from dpo_recipe.atomic import write_file_atomically
-from dpo_recipe.packing import PackedPairs, pack_pairs, pair_logps
+from dpo_recipe.packing import BLOCK_MASK_ATTENTION, PackedPairs, attention_implementation, pack_pairs, pair_logps
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -39,7 +39,6 @@ def supports_packing(model: Any, args: Any) -> bool:
 
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    attention = getattr(model.config, "_attn_implementation", "sdpa")
     return (
         not is_deepspeed_zero3_enabled()  # ZeRO-3 shards weights before the reference pass could run
         and args.loss_type == ["sigmoid"]
@@ -48,7 +47,7 @@ def supports_packing(model: Any, args: Any) -> bool:
         and args.f_divergence_type == "reverse_kl"
         and not args.sync_ref_model
         and "logits_to_keep" in inspect.signature(type(model).forward).parameters
-        and attention in ("sdpa", "eager")  # flash-attention kernels take no block masks
+        and attention_implementation(model) in BLOCK_MASK_ATTENTION  # flash-attention kernels take no block masks
     )
 
 

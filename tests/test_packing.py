@@ -144,9 +144,11 @@ def test_packing_rejected_never_sees_chosen(setup) -> None:
     assert packed["attention_mask"][0, 0, 4].tolist() == [True, True, True, False, True] + [False] * 5
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_packed_logps_equal_one_row_per_sequence(family: str) -> None:
-    """Both position schemes (rotary, learned absolute) take the restarted positions and the block mask."""
+def test_packed_logps_equal_one_row_per_sequence(family: str, attention: str) -> None:
+    """Both position schemes (rotary, learned absolute) take the restarted positions and the block mask,
+    under both attention implementations the packed path accepts (eager adds the mask to the scores)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -157,6 +159,8 @@ def test_packed_logps_equal_one_row_per_sequence(family: str) -> None:
             vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
         )
         model = LlamaForCausalLM(config)
+    model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
     rows = [
         {"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]},
         {"prompt_ids": [20, 21], "chosen_ids": [22], "rejected_ids": [23, 24, 25, 26]},
