@@ -297,9 +297,9 @@ def test_bad_input_fails_early_and_clearly(
 
 # ---------------------------------------------------------------------------- training faults
 
-# 32 pairs / 4 per step = 8 optimizer steps, a checkpoint every 2; no generations, 4 held-out pairs.
-# 16 optimizer steps, a checkpoint every 2: room for three kills, each after a newer checkpoint, however fast a
-# step is (on 2 cores a tiny step takes ~75 ms, so kills must be placed by checkpoint, not by the clock).
+# 64 pairs / 4 per step = 16 optimizer steps, a checkpoint every 2; no generations, 4 held-out pairs. That leaves
+# room for three kills, each after a newer checkpoint, however fast a step is (on 2 cores a tiny step takes
+# ~75 ms, so kills must be placed by checkpoint, not by the clock).
 FAULT_SETTINGS = ("training.save_steps=2", "data.max_train_pairs=64", "data.max_eval_pairs=4", "eval.num_generations=0")
 FAULT_STEPS = 16
 RESUMED = re.compile(r"after step (\d+); its checkpoint is in (\S+)\. Nothing is lost: continue with (.+--resume)")
@@ -322,14 +322,18 @@ def start_training(tiny_model: Path, out: Path, *extra: str) -> subprocess.Popen
     )
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
 def wait_for_newer_checkpoint(out: Path, process: subprocess.Popen) -> Path:
     """Block until the run saves a checkpoint newer than the one it started (or resumed) from.
 
     Called right after ``process`` starts, before it can have trained a step (imports alone take seconds)."""
     start = newest_complete_checkpoint(out)
-    target = (int(start.name.split("-")[-1]) if start else 0) + 2
+    target = (checkpoint_step(start) if start else 0) + 2
     deadline = time.monotonic() + 240
-    while (newest := newest_complete_checkpoint(out)) is None or int(newest.name.split("-")[-1]) < target:
+    while (newest := newest_complete_checkpoint(out)) is None or checkpoint_step(newest) < target:
         assert process.poll() is None and time.monotonic() < deadline, f"no checkpoint-{target} in {out}"
         time.sleep(0.01)
     return newest
@@ -376,7 +380,7 @@ def test_sigint_and_sigterm_save_the_step_and_say_how_to_resume(
     with record.case("fault"):
         for attempt, (signum, status) in enumerate(((signal.SIGINT, 130), (signal.SIGTERM, 143))):
             process = start_training(tiny_model, out, *(["--resume"] if attempt else []))
-            reached = int(wait_for_newer_checkpoint(out, process).name.split("-")[-1])
+            reached = checkpoint_step(wait_for_newer_checkpoint(out, process))
             process.send_signal(signum)
             _, stderr = process.communicate(timeout=240)
             assert process.returncode == status, stderr[-2000:]
