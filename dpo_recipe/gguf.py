@@ -1,8 +1,9 @@
 """GGUF weights turned into an ordinary safetensors model directory, once per file.
 
-Dequantizing SmolLM2-135M takes ~20 s and a GGUF-loaded model cannot ``save_pretrained``, so
-each GGUF file is converted once and cached as safetensors, keyed by the file's hash; every
-later run loads the cached directory through the ordinary ``from_pretrained`` path.
+Dequantizing takes seconds to minutes (~20 s for a 135M-parameter model) and a GGUF-loaded
+model cannot ``save_pretrained``, so each GGUF file is converted once and cached as safetensors,
+keyed by the file's hash; every later run loads the cached directory through the ordinary
+``from_pretrained`` path.
 """
 
 from __future__ import annotations
