@@ -36,8 +36,8 @@ def generate_dataset(
     """
     import datasets
 
+    from dpo_recipe.atomic import write_dir_atomically
     from dpo_recipe.cards import render_dataset_card
-    from dpo_recipe.data import write_atomically
     from dpo_recipe.generate import generate_pairs
     from dpo_recipe.lint import lint
 
@@ -55,7 +55,7 @@ def generate_dataset(
         )
         card.save(staging / "README.md")
 
-    write_atomically(Path(out_dir), write, overwrite=overwrite)
+    write_dir_atomically(Path(out_dir), write, if_exists="replace" if overwrite else "refuse")
     return {name: len(rows) for name, rows in splits.items()}
 
 
@@ -144,7 +144,7 @@ def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any
     (a Hub id or directory). The adapter's shapes are checked against the base before weights
     load, and the tokenizer is the one saved with the adapter. The model is in eval mode.
     """
-    from dpo_recipe.model import adapter_base, load_adapter_model
+    from dpo_recipe.adapters import adapter_base, load_adapter_model
 
     adapter_dir, _, model_section = adapter_base(str(adapter), base)
     return load_adapter_model(adapter_dir, model_section)

@@ -13,22 +13,33 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+
+from dpo_recipe.errors import DataError
 
 
-def write_dir_atomically(target: Path, write: Callable[[Path], None], *, keep_existing: bool = False) -> Path:
+def write_dir_atomically(
+    target: Path,
+    write: Callable[[Path], None],
+    *,
+    if_exists: Literal["replace", "keep", "refuse"] = "replace",
+) -> Path:
     """``write(staging)``, then rename staging to ``target``.
 
-    With ``keep_existing`` (cache entries) a ``target`` that another process filled first wins and
-    ours is dropped; otherwise an existing ``target`` is replaced, the old one removed only after
-    the new one is in place.
+    What happens to an existing ``target``: ``"replace"``: it is replaced, the old one removed only
+    after the new one is in place; ``"keep"`` (cache entries): one that another process filled
+    first wins and ours is dropped; ``"refuse"`` (a dataset directory the user named, ``--out``): a
+    non-empty one is a ``DataError`` before anything is written, so nobody's files are lost to a typo.
     """
     target = Path(target)
+    if if_exists == "refuse" and target.exists() and any(target.iterdir()):
+        raise DataError(f"{target} already exists and is not empty. Choose another --out or pass --overwrite.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; datasets and caches are meant to be read
-        if keep_existing:
+        if if_exists == "keep":
             try:
                 os.rename(staging, target)
             except OSError:

@@ -256,7 +256,8 @@ def train_command(
     import os
     import sys
 
-    from dpo_recipe.config import load_recipe, recipe_from_hub
+    from dpo_recipe.config import load_recipe
+    from dpo_recipe.hub import recipe_from_hub
 
     if bool(recipe) == bool(from_hub):
         raise click.UsageError("Give exactly one of --recipe NAME_OR_PATH and --from-hub USER/NAME.")

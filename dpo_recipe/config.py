@@ -182,42 +182,6 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     )
 
 
-def recipe_from_hub(repo: str) -> Path:
-    """The resolved ``recipe.yaml`` of an adapter repo pushed by dpo-recipe (``USER/NAME[@REVISION]``).
-
-    That file pins everything the run used, the dataset's commit included, so training from it
-    repeats the run.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    repo_id, _, revision = repo.partition("@")
-    try:
-        return Path(hf_hub_download(repo_id, "recipe.yaml", revision=revision or None))
-    except LocalEntryNotFoundError:
-        raise RecipeError(
-            f"--from-hub {repo}: the Hub cannot be reached (or HF_HUB_OFFLINE=1) and its recipe.yaml is not "
-            "in the local cache. Connect, or unset HF_HUB_OFFLINE."
-        ) from None
-    except RemoteEntryNotFoundError:
-        raise RecipeError(
-            f"--from-hub {repo}: the repo has no recipe.yaml, so it was not pushed by dpo-recipe. "
-            "Train from a recipe instead (--recipe)."
-        ) from None
-    except RepositoryNotFoundError:
-        raise RecipeError(
-            f"--from-hub {repo}: no such model repo, or it is private and no token with access is set (HF_TOKEN)."
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "no response"
-        raise RecipeError(f"--from-hub {repo}: the Hub answered {status}; check the revision, or retry.") from None
-
-
 # ---------------------------------------------------------------------------- loading
 
 

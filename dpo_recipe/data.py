@@ -1,4 +1,4 @@
-"""Reading preference data from wherever the recipe points, and writing datasets safely.
+"""Reading preference data from wherever the recipe points, and splitting off held-out pairs.
 
 Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding
 or a null field is reported with its line or row number instead of an Arrow cast error.
@@ -11,14 +11,13 @@ import dataclasses
 import io
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.atomic import write_dir_atomically
 from dpo_recipe.config import DataSection
 from dpo_recipe.errors import DataError
 from dpo_recipe.generate import generate_pairs
+from dpo_recipe.hub import http_status
 from dpo_recipe.lint import LintReport, lint
 
 BUILTIN_SOURCE = "builtin:ja-preferences"
@@ -65,7 +64,7 @@ def pin_hub_revision(data: DataSection) -> DataSection:
     try:
         sha = HfApi().dataset_info(data.source, revision=data.revision).sha
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "no response"
+        status = http_status(exc) or "no response"
         raise DataError(
             f"{where} cannot be read from the Hub (HTTP {status}). Check the dataset id and revision, "
             "and log in (HF_TOKEN) if it is private."
@@ -247,11 +246,3 @@ def lint_error_message(name: str, report: LintReport) -> str:
         + "; ".join(parts)
         + f". Run 'dpo-recipe data lint {name}' for the full table."
     )
-
-
-def write_atomically(out_dir: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
-    """A dataset directory written whole (see ``dpo_recipe.atomic``); a non-empty one is kept unless ``overwrite``."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"{out_dir} already exists and is not empty. Choose another --out or pass --overwrite.")
-    write_dir_atomically(out_dir, write)

@@ -302,8 +302,8 @@ def run_eval(
     """Everything that can be wrong is checked before the base model's weights load."""
     import dataclasses
 
+    from dpo_recipe.adapters import adapter_base, load_adapter_model
     from dpo_recipe.data import load_preference_splits
-    from dpo_recipe.model import adapter_base, load_adapter_model
 
     adapter_dir, recipe, model_section = adapter_base(adapter, base)
     data_section = dataclasses.replace(

@@ -1,4 +1,5 @@
-"""Publishing to the Hugging Face Hub: an adapter in one atomic commit, a dataset as Parquet.
+"""The Hugging Face Hub: publishing an adapter in one atomic commit and a dataset as Parquet, and
+reading back the recipe a pushed adapter was trained with (``train --from-hub``).
 
 Retries: huggingface_hub 2.x already retries (``http_backoff``: 5 retries, 1-8 s exponential, on
 timeouts, network errors, dropped connections and 408 / 429 / 5xx) the preupload call, the LFS
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.errors import DpoRecipeError
+from dpo_recipe.errors import DpoRecipeError, RecipeError
 
 ADAPTER_FILES = (
     "adapter_model.safetensors",
@@ -69,7 +70,8 @@ def _bound_waits() -> None:
     get_session().timeout = httpx2.Timeout(float(os.environ.get("DPO_RECIPE_HUB_TIMEOUT", "60")), connect=10.0)
 
 
-def _status(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed Hub call (``HfHubHTTPError`` and the HTTP client's errors), None without one."""
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
 
@@ -78,11 +80,11 @@ def _transient(exc: BaseException) -> bool:
     """A failure a later try may not see: a dropped or timed-out connection, or 408 / 429 / 5xx."""
     import httpx2
 
-    return isinstance(exc, httpx2.TransportError) or _status(exc) in TRANSIENT_STATUS
+    return isinstance(exc, httpx2.TransportError) or http_status(exc) in TRANSIENT_STATUS
 
 
 def _describe_failure(exc: BaseException) -> str:
-    status = _status(exc)
+    status = http_status(exc)
     return f"HTTP {status}" if status else type(exc).__name__
 
 
@@ -216,7 +218,7 @@ def push_adapter(
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
     verify_paths = {p: files[p] for p in files if p != "README.md"}
     message = commit_message or f"Upload {Path(output_dir).name}"
-    commit = _commit_once(api, repo_id, operations, set(files), verify_paths, message, revision, token)
+    commit = _retrying_commit(api, repo_id, operations, set(files), verify_paths, message, revision, token)
     _verify(api, repo_id, "model", commit, verify_paths, token)
     return PushResult(url=f"{api.endpoint}/{repo_id}", commit=commit, files=len(operations))
 
@@ -226,7 +228,7 @@ def _managed(path_in_repo: str) -> bool:
     return path_in_repo in ADAPTER_FILES or path_in_repo.startswith("plots/")
 
 
-def _commit_once(
+def _retrying_commit(
     api: Any,
     repo_id: str,
     additions: list,
@@ -236,7 +238,7 @@ def _commit_once(
     revision: str | None,
     token: str,
 ) -> str:
-    """One commit of every file, landed exactly once; returns its id.
+    """One commit of every file, tried up to ``HUB_ATTEMPTS`` times and landed exactly once; returns its id.
 
     Each try reads the head, deletes managed files this push lacks and commits on top of that
     head only (``parent_commit``). After a failure, a head that moved and now holds exactly our
@@ -264,7 +266,7 @@ def _commit_once(
                 token=token,
             ).oid
         except Exception as exc:
-            conflict = _status(exc) == 412  # another commit landed first: ours did not
+            conflict = http_status(exc) == 412  # another commit landed first: ours did not
             if not (conflict or _transient(exc)):
                 raise
             failure = _describe_failure(exc)
@@ -317,3 +319,39 @@ def push_dataset(
     else:
         commit = api.dataset_info(repo_id, revision=revision, token=token).sha
     return PushResult(url=f"{api.endpoint}/datasets/{repo_id}", commit=commit, files=len(splits) + 1)
+
+
+def recipe_from_hub(repo: str) -> Path:
+    """The resolved ``recipe.yaml`` of an adapter repo pushed by dpo-recipe (``USER/NAME[@REVISION]``).
+
+    That file pins everything the run used, the dataset's commit included, so training from it
+    repeats the run.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    repo_id, _, revision = repo.partition("@")
+    try:
+        return Path(hf_hub_download(repo_id, "recipe.yaml", revision=revision or None))
+    except LocalEntryNotFoundError:
+        raise RecipeError(
+            f"--from-hub {repo}: the Hub cannot be reached (or HF_HUB_OFFLINE=1) and its recipe.yaml is not "
+            "in the local cache. Connect, or unset HF_HUB_OFFLINE."
+        ) from None
+    except RemoteEntryNotFoundError:
+        raise RecipeError(
+            f"--from-hub {repo}: the repo has no recipe.yaml, so it was not pushed by dpo-recipe. "
+            "Train from a recipe instead (--recipe)."
+        ) from None
+    except RepositoryNotFoundError:
+        raise RecipeError(
+            f"--from-hub {repo}: no such model repo, or it is private and no token with access is set (HF_TOKEN)."
+        ) from None
+    except HfHubHTTPError as exc:
+        status = http_status(exc) or "no response"
+        raise RecipeError(f"--from-hub {repo}: the Hub answered {status}; check the revision, or retry.") from None

@@ -1,7 +1,8 @@
 """The dry run: what training would see, measured in seconds before any weights load.
 
-Japanese costs ~1.65 tokens per character with SmolLM2's tokenizer, so a max_length that looks
-generous can silently cut most answers before their EOS. This report makes that visible and
+A tokenizer can spend more than one token per character on text it was not trained on (Japanese
+on an English-centred vocabulary), so a max_length that looks generous in characters can silently
+cut most answers before their EOS. This report counts the real tokens to make that visible and
 refuses pairs whose prompt alone fills max_length (TRL would drop them without a word).
 """
 

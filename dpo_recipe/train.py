@@ -27,16 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config import Recipe, load_recipe, recipe_from_hub
+from dpo_recipe.config import Recipe, load_recipe
 from dpo_recipe.data import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, SaveError, exit_on_user_error
-from dpo_recipe.model import (
-    check_hardware,
-    check_lora_targets,
-    load_model,
-    load_tokenizer,
-    skeleton_model,
-)
+from dpo_recipe.hardware import check_hardware
+from dpo_recipe.hub import recipe_from_hub
+from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 
 INCOMPLETE = "INCOMPLETE"
@@ -339,8 +335,8 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from trl import DPOTrainer
 
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
-    from dpo_recipe.model import cache_root
     from dpo_recipe.perf import keep_freed_memory_in_heap
+    from dpo_recipe.resources import cache_root
     from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
 
     def to_dataset(rows: list[dict]) -> Any:

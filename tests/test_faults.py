@@ -268,9 +268,9 @@ def test_bad_input_fails_early_and_clearly(
     def weights_loaded(*args: object, **kwargs: object) -> None:
         raise AssertionError("model weights were loaded before the input was checked")
 
-    for module in ("dpo_recipe.model", "dpo_recipe.train"):
+    for module in ("dpo_recipe.model", "dpo_recipe.adapters", "dpo_recipe.train"):
         monkeypatch.setattr(f"{module}.load_model", weights_loaded)
-    monkeypatch.setattr("dpo_recipe.model.cpu_has_native_bf16", lambda: False)  # the same on every CI CPU
+    monkeypatch.setattr("dpo_recipe.hardware.cpu_has_native_bf16", lambda: False)  # the same on every CI CPU
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"

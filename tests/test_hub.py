@@ -11,7 +11,7 @@ import yaml
 from conftest import READ, WRITE, invoke, run_client, tiny_overrides
 from safetensors.torch import load_file
 
-from dpo_recipe.hub import HubError
+from dpo_recipe.hub import HubError, http_status
 from dpo_recipe.train import run
 
 
@@ -217,3 +217,14 @@ def test_from_hub_names_what_is_missing(hub, runner) -> None:
     assert result.exit_code == 1 and "--from-hub alice/nothing-here: no such model repo" in result.output
     result = invoke(runner, "train", "--recipe", "tiny-ja", "--from-hub", "alice/x")
     assert result.exit_code == 2 and "exactly one of --recipe" in result.output
+
+
+def test_http_status_is_read_from_hub_and_client_errors() -> None:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(503, request=httpx2.Request("GET", "https://hub.invalid/api/models/a/b"))
+    assert http_status(HfHubHTTPError("unavailable", response=response)) == 503
+    assert http_status(httpx2.HTTPStatusError("gone", request=response.request, response=response)) == 503
+    assert http_status(httpx2.ConnectError("refused")) is None  # no answer at all: no status
+    assert http_status(ValueError("not an HTTP error")) is None

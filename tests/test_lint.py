@@ -7,7 +7,6 @@ import pytest
 from conftest import invoke, write_jsonl
 
 from dpo_recipe.data import read_source
-from dpo_recipe.errors import DataError
 from dpo_recipe.lint import lint
 
 GOOD = {"prompt": "過学習とは何ですか？", "chosen": "訓練データに適合しすぎる現象です。", "rejected": "知りません。"}
@@ -83,25 +82,6 @@ def test_length_bias_and_cross_split_leak() -> None:
     assert ("length-bias", "train", ()) in checks
     assert ("prompt-in-both-splits", "test", (1, 2, 3)) in checks
     assert not report.errors
-
-
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        ("empty.jsonl", b"", "the file is empty"),
-        ("data.txt", b"prompt,chosen,rejected\n", "unsupported file type '.txt'"),
-        ("sjis.jsonl", '{"prompt": "日本語"}\n'.encode("shift_jis"), "line 1: not valid UTF-8"),
-        ("bad.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n', "line 2: not valid JSON"),
-        ("list.jsonl", b"[1, 2]\n", "line 1: expected a JSON object"),
-        ("bad.parquet", b"not parquet", "not a readable Parquet file"),
-    ],
-)
-def test_unreadable_files_name_file_and_line(tmp_path: Path, name: str, content: bytes, message: str) -> None:
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(DataError) as err:
-        read_source(str(path))
-    assert str(path) in str(err.value) and message in str(err.value)
 
 
 def test_csv_and_parquet_sources(tmp_path: Path) -> None:

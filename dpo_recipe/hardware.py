@@ -1,0 +1,45 @@
+"""Refusing precision and quantization settings this machine cannot run, before anything heavy loads.
+
+A 4-bit base without CUDA, bf16 on a GPU or CPU that only emulates it, or fp16 on a CPU would
+fail minutes into a run or train slowly and imprecisely; these checks fail in a second instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from dpo_recipe.config import ModelSection
+from dpo_recipe.errors import ModelError
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (Linux cpuinfo flags); elsewhere assume it does."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def check_hardware(model: ModelSection, precision: str) -> None:
+    """Refuse settings the hardware cannot run, before anything heavy is loaded."""
+    import torch
+
+    if model.load_in_4bit and not torch.cuda.is_available():
+        raise ModelError(
+            "model.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no CUDA. "
+            "Set model.load_in_4bit: false to train in full precision on CPU."
+        )
+    if model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes.")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ModelError("training.precision bf16: this GPU does not support bfloat16. Use fp16 or auto.")
+    if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        raise ModelError(
+            "training.precision bf16: this machine has no CUDA GPU and its CPU has no native bfloat16 "
+            "(avx512_bf16 / amx_bf16), so every matmul would be emulated, slowly and less precisely. "
+            "Use fp32 (or auto) here, or train on a GPU with bfloat16."
+        )
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ModelError("training.precision fp16 needs a CUDA GPU. Use fp32 (or auto) on CPU.")

@@ -1,0 +1,80 @@
+"""Reading preference data, mapping its columns, and holding out a test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from dpo_recipe.config import DataSection
+from dpo_recipe.data import hold_out, load_preference_splits, pin_hub_revision, read_source, rename_columns
+from dpo_recipe.errors import DataError
+
+
+def numbered(count: int) -> list[dict]:
+    return [{"prompt": f"質問{i}", "chosen": "はい、そうです。", "rejected": "いいえ。", "n": i} for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("data.txt", b"prompt,chosen,rejected\n", "unsupported file type '.txt'"),
+        ("sjis.jsonl", '{"prompt": "日本語"}\n'.encode("shift_jis"), "line 1: not valid UTF-8"),
+        ("bad.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n', "line 2: not valid JSON"),
+        ("list.jsonl", b"[1, 2]\n", "line 1: expected a JSON object"),
+        ("bad.parquet", b"not parquet", "not a readable Parquet file"),
+    ],
+)
+def test_unreadable_files_name_file_and_line(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_source(str(path))
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_hold_out_sizes_and_determinism() -> None:
+    rows = numbered(50)
+    train, test = hold_out(rows, 0.1, seed=3)
+    assert (len(train), len(test)) == (45, 5)
+    assert sorted(r["n"] for r in train + test) == list(range(50))  # a partition: nothing lost, nothing twice
+    assert [r["n"] for r in train] == sorted(r["n"] for r in train)  # both sides keep the data's order
+    assert hold_out(rows, 0.1, seed=3) == (train, test)
+    assert hold_out(rows, 0.1, seed=4)[1] != test
+    assert [len(side) for side in hold_out(numbered(5), 0.01, seed=0)] == [4, 1]  # at least one held out
+
+
+def test_hold_out_keeps_each_topic_on_one_side() -> None:
+    rows = [{**row, "topic": f"t{row['n'] % 10}"} for row in numbered(100)]
+    train, test = hold_out(rows, 0.2, seed=0)
+    held = {r["topic"] for r in test}
+    assert len(held) == 2 and len(test) == 20  # round(10 topics * 0.2), ten rows each
+    assert not held & {r["topic"] for r in train}
+
+
+def test_recipe_split_without_a_test_split_is_held_out_and_sliced(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "pairs.jsonl", numbered(40))
+    data = DataSection(source=str(source), test_size=0.25, seed=1, max_train_pairs=7, max_eval_pairs=3)
+    train, test, report = load_preference_splits(data)
+    assert (len(train), len(test)) == (7, 3)
+    expected_train, expected_test = hold_out(numbered(40), 0.25, seed=1)
+    assert train == expected_train[:7] and test == expected_test[:3]
+    assert not report.errors
+
+
+def test_mapped_columns_are_renamed_and_missing_ones_named(tmp_path: Path) -> None:
+    rows = [{"q": "質問", "good": "良い。", "bad": "悪い。"}]
+    data = DataSection(source="d.jsonl", prompt_column="q", chosen_column="good", rejected_column="bad")
+    renamed = {"train": [{"prompt": "質問", "chosen": "良い。", "rejected": "悪い。"}]}
+    assert rename_columns({"train": rows}, data) == renamed
+    with pytest.raises(DataError, match="data.chosen_column 'better': no such column in split 'train'"):
+        rename_columns({"train": rows}, DataSection(source="d.jsonl", prompt_column="q", chosen_column="better"))
+
+
+def test_an_unreadable_hub_dataset_names_the_http_status(hub) -> None:
+    with pytest.raises(DataError) as err:
+        pin_hub_revision(DataSection(source="alice/no-such-data"))
+    assert str(err.value).startswith("data.source 'alice/no-such-data' (revision main) cannot be read from the Hub")
+    assert "(HTTP 404)" in str(err.value)

@@ -1,0 +1,30 @@
+"""The tiny random-init model that tests and smoke runs train offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import invoke
+
+from dpo_recipe.config import ModelSection
+from dpo_recipe.model import load_tokenizer
+
+
+def test_cli_builds_the_tiny_model(runner, tmp_path: Path) -> None:
+    result = invoke(runner, "model", "tiny", "--out", tmp_path / "tiny")
+    assert result.exit_code == 0
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tmp_path / "tiny")))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"  # no pad token of its own, like GPT-2
+
+
+def test_tiny_model_has_the_promised_shape(tiny_model: Path) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_model)))
+    assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 64, 2)
+    assert config.vocab_size == len(tokenizer) <= 2048
+    assert config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "質問"}], tokenize=False) == (
+        "<|im_start|>user\n質問<|im_end|>\n"
+    )
