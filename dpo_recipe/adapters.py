@@ -30,10 +30,19 @@ def resolve_adapter_dir(adapter: str) -> Path:
             raise ModelError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
         _refuse_pickle_only(path, [p.name for p in path.iterdir()])
         return path
-    if adapter.count("/") != 1 or path.suffix:
-        raise ModelError(f"Adapter '{adapter}' is neither a directory nor a Hub id USER/NAME.")
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:  # "/nonexistent", "./out" and "a/b/c" are paths the user mistyped, not repo ids to download
+        if adapter.count("/") != 1 or path.suffix or adapter.startswith(("/", ".", "~")):
+            raise HFValidationError(adapter)
+        validate_repo_id(adapter)
+    except HFValidationError:
+        raise ModelError(
+            f"Adapter '{adapter}' is neither a directory nor a Hub id USER/NAME. Give the output directory "
+            "of a training run (it holds adapter_config.json) or an adapter repo id on the Hub."
+        ) from None
 
     allowed = ["*.json", "*.safetensors", "*.yaml", "*.md", "*.jinja", "*.txt", "*.model"]
     try:

@@ -42,6 +42,12 @@ class ModelSection:
         choices=("float32", "bfloat16", "float16"),
     )
     trust_remote_code: bool = _key(False, "Run model code from the Hub repo. Off unless set here.")
+    chat_template: str | None = _key(
+        None,
+        "Chat template for a base model that has none (or to replace its own): a packaged name "
+        "('gemma': Gemma's turn markers) or a .jinja file. Saved with the adapter's tokenizer, so "
+        "training, evaluation, chat and the Hub card all use the same prompt form.",
+    )
     load_in_4bit: bool = _key(False, "QLoRA: load the base in 4-bit with bitsandbytes (CUDA only).")
 
 
@@ -73,6 +79,11 @@ class DataSection:
     chosen_column: str = _key("chosen", "Column holding the preferred answer.")
     rejected_column: str = _key("rejected", "Column holding the dispreferred answer.")
     revision: str | None = _key(None, "Hub revision of a Hub dataset.")
+    as_conversation: bool = _key(
+        False,
+        "Turn plain-text pairs into one user turn and one assistant answer, so the model's chat template "
+        "renders them (and the answer ends where a turn ends). Rows already in messages form are kept.",
+    )
 
 
 @dataclass

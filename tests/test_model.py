@@ -56,3 +56,42 @@ def test_load_model_in_the_recipe_dtype(tiny_model: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in skeleton.parameters())
     with pytest.raises(ModelError, match="could not be loaded"):
         load_model(ModelSection(name_or_path=str(tiny_model / "absent")))
+
+
+def test_a_packaged_chat_template_round_trips_through_the_saved_tokenizer(tiny_model: Path, tmp_path: Path) -> None:
+    """A base model gets Gemma's turn markers; the prompt renders as a prefix of prompt + answer, and the
+    template travels with the tokenizer that is saved beside the adapter."""
+    from transformers import AutoTokenizer
+
+    from dpo_recipe.tokens import encode_pair
+
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_model), chat_template="gemma"))
+    prompt = [{"role": "user", "content": "AIとは何ですか？"}]
+    answer = [{"role": "assistant", "content": "AIとは人工知能のことです。"}]
+    rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert (
+        rendered == "<start_of_turn>user\nAIとは何ですか？<end_of_turn>\n<start_of_turn>model\n"
+    )  # no BOS: tiny has none
+    whole = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    assert whole == rendered + "AIとは人工知能のことです。<end_of_turn>\n"
+    pair = encode_pair(tokenizer, {"prompt": prompt, "chosen": answer, "rejected": answer})
+    assert pair.prompt_is_prefix
+    assert tokenizer.decode(pair.chosen_ids) == "AIとは人工知能のことです。<end_of_turn>\n"
+
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    assert AutoTokenizer.from_pretrained(tmp_path / "adapter").chat_template == tokenizer.chat_template
+
+
+def test_an_unknown_chat_template_lists_the_packaged_ones(tiny_model: Path) -> None:
+    with pytest.raises(ModelError, match=r"model.chat_template 'gemmma': no such file.*packaged: gemma\)"):
+        load_tokenizer(ModelSection(name_or_path=str(tiny_model), chat_template="gemmma"))
+
+
+def test_builtin_tiny_is_built_once_and_cached() -> None:
+    from dpo_recipe.model import resolve_model_source
+
+    first = resolve_model_source(ModelSection(name_or_path="builtin:tiny"))
+    assert (Path(first) / "config.json").is_file() and (Path(first) / "tokenizer.json").is_file()
+    mtime = (Path(first) / "config.json").stat().st_mtime_ns
+    assert resolve_model_source(ModelSection(name_or_path="builtin:tiny")) == first
+    assert (Path(first) / "config.json").stat().st_mtime_ns == mtime

@@ -28,3 +28,26 @@ def test_tiny_model_has_the_promised_shape(tiny_model: Path) -> None:
     assert tokenizer.apply_chat_template([{"role": "user", "content": "質問"}], tokenize=False) == (
         "<|im_start|>user\n質問<|im_end|>\n"
     )
+
+
+def test_tiny_ja_runs_from_an_empty_directory(tmp_path: Path) -> None:
+    """The packaged recipe names builtin:tiny, so no `dpo-recipe model tiny` step and no Hub are needed."""
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "DPO_RECIPE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dpo_recipe.train", "--recipe", "tiny-ja", "--dry-run"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dry run finished" in result.stdout
+    assert list(empty.iterdir()) == []  # a dry run writes nothing where it runs
+    assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 1
