@@ -78,6 +78,10 @@ def score_pairs(
 
 
 def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
+    """The metric over all records (``overall``) and per value of each breakdown (``by_<key>``).
+
+    Also writes each record's ``reward_margin`` into it, for the margin histogram.
+    """
     metric = load_metric()
     inputs = list(metric.features)
 
@@ -146,6 +150,7 @@ def _pct(value: float) -> str:
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
+    """A report as Markdown: headline numbers, a table per breakdown, base-versus-tuned answers."""
     overall = report["overall"]
     low, high = overall["reward_accuracy_ci95"]
     lines = [
@@ -236,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m dpo_recipe.evaluation``: exit status 2 and a one-line message on user errors."""
     args = build_parser().parse_args(argv)
     exit_on_user_error(
         run_eval,

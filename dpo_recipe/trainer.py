@@ -1,13 +1,14 @@
 """TRL's DPOTrainer with a leaner step: packed pairs and reference log-probs computed once.
 
 What is optimised does not change (the sigmoid DPO loss of TRL on TRL's own tokenization and
-truncation; tests/test_packing.py checks loss and LoRA gradients against ``DPOTrainer`` on the
+truncation; tests/test_trainer.py checks loss and LoRA gradients against ``DPOTrainer`` on the
 same batch). What changes is how much work a step does:
 
 - each pair is one packed row (``dpo_recipe.packing``): the prompt is computed once, nothing is
   padded, and only completion positions go through the LM head;
 - the reference log-probs (the base model with the adapter off) are computed once, before
-  training, in no-grad packed batches, and cached on disk under a key made of the base weights,
+  training, in no-grad packed batches (``packing.score_packed``, the pass the held-out
+  evaluation runs too), and cached on disk under a key made of the base weights,
   the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
 
 Anything this path does not cover (other loss types, length desensitisation, WPO weighting, a
@@ -82,6 +83,8 @@ class PackedCollator:
 
 
 class PackedDPOTrainer(DPOTrainer):
+    """DPOTrainer for LoRA adapters with packed rows and reference log-probs precomputed and cached on disk."""
+
     def __init__(self, *args: Any, ref_cache_dir: Path | None = None, **kwargs: Any) -> None:
         dpo_args = kwargs["args"]
         kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length))
