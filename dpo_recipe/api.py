@@ -157,7 +157,7 @@ def chat(model: Any, tokenizer: Any, prompt: str | list[dict[str, str]], *, max_
     the way TRL showed plain-text prompts in training; a list of ``{"role", "content"}`` messages
     goes through the chat template, as conversational training data did. Puts ``model`` in eval mode.
     """
-    from dpo_recipe.evaluation import greedy_answer, prompt_text
+    from dpo_recipe.answers import greedy_answer, prompt_text
 
     model.eval()
     return greedy_answer(model, tokenizer, prompt_text(tokenizer, prompt), max_new_tokens)

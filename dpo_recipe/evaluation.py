@@ -3,10 +3,15 @@
     dpo-recipe eval --adapter DIR [--base MODEL] [--data SOURCE] [--split test] [--out report.json]
     accelerate launch --multi_gpu --num_processes 2 -m dpo_recipe.evaluation --adapter DIR ...
 
-One pass over the pairs scores each answer under the tuned model (adapter on) and the base
-(adapter off, the DPO reference): that gives the implicit rewards and, from the base alone,
-the "before" log-likelihood accuracy. Processes split the pairs and the main one gathers them.
-Pairs are packed as in training: only completion positions go through the 49k-word LM head.
+Training's loss says how the adapter fits the pairs it saw; this module says how it ranks pairs
+it never saw, and whether that beats the base. It orchestrates: processes split the pairs, each
+scores its share with ``packing.score_packed`` (the same packed pass the trainer's reference uses,
+so only completion positions go through the vocabulary-sized LM head), and the main process
+gathers them, summarises them with the ``dpo_preference`` metric (overall, by rejection type, by
+domain) and renders Markdown. One pass gives each answer's log-prob under the tuned model
+(adapter on) and the base (adapter off, the DPO reference): that yields the implicit rewards and,
+from the base alone, the "before" log-likelihood accuracy. Charts are drawn by ``plots``, the
+base-versus-tuned answers by ``answers``. ``build_parser`` is the one definition of the flags.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.tokens import encode_pair
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
-BREAKDOWNS = ("rejection_type", "domain")
+BREAKDOWNS = ("rejection_type", "domain")  # row columns the report is broken down by, when the data has them
 
 
 def load_metric() -> Any:
+    """The ``dpo_preference`` metric shipped in this package, as an ``evaluate`` module."""
     import evaluate
 
     return evaluate.load(str(METRIC_DIR))
@@ -36,41 +42,33 @@ def score_pairs(
 ) -> list[dict[str, Any]]:
     """Per-pair log-probs under the tuned model and the base (adapter disabled), in ``rows`` order.
 
-    Pairs are packed like training packs them (``dpo_recipe.packing``: prompt once, no padding,
-    LM head on completion tokens only), ``batch_size`` pairs a row, longest first.
+    Each record holds the ``dpo_preference`` metric's inputs, plus the row's breakdown keys and
+    topic. Rows are tokenized as TRL tokenizes them (``tokens.encode_pair``) and truncated as it
+    truncates them, so the token counts are those training optimised.
     """
-    import torch
-    from tqdm.auto import tqdm
+    from dpo_recipe.packing import score_packed, truncated
 
-    from dpo_recipe.packing import pack_pairs, pair_logps, truncated
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
-    order = sorted(range(len(pairs)), key=lambda i: -sum(len(pairs[i][k]) for k in ("prompt_ids", "chosen_ids")))
-    tuned: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
-    reference = list(tuned)
-    was_training = model.training
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="Scoring held-out pairs", disable=not progress):
-        chunk = order[start : start + batch_size]
-        packed = pack_pairs([pairs[i] for i in chunk], max_length).to(next(base.parameters()).device)
-        with torch.no_grad():
-            policy = pair_logps(base, packed)
-            with model.disable_adapter():
-                ref = pair_logps(base, packed)
-        for k, i in enumerate(chunk):
-            tuned[i] = (policy[0][k].item(), policy[1][k].item())
-            reference[i] = (ref[0][k].item(), ref[1][k].item())
-    model.train(was_training)
+    scores = score_packed(
+        model,
+        pairs,
+        max_length,
+        batch_size,
+        policy=True,
+        reference=True,
+        progress_desc="Scoring held-out pairs" if progress else None,
+    )
+    policy_chosen, policy_rejected = (t.tolist() for t in scores.policy)
+    reference_chosen, reference_rejected = (t.tolist() for t in scores.reference)
     scored = []
-    for j, row in enumerate(rows):
-        _, chosen, rejected = truncated(pairs[j], max_length)
+    for j, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
+        _, chosen, rejected = truncated(pair, max_length)
         scored.append(
             {
-                "policy_chosen_logps": tuned[j][0],
-                "policy_rejected_logps": tuned[j][1],
-                "reference_chosen_logps": reference[j][0],
-                "reference_rejected_logps": reference[j][1],
+                "policy_chosen_logps": policy_chosen[j],
+                "policy_rejected_logps": policy_rejected[j],
+                "reference_chosen_logps": reference_chosen[j],
+                "reference_rejected_logps": reference_rejected[j],
                 "chosen_tokens": len(chosen),
                 "rejected_tokens": len(rejected),
                 **{key: row[key] for key in (*BREAKDOWNS, "topic") if key in row},
@@ -80,6 +78,10 @@ def score_pairs(
 
 
 def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
+    """The metric over all records (``overall``) and per value of each breakdown (``by_<key>``).
+
+    Also writes each record's ``reward_margin`` into it, for the margin histogram.
+    """
     metric = load_metric()
     inputs = list(metric.features)
 
@@ -102,41 +104,6 @@ def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
     return report
 
 
-def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
-    """A prompt as training showed it to the model: plain text as is, messages through the chat template.
-
-    TRL tokenizes a plain-text prompt raw (no template), so answering a bare question in the same
-    form is what the adapter learned; conversational data was rendered with the template.
-    """
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def greedy_answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> str:
-    """The model's greedy (deterministic) continuation of ``text``, without the prompt."""
-    import torch
-
-    inputs = tokenizer(text, return_tensors="pt").to(model.device)
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    with torch.no_grad():
-        output = model.generate(**inputs, **settings)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-
-def greedy_answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> list[dict[str, str]]:
-    """A few held-out prompts answered by the base and the tuned model, greedily (deterministic)."""
-    answers = []
-    model.eval()
-    for row in rows:
-        text = prompt_text(tokenizer, row["prompt"])
-        tuned = greedy_answer(model, tokenizer, text, max_new_tokens)
-        with model.disable_adapter():
-            base = greedy_answer(model, tokenizer, text, max_new_tokens)
-        answers.append({"prompt": text, "base": base, "tuned": tuned})
-    return answers
-
-
 def evaluate_adapter(
     model: Any,
     tokenizer: Any,
@@ -148,9 +115,16 @@ def evaluate_adapter(
     num_generations: int,
     max_new_tokens: int,
 ) -> dict[str, Any] | None:
-    """Score ``rows`` split across processes; the main process returns the report, others None."""
+    """Score ``rows`` split across processes; the main process returns the report, others None.
+
+    The report: ``summarise``'s keys, ``per_pair`` (``score_pairs``'s records with their reward
+    margin) and ``generations`` (the first ``num_generations`` prompts answered greedily by the
+    base and the tuned model).
+    """
     from accelerate import PartialState
     from accelerate.utils import gather_object
+
+    from dpo_recipe.answers import greedy_answers
 
     state = PartialState()
     indexed = list(enumerate(rows))
@@ -176,6 +150,7 @@ def _pct(value: float) -> str:
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
+    """A report as Markdown: headline numbers, a table per breakdown, base-versus-tuned answers."""
     overall = report["overall"]
     low, high = overall["reward_accuracy_ci95"]
     lines = [
@@ -212,70 +187,61 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    groups = report.get("by_rejection_type")
-    if groups:
-        names = list(groups)
-        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [groups[n]["reward_accuracy"] for n in names], width=0.4, label="reward acc.")
-        ax.bar(
-            [x + 0.2 for x in xs],
-            [groups[n]["base_loglik_accuracy_normalized"] for n in names],
-            width=0.4,
-            label="base LL acc. (norm.)",
-        )
-        ax.set_xticks(list(xs), names, rotation=30, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_title("Held-out accuracy by rejection type")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        path = out_dir / "accuracy_by_rejection_type.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    margins = [p["reward_margin"] for p in report.get("per_pair", [])]
-    if margins:
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ax.hist(margins, bins=30)
-        ax.axvline(0, color="black", linewidth=1)
-        ax.set_xlabel("reward margin (chosen - rejected)")
-        ax.set_title("Held-out reward margins")
-        fig.tight_layout()
-        path = out_dir / "reward_margin_histogram.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 # ---------------------------------------------------------------------------- command line
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The evaluation's flags, defined once: ``python -m dpo_recipe.evaluation`` and ``dpo-recipe eval`` use them."""
     parser = argparse.ArgumentParser(
         prog="python -m dpo_recipe.evaluation",
-        description="Score a LoRA adapter on held-out preference pairs (run under 'accelerate launch' to split "
-        "the pairs across processes).",
+        description="Score a LoRA adapter on held-out preference pairs: reward accuracy with a 95% interval, "
+        "margins, base versus tuned log-likelihood accuracy, by rejection type and domain. Prints Markdown "
+        "tables and writes a JSON report with PNG charts; inputs are checked before any weights load. Run "
+        "under 'accelerate launch' to split the pairs across processes.",
     )
-    parser.add_argument("--adapter", required=True, help="Adapter directory written by training, or a Hub id.")
-    parser.add_argument("--base", help="Base model (default: the one the adapter's recipe recorded).")
-    parser.add_argument("--data", help="Pairs to score (default: the adapter's recipe data source).")
-    parser.add_argument("--split", default="test", help="Split to score (default: test).")
-    parser.add_argument("--beta", type=float, help="DPO beta for rewards (default: the recipe's).")
-    parser.add_argument("--max-pairs", type=int, help="Score only the first N pairs.")
-    parser.add_argument("--out", default="eval_report.json", help="JSON report path; charts go beside it.")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        metavar="DIR_OR_HUB_ID",
+        help="Adapter directory written by training, or a Hub id; its recipe.yaml supplies the defaults below.",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="Base model (Hub id or directory); default: the one the adapter's recipe recorded.",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="Pairs to score (JSONL / JSON / CSV / Parquet file, saved dataset directory, or Hub id); "
+        "default: the adapter's recipe data source, at its recorded revision.",
+    )
+    parser.add_argument("--split", default="test", help="Split of the data to score (default: %(default)s).")
+    parser.add_argument(
+        "--beta", type=float, help="DPO beta that scales log-prob differences into rewards; default: the recipe's."
+    )
+    parser.add_argument(
+        "--max-pairs", type=positive_int, metavar="N", help="Score only the first N pairs of the split (default: all)."
+    )
+    parser.add_argument(
+        "--out",
+        default="eval_report.json",
+        metavar="PATH",
+        help="JSON report path (default: %(default)s); PNG charts go beside it, in <stem>_plots/.",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m dpo_recipe.evaluation``: exit status 2 and a one-line message on user errors."""
     args = build_parser().parse_args(argv)
     exit_on_user_error(
         run_eval,
@@ -304,6 +270,7 @@ def run_eval(
 
     from dpo_recipe.adapters import adapter_base, load_adapter_model
     from dpo_recipe.data import load_preference_splits
+    from dpo_recipe.plots import plot_report
 
     adapter_dir, recipe, model_section = adapter_base(adapter, base)
     data_section = dataclasses.replace(

@@ -1,21 +1,28 @@
 """Prefix-shared packing: a preference pair as one sequence, its prompt computed once.
 
 TRL feeds ``prompt + chosen`` and ``prompt + rejected`` as two rows padded to the longest in the
-batch, and on CPU projects every position (prompt and padding included) through the 49k-word
-LM head. Here each pair becomes ``prompt | chosen | rejected`` in one row: the rejected tokens
+batch, and on CPU projects every position (prompt and padding included) through the
+vocabulary-sized LM head. Here each pair becomes ``prompt | chosen | rejected`` in one row: the rejected tokens
 restart their position ids where the prompt ends and attend to the prompt and to themselves,
 never to ``chosen`` (a block attention mask; "prefix sharing", Wang et al. 2024). Several pairs
 go into one row side by side, each blind to the others. Only the positions that predict a
 completion token go through the LM head. The log-probabilities are those of TRL's two padded
 rows (the equivalence test in tests/test_packing.py holds them to 1e-5), with fewer tokens.
+
+``score_packed`` is the one no-grad scoring loop over many pairs: the trainer's reference pass
+and the held-out evaluation both run it, so both score pairs exactly as training packs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL's tokenized pair, as pack_pairs reads it
 
 
 @dataclass
@@ -43,7 +50,38 @@ def truncated(example: dict[str, list[int]], max_length: int | None) -> tuple[li
 
 
 def pack_pairs(examples: list[dict[str, list[int]]], max_length: int | None) -> PackedPairs:
-    """Pack tokenized pairs (TRL's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``) into one row."""
+    """Pack tokenized pairs (TRL's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``) into one row.
+
+    Two pairs, ``prompt | chosen | rejected`` each, side by side:
+
+    >>> packed = pack_pairs(
+    ...     [
+    ...         {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9]},
+    ...         {"prompt_ids": [10], "chosen_ids": [11], "rejected_ids": [12, 13]},
+    ...     ],
+    ...     max_length=None,
+    ... )
+    >>> packed.input_ids.tolist()
+    [[5, 6, 7, 8, 9, 10, 11, 12, 13]]
+
+    A rejected answer's positions restart where its prompt ends, as if chosen were not there:
+
+    >>> packed.position_ids.tolist()
+    [[0, 1, 2, 3, 2, 0, 1, 1, 2]]
+
+    Only completion tokens are scored, each by the position before it (the prompt's last token
+    predicts both answers' first tokens); the segment id says which sum a token joins,
+    ``2 * pair + (0 chosen, 1 rejected)``:
+
+    >>> packed.predictor_index.tolist(), packed.target_ids.tolist(), packed.segment.tolist()
+    ([1, 2, 1, 5, 5, 7], [7, 8, 9, 11, 12, 13], [0, 0, 1, 2, 3, 3])
+
+    The first pair's rejected token (index 4) attends to its prompt and itself, never to chosen
+    or to the other pair:
+
+    >>> packed.attention_mask[0, 0, 4].int().tolist()
+    [1, 1, 0, 0, 1, 0, 0, 0, 0]
+    """
     ids: list[int] = []
     positions: list[int] = []
     blocks: list[tuple[int, int, int, int]] = []  # (prompt start, prompt len, chosen len, rejected len)
@@ -121,3 +159,72 @@ def pair_logps(model: Any, packed: PackedPairs) -> tuple[torch.Tensor, torch.Ten
     sums = torch.zeros(2 * packed.num_pairs, dtype=token_logps.dtype, device=token_logps.device)
     sums = sums.index_add(0, packed.segment, token_logps)
     return sums[0::2], sums[1::2]
+
+
+@dataclass
+class PackedScores:
+    """Per-pair summed completion log-probs ``(chosen, rejected)``, in the order the pairs were given.
+
+    Each side holds two CPU float32 tensors of shape (N,), or is None when it was not asked for.
+    """
+
+    policy: tuple[torch.Tensor, torch.Tensor] | None
+    reference: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def longest_first(pairs: list[dict[str, Any]]) -> list[int]:
+    """Indices of ``pairs`` by total token count, longest first: packs of neighbours are even in length."""
+    return sorted(range(len(pairs)), key=lambda i: -sum(len(pairs[i][column]) for column in PAIR_COLUMNS))
+
+
+def reference_adapter(model: Any) -> AbstractContextManager:
+    """A context in which ``model`` is the DPO reference, as TRL's DPOTrainer defines it.
+
+    That is the base with the adapter off, or the frozen ``"ref"`` copy of an adapter that is
+    being trained further.
+    """
+    from trl.trainer.utils import use_adapter
+
+    return use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+
+
+def score_packed(
+    model: Any,
+    pairs: list[dict[str, Any]],
+    max_length: int | None,
+    batch_size: int,
+    *,
+    policy: bool,
+    reference: bool,
+    progress_desc: str | None = None,
+) -> PackedScores:
+    """Score tokenized ``pairs`` without gradients, ``batch_size`` pairs a packed row, longest first.
+
+    ``policy`` scores them under ``model`` as it is (adapter on); ``reference`` under the DPO
+    reference (``reference_adapter``). ``model`` is a PEFT model; it runs in eval mode and gets its
+    previous mode back. ``progress_desc`` labels a progress bar; None shows none. The caller sets
+    precision (autocast) and splits pairs between processes.
+    """
+    from tqdm.auto import tqdm
+
+    contexts: dict[str, Callable[[], AbstractContextManager]] = {}
+    if policy:
+        contexts["policy"] = nullcontext
+    if reference:
+        contexts["reference"] = lambda: reference_adapter(model)
+    scores = {name: (torch.empty(len(pairs)), torch.empty(len(pairs))) for name in contexts}
+    device = next(model.parameters()).device
+    order = longest_first(pairs)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc=progress_desc, disable=progress_desc is None):
+            chunk = order[start : start + batch_size]
+            packed = pack_pairs([pairs[i] for i in chunk], max_length).to(device)
+            for name, context in contexts.items():
+                with context():
+                    chosen, rejected = pair_logps(model, packed)
+                scores[name][0][chunk] = chosen.cpu()
+                scores[name][1][chunk] = rejected.cpu()
+    model.train(was_training)
+    return PackedScores(policy=scores.get("policy"), reference=scores.get("reference"))

@@ -1,24 +1,46 @@
-"""PNG charts of a run: loss, reward accuracy and reward margin against step (train and eval)."""
+"""PNG charts of a run, one place for every chart training and evaluation draw.
+
+``plot_training``: loss, reward accuracy and reward margin against step (train, and the held-out
+point). ``plot_report``: a held-out report's accuracy by rejection type and its reward-margin
+histogram. They go into the model card and the notebook, so they are drawn headless (Agg), at a
+fixed size, and each function returns the files it wrote.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-CHARTS = {"loss": "loss", "reward_accuracy": "rewards/accuracies", "reward_margin": "rewards/margins"}
+from dpo_recipe.log_keys import EVAL_PREFIX, REWARD_ACCURACY, REWARD_MARGIN
+
+TRAINING_CHARTS = {"loss": "loss", "reward_accuracy": REWARD_ACCURACY, "reward_margin": REWARD_MARGIN}
 
 
-def plot_training(log_history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend: no display needed, none opened."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_training(log_history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """One chart per ``TRAINING_CHARTS`` entry from a Trainer's ``log_history``; ``eval_`` entries are held-out."""
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, key in CHARTS.items():
+    for name, key in TRAINING_CHARTS.items():
         train = [(h["step"], h[key]) for h in log_history if key in h]
-        evals = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        evals = [(h["step"], h[EVAL_PREFIX + key]) for h in log_history if EVAL_PREFIX + key in h]
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         if train:
             ax.plot(*zip(*train, strict=True), marker=".", label="train")
@@ -29,9 +51,38 @@ def plot_training(log_history: list[dict[str, Any]], out_dir: Path) -> list[Path
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir / f"{name}.png"))
+    return written
+
+
+def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Charts of a held-out report (``evaluation.evaluate_adapter``); those its data allows, maybe none."""
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    groups = report.get("by_rejection_type")
+    if groups:
+        names = list(groups)
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [groups[n]["reward_accuracy"] for n in names], width=0.4, label="reward acc.")
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [groups[n]["base_loglik_accuracy_normalized"] for n in names],
+            width=0.4,
+            label="base LL acc. (norm.)",
+        )
+        ax.set_xticks(list(xs), names, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title("Held-out accuracy by rejection type")
+        ax.legend(loc="lower right")
+        written.append(_save(fig, out_dir / "accuracy_by_rejection_type.png"))
+    margins = [p["reward_margin"] for p in report.get("per_pair", [])]
+    if margins:
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.hist(margins, bins=30)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_xlabel("reward margin (chosen - rejected)")
+        ax.set_title("Held-out reward margins")
+        written.append(_save(fig, out_dir / "reward_margin_histogram.png"))
     return written

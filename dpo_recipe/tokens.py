@@ -22,6 +22,7 @@ class EncodedPair:
 
 
 def render_ids(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -> list[int]:
+    """Token ids of plain text (tokenized raw) or of messages (through the chat template)."""
     if isinstance(value, str):
         return tokenizer(value)["input_ids"]
     rendered = tokenizer.apply_chat_template(
@@ -31,6 +32,11 @@ def render_ids(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -
 
 
 def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
+    """A ``prompt`` / ``chosen`` / ``rejected`` row as TRL's DPOTrainer tokenizes it.
+
+    Plain-text completions get the EOS token appended (once); each of ``prompt + chosen`` and
+    ``prompt + rejected`` is tokenized whole and split where it stops agreeing with the prompt.
+    """
     prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
     if isinstance(prompt, str):
         eos = tokenizer.eos_token

@@ -471,8 +471,7 @@ def save_artifacts(
 ) -> None:
     """Write everything into a staging dir, then move it into ``out`` with metrics.json last."""
     from dpo_recipe.cards import render_model_card
-    from dpo_recipe.evaluation import plot_report
-    from dpo_recipe.plots import plot_training
+    from dpo_recipe.plots import plot_report, plot_training
 
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)

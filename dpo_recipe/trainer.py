@@ -1,13 +1,14 @@
 """TRL's DPOTrainer with a leaner step: packed pairs and reference log-probs computed once.
 
 What is optimised does not change (the sigmoid DPO loss of TRL on TRL's own tokenization and
-truncation; tests/test_packing.py checks loss and LoRA gradients against ``DPOTrainer`` on the
+truncation; tests/test_trainer.py checks loss and LoRA gradients against ``DPOTrainer`` on the
 same batch). What changes is how much work a step does:
 
 - each pair is one packed row (``dpo_recipe.packing``): the prompt is computed once, nothing is
   padded, and only completion positions go through the LM head;
 - the reference log-probs (the base model with the adapter off) are computed once, before
-  training, in no-grad packed batches, and cached on disk under a key made of the base weights,
+  training, in no-grad packed batches (``packing.score_packed``, the pass the held-out
+  evaluation runs too), and cached on disk under a key made of the base weights,
   the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
 
 Anything this path does not cover (other loss types, length desensitisation, WPO weighting, a
@@ -25,10 +26,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
-from trl.trainer.utils import use_adapter
 
 from dpo_recipe.atomic import write_file_atomically
-from dpo_recipe.packing import BLOCK_MASK_ATTENTION, PackedPairs, attention_implementation, pack_pairs, pair_logps
+from dpo_recipe.log_keys import (
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    REWARD_ACCURACY,
+    REWARD_CHOSEN,
+    REWARD_MARGIN,
+    REWARD_REJECTED,
+)
+from dpo_recipe.packing import (
+    BLOCK_MASK_ATTENTION,
+    PAIR_COLUMNS,
+    PackedPairs,
+    attention_implementation,
+    longest_first,
+    pack_pairs,
+    pair_logps,
+    score_packed,
+)
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -66,6 +83,8 @@ class PackedCollator:
 
 
 class PackedDPOTrainer(DPOTrainer):
+    """DPOTrainer for LoRA adapters with packed rows and reference log-probs precomputed and cached on disk."""
+
     def __init__(self, *args: Any, ref_cache_dir: Path | None = None, **kwargs: Any) -> None:
         dpo_args = kwargs["args"]
         kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length))
@@ -79,7 +98,7 @@ class PackedDPOTrainer(DPOTrainer):
     def _with_reference_logps(self, dataset: Any, name: str) -> Any:
         if REF_COLUMNS[0] in dataset.column_names:
             return dataset
-        examples = [{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in dataset]
+        examples = [{k: row[k] for k in PAIR_COLUMNS} for row in dataset]
         key = self._reference_key(examples)
         cached = self._read_cache(key)
         if cached is None:
@@ -89,33 +108,23 @@ class PackedDPOTrainer(DPOTrainer):
         dataset = dataset.add_column(REF_COLUMNS[0], cached[0].tolist())
         return dataset.add_column(REF_COLUMNS[1], cached[1].tolist())
 
-    @torch.no_grad()
     def _compute_reference(self, examples: list[dict], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank scores a slice (longest first, so packs are even), then all gather everything."""
+        """Every rank scores every world-th pair longest first (even shares), then all gather everything."""
         from accelerate.utils import gather_object
-        from tqdm.auto import tqdm
 
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        order = sorted(range(len(examples)), key=lambda i: -sum(len(v) for v in examples[i].values()))
-        mine = order[rank::world]
-        size = self.args.precompute_ref_batch_size or 2 * self.args.per_device_train_batch_size
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        scores: list[tuple[int, float, float]] = []
-        # as in DPOTrainer: the base with the adapter off, or the initial copy of an adapter being re-trained
-        reference = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
-        with reference, self.accelerator.autocast():
-            for start in tqdm(
-                range(0, len(mine), size),
-                desc=f"Reference log-probs ({name})",
-                disable=not self.accelerator.is_local_main_process,
-            ):
-                chunk = mine[start : start + size]
-                packed = pack_pairs([examples[i] for i in chunk], self.args.max_length).to(self.accelerator.device)
-                chosen, rejected = pair_logps(model, packed)
-                scores += zip(chunk, chosen.tolist(), rejected.tolist(), strict=True)
-        model.train(was_training)
+        mine = longest_first(examples)[rank::world]
+        with self.accelerator.autocast():
+            chosen, rejected = score_packed(
+                self.accelerator.unwrap_model(self.model),
+                [examples[i] for i in mine],
+                self.args.max_length,
+                self.args.precompute_ref_batch_size or 2 * self.args.per_device_train_batch_size,
+                policy=False,
+                reference=True,
+                progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
+            ).reference
+        scores = list(zip(mine, chosen.tolist(), rejected.tolist(), strict=True))
         gathered = sorted(gather_object(scores) if world > 1 else scores)
         return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])
 
@@ -180,9 +189,9 @@ class PackedDPOTrainer(DPOTrainer):
         chosen_rewards = gather(self.beta * chosen_ratio.detach())
         rejected_rewards = gather(self.beta * rejected_ratio.detach())
         metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
-        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
-        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
-        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(rejected.detach()).mean().item())
+        metrics[REWARD_CHOSEN].append(chosen_rewards.mean().item())
+        metrics[REWARD_REJECTED].append(rejected_rewards.mean().item())
+        metrics[REWARD_ACCURACY].append((chosen_rewards > rejected_rewards).float().mean().item())
+        metrics[REWARD_MARGIN].append((chosen_rewards - rejected_rewards).mean().item())
+        metrics[LOGPS_CHOSEN].append(gather(chosen.detach()).mean().item())
+        metrics[LOGPS_REJECTED].append(gather(rejected.detach()).mean().item())

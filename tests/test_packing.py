@@ -1,127 +1,40 @@
-"""The packed path optimises what TRL's DPOTrainer optimises: same loss, same LoRA gradients, same logs."""
+"""Packed pairs give the log-probs of one row per sequence; score_packed scores many pairs that way.
+
+The trainer-level equivalence with TRL's DPOTrainer (loss, gradients, logs) is in tests/test_trainer.py.
+"""
 
 from __future__ import annotations
 
 import copy
+import doctest
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_overrides
 
+import dpo_recipe.packing
 from dpo_recipe.config import load_recipe
-from dpo_recipe.data import load_preference_splits
-from dpo_recipe.model import load_model, load_tokenizer
-from dpo_recipe.packing import pack_pairs, pair_logps
-from dpo_recipe.train import dpo_config
-from dpo_recipe.trainer import PackedCollator, PackedDPOTrainer
+from dpo_recipe.model import load_model
+from dpo_recipe.packing import longest_first, pack_pairs, pair_logps, score_packed
+from dpo_recipe.trainer import PackedCollator
+
+PAIRS = [  # not sorted by length: score_packed must hand results back in this order
+    {"prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8, 9]},
+    {"prompt_ids": [10, 11, 12, 13], "chosen_ids": [14, 15, 16], "rejected_ids": [17, 18, 19, 20]},
+    {"prompt_ids": [21], "chosen_ids": [22, 23], "rejected_ids": [24]},
+    {"prompt_ids": [25, 26, 27], "chosen_ids": [28, 29, 30, 31, 32], "rejected_ids": [33, 34]},
+    {"prompt_ids": [35, 36], "chosen_ids": [37, 38], "rejected_ids": [39, 40, 41]},
+]
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    from datasets import Dataset
-
-    recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model, "training.max_length=48"))
-    rows, _, _ = load_preference_splits(recipe.data)
-    tokenizer = load_tokenizer(recipe.model)
-    pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:12]])
-    args = dpo_config(recipe, tmp_path_factory.mktemp("packing"))
-    return load_model(recipe.model), tokenizer, pairs, args
+def model(tiny_model: Path):
+    return load_model(load_recipe("tiny-ja", tiny_overrides(tiny_model)).model)
 
 
-def _trainers(setup, cache: Path | None):
-    """TRL's trainer and ours on copies of one model, each adding a fresh LoRA adapter as in training.
-
-    The B matrices are then set to the same random values in both, so the policy differs from the
-    reference (the base with the adapter off) and the loss is not just ln 2.
-    """
-    from peft import LoraConfig
-    from trl import DPOTrainer
-
-    model, tokenizer, pairs, args = setup
-    trainers = []
-    for trainer_class, extra in ((DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache})):
-        trainer = trainer_class(
-            model=copy.deepcopy(model),
-            args=args,
-            train_dataset=pairs,
-            processing_class=tokenizer,
-            peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
-            **extra,
-        )
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, param in sorted(trainer.model.named_parameters()):
-                if "lora_" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-        trainers.append(trainer)
-    return trainers
-
-
-def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
-    model = trainer.model
-    model.train()
-    model.zero_grad()
-    loss = trainer.compute_loss(model, batch)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.item(), grads
-
-
-def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path) -> None:
-    plain, packed = _trainers(setup, tmp_path / "cache")
-    rows = [plain.train_dataset[i] for i in range(4)]
-    assert [packed.train_dataset[i]["chosen_ids"] for i in range(4)] == [r["chosen_ids"] for r in rows]
-    trl_loss, trl_grads = _loss_and_grads(plain, plain.data_collator(rows))
-    ours_loss, our_grads = _loss_and_grads(packed, packed.data_collator([packed.train_dataset[i] for i in range(4)]))
-    assert trl_loss > 0.1 and ours_loss == pytest.approx(trl_loss, rel=1e-4)
-    assert trl_grads.keys() == our_grads.keys() and len(trl_grads) == 8  # A and B of q, v in 2 layers
-    for name, grad in trl_grads.items():
-        assert grad.abs().max() > 0, name
-        assert torch.allclose(our_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item()), name
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
-        # rewards are beta x (differences of log-probs near -400): compare them on the log-probs' scale
-        expected = pytest.approx(plain._metrics["train"][key][-1], rel=1e-4, abs=1e-5)
-        assert packed._metrics["train"][key][-1] == expected, key
-    assert packed._metrics["train"]["rewards/accuracies"] == plain._metrics["train"]["rewards/accuracies"]
-
-
-def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
-    from peft import LoraConfig
-
-    cache = tmp_path / "cache"
-    plain, packed = _trainers(setup, cache)
-    files = list(cache.glob("*.safetensors"))
-    assert len(files) == 1
-    # the reference TRL computes on the fly (adapter off) equals the precomputed one
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(12)])
-    with torch.no_grad():
-        trl_ref = plain.compute_ref_log_probs(plain.model, batch)
-    assert torch.allclose(torch.tensor(packed.train_dataset["ref_chosen_logps"]), trl_ref[0], rtol=1e-5)
-    assert torch.allclose(torch.tensor(packed.train_dataset["ref_rejected_logps"]), trl_ref[1], rtol=1e-5)
-    # a second trainer reads the file instead of running the reference pass
-    stamp = files[0].stat().st_mtime_ns
-    _, again = _trainers(setup, cache)
-    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("*.safetensors")) == files
-    assert again.train_dataset["ref_chosen_logps"] == packed.train_dataset["ref_chosen_logps"]
-    # another max_length is another key
-    model, tokenizer, pairs, args = setup
-    shorter = copy.deepcopy(args)
-    shorter.max_length = 32
-    PackedDPOTrainer(
-        model=copy.deepcopy(model),
-        args=shorter,
-        train_dataset=pairs,
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
-        ref_cache_dir=cache,
-    )
-    assert len(list(cache.glob("*.safetensors"))) == 2
-
-
-def test_packing_rejected_never_sees_chosen(setup) -> None:
+def test_packing_rejected_never_sees_chosen(model) -> None:
     """Changing a chosen token changes no rejected log-prob, and pairs in one row do not see each other."""
-    model = setup[0]
     rows = [
         {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 10], "rejected_ids": [11, 12]},
         {"prompt_ids": [13, 14], "chosen_ids": [15], "rejected_ids": [16, 17, 18]},
@@ -174,3 +87,70 @@ def test_packed_logps_equal_one_row_per_sequence(family: str, attention: str) ->
                 logps = model(torch.tensor([sequence])).logits[0].log_softmax(-1)
                 expected.append(sum(logps[start - 1 + j, sequence[start + j]] for j in range(len(completion))))
     assert torch.allclose(torch.stack([chosen[0], rejected[0], chosen[1], rejected[1]]), torch.stack(expected))
+
+
+def test_pack_pairs_docstring_example_runs() -> None:
+    result = doctest.testmod(dpo_recipe.packing)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_longest_first_orders_by_total_tokens() -> None:
+    assert longest_first(PAIRS) == [1, 3, 4, 0, 2]  # 11, 10, 7, 5 and 4 tokens
+
+
+@pytest.fixture
+def lora_model(model):
+    """The tiny model with a LoRA adapter whose B matrices are random, so adapter on and off differ."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in sorted(peft_model.named_parameters()):
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return peft_model
+
+
+def _alone(model, max_length: int | None) -> torch.Tensor:
+    """Each pair scored in its own packed row: (N, 2) chosen and rejected log-probs."""
+    with torch.no_grad():
+        return torch.tensor([[t.item() for t in pair_logps(model, pack_pairs([p], max_length))] for p in PAIRS])
+
+
+@pytest.mark.parametrize("max_length", [None, 5])
+def test_score_packed_gives_each_pairs_own_logps_in_the_given_order(lora_model, max_length: int | None) -> None:
+    lora_model.train()
+    scores = score_packed(lora_model, PAIRS, max_length, batch_size=2, policy=True, reference=True)
+    assert lora_model.training  # the previous mode is back
+    lora_model.eval()
+    policy = _alone(lora_model, max_length)
+    with lora_model.disable_adapter():
+        reference = _alone(lora_model, max_length)
+    assert torch.allclose(torch.stack(scores.policy, dim=1), policy, rtol=1e-5)
+    assert torch.allclose(torch.stack(scores.reference, dim=1), reference, rtol=1e-5)
+    assert (policy - reference).abs().min() > 1e-3  # the adapter changes every score, so the sides are not mixed up
+    assert scores.policy[0].dtype == torch.float32 and scores.policy[0].device.type == "cpu"
+
+
+def test_score_packed_reference_only_and_the_ref_adapter(lora_model) -> None:
+    """The reference is TRL's: a "ref" adapter (the frozen start of a re-trained adapter) when there is one."""
+    from peft import LoraConfig
+
+    lora_model.eval()
+    without_ref = score_packed(lora_model, PAIRS, None, batch_size=3, policy=False, reference=True)
+    assert without_ref.policy is None
+    with lora_model.disable_adapter():
+        assert torch.allclose(torch.stack(without_ref.reference, dim=1), _alone(lora_model, None), rtol=1e-5)
+    lora_model.add_adapter("ref", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in lora_model.named_parameters():
+            if "lora_B.ref" in name:
+                param.fill_(0.02)
+    with_ref = score_packed(lora_model, PAIRS, None, batch_size=3, policy=False, reference=True)
+    assert lora_model.active_adapter == "default"
+    lora_model.set_adapter("ref")
+    expected = _alone(lora_model, None)
+    lora_model.set_adapter("default")
+    assert torch.allclose(torch.stack(with_ref.reference, dim=1), expected, rtol=1e-5)
+    assert not torch.allclose(torch.stack(with_ref.reference, dim=1), torch.stack(without_ref.reference, dim=1))

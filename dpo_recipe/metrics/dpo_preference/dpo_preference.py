@@ -26,6 +26,15 @@ Returns:
     base_loglik_accuracy, base_loglik_accuracy_normalized.
 """
 
+# one per-pair input each, in the order _compute reads them
+_FEATURES = {
+    "policy_chosen_logps": "float64",
+    "policy_rejected_logps": "float64",
+    "reference_chosen_logps": "float64",
+    "reference_rejected_logps": "float64",
+    "chosen_tokens": "int64",
+    "rejected_tokens": "int64",
+}
 Z_95 = 1.959963984540054
 
 
@@ -54,40 +63,14 @@ class DpoPreference(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features(
-                {
-                    "policy_chosen_logps": datasets.Value("float64"),
-                    "policy_rejected_logps": datasets.Value("float64"),
-                    "reference_chosen_logps": datasets.Value("float64"),
-                    "reference_rejected_logps": datasets.Value("float64"),
-                    "chosen_tokens": datasets.Value("int64"),
-                    "rejected_tokens": datasets.Value("int64"),
-                }
-            ),
+            features=datasets.Features({name: datasets.Value(dtype) for name, dtype in _FEATURES.items()}),
         )
 
-    def _compute(
-        self,
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        chosen_tokens,
-        rejected_tokens,
-        beta=0.1,
-    ):
-        columns = zip(
-            policy_chosen_logps,
-            policy_rejected_logps,
-            reference_chosen_logps,
-            reference_rejected_logps,
-            chosen_tokens,
-            rejected_tokens,
-            strict=True,
-        )
+    def _compute(self, beta=0.1, **columns):
+        rows = zip(*(columns[name] for name in _FEATURES), strict=True)
         chosen_rewards, rejected_rewards, wins, ties, losses = [], [], [], [], []
         policy_sum, policy_norm, base_sum, base_norm = [], [], [], []
-        for pc, pr, rc, rr, nc, nr in columns:
+        for pc, pr, rc, rr, nc, nr in rows:
             chosen, rejected = beta * (pc - rc), beta * (pr - rr)
             chosen_rewards.append(chosen)
             rejected_rewards.append(rejected)

@@ -1,0 +1,60 @@
+"""Greedy answers: the prompt as training showed it, the same text every time, base beside tuned."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from dpo_recipe.answers import greedy_answer, greedy_answers, prompt_text
+from dpo_recipe.config import load_recipe
+from dpo_recipe.model import load_model, load_tokenizer
+from dpo_recipe.tiny import CHAT_TEMPLATE
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path):
+    recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model))
+    return load_model(recipe.model).eval(), load_tokenizer(recipe.model)
+
+
+def test_prompt_text_keeps_plain_text_and_renders_messages(tiny) -> None:
+    _, tokenizer = tiny
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    assert prompt_text(tokenizer, "AIとは何ですか？") == "AIとは何ですか？"
+    messages = [{"role": "user", "content": "AIとは何ですか？"}]
+    assert prompt_text(tokenizer, messages) == "<|im_start|>user\nAIとは何ですか？<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_greedy_answer_is_the_argmax_continuation_without_the_prompt(tiny) -> None:
+    model, tokenizer = tiny
+    text = "AIとは何ですか？"
+    answer = greedy_answer(model, tokenizer, text, max_new_tokens=6)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(6):  # the same six steps by hand: append the most likely next token
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    expected = tokenizer.decode(ids[0, len(tokenizer(text)["input_ids"]) :], skip_special_tokens=True).strip()
+    assert answer == expected and answer
+    assert greedy_answer(model, tokenizer, text, max_new_tokens=6) == answer
+
+
+def test_greedy_answers_put_the_base_beside_the_tuned_model(tiny) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    tuned = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 2.0)
+    rows = [{"prompt": "AIとは何ですか？"}, {"prompt": [{"role": "user", "content": "機械学習とは？"}]}]
+    answers = greedy_answers(tuned, tokenizer, rows, max_new_tokens=8)
+    assert [a["prompt"] for a in answers] == [prompt_text(tokenizer, r["prompt"]) for r in rows]
+    for answer in answers:
+        assert answer["base"] == greedy_answer(model, tokenizer, answer["prompt"], 8)  # adapter off = the base
+        assert answer["tuned"] == greedy_answer(tuned, tokenizer, answer["prompt"], 8)
+    assert any(a["base"] != a["tuned"] for a in answers)  # the adapter is really on for "tuned"

@@ -1,0 +1,161 @@
+"""PackedDPOTrainer optimises what TRL's DPOTrainer optimises (same loss, LoRA gradients and logs),
+caches its reference log-probs, and is chosen only where it computes exactly what DPOTrainer would."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from dpo_recipe.config import load_recipe
+from dpo_recipe.data import load_preference_splits
+from dpo_recipe.model import load_model, load_tokenizer
+from dpo_recipe.train import dpo_config
+from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    from datasets import Dataset
+
+    recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model, "training.max_length=48"))
+    rows, _, _ = load_preference_splits(recipe.data)
+    tokenizer = load_tokenizer(recipe.model)
+    pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:12]])
+    args = dpo_config(recipe, tmp_path_factory.mktemp("packing"))
+    return load_model(recipe.model), tokenizer, pairs, args
+
+
+def _trainers(setup, cache: Path | None):
+    """TRL's trainer and ours on copies of one model, each adding a fresh LoRA adapter as in training.
+
+    The B matrices are then set to the same random values in both, so the policy differs from the
+    reference (the base with the adapter off) and the loss is not just ln 2.
+    """
+    from peft import LoraConfig
+    from trl import DPOTrainer
+
+    model, tokenizer, pairs, args = setup
+    trainers = []
+    for trainer_class, extra in ((DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache})):
+        trainer = trainer_class(
+            model=copy.deepcopy(model),
+            args=args,
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+            **extra,
+        )
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in sorted(trainer.model.named_parameters()):
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        trainers.append(trainer)
+    return trainers
+
+
+def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path) -> None:
+    plain, packed = _trainers(setup, tmp_path / "cache")
+    rows = [plain.train_dataset[i] for i in range(4)]
+    assert [packed.train_dataset[i]["chosen_ids"] for i in range(4)] == [r["chosen_ids"] for r in rows]
+    trl_loss, trl_grads = _loss_and_grads(plain, plain.data_collator(rows))
+    ours_loss, our_grads = _loss_and_grads(packed, packed.data_collator([packed.train_dataset[i] for i in range(4)]))
+    assert trl_loss > 0.1 and ours_loss == pytest.approx(trl_loss, rel=1e-4)
+    assert trl_grads.keys() == our_grads.keys() and len(trl_grads) == 8  # A and B of q, v in 2 layers
+    for name, grad in trl_grads.items():
+        assert grad.abs().max() > 0, name
+        assert torch.allclose(our_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item()), name
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        # rewards are beta x (differences of log-probs near -400): compare them on the log-probs' scale
+        expected = pytest.approx(plain._metrics["train"][key][-1], rel=1e-4, abs=1e-5)
+        assert packed._metrics["train"][key][-1] == expected, key
+    assert packed._metrics["train"]["rewards/accuracies"] == plain._metrics["train"]["rewards/accuracies"]
+
+
+def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
+    from peft import LoraConfig
+
+    cache = tmp_path / "cache"
+    plain, packed = _trainers(setup, cache)
+    files = list(cache.glob("*.safetensors"))
+    assert len(files) == 1
+    # the reference TRL computes on the fly (adapter off) equals the precomputed one
+    batch = plain.data_collator([plain.train_dataset[i] for i in range(12)])
+    with torch.no_grad():
+        trl_ref = plain.compute_ref_log_probs(plain.model, batch)
+    assert torch.allclose(torch.tensor(packed.train_dataset["ref_chosen_logps"]), trl_ref[0], rtol=1e-5)
+    assert torch.allclose(torch.tensor(packed.train_dataset["ref_rejected_logps"]), trl_ref[1], rtol=1e-5)
+    # a second trainer reads the file instead of running the reference pass
+    stamp = files[0].stat().st_mtime_ns
+    _, again = _trainers(setup, cache)
+    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("*.safetensors")) == files
+    assert again.train_dataset["ref_chosen_logps"] == packed.train_dataset["ref_chosen_logps"]
+    # another max_length is another key
+    model, tokenizer, pairs, args = setup
+    shorter = copy.deepcopy(args)
+    shorter.max_length = 32
+    PackedDPOTrainer(
+        model=copy.deepcopy(model),
+        args=shorter,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+        ref_cache_dir=cache,
+    )
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_supports_packing_on_the_recipe_defaults(setup) -> None:
+    model, _, _, args = setup
+    assert model.config._attn_implementation == "sdpa"
+    assert supports_packing(model, args)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("loss_type", ["ipo"]),
+        ("loss_type", ["sigmoid", "sft"]),
+        ("ld_alpha", 0.5),
+        ("use_weighting", True),
+        ("f_divergence_type", "js_divergence"),
+        ("sync_ref_model", True),
+    ],
+)
+def test_configs_the_packed_loss_does_not_cover_fall_back_to_trl(setup, setting: str, value: object) -> None:
+    model, _, _, args = setup
+    changed = copy.deepcopy(args)
+    setattr(changed, setting, value)
+    assert not supports_packing(model, changed)
+
+
+@pytest.mark.parametrize(("attention", "packed"), [("eager", True), ("sdpa", True), ("flash_attention_2", False)])
+def test_packing_needs_attention_that_takes_a_block_mask(setup, attention: str, packed: bool) -> None:
+    model, _, _, args = setup
+    other = copy.deepcopy(model)
+    other.config._attn_implementation = attention
+    assert supports_packing(other, args) is packed
+
+
+def test_a_forward_without_logits_to_keep_falls_back_to_trl(setup) -> None:
+    class NoLogitsToKeep(torch.nn.Module):
+        config = setup[0].config
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return input_ids
+
+    assert not supports_packing(NoLogitsToKeep(), setup[3])
