@@ -48,6 +48,10 @@ from dpo_recipe.packing import (
 )
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+# TRL loss types the packed step computes, each from the summed completion log-probs of a pair:
+# "sigmoid" is DPO; "sft" is the NLL of the chosen answers (TRL's RPO is ["sigmoid", "sft"] with
+# loss_weights [1, alpha]), which keeps a base model writing whole answers while DPO ranks them.
+PACKED_LOSSES = ("sigmoid", "sft")
 
 
 def supports_packing(model: Any, args: Any) -> bool:
@@ -58,7 +62,7 @@ def supports_packing(model: Any, args: Any) -> bool:
 
     return (
         not is_deepspeed_zero3_enabled()  # ZeRO-3 shards weights before the reference pass could run
-        and args.loss_type == ["sigmoid"]
+        and set(args.loss_type) <= set(PACKED_LOSSES)
         and args.ld_alpha is None
         and not args.use_weighting
         and args.f_divergence_type == "reverse_kl"
@@ -176,10 +180,16 @@ class PackedDPOTrainer(DPOTrainer):
     ) -> Any:
         mode = "train" if self.model.training else "eval"
         ref_chosen, ref_rejected = inputs.pop(REF_COLUMNS[0]), inputs.pop(REF_COLUMNS[1])
-        chosen_logps, rejected_logps = pair_logps(model, PackedPairs(**inputs))
+        packed = PackedPairs(**inputs)
+        chosen_logps, rejected_logps = pair_logps(model, packed)
         chosen_logratios = chosen_logps - ref_chosen
         rejected_logratios = rejected_logps - ref_rejected
-        loss = -F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean()
+        losses = {
+            "sigmoid": lambda: -F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean(),
+            # TRL: the mean over every chosen token of the batch, not a mean of per-pair means
+            "sft": lambda: -chosen_logps.sum() / (packed.segment % 2 == 0).sum(),
+        }
+        loss = sum(weight * losses[name]() for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
         self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
         return (loss, {}) if return_outputs else loss
 

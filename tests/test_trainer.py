@@ -29,7 +29,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_model(recipe.model), tokenizer, pairs, args
 
 
-def _trainers(setup, cache: Path | None):
+def _trainers(setup, cache: Path | None, **settings: object):
     """TRL's trainer and ours on copies of one model, each adding a fresh LoRA adapter as in training.
 
     The B matrices are then set to the same random values in both, so the policy differs from the
@@ -39,6 +39,9 @@ def _trainers(setup, cache: Path | None):
     from trl import DPOTrainer
 
     model, tokenizer, pairs, args = setup
+    args = copy.deepcopy(args)
+    for name, value in settings.items():
+        setattr(args, name, value)
     trainers = []
     for trainer_class, extra in ((DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache})):
         trainer = trainer_class(
@@ -68,8 +71,14 @@ def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), grads
 
 
-def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path) -> None:
-    plain, packed = _trainers(setup, tmp_path / "cache")
+@pytest.mark.parametrize(
+    "losses",
+    [{"loss_type": ["sigmoid"]}, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}],
+    ids=["dpo", "rpo"],
+)
+def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path, losses: dict) -> None:
+    plain, packed = _trainers(setup, tmp_path / "cache", **losses)
+    assert supports_packing(setup[0], packed.args)
     rows = [plain.train_dataset[i] for i in range(4)]
     assert [packed.train_dataset[i]["chosen_ids"] for i in range(4)] == [r["chosen_ids"] for r in rows]
     trl_loss, trl_grads = _loss_and_grads(plain, plain.data_collator(rows))
@@ -129,7 +138,7 @@ def test_supports_packing_on_the_recipe_defaults(setup) -> None:
     ("setting", "value"),
     [
         ("loss_type", ["ipo"]),
-        ("loss_type", ["sigmoid", "sft"]),
+        ("loss_type", ["sigmoid", "ipo"]),
         ("ld_alpha", 0.5),
         ("use_weighting", True),
         ("f_divergence_type", "js_divergence"),
