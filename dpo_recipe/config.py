@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,7 +98,12 @@ class TrainingSection:
     warmup_steps: int = _key(0, "Linear warm-up steps.", min=0)
     max_grad_norm: float = _key(1.0, "Gradient clipping norm.", min_exclusive=0.0)
     beta: float = _key(0.1, "DPO temperature: how far the policy may move from the reference.", min_exclusive=0.0)
-    loss_type: str = _key("sigmoid", "DPO loss variant (TRL loss_type).")
+    loss_type: list[str] | str = _key(
+        "sigmoid",
+        "TRL loss_type: one name or a list combined with loss_weights. The packed step computes 'sigmoid' (DPO) "
+        "and 'sft' (NLL of chosen; [sigmoid, sft] is RPO); other types train with plain DPOTrainer.",
+    )
+    loss_weights: list[float] | None = _key(None, "TRL loss_weights: one weight per loss_type entry (default all 1).")
     max_length: int = _key(128, "Tokens of prompt + completion; the end is truncated.", min=16)
     precision: str = _key(
         "auto",
@@ -126,8 +132,20 @@ class EvalSection:
         "grows with the square of its length); a GPU can take more.",
         min=1,
     )
-    num_generations: int = _key(4, "Held-out prompts answered greedily by base and tuned model.", min=0)
+    num_generations: int = _key(
+        4,
+        "Held-out prompts (one per topic) answered greedily by the base and the tuned model, and scored by the "
+        "answer checks (Japanese share, topic named, repetition, sentence end).",
+        min=0,
+    )
     max_new_tokens: int = _key(64, "Token budget of those answers.", min=1)
+    repetition_penalty: float = _key(
+        1.0,
+        "Decoding: divide the logits of tokens already written (transformers' repetition_penalty; 1 = off). "
+        "Base and tuned model answer under the same settings, and the report and card say which.",
+        min=1.0,
+    )
+    no_repeat_ngram_size: int = _key(0, "Decoding: never repeat an n-gram of this many tokens (0 = off).", min=0)
 
 
 @dataclass
@@ -309,15 +327,21 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
                 pass
         if option is str and isinstance(value, str):
             return value, None
-        if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value), None
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            if item is str and all(isinstance(v, str) for v in value):
+                return list(value), None
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            if item is float and numbers and all(math.isfinite(v) for v in value):
+                return [float(v) for v in value], None
     return None, _describe(hint)
 
 
 def _describe(hint: Any) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    parts = [names.get(o, "a list of strings") for o in options]
+    lists = {list[str]: "a list of strings", list[float]: "a list of finite numbers"}
+    parts = [names.get(o) or lists[o] for o in options]
     return " or ".join(parts)
 
 
@@ -343,6 +367,12 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         problems.append("lora.target_modules: expected at least one module name or 'all-linear'")
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
+    losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
+    weights = recipe.training.loss_weights
+    if weights is not None and len(weights) != len(losses):
+        problems.append(
+            f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type entry"
+        )
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
     return problems

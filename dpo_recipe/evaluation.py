@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.atomic import write_file_atomically
+from dpo_recipe.config import EvalSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.tokens import encode_pair
 
@@ -111,26 +112,22 @@ def evaluate_adapter(
     *,
     beta: float,
     max_length: int,
-    batch_size: int,
-    num_generations: int,
-    max_new_tokens: int,
+    settings: EvalSection,
 ) -> dict[str, Any] | None:
     """Score ``rows`` split across processes; the main process returns the report, others None.
 
     The report: ``summarise``'s keys, ``per_pair`` (``score_pairs``'s records with their reward
-    margin) and ``generations`` (the first ``num_generations`` prompts answered greedily by the
-    base and the tuned model).
+    margin), ``generations`` (held-out prompts, one per topic, answered by the base and the tuned
+    model with each answer's checks) and ``answer_checks`` (their summary and the decoding used).
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
-
-    from dpo_recipe.answers import greedy_answers
 
     state = PartialState()
     indexed = list(enumerate(rows))
     with state.split_between_processes(indexed) as shard:
         scored = score_pairs(
-            model, tokenizer, [r for _, r in shard], max_length, batch_size, progress=state.is_main_process
+            model, tokenizer, [r for _, r in shard], max_length, settings.batch_size, progress=state.is_main_process
         )
         tagged = [(i, s) for (i, _), s in zip(shard, scored, strict=True)]
     gathered = sorted(gather_object(tagged), key=lambda item: item[0])
@@ -138,8 +135,45 @@ def evaluate_adapter(
         return None
     report = summarise([s for _, s in gathered], beta)
     report["per_pair"] = [s for _, s in gathered]
-    report["generations"] = greedy_answers(model, tokenizer, rows[:num_generations], max_new_tokens)
+    if settings.num_generations:
+        report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings)
     return report
+
+
+def one_per_topic(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The first row of each topic (of each prompt, without a topic column): distinct questions to answer."""
+    picked: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        picked.setdefault(str(row.get("topic", row["prompt"])), row)
+    return list(picked.values())[:limit]
+
+
+def checked_answers(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSection
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Base and tuned answers to held-out prompts, each scored by ``answer_checks``, and their summary."""
+    from tqdm.auto import tqdm
+
+    from dpo_recipe.answer_checks import check_answer, summarise_checks
+    from dpo_recipe.answers import greedy_answers
+
+    decoding = {
+        "repetition_penalty": settings.repetition_penalty,
+        "no_repeat_ngram_size": settings.no_repeat_ngram_size,
+    }
+    picked = one_per_topic(rows, settings.num_generations)
+    answers = []
+    for row in tqdm(picked, desc="Answering held-out prompts (base and tuned)"):
+        (answer,) = greedy_answers(model, tokenizer, [row], settings.max_new_tokens, **decoding)
+        topic = row.get("topic")
+        answer.update(topic=topic, base_checks=check_answer(answer["base"], topic))
+        answer["tuned_checks"] = check_answer(answer["tuned"], topic)
+        answers.append(answer)
+    summary = {
+        "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens, **decoding},
+        **{side: summarise_checks([a[f"{side}_checks"] for a in answers]) for side in ("base", "tuned")},
+    }
+    return answers, summary
 
 
 # ---------------------------------------------------------------------------- presentation
@@ -179,12 +213,34 @@ def markdown_summary(report: dict[str, Any]) -> str:
                 f"{_pct(m['policy_loglik_accuracy_normalized'])} |"
             )
         lines.append("")
+    if report.get("answer_checks"):
+        lines += answer_checks_table(report["answer_checks"]) + [""]
     if report.get("generations"):
         lines += ["| prompt | base | tuned |", "| --- | --- | --- |"]
         for g in report["generations"]:
             cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def answer_checks_table(checks: dict[str, Any]) -> list[str]:
+    """Base beside tuned on the answer checks, with the decoding both answered under."""
+    used = ", ".join(f"{k} {v}" for k, v in checks["decoding"].items() if k != "greedy")
+    lines = [
+        f"Answers to {checks['tuned']['answers']} held-out prompts (greedy; {used}):",
+        "",
+        "| model | Japanese share | names the topic | repetition | mostly a loop | distinct-2 | ends a sentence "
+        "| length |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for side in ("base", "tuned"):
+        c = checks[side]
+        named = "n/a" if c["names_topic"] is None else _pct(c["names_topic"])
+        lines.append(
+            f"| {side} | {_pct(c['japanese_share'])} | {named} | {_pct(c['repetition'])} | {_pct(c['mostly_loop'])} | "
+            f"{c['distinct_2']:.2f} | {_pct(c['ends_sentence'])} | {c['length']:.0f} |"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------- command line
@@ -291,9 +347,7 @@ def run_eval(
         rows,
         beta=beta or recipe.training.beta,
         max_length=recipe.training.max_length,
-        batch_size=recipe.eval.batch_size,
-        num_generations=recipe.eval.num_generations,
-        max_new_tokens=recipe.eval.max_new_tokens,
+        settings=recipe.eval,
     )
     if report is None:
         return None

@@ -381,9 +381,7 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
         eval_rows,
         beta=recipe.training.beta,
         max_length=recipe.training.max_length,
-        batch_size=recipe.eval.batch_size,
-        num_generations=recipe.eval.num_generations,
-        max_new_tokens=recipe.eval.max_new_tokens,
+        settings=recipe.eval,
     )
 
 

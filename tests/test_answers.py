@@ -58,3 +58,16 @@ def test_greedy_answers_put_the_base_beside_the_tuned_model(tiny) -> None:
         assert answer["base"] == greedy_answer(model, tokenizer, answer["prompt"], 8)  # adapter off = the base
         assert answer["tuned"] == greedy_answer(tuned, tokenizer, answer["prompt"], 8)
     assert any(a["base"] != a["tuned"] for a in answers)  # the adapter is really on for "tuned"
+
+
+def test_generation_stops_at_the_chat_templates_turn_end(tiny_model) -> None:
+    from dpo_recipe.answers import turn_end_ids
+    from dpo_recipe.config import ModelSection
+    from dpo_recipe.model import load_tokenizer
+
+    chatml = load_tokenizer(ModelSection(name_or_path=str(tiny_model)))
+    assert turn_end_ids(chatml) == [chatml.eos_token_id]  # <|im_end|> is already EOS
+    gemma = load_tokenizer(ModelSection(name_or_path=str(tiny_model), chat_template="gemma"))
+    assert turn_end_ids(gemma) == [gemma.eos_token_id]  # the tiny vocabulary spells <end_of_turn> in pieces
+    gemma.add_special_tokens({"additional_special_tokens": ["<end_of_turn>"]})
+    assert turn_end_ids(gemma) == [gemma.eos_token_id, gemma.convert_tokens_to_ids("<end_of_turn>")]

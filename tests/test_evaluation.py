@@ -198,3 +198,36 @@ def test_eval_bad_inputs_fail_before_weights_load(runner, trained: Path, tmp_pat
     with pytest.raises(DpoRecipeError, match="empty-split in split 'test'"):
         run_eval(str(trained), data=str(empty), out=tmp_path / "z.json")
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "z.json").exists()
+
+
+def test_held_out_answers_carry_their_checks_and_summary(trained: Path) -> None:
+    from dpo_recipe.answer_checks import check_answer, summarise_checks
+    from dpo_recipe.evaluation import answer_checks_table
+
+    held_out = json.loads((trained / "metrics.json").read_text())["eval"]
+    answers = held_out["generations"]
+    assert len({a["topic"] for a in answers}) == len(answers) == 2  # one prompt per held-out topic
+    for answer in answers:
+        for side in ("base", "tuned"):
+            assert answer[f"{side}_checks"] == check_answer(answer[side], answer["topic"])
+    checks = held_out["answer_checks"]
+    assert checks["decoding"] == {
+        "greedy": True,
+        "max_new_tokens": 8,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+    }
+    for side in ("base", "tuned"):
+        assert checks[side] == summarise_checks([a[f"{side}_checks"] for a in answers])
+    table = "\n".join(answer_checks_table(checks))
+    assert "repetition_penalty 1.0, no_repeat_ngram_size 0" in table
+    assert f"| tuned | {100 * checks['tuned']['japanese_share']:.1f}% |" in table
+
+
+def test_one_per_topic_keeps_the_first_row_of_each_topic() -> None:
+    from dpo_recipe.evaluation import one_per_topic
+
+    rows = [{"prompt": p, "topic": t} for p, t in [("a1", "A"), ("a2", "A"), ("b1", "B"), ("c1", "C")]]
+    assert [r["prompt"] for r in one_per_topic(rows, 5)] == ["a1", "b1", "c1"]
+    assert [r["prompt"] for r in one_per_topic(rows, 2)] == ["a1", "b1"]
+    assert [r["prompt"] for r in one_per_topic([{"prompt": "x"}, {"prompt": "x"}, {"prompt": "y"}], 5)] == ["x", "y"]
