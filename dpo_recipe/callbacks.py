@@ -79,3 +79,8 @@ class StopOnSignal(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def signal_callback(trainer: Any) -> StopOnSignal:
+    """The trainer's ``StopOnSignal`` callback (``dpo_recipe.train.build_trainer`` installs one)."""
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))

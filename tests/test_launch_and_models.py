@@ -1,4 +1,4 @@
-"""Launcher configs, the `dpo-recipe train` wrapper, and model sources (GGUF cache, bad paths)."""
+"""Packaged launcher configs, `dpo-recipe model tiny`, and model sources (GGUF cache, bad paths)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
-from conftest import REPO, invoke, tiny_overrides
+from conftest import REPO, invoke
 
-from dpo_recipe.cli import accelerate_launch_args
 from dpo_recipe.config import ModelSection
 from dpo_recipe.errors import ModelError
 from dpo_recipe.model import gguf_cache_dir, load_tokenizer, resolve_gguf_path, resolve_model_source
@@ -45,24 +44,6 @@ def test_packaged_accelerate_configs_load_with_accelerate(name, kind, processes,
     assert config.distributed_type == kind
     assert config.num_processes == processes and config.num_machines == 1
     assert check(config)
-
-
-def test_launcher_picks_the_config_that_fits_this_cpu_machine() -> None:
-    assert accelerate_launch_args(None, None) == ["--config_file", str(CONFIGS / "cpu.yaml")]
-    two = accelerate_launch_args(None, 2)
-    assert two[:3] == ["--multi_gpu", "--num_processes", "2"]
-    assert accelerate_launch_args("my.yaml", 4) == ["--config_file", "my.yaml", "--num_processes", "4"]
-
-
-def test_cli_train_dry_run_and_recipe_errors(runner, tiny_model: Path, tmp_path: Path, capsys) -> None:
-    args = ["train", "--recipe", "tiny-ja", "--dry-run", "--output-dir", tmp_path / "o"]
-    for item in tiny_overrides(tiny_model):
-        args += ["--set", item]
-    result = invoke(runner, *args)
-    assert result.exit_code == 0, result.output
-    assert "pairs kept: 64" in capsys.readouterr().out + result.output
-    bad = invoke(runner, "train", "--recipe", "tiny-ja", "--set", "training.learnig_rate=1")
-    assert bad.exit_code == 1 and "did you mean learning_rate" in bad.output
 
 
 def test_cli_builds_the_tiny_model(runner, tmp_path: Path) -> None:
