@@ -1,10 +1,12 @@
-"""dpo_recipe.launch: the accelerate command line and the launcher's own options."""
+"""dpo_recipe.launch: the packaged accelerate configs, the one that fits, the command line, the launcher's options."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from conftest import REPO
 
 from dpo_recipe.launch import (
@@ -16,6 +18,34 @@ from dpo_recipe.launch import (
 )
 
 CONFIGS = REPO / "recipes" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "processes", "check"),
+    [
+        ("cpu.yaml", DistributedType.NO, 1, lambda c: c.use_cpu),
+        ("single_gpu.yaml", DistributedType.NO, 1, lambda c: not c.use_cpu and c.gpu_ids == "0"),
+        ("multi_gpu.yaml", DistributedType.MULTI_GPU, 8, lambda c: c.gpu_ids == "all"),
+        (
+            "fsdp.yaml",
+            DistributedType.FSDP,
+            8,
+            lambda c: c.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and c.fsdp_config["fsdp_use_orig_params"],
+        ),
+        ("deepspeed_zero2.yaml", DistributedType.DEEPSPEED, 8, lambda c: c.deepspeed_config["zero_stage"] == 2),
+        (
+            "deepspeed_zero3.yaml",
+            DistributedType.DEEPSPEED,
+            8,
+            lambda c: c.deepspeed_config["zero_stage"] == 3 and c.deepspeed_config["zero3_save_16bit_model"],
+        ),
+    ],
+)
+def test_packaged_accelerate_configs_load_with_accelerate(name, kind, processes, check) -> None:
+    config = load_config_from_file(str(CONFIGS / name))
+    assert config.distributed_type == kind
+    assert config.num_processes == processes and config.num_machines == 1
+    assert check(config)
 
 
 def test_launcher_picks_the_config_that_fits_this_cpu_machine() -> None:

