@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m dpo_recipe.train``: a user error exits 2 (130 / 143 after SIGINT / SIGTERM) with one paragraph."""
     exit_on_user_error(recipe_main, parse_args(argv))
 
 
@@ -156,8 +157,9 @@ def setup(context: RunContext) -> TrainingRun | None:
 
 
 def checked_recipe(context: RunContext) -> Recipe:
-    """The recipe, after every check that needs neither data nor weights; network calls (the Hub token,
-    pinning the dataset commit) come after the local checks."""
+    """The recipe, after every check that needs neither data nor weights. Past reading the recipe (a
+    download with ``--from-hub``), the network calls (the Hub token, pinning the dataset commit) come
+    after the local checks."""
     recipe = context.load_recipe()
     check_hardware(recipe.model, recipe.training.precision)
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
