@@ -12,7 +12,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-LIVE_KEYS = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin"}
+from dpo_recipe.log_keys import REWARD_ACCURACY, REWARD_MARGIN
+
+LIVE_KEYS = {"loss": "loss", REWARD_ACCURACY: "acc", REWARD_MARGIN: "margin"}
 
 
 class LiveMetricsProgress(ProgressCallback):
@@ -79,3 +81,8 @@ class StopOnSignal(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def signal_callback(trainer: Any) -> StopOnSignal:
+    """The trainer's ``StopOnSignal`` callback (``dpo_recipe.train.build_trainer`` installs one)."""
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))

@@ -1,4 +1,7 @@
-"""Dataset and model cards rendered from the templates in ``cards/`` with huggingface_hub's card API."""
+"""Dataset and model cards rendered from the templates in ``cards/`` with huggingface_hub's card API.
+
+The model card's hyper-parameter table is ``trl_args``' recipe → ``DPOConfig`` table, so it lists
+exactly what the trainer received, under the recipe's names and TRL's."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
 from dpo_recipe.tokens import length_percentiles
+from dpo_recipe.trl_args import mapped_hyperparameters
 
 ADAPTER_PLACEHOLDER = "./path/to/adapter"  # replaced by the repo id when the adapter is pushed
 
@@ -138,21 +142,17 @@ def render_model_card(
         datasets=[recipe.data.source] if hub_dataset else None,
         eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
-    t = recipe.training
-    hyperparameters = [
-        ("beta", t.beta),
-        ("learning_rate", t.learning_rate),
-        ("epochs", t.num_epochs),
-        ("per_device_batch_size", t.per_device_batch_size),
-        ("gradient_accumulation_steps", t.gradient_accumulation_steps),
-        ("max_length", t.max_length),
-        ("lr_scheduler", t.lr_scheduler),
-        ("warmup_steps", t.warmup_steps),
-        ("lora r / alpha / dropout", f"{recipe.lora.r} / {recipe.lora.alpha} / {recipe.lora.dropout}"),
-        ("lora target_modules", recipe.lora.target_modules),
-        ("training pairs", metrics.get("train", {}).get("pairs")),
-        ("precision", t.precision),
-        ("seed", t.seed),
+    lora = recipe.lora
+    hyperparameters = [  # (recipe key, what the trainer received it as, value)
+        *mapped_hyperparameters(recipe),
+        ("training.precision", "bf16 / fp16", recipe.training.precision),
+        (
+            "lora.r / alpha / dropout",
+            "LoraConfig r / lora_alpha / lora_dropout",
+            f"{lora.r} / {lora.alpha} / {lora.dropout}",
+        ),
+        ("lora.target_modules", "LoraConfig target_modules", lora.target_modules),
+        ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
     ]
     summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
     return ModelCard.from_template(

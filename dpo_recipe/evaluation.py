@@ -25,6 +25,7 @@ from typing import Any
 from dpo_recipe.atomic import write_file_atomically
 from dpo_recipe.config import EvalSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
+from dpo_recipe.launch import positive_int
 from dpo_recipe.tokens import encode_pair
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
@@ -244,14 +245,6 @@ def answer_checks_table(checks: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- command line
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ def two_process_launcher() -> list[str]:
     import random
     import sys
 
-    from dpo_recipe.cli import accelerate_launch_args
+    from dpo_recipe.launch import accelerate_launch_args
 
     port = str(29500 + random.randrange(1000))
     return [

@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 
 from dpo_recipe.atomic import write_file_atomically
 from dpo_recipe.generate import generate_pairs
-from dpo_recipe.train import newest_complete_checkpoint, run
+from dpo_recipe.run_dir import newest_complete_checkpoint
+from dpo_recipe.train import run
 
 # ---------------------------------------------------------------------------- bad input
 
@@ -224,15 +225,16 @@ BAD_INPUT = [
     ),  # fmt: skip
     ("adapter-bad-name", cli("eval", "--adapter", "{bad}/x.bin", "--out", "{out}/r.json"), ["neither a directory"], 2),
     # CLI sub-commands: missing or contradictory options
-    ("cli-train-no-source", cli("train"), ["exactly one of --recipe"], 2),
-    ("cli-train-two-sources", cli("train", "--recipe", "tiny-ja", "--from-hub", "a/b"), ["exactly one of"], 2),
+    ("cli-train-no-source", cli("train"), ["one of the arguments --recipe --from-hub is required"], 2),
+    ("cli-train-two-sources", cli("train", "--recipe", "tiny-ja", "--from-hub", "a/b"), ["not allowed with"], 2),
+    ("cli-train-resume-overwrite", cli("train", "--recipe", "tiny-ja", "--resume", "--overwrite"), ["contradict"], 2),
     ("cli-train-processes", cli("train", "--recipe", "tiny-ja", "--num-processes", "0"), ["--num-processes"], 2),
     ("cli-train-bad-set", cli("train", "--recipe", "tiny-ja", "--set", "lora.r=0"), ["lora.r: must be >= 1"], 1),
     ("cli-push-no-dir", cli("push"), ["Missing argument 'OUTPUT_DIR'"], 2),
     ("cli-push-no-repo", cli("push", "{bad}/adapter"), ["Missing option '--repo-id'"], 2),
     ("cli-push-missing-dir", cli("push", "{bad}/nope", "--repo-id", "alice/x"), ["does not exist"], 2),
     ("cli-push-unfinished", cli("push", "{bad}/adapter", "--repo-id", "alice/x"), ["unfinished run", "resume"], 1),
-    ("cli-eval-no-adapter", cli("eval"), ["Missing option '--adapter'"], 2),
+    ("cli-eval-no-adapter", cli("eval"), ["the following arguments are required: --adapter"], 2),
     ("cli-eval-max-pairs", cli("eval", "--adapter", "{bad}/adapter", "--max-pairs", "0"), ["--max-pairs"], 2),
     ("cli-generate-no-out", cli("data", "generate"), ["Missing option '--out'"], 2),
     ("cli-generate-few", cli("data", "generate", "--out", "{out}", "--num-pairs", "5"), ["--num-pairs"], 2),

@@ -1,13 +1,21 @@
-"""The packaged accelerate configs and the launcher that picks one (``dpo-recipe train``'s wrapper)."""
+"""dpo_recipe.launch: the packaged accelerate configs, the one that fits, the command line, the launcher's options."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from conftest import REPO
 
-from dpo_recipe.cli import accelerate_launch_args
+from dpo_recipe.launch import (
+    accelerate_command,
+    accelerate_launch_args,
+    launch_command,
+    split_launcher_args,
+    with_launcher_options,
+)
 
 CONFIGS = REPO / "recipes" / "accelerate"
 
@@ -45,3 +53,45 @@ def test_launcher_picks_the_config_that_fits_this_cpu_machine() -> None:
     two = accelerate_launch_args(None, 2)
     assert two[:3] == ["--multi_gpu", "--num_processes", "2"]
     assert accelerate_launch_args("my.yaml", 4) == ["--config_file", "my.yaml", "--num_processes", "4"]
+
+
+def test_accelerate_command_runs_the_module_with_this_interpreter() -> None:
+    command = accelerate_command("dpo_recipe.evaluation", ["--adapter", "a"], None, 3)
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[3:6] == ["--multi_gpu", "--num_processes", "3"]  # CPU processes over gloo
+    assert command[-4:] == ["-m", "dpo_recipe.evaluation", "--adapter", "a"]
+    single = accelerate_command("dpo_recipe.train", ["--recipe", "x"])
+    assert single[3:] == ["--config_file", str(CONFIGS / "cpu.yaml"), "-m", "dpo_recipe.train", "--recipe", "x"]
+
+
+def test_launch_command_is_quoted_for_a_shell() -> None:
+    command = launch_command("dpo_recipe.train", ["--recipe", "my recipe.yaml", "--set", "data.source=a b"])
+    assert command == "accelerate launch -m dpo_recipe.train --recipe 'my recipe.yaml' --set 'data.source=a b'"
+
+
+def test_launcher_options_split_off_the_module_arguments() -> None:
+    launcher, rest = split_launcher_args(["--recipe", "x", "--num-processes", "2", "--set", "a.b=1"])
+    assert launcher.num_processes == 2 and launcher.accelerate_config is None
+    assert rest == ["--recipe", "x", "--set", "a.b=1"]
+    _, kept = split_launcher_args(["--num", "2"])  # no abbreviations: a module's --num... is never taken
+    assert kept == ["--num", "2"]
+
+
+def test_launcher_options_are_checked(tmp_path, capsys) -> None:
+    import argparse
+
+    module = argparse.ArgumentParser(prog="m", description="the module")
+    module.add_argument("--adapter", required=True)
+    parser = with_launcher_options(module, "dpo-recipe eval")
+    assert parser.description == "the module"
+    for argv, words in (
+        (["--adapter", "a", "--num-processes", "0"], "argument --num-processes: must be at least 1, not 0"),
+        (["--adapter", "a", "--accelerate-config", str(tmp_path / "no.yaml")], "no.yaml is not an existing file"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("{}")
+    parsed = parser.parse_args(["--adapter", "a", "--accelerate-config", str(config)])
+    assert parsed.accelerate_config == str(config) and parsed.adapter == "a"

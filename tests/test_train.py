@@ -1,6 +1,6 @@
-"""End-to-end training on the tiny local model: artifacts, reload, DDP, resume bookkeeping.
+"""End-to-end training on the tiny local model: artifacts, reload, DDP, refusals before training.
 
-Kills, signals and a full disk are in tests/test_faults.py."""
+Kills, signals and a full disk are in tests/test_faults.py; output-directory bookkeeping in tests/test_run_dir.py."""
 
 from __future__ import annotations
 
@@ -192,15 +192,3 @@ def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp
     assert metrics["train"]["pairs"] == 8 and metrics["eval"]["overall"]["pairs"] == 4
     assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert metrics["eval"]["generations"][0]["prompt"].startswith("<|im_start|>user\n")
-
-
-def test_resume_skips_a_half_written_checkpoint(tmp_path: Path) -> None:
-    from dpo_recipe.train import newest_complete_checkpoint
-
-    for step, state in ((4, '{"global_step": 4}'), (8, '{"global_step": 8}'), (12, '{"global_st')):
-        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        (folder / "trainer_state.json").write_text(state)
-    (tmp_path / "checkpoints" / "checkpoint-16").mkdir()  # killed before trainer_state.json was written
-    assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoints" / "checkpoint-8"
-    assert newest_complete_checkpoint(tmp_path / "elsewhere") is None

@@ -1,0 +1,34 @@
+"""dpo_recipe.cards: the model card's hyper-parameter table is trl_args' recipe -> DPOConfig table."""
+
+from __future__ import annotations
+
+from dpo_recipe.cards import render_model_card
+from dpo_recipe.config import load_recipe
+from dpo_recipe.trl_args import RECIPE_TO_DPO_CONFIG
+
+
+def _table_rows(card_text: str) -> dict[str, tuple[str, str]]:
+    section = card_text.split("## Training hyper-parameters")[1].split("##")[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): (cells[1].strip(), cells[2].strip()) for cells in rows[2:]}  # header, then | --- |
+
+
+def test_hyperparameter_table_lists_every_mapped_key_under_both_names() -> None:
+    recipe = load_recipe("tiny-ja", ["training.beta=0.25", "training.num_epochs=3", "eval.batch_size=2"])
+    card = render_model_card(recipe, {"train": {"pairs": 48}}, recipe_name="tiny-ja", command="c", plots=[])
+    rows = _table_rows(str(card))
+    for key, field in RECIPE_TO_DPO_CONFIG.items():
+        assert rows[key][0] == field, key
+    assert rows["training.beta"] == ("beta", "0.25")
+    assert rows["training.num_epochs"] == ("num_train_epochs", "3.0")
+    assert rows["eval.batch_size"] == ("per_device_eval_batch_size", "2")
+    assert rows["training.lr_scheduler"] == ("lr_scheduler_type", recipe.training.lr_scheduler)
+    assert rows["training pairs"] == ("train_dataset", "48")
+    assert len(rows) == len(RECIPE_TO_DPO_CONFIG) + 4  # precision, LoRA shape, LoRA targets, pairs
+
+
+def test_card_names_the_recipe_and_the_reproduce_command() -> None:
+    command = "accelerate launch -m dpo_recipe.train --from-hub alice/run --set training.seed=1"
+    card = str(render_model_card(load_recipe("tiny-ja"), {}, recipe_name="alice/run", command=command, plots=[]))
+    assert "alice/run" in card and f"```bash\n{command}\n```" in card
+    assert "No held-out evaluation was run." in card

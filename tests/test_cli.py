@@ -1,0 +1,95 @@
+"""dpo_recipe.cli: `train` and `eval` take their options from the modules' argparse parsers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import invoke, tiny_overrides
+
+from dpo_recipe.launch import accelerate_command
+
+
+class Exec(Exception):
+    """Raised instead of replacing the test process."""
+
+
+@pytest.fixture
+def execv(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Commands the CLI would exec (os.execv is replaced by a recorder that stops the command)."""
+    calls: list[list[str]] = []
+
+    def record(path: str, argv: list[str]) -> None:
+        assert path == sys.executable
+        calls.append(list(argv))
+        raise Exec
+
+    monkeypatch.setattr("dpo_recipe.cli.os.execv", record)
+    return calls
+
+
+def test_cli_train_dry_run_and_recipe_errors(runner, tiny_model: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "--recipe", "tiny-ja", "--dry-run", "--output-dir", tmp_path / "o"]
+    for item in tiny_overrides(tiny_model):
+        args += ["--set", item]
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    assert "pairs kept: 64" in capsys.readouterr().out + result.output
+    bad = invoke(runner, "train", "--recipe", "tiny-ja", "--set", "training.learnig_rate=1")
+    assert bad.exit_code == 1 and "did you mean learning_rate" in bad.output
+
+
+def test_train_help_is_the_train_parsers_plus_the_launchers(runner) -> None:
+    from dpo_recipe.train import build_parser
+
+    result = invoke(runner, "train", "--help")
+    assert result.exit_code == 0
+    assert result.output.startswith("usage: dpo-recipe train")
+    for option in ("--recipe", "--from-hub", "--set", "--output-dir", "--resume", "--overwrite", "--dry-run"):
+        assert option in result.output and option in build_parser().format_help()
+    assert "--accelerate-config" in result.output and "--num-processes" in result.output
+    assert "Override a recipe key; repeatable. Validated like the file." in " ".join(result.output.split())
+    assert invoke(runner, "train", "-h").output == result.output
+
+
+def test_eval_help_is_the_evaluation_parsers(runner) -> None:
+    from dpo_recipe.evaluation import build_parser
+
+    result = invoke(runner, "eval", "--help")
+    assert result.exit_code == 0 and result.output.startswith("usage: dpo-recipe eval")
+    for action in build_parser()._actions:
+        assert all(flag in result.output for flag in action.option_strings), action.option_strings
+    assert "--num-processes" in result.output
+
+
+def test_resume_with_overwrite_is_a_usage_error_before_any_network(runner, monkeypatch, execv) -> None:
+    def network(*args: object) -> None:
+        raise AssertionError("the Hub was asked before the flags were checked")
+
+    monkeypatch.setattr("dpo_recipe.run_context.recipe_from_hub", network)
+    result = invoke(runner, "train", "--from-hub", "alice/run", "--resume", "--overwrite")
+    assert result.exit_code == 2 and not execv
+    assert "dpo-recipe train: error: --resume and --overwrite contradict each other" in result.output
+
+
+def test_train_launches_the_module_with_its_own_arguments(runner, execv) -> None:
+    from dpo_recipe.cli import cli
+
+    result = runner.invoke(
+        cli,
+        ["train", "--recipe", "tiny-ja", "--num-processes", "2", "--set", "training.seed=1", "--resume"],
+    )
+    assert isinstance(result.exception, Exec), result.output
+    train_args = ["--recipe", "tiny-ja", "--set", "training.seed=1", "--resume"]
+    assert execv == [accelerate_command("dpo_recipe.train", train_args, None, 2)]
+    assert "+ -m accelerate.commands.launch --multi_gpu --num_processes 2" in result.output
+
+
+def test_eval_over_processes_launches_the_evaluation_module(runner, execv, tmp_path: Path) -> None:
+    from dpo_recipe.cli import cli
+
+    result = runner.invoke(cli, ["eval", "--adapter", "a", "--num-processes", "2", "--out", str(tmp_path / "r.json")])
+    assert isinstance(result.exception, Exec), result.output
+    eval_args = ["--adapter", "a", "--out", str(tmp_path / "r.json")]
+    assert execv == [accelerate_command("dpo_recipe.evaluation", eval_args, None, 2)]

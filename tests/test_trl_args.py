@@ -1,0 +1,42 @@
+"""dpo_recipe.trl_args: each mapped recipe key reaches DPOConfig under its mapped name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dpo_recipe.config import TrainingSection, load_recipe
+from dpo_recipe.trl_args import RECIPE_TO_DPO_CONFIG, dpo_config, mapped_hyperparameters, precision_flags
+
+
+def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
+    settings = [
+        "training.beta=0.3",
+        "training.learning_rate=0.002",
+        "training.gradient_accumulation_steps=3",
+        "training.lr_scheduler=cosine",
+        "training.loss_type=ipo",
+        "training.save_steps=7",
+        "eval.batch_size=5",
+    ]
+    recipe = load_recipe("tiny-ja", settings)
+    args = dpo_config(recipe, tmp_path)
+    for key, field, value in mapped_hyperparameters(recipe):
+        received = getattr(args, field)
+        received = getattr(received, "value", received)  # lr_scheduler_type becomes a SchedulerType enum
+        assert received == ([value] if field == "loss_type" else value), key
+    assert (args.beta, args.learning_rate, args.gradient_accumulation_steps) == (0.3, 0.002, 3)
+    assert args.loss_type == ["ipo"] and args.save_steps == 7 and args.per_device_eval_batch_size == 5
+    assert args.lr_scheduler_type.value == "cosine"
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
+
+
+def test_the_table_covers_every_training_key_but_those_handled_elsewhere() -> None:
+    mapped = {key.split(".")[1] for key in RECIPE_TO_DPO_CONFIG if key.startswith("training.")}
+    handled_elsewhere = {"output_dir", "precision", "tensorboard", "packing"}  # run_dir, precision_flags, report_to
+    assert mapped | handled_elsewhere == set(TrainingSection.__dataclass_fields__)
+    assert not mapped & handled_elsewhere
+
+
+def test_precision_flags_on_a_cpu() -> None:
+    assert precision_flags("auto") == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert precision_flags("bf16") == {"bf16": True, "fp16": False, "use_cpu": True}
