@@ -150,14 +150,28 @@ def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any
     return load_adapter_model(adapter_dir, model_section)
 
 
-def chat(model: Any, tokenizer: Any, prompt: str | list[dict[str, str]], *, max_new_tokens: int = 128) -> str:
+def chat(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | list[dict[str, str]],
+    *,
+    max_new_tokens: int = 128,
+    as_conversation: bool = False,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> str:
     """The model's answer to ``prompt`` only, decoded greedily (the same prompt gives the same text).
 
     A string is used as is, the way the generated dataset's prompts look ("AIとは何ですか？") and
     the way TRL showed plain-text prompts in training; a list of ``{"role", "content"}`` messages
-    goes through the chat template, as conversational training data did. Puts ``model`` in eval mode.
+    goes through the chat template, as conversational training data did. ``as_conversation`` (the
+    adapter's ``data.as_conversation``) makes a string one user turn, as that training did; the
+    decoding options are the recipe's ``eval`` keys. Puts ``model`` in eval mode.
     """
     from dpo_recipe.answers import greedy_answer, prompt_text
 
+    if as_conversation and isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
     model.eval()
-    return greedy_answer(model, tokenizer, prompt_text(tokenizer, prompt), max_new_tokens)
+    decoding = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
+    return greedy_answer(model, tokenizer, prompt_text(tokenizer, prompt), max_new_tokens, **decoding)

@@ -263,7 +263,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
 
         click.echo("\n" + "\n".join(answer_checks_table(held_out["answer_checks"])))
     for answer in held_out.get("generations", [])[:3]:
-        click.echo(f"\nQ: {answer['prompt'].strip()}\n  base:  {answer['base']}\n  tuned: {answer['tuned']}")
+        click.echo(f"\nQ: {answer['question']}\n  base:  {answer['base']}\n  tuned: {answer['tuned']}")
     low, high = overall["reward_accuracy_ci95"]
     click.echo(
         f"\nQuickstart finished in {time.perf_counter() - started:.0f} s.\n"
@@ -316,13 +316,26 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
       dpo-recipe chat --adapter outputs/quickstart/adapter --prompt "AIとは何ですか？"
       dpo-recipe chat --adapter USER/NAME            # interactive
     """
-    from dpo_recipe.api import chat, load_adapter
+    import functools
+
+    from dpo_recipe.adapters import adapter_base, load_adapter_model
+    from dpo_recipe.api import chat
 
     if prompt is not None and not prompt.strip():
         raise click.BadParameter("must not be empty.", param_hint="--prompt")
-    model, tokenizer = load_adapter(adapter, base)
+    adapter_dir, recipe, model_section = adapter_base(adapter, base)
+    model, tokenizer = load_adapter_model(adapter_dir, model_section)
+    answer = functools.partial(  # the prompt form and decoding the adapter was trained and evaluated with
+        chat,
+        model,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        as_conversation=recipe.data.as_conversation,
+        repetition_penalty=recipe.eval.repetition_penalty,
+        no_repeat_ngram_size=recipe.eval.no_repeat_ngram_size,
+    )
     if prompt is not None:
-        click.echo(chat(model, tokenizer, prompt, max_new_tokens=max_new_tokens))
+        click.echo(answer(prompt))
         return
     stdin = sys.stdin
     if stdin.isatty():
@@ -333,7 +346,7 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
         question = stdin.readline().strip()
         if not question or question.lower() in ("exit", "quit"):
             return
-        click.echo(chat(model, tokenizer, question, max_new_tokens=max_new_tokens))
+        click.echo(answer(question))
 
 
 # ---------------------------------------------------------------------------- models

@@ -167,7 +167,8 @@ def checked_answers(
     for row in tqdm(picked, desc="Answering held-out prompts (base and tuned)"):
         (answer,) = greedy_answers(model, tokenizer, [row], settings.max_new_tokens, **decoding)
         topic = row.get("topic")
-        answer.update(topic=topic, base_checks=check_answer(answer["base"], topic))
+        question = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        answer.update(question=question, topic=topic, base_checks=check_answer(answer["base"], topic))
         answer["tuned_checks"] = check_answer(answer["tuned"], topic)
         answers.append(answer)
     summary = {

@@ -107,3 +107,13 @@ def test_importing_the_package_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_chat_as_conversation_renders_a_string_as_one_user_turn(loaded: tuple) -> None:
+    question = "AIとは何ですか？"
+    as_turn = api.chat(*loaded, question, max_new_tokens=8, as_conversation=True)
+    assert as_turn == api.chat(*loaded, [{"role": "user", "content": question}], max_new_tokens=8)
+    penalised = api.chat(*loaded, question, max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    from dpo_recipe.answers import greedy_answer
+
+    assert penalised == greedy_answer(*loaded, question, 8, repetition_penalty=1.5, no_repeat_ngram_size=2)
