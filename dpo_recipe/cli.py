@@ -252,7 +252,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
     data_dir = out_dir / "data"
     if not (data_dir / "dataset_dict.json").exists():
         ctx = click.get_current_context()
-        ctx.invoke(data_generate, out_dir=data_dir, num_pairs=1000, seed=0, tokenizer="auto", overwrite=False)
+        ctx.invoke(data_generate, out_dir=data_dir, num_pairs=1000, seed=0, tokenizer=recipe, overwrite=False)
     settings = [f"data.source={data_dir}", f"data.max_train_pairs={train_pairs}", *overrides]
     metrics = train(recipe, settings, output_dir=out_dir / "adapter", overwrite=True)
     assert metrics is not None

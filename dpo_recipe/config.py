@@ -318,13 +318,10 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return value, None
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value, None
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), None
-        if option is float and isinstance(value, str):
-            try:  # YAML 1.1 reads "5e-6" (no dot) as a string
-                return float(value), None
-            except ValueError:
-                pass
+        if option is float and not isinstance(value, bool):
+            number = _finite_float(value)
+            if number is not None:
+                return number, None
         if option is str and isinstance(value, str):
             return value, None
         if typing.get_origin(option) is list and isinstance(value, list):
@@ -337,8 +334,24 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
     return None, _describe(hint)
 
 
+def _finite_float(value: Any) -> float | None:
+    """A number, or None: YAML reads ``.nan`` and ``.inf`` as floats, and no recipe key means either.
+
+    NaN passes every range check (all comparisons are false) and only fails later, in torch's
+    optimizer or numpy's plotting, after the model has loaded; so it is refused here.
+    """
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-6" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _describe(hint: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     lists = {list[str]: "a list of strings", list[float]: "a list of finite numbers"}
     parts = [names.get(o) or lists[o] for o in options]

@@ -153,8 +153,6 @@ def checked_answers(
     model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSection
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Base and tuned answers to held-out prompts, each scored by ``answer_checks``, and their summary."""
-    from tqdm.auto import tqdm
-
     from dpo_recipe.answer_checks import check_answer, summarise_checks
     from dpo_recipe.answers import greedy_answers
 
@@ -163,14 +161,13 @@ def checked_answers(
         "no_repeat_ngram_size": settings.no_repeat_ngram_size,
     }
     picked = one_per_topic(rows, settings.num_generations)
-    answers = []
-    for row in tqdm(picked, desc="Answering held-out prompts (base and tuned)"):
-        (answer,) = greedy_answers(model, tokenizer, [row], settings.max_new_tokens, **decoding)
+    print(f"Answering {len(picked)} held-out prompts, base and tuned, {settings.max_new_tokens} new tokens at most ...")
+    answers = greedy_answers(model, tokenizer, picked, settings.max_new_tokens, **decoding)
+    for answer, row in zip(answers, picked, strict=True):
         topic = row.get("topic")
         question = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
         answer.update(question=question, topic=topic, base_checks=check_answer(answer["base"], topic))
         answer["tuned_checks"] = check_answer(answer["tuned"], topic)
-        answers.append(answer)
     summary = {
         "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens, **decoding},
         **{side: summarise_checks([a[f"{side}_checks"] for a in answers]) for side in ("base", "tuned")},

@@ -106,3 +106,21 @@ def test_resolved_recipe_round_trips_through_yaml(tmp_path: Path) -> None:
     recipe = load_recipe("smollm2-135m-ja", ["training.beta=0.3"])
     again = load_recipe(write(tmp_path, recipe.to_yaml()))
     assert again == recipe
+
+
+FLOAT_KEYS = [key for key, kind, _, _ in describe_keys() if "finite number" in kind]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_refuses_nan_and_infinity(key: str, value: str) -> None:
+    # YAML reads these as floats, and NaN slips past every range check; each must be named before loading
+    written = f"[{value}]" if "list" in dict((k, kind) for k, kind, _, _ in describe_keys())[key] else value
+    with pytest.raises(RecipeError, match=f"{key}: expected .*finite number"):
+        load_recipe("tiny-ja", [f"{key}={written}"])
+
+
+def test_float_keys_are_the_ones_the_objective_and_optimizer_read() -> None:
+    assert {"training.learning_rate", "training.beta", "training.max_grad_norm", "training.loss_weights"} <= set(
+        FLOAT_KEYS
+    )

@@ -131,6 +131,9 @@ BAD_INPUT = [
     ("range-lora-r", train("lora.r=0"), ["lora.r", "must be >= 1"], 2),
     ("range-learning-rate", train("training.learning_rate=-1"), ["training.learning_rate", "must be > 0"], 2),
     ("range-test-size", train("data.test_size=2"), ["data.test_size", "must be <= 0.9"], 2),
+    ("nan-learning-rate", train("training.learning_rate=.nan"), ["training.learning_rate", "a finite number"], 2),
+    ("inf-beta", train("training.beta=.inf"), ["training.beta", "expected a finite number, got inf"], 2),
+    ("nan-loss-weight", train("training.loss_weights=[.nan]"), ["training.loss_weights", "finite numbers"], 2),
     ("bad-choice", train("training.precision=fp8"), ["training.precision", "one of auto, fp32, bf16, fp16"], 2),
     ("missing-section", ("train-module", "--recipe", "{bad}/no-model.yaml"), ["model: required section"], 2),
     ("yaml-syntax", ("train-module", "--recipe", "{bad}/syntax.yaml"), ["YAML syntax error at line 3, column 11"], 2),
@@ -249,7 +252,7 @@ BAD_INPUT = [
     ("cli-data-push-no-repo", cli("data", "push", "{bad}/good.jsonl"), ["Missing option '--repo-id'"], 2),
     ("cli-data-push-missing", cli("data", "push", "{bad}/nope", "--repo-id", "alice/x"), ["does not exist"], 2),
     ("cli-recipes-show-none", cli("recipes", "show"), ["Missing argument 'NAME'"], 2),
-    ("cli-recipes-show-bad", cli("recipes", "show", "tiny-ja", "--set", "training.beta=x"), ["expected a number"], 1),
+    ("cli-recipes-show-bad", cli("recipes", "show", "tiny-ja", "--set", "training.beta=x"), ["expected a finite number"], 1),
     ("cli-model-tiny-no-out", cli("model", "tiny"), ["Missing option '--out'"], 2),
     ("cli-quickstart-few", cli("quickstart", "--train-pairs", "2"), ["--train-pairs"], 2),
 ]
