@@ -266,7 +266,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.perf import keep_freed_memory_in_heap
     from dpo_recipe.resources import cache_root
-    from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
+    from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
         return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -279,9 +279,14 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         task_type="CAUSAL_LM",
     )
     trainer_class, extra = DPOTrainer, {}
-    if recipe.training.packing and supports_packing(model, args):
-        trainer_class, extra = PackedDPOTrainer, {"ref_cache_dir": cache_root() / "reference_logps"}
-    else:  # padded batches re-allocate big buffers every step (perf.py); packed rows ran faster without this
+    if recipe.training.packing:
+        check_packable(args)  # an objective the user chose never silently trains some other way
+        limitation = packing_limitation(model)
+        if limitation is None:
+            trainer_class, extra = PackedDPOTrainer, {"ref_cache_dir": cache_root() / "reference_logps"}
+        elif args.process_index == 0:
+            print(f"training.packing: {limitation}; training with plain DPOTrainer (padded pairs, the same loss).")
+    if trainer_class is DPOTrainer:  # padded batches re-allocate big buffers every step (perf.py); packed rows don't
         keep_freed_memory_in_heap()
     trainer = trainer_class(
         model=model,

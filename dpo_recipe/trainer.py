@@ -1,8 +1,9 @@
 """TRL's DPOTrainer with a leaner step: packed pairs and reference log-probs computed once.
 
-What is optimised does not change (the sigmoid DPO loss of TRL on TRL's own tokenization and
-truncation; tests/test_trainer.py checks loss and LoRA gradients against ``DPOTrainer`` on the
-same batch). What changes is how much work a step does:
+What is optimised does not change (TRL's loss types, ported to per-pair log-prob sums in
+``dpo_recipe.losses``, on TRL's own tokenization and truncation; tests/test_trainer.py checks
+loss, LoRA gradients and logged rewards of each against ``DPOTrainer`` on the same batch). What
+changes is how much work a step does:
 
 - each pair is one packed row (``dpo_recipe.packing``): the prompt is computed once, nothing is
   padded, and only completion positions go through the LM head;
@@ -11,9 +12,12 @@ same batch). What changes is how much work a step does:
   evaluation runs too), and cached on disk under a key made of the base weights,
   the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
 
-Anything this path does not cover (other loss types, length desensitisation, WPO weighting, a
-separate reference model, vision data) stays with plain ``DPOTrainer``: ``supports_packing``
-says which to use.
+An objective this path does not compute (another f-divergence, length desensitisation, WPO
+weighting, a reference that syncs with the policy) is refused while packing is on
+(``check_packable``; its error says to set ``training.packing: false`` and train it with plain
+``DPOTrainer``). A model or launch the packed forward cannot run on (an attention kernel without
+block masks, a forward without ``logits_to_keep``, DeepSpeed ZeRO-3) trains with plain
+``DPOTrainer``, and ``packing_limitation`` says why. ``supports_packing`` is both checks at once.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from trl import DPOTrainer
 
 from dpo_recipe.atomic import write_file_atomically
+from dpo_recipe.errors import RecipeError
 from dpo_recipe.log_keys import (
     LOGPS_CHOSEN,
     LOGPS_REJECTED,
@@ -36,6 +40,7 @@ from dpo_recipe.log_keys import (
     REWARD_MARGIN,
     REWARD_REJECTED,
 )
+from dpo_recipe.losses import PAIRWISE_LOSSES, PairLogps, preference_loss
 from dpo_recipe.packing import (
     BLOCK_MASK_ATTENTION,
     PAIR_COLUMNS,
@@ -48,28 +53,56 @@ from dpo_recipe.packing import (
 )
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-# TRL loss types the packed step computes, each from the summed completion log-probs of a pair:
-# "sigmoid" is DPO; "sft" is the NLL of the chosen answers (TRL's RPO is ["sigmoid", "sft"] with
-# loss_weights [1, alpha]), which keeps a base model writing whole answers while DPO ranks them.
-PACKED_LOSSES = ("sigmoid", "sft")
+# TRL loss types the packed step computes, each from the summed completion log-probs (and token
+# counts) of a pair: every loss of TRL's DPOTrainer, the table in dpo_recipe.losses. TRL's RPO,
+# for one, is ["sigmoid", "sft"] with loss_weights [1, alpha]: the NLL of the chosen answers keeps
+# a base model writing whole answers while DPO ranks them.
+PACKED_LOSSES = tuple(PAIRWISE_LOSSES)
 
 
-def supports_packing(model: Any, args: Any) -> bool:
-    """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
+def unpackable_settings(args: Any) -> list[str]:
+    """The objective settings in ``args`` (a DPOConfig) the packed step does not compute; empty if none."""
+    found = [f"loss_type {name!r}" for name in args.loss_type if name not in PACKED_LOSSES]
+    if args.f_divergence_type != "reverse_kl":
+        found.append(f"f_divergence_type {args.f_divergence_type!r}")
+    if args.ld_alpha is not None:
+        found.append("ld_alpha (length desensitisation)")
+    if args.use_weighting:
+        found.append("use_weighting (WPO weights need per-token probabilities the packed step does not keep)")
+    if args.sync_ref_model:  # the reference log-probs are computed once, before training
+        found.append("sync_ref_model (a reference that moves during training)")
+    return found
+
+
+def check_packable(args: Any) -> None:
+    """Refuse, saying the fix, an objective the packed step does not compute: the user chose it, so no fallback."""
+    found = unpackable_settings(args)
+    if found:
+        raise RecipeError(
+            f"training.packing is true, but the packed trainer does not compute {'; '.join(found)}. "
+            "Set training.packing: false to train it with plain DPOTrainer."
+        )
+
+
+def packing_limitation(model: Any) -> str | None:
+    """Why the packed forward cannot run on ``model`` (or this launch), or None when it can."""
     import inspect
 
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    return (
-        not is_deepspeed_zero3_enabled()  # ZeRO-3 shards weights before the reference pass could run
-        and set(args.loss_type) <= set(PACKED_LOSSES)
-        and args.ld_alpha is None
-        and not args.use_weighting
-        and args.f_divergence_type == "reverse_kl"
-        and not args.sync_ref_model
-        and "logits_to_keep" in inspect.signature(type(model).forward).parameters
-        and attention_implementation(model) in BLOCK_MASK_ATTENTION  # flash-attention kernels take no block masks
-    )
+    if is_deepspeed_zero3_enabled():
+        return "DeepSpeed ZeRO-3 shards the weights before the reference pass could run"
+    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
+        return f"{type(model).__name__}.forward takes no logits_to_keep"
+    attention = attention_implementation(model)
+    if attention not in BLOCK_MASK_ATTENTION:  # flash-attention kernels take no block masks
+        return f"attention {attention!r} takes no block mask (load the model with attn_implementation='sdpa')"
+    return None
+
+
+def supports_packing(model: Any, args: Any) -> bool:
+    """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
+    return not unpackable_settings(args) and packing_limitation(model) is None
 
 
 class PackedCollator:
@@ -182,26 +215,21 @@ class PackedDPOTrainer(DPOTrainer):
         ref_chosen, ref_rejected = inputs.pop(REF_COLUMNS[0]), inputs.pop(REF_COLUMNS[1])
         packed = PackedPairs(**inputs)
         chosen_logps, rejected_logps = pair_logps(model, packed)
-        chosen_logratios = chosen_logps - ref_chosen
-        rejected_logratios = rejected_logps - ref_rejected
-        losses = {
-            "sigmoid": lambda: -F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean(),
-            # TRL: the mean over every chosen token of the batch, not a mean of per-pair means
-            "sft": lambda: -chosen_logps.sum() / (packed.segment % 2 == 0).sum(),
-        }
-        loss = sum(weight * losses[name]() for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
-        self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
+        tokens = torch.bincount(packed.segment, minlength=2 * packed.num_pairs)  # chosen0, rejected0, chosen1, ...
+        logps = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected, tokens[0::2], tokens[1::2])
+        loss = preference_loss(self.loss_types, self.loss_weights, logps, self.args)
+        self._log_rewards(mode, logps)
         return (loss, {}) if return_outputs else loss
 
-    def _log_rewards(self, mode: str, chosen_ratio: Any, rejected_ratio: Any, chosen: Any, rejected: Any) -> None:
+    def _log_rewards(self, mode: str, logps: PairLogps) -> None:
         """The reward metrics TRL logs, under the same names, so logs and callbacks read the same."""
         gather = self.accelerator.gather
-        chosen_rewards = gather(self.beta * chosen_ratio.detach())
-        rejected_rewards = gather(self.beta * rejected_ratio.detach())
+        chosen_rewards = gather(self.beta * logps.chosen_logratios.detach())
+        rejected_rewards = gather(self.beta * logps.rejected_logratios.detach())
         metrics = self._metrics[mode]
         metrics[REWARD_CHOSEN].append(chosen_rewards.mean().item())
         metrics[REWARD_REJECTED].append(rejected_rewards.mean().item())
         metrics[REWARD_ACCURACY].append((chosen_rewards > rejected_rewards).float().mean().item())
         metrics[REWARD_MARGIN].append((chosen_rewards - rejected_rewards).mean().item())
-        metrics[LOGPS_CHOSEN].append(gather(chosen.detach()).mean().item())
-        metrics[LOGPS_REJECTED].append(gather(rejected.detach()).mean().item())
+        metrics[LOGPS_CHOSEN].append(gather(logps.chosen.detach()).mean().item())
+        metrics[LOGPS_REJECTED].append(gather(logps.rejected.detach()).mean().item())

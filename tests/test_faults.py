@@ -252,7 +252,12 @@ BAD_INPUT = [
     ("cli-data-push-no-repo", cli("data", "push", "{bad}/good.jsonl"), ["Missing option '--repo-id'"], 2),
     ("cli-data-push-missing", cli("data", "push", "{bad}/nope", "--repo-id", "alice/x"), ["does not exist"], 2),
     ("cli-recipes-show-none", cli("recipes", "show"), ["Missing argument 'NAME'"], 2),
-    ("cli-recipes-show-bad", cli("recipes", "show", "tiny-ja", "--set", "training.beta=x"), ["expected a finite number"], 1),
+    (
+        "cli-recipes-show-bad",
+        cli("recipes", "show", "tiny-ja", "--set", "training.beta=x"),
+        ["expected a finite number"],
+        1,
+    ),
     ("cli-model-tiny-no-out", cli("model", "tiny"), ["Missing option '--out'"], 2),
     ("cli-quickstart-few", cli("quickstart", "--train-pairs", "2"), ["--train-pairs"], 2),
 ]

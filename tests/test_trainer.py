@@ -12,9 +12,17 @@ from conftest import tiny_overrides
 
 from dpo_recipe.config import load_recipe
 from dpo_recipe.data import load_preference_splits
+from dpo_recipe.errors import RecipeError
+from dpo_recipe.losses import PAIRWISE_LOSSES
 from dpo_recipe.model import load_model, load_tokenizer
-from dpo_recipe.train import dpo_config
-from dpo_recipe.trainer import PackedDPOTrainer, supports_packing
+from dpo_recipe.train import build_trainer, dpo_config
+from dpo_recipe.trainer import (
+    PackedDPOTrainer,
+    check_packable,
+    packing_limitation,
+    supports_packing,
+    unpackable_settings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +79,25 @@ def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), grads
 
 
-@pytest.mark.parametrize(
-    "losses",
-    [{"loss_type": ["sigmoid"]}, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}],
-    ids=["dpo", "rpo"],
-)
+# label_smoothing for the losses that read it (exo_pair needs it > 0); the others ignore it
+SMOOTHED = {"exo_pair", "robust", "aot", "aot_unpaired"}
+LOSS_CASES = {
+    "dpo": {"loss_type": ["sigmoid"]},
+    "rpo": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+    **{
+        name: {"loss_type": [name], **({"label_smoothing": 0.1} if name in SMOOTHED else {})}
+        for name in PAIRWISE_LOSSES
+        if name != "sigmoid"
+    },
+    "discopop-tau": {"loss_type": ["discopop"], "discopop_tau": 0.5},
+    "ipo+sft+hinge": {"loss_type": ["ipo", "sft", "hinge"], "loss_weights": [0.5, 0.2, 1.0]},
+}
+
+
+@pytest.mark.parametrize("losses", LOSS_CASES.values(), ids=LOSS_CASES.keys())
 def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path, losses: dict) -> None:
+    """Four pairs of unequal lengths: the per-token losses see different counts, aot sorts across the batch."""
+    assert set(LOSS_CASES) >= set(PAIRWISE_LOSSES) - {"sigmoid"}
     plain, packed = _trainers(setup, tmp_path / "cache", **losses)
     assert supports_packing(setup[0], packed.args)
     rows = [plain.train_dataset[i] for i in range(4)]
@@ -135,21 +156,29 @@ def test_supports_packing_on_the_recipe_defaults(setup) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"),
+    ("setting", "value", "named"),
     [
-        ("loss_type", ["ipo"]),
-        ("loss_type", ["sigmoid", "ipo"]),
-        ("ld_alpha", 0.5),
-        ("use_weighting", True),
-        ("f_divergence_type", "js_divergence"),
-        ("sync_ref_model", True),
+        ("loss_type", ["simpo"], "loss_type 'simpo'"),
+        ("loss_type", ["sigmoid", "orpo"], "loss_type 'orpo'"),
+        ("ld_alpha", 0.5, "ld_alpha"),
+        ("use_weighting", True, "use_weighting"),
+        ("f_divergence_type", "js_divergence", "f_divergence_type 'js_divergence'"),
+        ("sync_ref_model", True, "sync_ref_model"),
     ],
 )
-def test_configs_the_packed_loss_does_not_cover_fall_back_to_trl(setup, setting: str, value: object) -> None:
+def test_an_objective_the_packed_step_does_not_compute_is_refused_by_name(
+    setup, setting: str, value: object, named: str
+) -> None:
     model, _, _, args = setup
     changed = copy.deepcopy(args)
     setattr(changed, setting, value)
+    found = unpackable_settings(changed)
+    assert len(found) == 1 and named in found[0]
     assert not supports_packing(model, changed)
+    with pytest.raises(RecipeError) as err:
+        check_packable(changed)
+    assert named in str(err.value) and "Set training.packing: false" in str(err.value)
+    check_packable(args)  # the recipe defaults pack
 
 
 @pytest.mark.parametrize(("attention", "packed"), [("eager", True), ("sdpa", True), ("flash_attention_2", False)])
@@ -158,6 +187,9 @@ def test_packing_needs_attention_that_takes_a_block_mask(setup, attention: str, 
     other = copy.deepcopy(model)
     other.config._attn_implementation = attention
     assert supports_packing(other, args) is packed
+    assert (packing_limitation(other) is None) is packed
+    if not packed:
+        assert "'flash_attention_2' takes no block mask" in packing_limitation(other)
 
 
 def test_a_forward_without_logits_to_keep_falls_back_to_trl(setup) -> None:
@@ -168,3 +200,23 @@ def test_a_forward_without_logits_to_keep_falls_back_to_trl(setup) -> None:
             return input_ids
 
     assert not supports_packing(NoLogitsToKeep(), setup[3])
+    assert packing_limitation(NoLogitsToKeep()) == "NoLogitsToKeep.forward takes no logits_to_keep"
+
+
+def test_build_trainer_refuses_an_unpackable_objective_and_says_why_it_falls_back(
+    setup, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from trl import DPOTrainer
+
+    model, tokenizer, pairs, args = setup
+    recipe = load_recipe("tiny-ja", ["model.name_or_path=unused"])
+    rows = [dict(r) for r in pairs.select(range(4))]
+    weighted = copy.deepcopy(args)
+    weighted.use_weighting = True
+    with pytest.raises(RecipeError, match="use_weighting .*Set training.packing: false"):
+        build_trainer(recipe, weighted, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    eager_only = copy.deepcopy(model)
+    eager_only.config._attn_implementation = "flash_attention_2"
+    trainer = build_trainer(recipe, args, eager_only, tokenizer, rows, tmp_path)
+    assert type(trainer) is DPOTrainer
+    assert capsys.readouterr().out.count("training with plain DPOTrainer") == 1
