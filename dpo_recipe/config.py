@@ -100,10 +100,18 @@ class TrainingSection:
     beta: float = _key(0.1, "DPO temperature: how far the policy may move from the reference.", min_exclusive=0.0)
     loss_type: list[str] | str = _key(
         "sigmoid",
-        "TRL loss_type: one name or a list combined with loss_weights. The packed step computes 'sigmoid' (DPO) "
-        "and 'sft' (NLL of chosen; [sigmoid, sft] is RPO); other types train with plain DPOTrainer.",
+        "TRL loss_type: one name or a list combined with loss_weights. Every TRL 1.16 DPO loss, packed or not: "
+        "sigmoid (DPO), hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, "
+        "apo_down, discopop, sft (NLL of chosen; [sigmoid, sft] is RPO), sigmoid_norm. See dpo_recipe.losses.",
     )
     loss_weights: list[float] | None = _key(None, "TRL loss_weights: one weight per loss_type entry (default all 1).")
+    label_smoothing: float = _key(
+        0.0,
+        "TRL label_smoothing: the assumed share of flipped preference labels, read by robust, exo_pair "
+        "(which needs it > 0), aot and aot_unpaired.",
+        min=0.0,
+        max_exclusive=0.5,
+    )
     max_length: int = _key(128, "Tokens of prompt + completion; the end is truncated.", min=16)
     precision: str = _key(
         "auto",
@@ -369,6 +377,8 @@ def _check_range(value: Any, meta: Any) -> str | None:
         return f"must be > {meta['min_exclusive']}"
     if "max" in meta and value > meta["max"]:
         return f"must be <= {meta['max']}"
+    if "max_exclusive" in meta and value >= meta["max_exclusive"]:
+        return f"must be < {meta['max_exclusive']}"
     return None
 
 
@@ -381,6 +391,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
     losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
+    problems.extend(_loss_problems(losses, recipe.training.label_smoothing))
     weights = recipe.training.loss_weights
     if weights is not None and len(weights) != len(losses):
         problems.append(
@@ -388,6 +399,23 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         )
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def _loss_problems(losses: list[str], label_smoothing: float) -> list[str]:
+    """Unknown loss names, and exo_pair without the label_smoothing its target needs (TRL refuses it late)."""
+    from dpo_recipe.losses import PAIRWISE_LOSSES  # imports torch; the one source of the loss names
+
+    known = ", ".join(PAIRWISE_LOSSES)
+    problems = [
+        f"training.loss_type: unknown loss {name!r}; known: {known}{_suggest(name, PAIRWISE_LOSSES)}"
+        for name in losses
+        if name not in PAIRWISE_LOSSES
+    ]
+    if not losses:
+        problems.append("training.loss_type: expected at least one loss name")
+    if "exo_pair" in losses and label_smoothing == 0:
+        problems.append("training.label_smoothing: exo_pair needs it > 0 (its target is 1 - eps and eps), got 0.0")
     return problems
 
 

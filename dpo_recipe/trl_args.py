@@ -28,6 +28,7 @@ RECIPE_TO_DPO_CONFIG: dict[str, str] = {
     "training.beta": "beta",
     "training.loss_type": "loss_type",
     "training.loss_weights": "loss_weights",
+    "training.label_smoothing": "label_smoothing",
     "training.max_length": "max_length",
     "training.activation_checkpointing": "activation_checkpointing",
     "training.disable_dropout": "disable_dropout",

@@ -124,3 +124,28 @@ def test_float_keys_are_the_ones_the_objective_and_optimizer_read() -> None:
     assert {"training.learning_rate", "training.beta", "training.max_grad_norm", "training.loss_weights"} <= set(
         FLOAT_KEYS
     )
+
+
+def test_loss_type_names_are_checked_with_a_suggestion() -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["training.loss_type=[sigmoid, ipoo]"])
+    message = str(err.value)
+    assert "training.loss_type: unknown loss 'ipoo'; known: sigmoid, hinge, ipo," in message
+    assert "sigmoid_norm; did you mean ipo?" in message
+    with pytest.raises(RecipeError, match="training.loss_type: unknown loss 'simpo'"):
+        load_recipe("tiny-ja", ["training.loss_type=simpo"])  # reference-free: not a DPOTrainer loss in TRL 1.16
+    with pytest.raises(RecipeError, match="training.loss_type: expected at least one loss name"):
+        load_recipe("tiny-ja", ["training.loss_type=[]"])
+    assert load_recipe("tiny-ja", ["training.loss_type=[ipo, sft]"]).training.loss_type == ["ipo", "sft"]
+
+
+def test_label_smoothing_is_a_share_below_one_half_and_exo_pair_needs_it() -> None:
+    assert load_recipe("tiny-ja").training.label_smoothing == 0.0
+    with pytest.raises(RecipeError, match=r"training.label_smoothing: must be < 0.5, got 0.5"):
+        load_recipe("tiny-ja", ["training.label_smoothing=0.5"])
+    with pytest.raises(RecipeError, match=r"training.label_smoothing: must be >= 0.0, got -0.1"):
+        load_recipe("tiny-ja", ["training.label_smoothing=-0.1"])
+    with pytest.raises(RecipeError, match="training.label_smoothing: exo_pair needs it > 0"):
+        load_recipe("tiny-ja", ["training.loss_type=exo_pair"])
+    recipe = load_recipe("tiny-ja", ["training.loss_type=exo_pair", "training.label_smoothing=0.1"])
+    assert recipe.training.label_smoothing == 0.1

@@ -15,6 +15,7 @@ def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
         "training.gradient_accumulation_steps=3",
         "training.lr_scheduler=cosine",
         "training.loss_type=ipo",
+        "training.label_smoothing=0.2",
         "training.save_steps=7",
         "eval.batch_size=5",
     ]
@@ -26,6 +27,7 @@ def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
         assert received == ([value] if field == "loss_type" else value), key
     assert (args.beta, args.learning_rate, args.gradient_accumulation_steps) == (0.3, 0.002, 3)
     assert args.loss_type == ["ipo"] and args.save_steps == 7 and args.per_device_eval_batch_size == 5
+    assert args.label_smoothing == 0.2
     assert args.lr_scheduler_type.value == "cosine"
     assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16
 
