@@ -79,7 +79,7 @@ def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), grads
 
 
-# label_smoothing for the losses that read it (exo_pair needs it > 0); the others ignore it
+# label_smoothing for the losses that read it (exo_pair needs it > 0, robust is DPO at 0)
 SMOOTHED = {"exo_pair", "robust", "aot", "aot_unpaired"}
 LOSS_CASES = {
     "dpo": {"loss_type": ["sigmoid"]},
@@ -96,8 +96,8 @@ LOSS_CASES = {
 
 @pytest.mark.parametrize("losses", LOSS_CASES.values(), ids=LOSS_CASES.keys())
 def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path, losses: dict) -> None:
-    """Four pairs of unequal lengths: the per-token losses see different counts, aot sorts across the batch."""
-    assert set(LOSS_CASES) >= set(PAIRWISE_LOSSES) - {"sigmoid"}
+    """Every loss of the table on four pairs: ipo and sigmoid_norm divide by each answer's own token count,
+    aot and aot_unpaired sort across the batch."""
     plain, packed = _trainers(setup, tmp_path / "cache", **losses)
     assert supports_packing(setup[0], packed.args)
     rows = [plain.train_dataset[i] for i in range(4)]
