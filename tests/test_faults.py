@@ -233,6 +233,12 @@ BAD_INPUT = [
     ("cli-train-resume-overwrite", cli("train", "--recipe", "tiny-ja", "--resume", "--overwrite"), ["contradict"], 2),
     ("cli-train-processes", cli("train", "--recipe", "tiny-ja", "--num-processes", "0"), ["--num-processes"], 2),
     ("cli-train-bad-set", cli("train", "--recipe", "tiny-ja", "--set", "lora.r=0"), ["lora.r: must be >= 1"], 1),
+    (
+        "cli-train-unknown-loss",
+        cli("train", "--recipe", "tiny-ja", "--set", "training.loss_type=dpo"),
+        ["training.loss_type: unknown loss 'dpo'", "known: sigmoid, hinge"],
+        1,
+    ),
     ("cli-push-no-dir", cli("push"), ["Missing argument 'OUTPUT_DIR'"], 2),
     ("cli-push-no-repo", cli("push", "{bad}/adapter"), ["Missing option '--repo-id'"], 2),
     ("cli-push-missing-dir", cli("push", "{bad}/nope", "--repo-id", "alice/x"), ["does not exist"], 2),
