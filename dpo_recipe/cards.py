@@ -152,6 +152,7 @@ def render_model_card(
             f"{lora.r} / {lora.alpha} / {lora.dropout}",
         ),
         ("lora.target_modules", "LoraConfig target_modules", lora.target_modules),
+        ("lora.trainable_tokens", "LoraConfig trainable_token_indices", lora.trainable_tokens or "none"),
         ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
     ]
     summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."

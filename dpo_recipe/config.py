@@ -60,6 +60,12 @@ class LoraSection:
         0.05, "Dropout on the LoRA input (active only if training.disable_dropout is false).", min=0.0, max=1.0
     )
     target_modules: list[str] | str = _key(["q_proj", "v_proj"], "Module names to adapt, or 'all-linear'.")
+    trainable_tokens: list[str] = _key(
+        [],
+        "Tokens whose embedding rows train too (PEFT trainable_token_indices; with tied embeddings, their LM-head "
+        "rows as well). A base model never trained the turn markers its chat template adds, so LoRA alone cannot "
+        "teach it to end a turn: name them here, e.g. ['<start_of_turn>', '<end_of_turn>'].",
+    )
 
 
 @dataclass

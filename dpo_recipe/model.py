@@ -118,6 +118,23 @@ def check_lora_targets(target_modules: list[str] | str, model: Any) -> None:
         )
 
 
+def trainable_token_ids(tokens: list[str], tokenizer: Any) -> list[int]:
+    """The vocabulary ids of ``lora.trainable_tokens``, each of which must be one whole token."""
+    ids, problems = [], []
+    for token in tokens:
+        pieces = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1:
+            ids.append(pieces[0])
+        else:
+            problems.append(f"{token!r} is {len(pieces)} tokens")
+    if problems:
+        raise ModelError(
+            f"lora.trainable_tokens: {'; '.join(problems)} in this tokenizer; each entry must be one token "
+            "(the chat template's markers, as the tokenizer spells them). Remove it or fix its spelling."
+        )
+    return ids
+
+
 def load_model(model: ModelSection) -> Any:
     import torch
     from transformers import AutoModelForCausalLM

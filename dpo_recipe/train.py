@@ -24,7 +24,7 @@ from dpo_recipe.config import Recipe
 from dpo_recipe.data import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.hardware import check_hardware
-from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model
+from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.run_context import RunContext
 from dpo_recipe.run_dir import (
@@ -187,6 +187,7 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict]
     tokenizer = load_tokenizer(recipe.model)
     skeleton = skeleton_model(recipe.model)
     check_lora_targets(recipe.lora.target_modules, skeleton)
+    trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if report:
         print(dry_run_report(recipe, tokens, skeleton, lint_warnings=len(lint_report.findings)))
@@ -276,6 +277,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         lora_alpha=recipe.lora.alpha,
         lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules,
+        trainable_token_indices=trainable_token_ids(recipe.lora.trainable_tokens, tokenizer) or None,
         task_type="CAUSAL_LM",
     )
     trainer_class, extra = DPOTrainer, {}
@@ -286,6 +288,13 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
             trainer_class, extra = PackedDPOTrainer, {"ref_cache_dir": cache_root() / "reference_logps"}
         elif args.process_index == 0:
             print(f"training.packing: {limitation}; training with plain DPOTrainer (padded pairs, the same loss).")
+    tied = model.config.get_text_config().tie_word_embeddings
+    if trainer_class is DPOTrainer and recipe.lora.trainable_tokens and tied:
+        raise RecipeError(
+            "lora.trainable_tokens: on a model with tied embeddings these rows train only on the packed path "
+            "(TRL's DPOTrainer reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks). Set "
+            "training.packing: true, or remove lora.trainable_tokens."
+        )
     if trainer_class is DPOTrainer:  # padded batches re-allocate big buffers every step (perf.py); packed rows don't
         keep_freed_memory_in_heap()
     trainer = trainer_class(

@@ -95,3 +95,16 @@ def test_builtin_tiny_is_built_once_and_cached() -> None:
     mtime = (Path(first) / "config.json").stat().st_mtime_ns
     assert resolve_model_source(ModelSection(name_or_path="builtin:tiny")) == first
     assert (Path(first) / "config.json").stat().st_mtime_ns == mtime
+
+
+def test_trainable_tokens_must_each_be_one_token(tiny_model: Path) -> None:
+    from dpo_recipe.model import load_tokenizer, trainable_token_ids
+
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_model)))
+    assert trainable_token_ids(["<|im_start|>", "<|im_end|>"], tokenizer) == [
+        tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+    assert trainable_token_ids([], tokenizer) == []
+    with pytest.raises(ModelError, match=r"lora.trainable_tokens: '<end_of_turn>' is \d+ tokens in this tokenizer"):
+        trainable_token_ids(["<|im_end|>", "<end_of_turn>"], tokenizer)

@@ -37,7 +37,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_model(recipe.model), tokenizer, pairs, args
 
 
-def _trainers(setup, cache: Path | None, **settings: object):
+def _trainers(setup, cache: Path | None, lora: dict | None = None, **settings: object):
     """TRL's trainer and ours on copies of one model, each adding a fresh LoRA adapter as in training.
 
     The B matrices are then set to the same random values in both, so the policy differs from the
@@ -57,13 +57,13 @@ def _trainers(setup, cache: Path | None, **settings: object):
             args=args,
             train_dataset=pairs,
             processing_class=tokenizer,
-            peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+            peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"], **(lora or {})),
             **extra,
         )
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for name, param in sorted(trainer.model.named_parameters()):
-                if "lora_" in name:
+                if "lora_" in name or "trainable_tokens_delta" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
         trainers.append(trainer)
     return trainers
@@ -114,6 +114,39 @@ def test_loss_and_lora_gradients_match_trl(setup, tmp_path: Path, losses: dict) 
         expected = pytest.approx(plain._metrics["train"][key][-1], rel=1e-4, abs=1e-5)
         assert packed._metrics["train"][key][-1] == expected, key
     assert packed._metrics["train"]["rewards/accuracies"] == plain._metrics["train"]["rewards/accuracies"]
+
+
+def test_trainable_token_rows_train_on_the_packed_path_and_stay_off_in_the_reference(setup, tmp_path: Path) -> None:
+    """lora.trainable_tokens (PEFT trainable_token_indices): the packed forward reads the trained rows
+    (its log-probs equal a plain forward of each sequence), gradients reach them, and with the
+    adapter off (the reference, the held-out "base") the rows are the base's.
+
+    TRL 1.16's own DPOTrainer cannot be the yardstick here: its fused LM head reads ``lm_head.bias``,
+    which PEFT's wrapper of a tied LM head does not have, so training with plain DPOTrainer fails."""
+    from dpo_recipe.packing import PackedPairs, pair_logps, truncated
+
+    model, tokenizer, pairs, _ = setup
+    tokens = tokenizer(pairs[0]["chosen"], add_special_tokens=False)["input_ids"][:2]  # rows the batch reads
+    _, packed = _trainers(setup, tmp_path / "cache", lora={"trainable_token_indices": tokens})
+    rows = [packed.train_dataset[i] for i in range(4)]
+    loss, grads = _loss_and_grads(packed, packed.data_collator(rows))
+    token_grads = [name for name in grads if "trainable_tokens_delta" in name]
+    assert token_grads and all(grads[name].abs().max() > 0 for name in token_grads)
+
+    policy = packed.model.eval()
+    batch = packed.data_collator(rows)
+    batch.pop("ref_chosen_logps"), batch.pop("ref_rejected_logps")
+    with torch.no_grad():
+        chosen, _ = pair_logps(policy, PackedPairs(**batch))
+        for i, row in enumerate(rows):  # one plain forward over prompt + chosen, no packing, no index
+            prompt, answer, _ = truncated(row, packed.args.max_length)
+            ids = torch.tensor([prompt + answer])
+            logps = policy(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+            assert chosen[i].item() == pytest.approx(logps[len(prompt) - 1 :].sum().item(), rel=1e-5)
+    base_rows = model.get_input_embeddings().weight[tokens]
+    assert not torch.equal(packed.model.get_input_embeddings()(torch.tensor(tokens)), base_rows)
+    with packed.model.disable_adapter():
+        assert torch.equal(packed.model.get_input_embeddings()(torch.tensor(tokens)), base_rows)
 
 
 def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
@@ -220,3 +253,19 @@ def test_build_trainer_refuses_an_unpackable_objective_and_says_why_it_falls_bac
     trainer = build_trainer(recipe, args, eager_only, tokenizer, rows, tmp_path)
     assert type(trainer) is DPOTrainer
     assert capsys.readouterr().out.count("training with plain DPOTrainer") == 1
+
+
+def test_build_trainer_refuses_trainable_tokens_where_trl_cannot_train_them(setup, tmp_path: Path) -> None:
+    model, tokenizer, pairs, args = setup
+    rows = [dict(r) for r in pairs.select(range(4))]
+    token = "<|im_end|>"  # the tiny tokenizer's turn end, one token
+    unpacked = load_recipe("tiny-ja", ["model.name_or_path=unused", "training.packing=false"])
+    unpacked.lora.trainable_tokens = [token]
+    assert model.config.tie_word_embeddings
+    with pytest.raises(RecipeError, match="lora.trainable_tokens: on a model with tied embeddings.*packing: true"):
+        build_trainer(unpacked, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    packed = load_recipe("tiny-ja", ["model.name_or_path=unused"])
+    packed.lora.trainable_tokens = [token]
+    trainer = build_trainer(packed, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    assert type(trainer) is PackedDPOTrainer
+    assert any("trainable_tokens_delta" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
