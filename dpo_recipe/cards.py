@@ -153,6 +153,7 @@ def render_model_card(
         ),
         ("lora.target_modules", "LoraConfig target_modules", lora.target_modules),
         ("lora.trainable_tokens", "LoraConfig trainable_token_indices", lora.trainable_tokens or "none"),
+        ("lora.token_learning_rate", "their optimizer group's lr", lora.token_learning_rate or "as training"),
         ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
     ]
     summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."

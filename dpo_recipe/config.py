@@ -66,6 +66,12 @@ class LoraSection:
         "rows as well). A base model never trained the turn markers its chat template adds, so LoRA alone cannot "
         "teach it to end a turn: name them here, e.g. ['<start_of_turn>', '<end_of_turn>'].",
     )
+    token_learning_rate: float | None = _key(
+        None,
+        "Peak learning rate of the trainable_tokens rows (default: training.learning_rate). Untrained rows have "
+        "far to go and are few parameters; at LoRA's rate they move too little in a short run.",
+        min_exclusive=0.0,
+    )
 
 
 @dataclass

@@ -267,6 +267,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.perf import keep_freed_memory_in_heap
     from dpo_recipe.resources import cache_root
+    from dpo_recipe.token_rows import use_sparse_token_rows
     from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
@@ -285,7 +286,11 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         check_packable(args)  # an objective the user chose never silently trains some other way
         limitation = packing_limitation(model)
         if limitation is None:
-            trainer_class, extra = PackedDPOTrainer, {"ref_cache_dir": cache_root() / "reference_logps"}
+            trainer_class = PackedDPOTrainer
+            extra = {
+                "ref_cache_dir": cache_root() / "reference_logps",
+                "token_learning_rate": recipe.lora.token_learning_rate,
+            }
         elif args.process_index == 0:
             print(f"training.packing: {limitation}; training with plain DPOTrainer (padded pairs, the same loss).")
     tied = model.config.get_text_config().tie_word_embeddings
@@ -307,6 +312,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
         **extra,
     )
+    use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LiveMetricsProgress())
     return trainer

@@ -122,14 +122,33 @@ class PackedCollator:
 class PackedDPOTrainer(DPOTrainer):
     """DPOTrainer for LoRA adapters with packed rows and reference log-probs precomputed and cached on disk."""
 
-    def __init__(self, *args: Any, ref_cache_dir: Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, ref_cache_dir: Path | None = None, token_learning_rate: float | None = None, **kwargs: Any
+    ) -> None:
         dpo_args = kwargs["args"]
+        self.token_learning_rate = token_learning_rate
         kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length))
         super().__init__(*args, **kwargs)
         if not hasattr(self.model, "peft_config"):
             raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
         self.ref_cache_dir = ref_cache_dir
         self.train_dataset = self._with_reference_logps(self.train_dataset, "train")
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """Transformers' optimizer, with the trained token rows (``lora.trainable_tokens``) in a group of their
+        own at ``token_learning_rate``; the schedule scales every group alike."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if not fresh or self.token_learning_rate is None:
+            return optimizer
+        model = self.model if model is None else model
+        rows = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n and p.requires_grad]
+        if rows:
+            moved = {id(p) for p in rows}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in moved]
+            optimizer.add_param_group({"params": rows, "lr": self.token_learning_rate, "weight_decay": 0.0})
+        return optimizer
 
     # ---- reference log-probs, once ---------------------------------------------------------------
     def _with_reference_logps(self, dataset: Any, name: str) -> Any:

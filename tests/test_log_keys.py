@@ -12,4 +12,3 @@ def test_every_reward_key_is_logged_by_trl_under_that_name() -> None:
     for key in REWARD_KEYS:
         assert f'["{key}"]' in source, key  # self._metrics[mode]["rewards/chosen"].append(...)
     assert len(set(REWARD_KEYS)) == len(REWARD_KEYS) == 6
-

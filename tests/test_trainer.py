@@ -269,3 +269,23 @@ def test_build_trainer_refuses_trainable_tokens_where_trl_cannot_train_them(setu
     trainer = build_trainer(packed, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
     assert type(trainer) is PackedDPOTrainer
     assert any("trainable_tokens_delta" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_trained_token_rows_get_their_own_learning_rate(setup, tmp_path: Path) -> None:
+    model, tokenizer, pairs, args = setup
+    rows = [dict(r) for r in pairs.select(range(4))]
+    recipe = load_recipe("tiny-ja", ["model.name_or_path=unused", "lora.token_learning_rate=0.003"])
+    recipe.lora.trainable_tokens = ["<|im_end|>"]
+    trainer = build_trainer(recipe, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    rows_group = trainer.optimizer.param_groups[-1]
+    named = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert rows_group["lr"] == pytest.approx(0.003) and rows_group["weight_decay"] == 0.0
+    assert [named[id(p)].rsplit(".", 2)[-2:] for p in rows_group["params"]] == [["trainable_tokens_delta", "default"]]
+    others = [named[id(p)] for group in trainer.optimizer.param_groups[:-1] for p in group["params"]]
+    assert others and all("lora_" in name for name in others)  # every LoRA matrix, once, at the recipe's rate
+    assert {g["lr"] for g in trainer.optimizer.param_groups[:-1]} == {args.learning_rate}
+    before = trainer.optimizer.param_groups[-1]["lr"]
+    trainer.lr_scheduler.step()  # the linear schedule scales both rates alike
+    ratio = trainer.optimizer.param_groups[-1]["lr"] / before
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(args.learning_rate * ratio)
