@@ -52,6 +52,7 @@ def greedy_answer(
 
     ``repetition_penalty`` and ``no_repeat_ngram_size`` are transformers' own decoding options: a
     model this small loops under pure greedy decoding, and these are what keeps it from doing so.
+    The penalty counts the answer's tokens only, not the question's (``greedy_batch``).
     """
     decoding = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
     return greedy_batch(model, tokenizer, [text], max_new_tokens, **decoding)[0]
@@ -72,6 +73,7 @@ def greedy_batch(
     the LM head are read once a step either way), so the held-out answers are generated together.
     """
     import torch
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     # a rendered chat prompt already holds its BOS; plain text gets the tokenizer's specials, as in training
     encoded = [tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts]
@@ -84,9 +86,13 @@ def greedy_batch(
         "do_sample": False,
         "pad_token_id": pad_id,
         "eos_token_id": turn_end_ids(tokenizer),
-        "repetition_penalty": repetition_penalty,
         "no_repeat_ngram_size": no_repeat_ngram_size,
     }
+    if repetition_penalty != 1.0:
+        # transformers' processor, counting only the answer's tokens: a penalty on the question's own words
+        # made the model shorten the topic it was asked about (「主成分分析」 -> 「主成分とは」)
+        penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width)
+        settings["logits_processor"] = LogitsProcessorList([penalty])
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **settings

@@ -161,7 +161,8 @@ class EvalSection:
     max_new_tokens: int = _key(64, "Token budget of those answers.", min=1)
     repetition_penalty: float = _key(
         1.0,
-        "Decoding: divide the logits of tokens already written (transformers' repetition_penalty; 1 = off). "
+        "Decoding: divide the logits of tokens the answer already wrote (transformers' repetition_penalty, "
+        "not counting the question's tokens, so the topic asked about may be named; 1 = off). "
         "Base and tuned model answer under the same settings, and the report and card say which.",
         min=1.0,
     )

@@ -55,5 +55,7 @@ def sparse_forward(layer: Any, x: torch.Tensor, active_adapters: list[str], *arg
             trained = trained * scale.to(trained.dtype)
         return torch.where((slot >= 0)[..., None], trained, result)
     if isinstance(base, torch.nn.Linear):  # an LM head tied to the embedding
-        return base(x).index_copy(-1, index, F.linear(x, delta.to(x.dtype)))
+        # in place: the frozen projection keeps no output for its backward, so overwriting it is safe and
+        # saves a copy of the logits
+        return base(x).index_copy_(-1, index, F.linear(x, delta.to(x.dtype)))
     return TrainableTokensLayer.forward_adapters(layer, x, active_adapters, *args, **kwargs)

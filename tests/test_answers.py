@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from dpo_recipe.answers import greedy_answer, greedy_answers, prompt_text
+from dpo_recipe.answers import greedy_answer, greedy_answers, greedy_batch, prompt_text
 from dpo_recipe.config import load_recipe
 from dpo_recipe.model import load_model, load_tokenizer
 from dpo_recipe.tiny import CHAT_TEMPLATE
@@ -71,3 +71,21 @@ def test_generation_stops_at_the_chat_templates_turn_end(tiny_model) -> None:
     assert turn_end_ids(gemma) == [gemma.eos_token_id]  # the tiny vocabulary spells <end_of_turn> in pieces
     gemma.add_special_tokens({"additional_special_tokens": ["<end_of_turn>"]})
     assert turn_end_ids(gemma) == [gemma.eos_token_id, gemma.convert_tokens_to_ids("<end_of_turn>")]
+
+
+def test_repetition_penalty_counts_the_answer_not_the_question(tiny) -> None:
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    model, tokenizer = tiny
+    texts = ["AIとは何ですか？", "機械学習とは何ですか？ 教師あり学習との違いも教えてください。"]
+    answers = greedy_batch(model, tokenizer, texts, 12, repetition_penalty=3.0)  # one batch, left-padded
+    for text, answer in zip(texts, answers, strict=True):
+        ids = tokenizer(text, return_tensors="pt")
+        penalty = RepetitionPenaltyLogitsProcessor(3.0, prompt_ignore_length=ids["input_ids"].shape[1])
+        with torch.no_grad():  # transformers' own processor, told where the question ends
+            processors = LogitsProcessorList([penalty])
+            out = model.generate(**ids, max_new_tokens=12, do_sample=False, logits_processor=processors)
+        expected = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        assert answer == expected
+    plain = greedy_answer(model, tokenizer, texts[1], 12)
+    assert greedy_answer(model, tokenizer, texts[1], 12, repetition_penalty=3.0) != plain  # the penalty acts
