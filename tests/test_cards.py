@@ -24,7 +24,9 @@ def test_hyperparameter_table_lists_every_mapped_key_under_both_names() -> None:
     assert rows["eval.batch_size"] == ("per_device_eval_batch_size", "2")
     assert rows["training.lr_scheduler"] == ("lr_scheduler_type", recipe.training.lr_scheduler)
     assert rows["training pairs"] == ("train_dataset", "48")
-    assert len(rows) == len(RECIPE_TO_DPO_CONFIG) + 4  # precision, LoRA shape, LoRA targets, pairs
+    assert rows["lora.trainable_tokens"] == ("LoraConfig trainable_token_indices", "none")
+    assert rows["lora.token_learning_rate"] == ("their optimizer group's lr", "as training")
+    assert len(rows) == len(RECIPE_TO_DPO_CONFIG) + 6  # precision, LoRA shape, targets, token rows and rate, pairs
 
 
 def test_card_names_the_recipe_and_the_reproduce_command() -> None:
