@@ -118,6 +118,11 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, default=192)
     parser.add_argument("--out", type=Path, help="Also write the Markdown table here.")
     args = parser.parse_args()
+    from dpo_recipe.config import load_recipe
+    from dpo_recipe.model import resolve_model_source
+
+    for extra in MODELS.values():  # convert each GGUF once, outside the timings
+        resolve_model_source(load_recipe(RECIPE, list(extra)).model)
     with tempfile.TemporaryDirectory(prefix="base-models-") as work:
         results = {name: run(name, extra, args.train_pairs, Path(work)) for name, extra in MODELS.items()}
     text = table(results, args.train_pairs)
