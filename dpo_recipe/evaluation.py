@@ -10,8 +10,10 @@ so only completion positions go through the vocabulary-sized LM head), and the m
 gathers them, summarises them with the ``dpo_preference`` metric (overall, by rejection type, by
 domain) and renders Markdown. One pass gives each answer's log-prob under the tuned model
 (adapter on) and the base (adapter off, the DPO reference): that yields the implicit rewards and,
-from the base alone, the "before" log-likelihood accuracy. Charts are drawn by ``plots``, the
-base-versus-tuned answers by ``answers``. ``build_parser`` is the one definition of the flags.
+from the base alone, the "before" log-likelihood accuracy. A reference-free objective (SimPO,
+ORPO) is scored by its own implicit reward, beta x mean log-prob, and the report names it.
+Charts are drawn by ``plots``, the base-versus-tuned answers by ``answers``. ``build_parser`` is
+the one definition of the flags.
 """
 
 from __future__ import annotations
