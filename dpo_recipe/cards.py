@@ -17,7 +17,7 @@ from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
 from dpo_recipe.resources import packaged_dir
 from dpo_recipe.tokens import length_percentiles
-from dpo_recipe.trl_args import mapped_hyperparameters
+from dpo_recipe.trl_args import RECIPE_TO_OBJECTIVE, mapped_hyperparameters, recipe_value
 
 ADAPTER_PLACEHOLDER = "./path/to/adapter"  # replaced by the repo id when the adapter is pushed
 
@@ -156,6 +156,14 @@ def render_model_card(
         ("lora.token_learning_rate", "their optimizer group's lr", lora.token_learning_rate or "as training"),
         ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
     ]
+    from dpo_recipe.losses import is_reference_free  # imports torch
+
+    losses = recipe.training.loss_type
+    if is_reference_free([losses] if isinstance(losses, str) else losses):  # SimPO / ORPO read CPOConfig's fields
+        hyperparameters[-1:-1] = [
+            (key, f"CPOConfig {field} (PackedDPOTrainer)", recipe_value(recipe, key))
+            for key, field in RECIPE_TO_OBJECTIVE.items()
+        ]
     summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
     return ModelCard.from_template(
         data,

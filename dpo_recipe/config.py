@@ -109,20 +109,40 @@ class TrainingSection:
     lr_scheduler: str = _key("linear", "Learning-rate schedule (transformers name).")
     warmup_steps: int = _key(0, "Linear warm-up steps.", min=0)
     max_grad_norm: float = _key(1.0, "Gradient clipping norm.", min_exclusive=0.0)
-    beta: float = _key(0.1, "DPO temperature: how far the policy may move from the reference.", min_exclusive=0.0)
+    beta: float = _key(
+        0.1,
+        "DPO temperature: how far the policy may move from the reference. For simpo it scales the mean "
+        "log-prob margin (the SimPO paper uses about 2 to 2.5); for orpo it is lambda, the odds-ratio term's weight.",
+        min_exclusive=0.0,
+    )
     loss_type: list[str] | str = _key(
         "sigmoid",
         "TRL loss_type: one name or a list combined with loss_weights. Every TRL 1.16 DPO loss, packed or not: "
         "sigmoid (DPO), hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, "
-        "apo_down, discopop, sft (NLL of chosen; [sigmoid, sft] is RPO), sigmoid_norm. See dpo_recipe.losses.",
+        "apo_down, discopop, sft (NLL of chosen; [sigmoid, sft] is RPO), sigmoid_norm. Reference-free, alone and "
+        "packed only (no reference pass runs): simpo (TRL's CPOTrainer loss_type simpo; reads simpo_gamma, "
+        "cpo_alpha, label_smoothing) and orpo (TRL's ORPOTrainer: NLL of prompt and chosen answer, less beta x "
+        "log-sigmoid of the log odds ratio). See dpo_recipe.losses.",
     )
     loss_weights: list[float] | None = _key(None, "TRL loss_weights: one weight per loss_type entry (default all 1).")
     label_smoothing: float = _key(
         0.0,
         "TRL label_smoothing: the assumed share of flipped preference labels, read by robust, exo_pair "
-        "(which needs it > 0), aot and aot_unpaired.",
+        "(which needs it > 0), aot, aot_unpaired and simpo.",
         min=0.0,
         max_exclusive=0.5,
+    )
+    simpo_gamma: float = _key(
+        0.5,
+        "TRL simpo_gamma (CPOConfig): SimPO's target reward margin gamma; the loss is -log sigmoid(beta x "
+        "(mean log-prob margin) - gamma). Read by loss_type simpo only.",
+        min=0.0,
+    )
+    cpo_alpha: float = _key(
+        0.0,
+        "TRL cpo_alpha (CPOConfig): weight of the NLL of the chosen answers added to simpo. 0 is SimPO as its "
+        "paper has it (TRL's CPOConfig default, 1.0, is CPO-SimPO). Read by loss_type simpo only.",
+        min=0.0,
     )
     max_length: int = _key(128, "Tokens of prompt + completion; the end is truncated.", min=16)
     precision: str = _key(
@@ -404,7 +424,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
     losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
-    problems.extend(_loss_problems(losses, recipe.training.label_smoothing))
+    problems.extend(_loss_problems(losses, recipe.training.label_smoothing, recipe.training.packing))
     weights = recipe.training.loss_weights
     if weights is not None and len(weights) != len(losses):
         problems.append(
@@ -415,16 +435,25 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     return problems
 
 
-def _loss_problems(losses: list[str], label_smoothing: float) -> list[str]:
-    """Unknown loss names, and exo_pair without the label_smoothing its target needs (TRL refuses it late)."""
-    from dpo_recipe.losses import PAIRWISE_LOSSES  # imports torch; the one source of the loss names
+def _loss_problems(losses: list[str], label_smoothing: float, packing: bool = True) -> list[str]:
+    """Unknown loss names, exo_pair without the label_smoothing its target needs (TRL refuses it late), and a
+    reference-free loss (simpo, orpo) mixed with others or without packing (DPOTrainer computes neither)."""
+    from dpo_recipe.losses import LOSSES, is_reference_free, mixing_problem  # imports torch; the loss names
 
-    known = ", ".join(PAIRWISE_LOSSES)
+    known = ", ".join(LOSSES)
     problems = [
-        f"training.loss_type: unknown loss {name!r}; known: {known}{_suggest(name, PAIRWISE_LOSSES)}"
+        f"training.loss_type: unknown loss {name!r}; known: {known}{_suggest(name, LOSSES)}"
         for name in losses
-        if name not in PAIRWISE_LOSSES
+        if name not in LOSSES
     ]
+    mixing = mixing_problem(losses)
+    if mixing:
+        problems.append(f"training.loss_type: {mixing}")
+    elif is_reference_free(losses) and not packing:
+        problems.append(
+            f"training.packing: {losses[0]} trains on the packed path only (TRL's DPOTrainer does not compute it); "
+            "set it true"
+        )
     if not losses:
         problems.append("training.loss_type: expected at least one loss name")
     if "exo_pair" in losses and label_smoothing == 0:

@@ -10,8 +10,10 @@ so only completion positions go through the vocabulary-sized LM head), and the m
 gathers them, summarises them with the ``dpo_preference`` metric (overall, by rejection type, by
 domain) and renders Markdown. One pass gives each answer's log-prob under the tuned model
 (adapter on) and the base (adapter off, the DPO reference): that yields the implicit rewards and,
-from the base alone, the "before" log-likelihood accuracy. Charts are drawn by ``plots``, the
-base-versus-tuned answers by ``answers``. ``build_parser`` is the one definition of the flags.
+from the base alone, the "before" log-likelihood accuracy. A reference-free objective (SimPO,
+ORPO) is scored by its own implicit reward, beta x mean log-prob, and the report names it.
+Charts are drawn by ``plots``, the base-versus-tuned answers by ``answers``. ``build_parser`` is
+the one definition of the flags.
 """
 
 from __future__ import annotations
@@ -79,23 +81,45 @@ def score_pairs(
     return scored
 
 
-def summarise(scored: list[dict[str, Any]], beta: float) -> dict[str, Any]:
-    """The metric over all records (``overall``) and per value of each breakdown (``by_<key>``).
+def implicit_reward(loss_type: str | list[str]) -> tuple[bool, str]:
+    """Whether the objective's implicit reward is reference-free, and its description for the report.
+
+    DPO's losses reward beta x (policy - reference) log-prob; SimPO and ORPO, which train without a
+    reference, beta x mean log-prob per completion token (TRL's CPO / ORPO trainers' reward).
+    """
+    from dpo_recipe.losses import REFERENCE_FREE_LOSSES
+
+    names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    free = [name for name in names if name in REFERENCE_FREE_LOSSES]
+    if free:
+        return True, f"{free[0]}: beta x mean log-prob"
+    return False, "dpo: beta x (policy - reference) log-prob"
+
+
+def summarise(scored: list[dict[str, Any]], beta: float, loss_type: str | list[str] = "sigmoid") -> dict[str, Any]:
+    """The metric over all records (``overall``) and per value of each breakdown (``by_<key>``), with the
+    implicit reward of ``loss_type`` (``implicit_reward``), named under ``"reward"``.
 
     Also writes each record's ``reward_margin`` into it, for the margin histogram.
     """
     metric = load_metric()
     inputs = list(metric.features)
+    reference_free, reward = implicit_reward(loss_type)
 
     def compute(subset: list[dict[str, Any]]) -> dict[str, Any]:
-        return metric.compute(**{k: [s[k] for s in subset] for k in inputs}, beta=beta)
+        columns = {k: [s[k] for s in subset] for k in inputs}
+        return metric.compute(**columns, beta=beta, reference_free=reference_free)
 
-    report: dict[str, Any] = {"beta": beta, "overall": compute(scored)}
+    report: dict[str, Any] = {"beta": beta, "reward": reward, "overall": compute(scored)}
     for s in scored:
-        s["reward_margin"] = beta * (
-            (s["policy_chosen_logps"] - s["reference_chosen_logps"])
-            - (s["policy_rejected_logps"] - s["reference_rejected_logps"])
-        )
+        if reference_free:
+            margin = s["policy_chosen_logps"] / max(s["chosen_tokens"], 1)
+            margin -= s["policy_rejected_logps"] / max(s["rejected_tokens"], 1)
+        else:
+            margin = (s["policy_chosen_logps"] - s["reference_chosen_logps"]) - (
+                s["policy_rejected_logps"] - s["reference_rejected_logps"]
+            )
+        s["reward_margin"] = beta * margin
     for key in BREAKDOWNS:
         groups: dict[str, list] = defaultdict(list)
         for s in scored:
@@ -114,6 +138,7 @@ def evaluate_adapter(
     beta: float,
     max_length: int,
     settings: EvalSection,
+    loss_type: str | list[str] = "sigmoid",
 ) -> dict[str, Any] | None:
     """Score ``rows`` split across processes; the main process returns the report, others None.
 
@@ -134,7 +159,7 @@ def evaluate_adapter(
     gathered = sorted(gather_object(tagged), key=lambda item: item[0])
     if not state.is_main_process:
         return None
-    report = summarise([s for _, s in gathered], beta)
+    report = summarise([s for _, s in gathered], beta, loss_type)
     report["per_pair"] = [s for _, s in gathered]
     if settings.num_generations:
         report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings)
@@ -194,6 +219,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
         f"{_pct(overall['policy_loglik_accuracy_normalized'])}.",
         "",
     ]
+    if report.get("reward", "").split(":")[0] not in ("", "dpo"):  # say so where it is not DPO's reward
+        lines[1:1] = [f"Implicit reward: {report['reward']} (the objective trained without a reference)."]
     for key in BREAKDOWNS:
         groups = report.get(f"by_{key}")
         if not groups:
@@ -339,6 +366,7 @@ def run_eval(
         beta=beta or recipe.training.beta,
         max_length=recipe.training.max_length,
         settings=recipe.eval,
+        loss_type=recipe.training.loss_type,
     )
     if report is None:
         return None

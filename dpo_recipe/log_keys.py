@@ -7,7 +7,7 @@ fail: the metric would just be missing. Importing the names from here makes it a
 
 from __future__ import annotations
 
-REWARD_CHOSEN = "rewards/chosen"  # beta * (policy - reference) log-prob of chosen, batch mean
+REWARD_CHOSEN = "rewards/chosen"  # beta * (policy - reference) log-prob of chosen (simpo/orpo: mean log-prob)
 REWARD_REJECTED = "rewards/rejected"
 REWARD_ACCURACY = "rewards/accuracies"  # share of pairs whose chosen reward is strictly higher
 REWARD_MARGIN = "rewards/margins"  # chosen reward - rejected reward, batch mean

@@ -7,13 +7,20 @@ computes the same objectives from its packed sums; tests/test_trainer.py holds e
 DPOTrainer's loss, LoRA gradients and logs on one batch. The formulas, and the paper each comes
 from, are TRL's; only TRL's default ``f_divergence_type="reverse_kl"`` is ported (the scores are
 the log-ratios), and ``trainer.unpackable_settings`` refuses the others.
+
+Two reference-free objectives (``REFERENCE_FREE_LOSSES``) need no reference model at all, so the
+packed trainer skips its reference pass for them: SimPO, as TRL's ``experimental.cpo.CPOTrainer``
+computes it with ``loss_type="simpo"``, and ORPO, as ``experimental.orpo.ORPOTrainer`` does. Both
+score answers by their mean log-prob per completion token; each trains alone (``preference_loss``
+refuses a mix with the reference-based losses). tests/test_trainer.py holds both to TRL's own
+``cpo_loss`` / ``odds_ratio_loss`` on the packed forward's log-probs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +28,28 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class PairLogps:
-    """Tensors of shape (pairs,): summed completion log-probs of policy and reference, and token counts."""
+    """Tensors of shape (pairs,): summed completion log-probs of policy and reference, and token counts.
+
+    The reference is None for a reference-free objective (no reference pass ran). ``prompt`` and
+    ``prompt_tokens`` are the policy's summed log-probs of each prompt's tokens after its first, and
+    their count: ORPO's NLL (as TRL computes it) covers prompt and chosen answer; None elsewhere.
+    """
 
     chosen: torch.Tensor
     rejected: torch.Tensor
-    ref_chosen: torch.Tensor
-    ref_rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None
+    ref_rejected: torch.Tensor | None
     chosen_tokens: torch.Tensor  # completion tokens scored (after truncation): IPO and SFT average over them
     rejected_tokens: torch.Tensor
+    prompt: torch.Tensor | None = None
+    prompt_tokens: torch.Tensor | None = None
+
+    def chosen_mean(self) -> torch.Tensor:
+        """Mean log-prob per chosen completion token: SimPO's and ORPO's length-normalised score."""
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    def rejected_mean(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens.clamp(min=1)
 
     @property
     def chosen_logratios(self) -> torch.Tensor:
@@ -164,6 +185,60 @@ def sigmoid_norm(p: PairLogps, args: LossSettings) -> torch.Tensor:
     return -F.logsigmoid(args.beta * p.per_token_margin())
 
 
+class ReferenceFreeSettings(Protocol):
+    """What the reference-free losses read: TRL's ``CPOConfig`` / ``ORPOConfig`` names (beta is ORPO's lambda)."""
+
+    beta: float
+    label_smoothing: float
+    simpo_gamma: float
+    cpo_alpha: float
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2 (TRL's ``experimental.orpo`` helper)."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def chosen_nll(p: PairLogps, with_prompt: bool) -> torch.Tensor:
+    """Mean negative log-prob over every chosen token of the batch (a scalar), as TRL's ``nn.CrossEntropyLoss``
+    over the chosen rows averages it; ``with_prompt`` adds the prompt tokens after the first (ORPO's NLL)."""
+    total, count = p.chosen.sum(), p.chosen_tokens.sum()
+    if with_prompt:
+        if p.prompt is None or p.prompt_tokens is None:
+            raise ValueError("ORPO's NLL covers the prompt tokens too: pack the pairs with score_prompts=True.")
+        total, count = total + p.prompt.sum(), count + p.prompt_tokens.sum()
+    return -total / count.clamp(min=1)
+
+
+def simpo(p: PairLogps, args: ReferenceFreeSettings) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, https://huggingface.co/papers/2405.14734, Eq. 6): DPO's logistic loss on the
+    margin of mean log-probs, less the target margin gamma / beta; no reference.
+
+    TRL's ``CPOTrainer.cpo_loss`` with ``loss_type="simpo"`` (label_smoothing as CPO smooths it), plus CPO's
+    ``cpo_alpha`` x the NLL of the chosen answers (completion tokens, batch token mean). The SimPO paper
+    has no NLL term: ``cpo_alpha`` 0 (this recipe's default, TRL's for its SimPO recipe) is SimPO,
+    non-zero is CPO-SimPO (TRL's ``CPOConfig`` default is 1.0).
+    """
+    logits = p.chosen_mean() - p.rejected_mean() - args.simpo_gamma / args.beta
+    eps = args.label_smoothing
+    losses = -F.logsigmoid(args.beta * logits) * (1 - eps) - F.logsigmoid(-args.beta * logits) * eps
+    if args.cpo_alpha != 0:
+        losses = losses + args.cpo_alpha * chosen_nll(p, with_prompt=False)
+    return losses
+
+
+def orpo(p: PairLogps, args: ReferenceFreeSettings) -> torch.Tensor:
+    """ORPO (Hong et al. 2024, https://huggingface.co/papers/2403.07691, Eqs. 4-7): the NLL of the chosen
+    answers less lambda (beta) x log sigmoid of the log odds ratio of the mean log-probs; no reference.
+
+    TRL's ``ORPOTrainer``: ``policy_nll_loss - odds_ratio_loss(...)[0].mean()``, its NLL taken, as TRL
+    takes it, over the chosen row's prompt (after its first token) and answer (``chosen_nll``).
+    """
+    chosen, rejected = p.chosen_mean().float(), p.rejected_mean().float()
+    log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+    return chosen_nll(p, with_prompt=True) - args.beta * F.logsigmoid(log_odds)
+
+
 # TRL 1.16's loss types, in the order of its documentation; the packed trainer computes exactly these.
 PAIRWISE_LOSSES: dict[str, Loss] = {
     loss.__name__: loss
@@ -187,14 +262,44 @@ PAIRWISE_LOSSES: dict[str, Loss] = {
 }
 
 
-def preference_loss(
-    names: Sequence[str], weights: Sequence[float], logps: PairLogps, args: LossSettings
-) -> torch.Tensor:
-    """TRL's combined loss: ``sum(weight * loss.mean())`` over the named losses (``loss_type``, ``loss_weights``)."""
-    unknown = [name for name in names if name not in PAIRWISE_LOSSES]
+# Objectives without a reference model (TRL trains them with CPOTrainer / ORPOTrainer, not DPOTrainer):
+# the packed trainer runs no reference pass for them. Each trains alone.
+REFERENCE_FREE_LOSSES: dict[str, Callable[[PairLogps, ReferenceFreeSettings], torch.Tensor]] = {
+    "simpo": simpo,
+    "orpo": orpo,
+}
+LOSSES: dict[str, Callable[[PairLogps, Any], torch.Tensor]] = {**PAIRWISE_LOSSES, **REFERENCE_FREE_LOSSES}
+
+
+def is_reference_free(names: Sequence[str]) -> bool:
+    """Whether the objective named by ``loss_type`` needs no reference log-probs."""
+    return any(name in REFERENCE_FREE_LOSSES for name in names)
+
+
+def mixing_problem(names: Sequence[str]) -> str | None:
+    """Why ``names`` cannot be trained together (a reference-free loss beside any other), or None."""
+    free = [name for name in names if name in REFERENCE_FREE_LOSSES]
+    if free and len(names) > 1:
+        return (
+            f"{free[0]} is reference-free (no reference pass runs for it) and trains alone; got {list(names)}. "
+            f"Name one of {', '.join(REFERENCE_FREE_LOSSES)} alone, or only reference-based losses"
+        )
+    return None
+
+
+def preference_loss(names: Sequence[str], weights: Sequence[float], logps: PairLogps, args: Any) -> torch.Tensor:
+    """TRL's combined loss: ``sum(weight * loss.mean())`` over the named losses (``loss_type``, ``loss_weights``).
+
+    ``args`` has the fields the losses read: ``LossSettings`` (a DPOConfig) for the reference-based ones,
+    ``ReferenceFreeSettings`` for simpo and orpo.
+    """
+    unknown = [name for name in names if name not in LOSSES]
     if unknown:
-        raise ValueError(f"Unknown loss type(s) {unknown}; known: {', '.join(PAIRWISE_LOSSES)}.")
+        raise ValueError(f"Unknown loss type(s) {unknown}; known: {', '.join(LOSSES)}.")
+    problem = mixing_problem(names)
+    if problem:
+        raise ValueError(problem + ".")
     return sum(
-        (weight * PAIRWISE_LOSSES[name](logps, args).mean() for name, weight in zip(names, weights, strict=True)),
+        (weight * LOSSES[name](logps, args).mean() for name, weight in zip(names, weights, strict=True)),
         start=torch.zeros((), device=logps.chosen.device),
     )

@@ -36,6 +36,12 @@ class PackedPairs:
     target_ids: torch.Tensor  # (N,) the token each of those positions must predict
     segment: torch.Tensor  # (N,) 2 * pair + (0 chosen, 1 rejected): which log-prob sum a token joins
     num_pairs: int
+    # prompt tokens (after each prompt's first) scored too, as segment 2 * num_pairs + pair: ORPO's NLL
+    scores_prompts: bool = False
+
+    @property
+    def num_segments(self) -> int:
+        return self.num_pairs * (3 if self.scores_prompts else 2)
 
     def to(self, device: torch.device | str) -> PackedPairs:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
@@ -49,8 +55,13 @@ def truncated(example: dict[str, list[int]], max_length: int | None) -> tuple[li
     return prompt[:max_length], example["chosen_ids"][:room], example["rejected_ids"][:room]
 
 
-def pack_pairs(examples: list[dict[str, list[int]]], max_length: int | None) -> PackedPairs:
+def pack_pairs(
+    examples: list[dict[str, list[int]]], max_length: int | None, score_prompts: bool = False
+) -> PackedPairs:
     """Pack tokenized pairs (TRL's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``) into one row.
+
+    ``score_prompts`` also scores each prompt's tokens after its first (segment ``2 * pairs + pair``,
+    after every completion token), for an NLL over prompt and answer as TRL's ORPOTrainer takes it.
 
     Two pairs, ``prompt | chosen | rejected`` each, side by side:
 
@@ -100,6 +111,11 @@ def pack_pairs(examples: list[dict[str, list[int]]], max_length: int | None) -> 
             predictors += [start + p - 1] + list(range(first, first + len(completion) - 1))
             targets += completion
             segments += [2 * pair + side] * len(completion)
+    if score_prompts:  # token j >= 1 of a prompt is predicted by token j - 1
+        for pair, (start, p, _, _) in enumerate(blocks):
+            predictors += list(range(start, start + p - 1))
+            targets += ids[start + 1 : start + p]
+            segments += [2 * len(examples) + pair] * max(p - 1, 0)
     length = len(ids)
     mask = torch.zeros(length, length, dtype=torch.bool)
     for start, p, c, r in blocks:
@@ -115,6 +131,7 @@ def pack_pairs(examples: list[dict[str, list[int]]], max_length: int | None) -> 
         target_ids=torch.tensor(targets),
         segment=torch.tensor(segments),
         num_pairs=len(examples),
+        scores_prompts=score_prompts,
     )
 
 
@@ -142,7 +159,15 @@ def block_mask_for(attention: str, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pair_logps(model: Any, packed: PackedPairs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs (chosen, rejected), one per pair, through ``model``'s own forward.
+    """Summed completion log-probs (chosen, rejected), one per pair, through ``model``'s own forward."""
+    sums = segment_logps(model, packed)
+    pairs = 2 * packed.num_pairs
+    return sums[0:pairs:2], sums[1:pairs:2]
+
+
+def segment_logps(model: Any, packed: PackedPairs) -> torch.Tensor:
+    """Summed log-probs of each segment, shape (``packed.num_segments``,): chosen 0, rejected 0, chosen 1, ...,
+    then, with ``scores_prompts``, each pair's prompt.
 
     The call goes through the model's (and any DDP / PEFT wrapper's) ``forward``; ``logits_to_keep``
     with an index tensor makes transformers project only the predicting positions through the head.
@@ -156,9 +181,8 @@ def pair_logps(model: Any, packed: PackedPairs) -> tuple[torch.Tensor, torch.Ten
     )
     logits = output.logits[0].float()
     token_logps = logits.log_softmax(-1).gather(1, packed.target_ids[:, None]).squeeze(1)
-    sums = torch.zeros(2 * packed.num_pairs, dtype=token_logps.dtype, device=token_logps.device)
-    sums = sums.index_add(0, packed.segment, token_logps)
-    return sums[0::2], sums[1::2]
+    sums = torch.zeros(packed.num_segments, dtype=token_logps.dtype, device=token_logps.device)
+    return sums.index_add(0, packed.segment, token_logps)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dpo_recipe.run_dir import (
     prepare_output_dir,
     write_failures_explained,
 )
-from dpo_recipe.trl_args import dpo_config
+from dpo_recipe.trl_args import dpo_config, objective_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +265,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from trl import DPOTrainer
 
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+    from dpo_recipe.losses import is_reference_free
     from dpo_recipe.perf import keep_freed_memory_in_heap
     from dpo_recipe.resources import cache_root
     from dpo_recipe.token_rows import use_sparse_token_rows
@@ -282,6 +283,11 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         task_type="CAUSAL_LM",
     )
     trainer_class, extra = DPOTrainer, {}
+    reference_free = is_reference_free(args.loss_type)
+    if reference_free and not recipe.training.packing:  # recipe validation says so first; a changed args may not
+        raise RecipeError(
+            f"training.loss_type {args.loss_type}: trains on the packed path only; set training.packing: true."
+        )
     if recipe.training.packing:
         check_packable(args)  # an objective the user chose never silently trains some other way
         limitation = packing_limitation(model)
@@ -290,7 +296,10 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
             extra = {
                 "ref_cache_dir": cache_root() / "reference_logps",
                 "token_learning_rate": recipe.lora.token_learning_rate,
+                **objective_kwargs(recipe),
             }
+        elif reference_free:  # DPOTrainer does not compute SimPO or ORPO: no fallback
+            raise RecipeError(f"training.loss_type {args.loss_type}: trains on the packed path only, and {limitation}.")
         elif args.process_index == 0:
             print(f"training.packing: {limitation}; training with plain DPOTrainer (padded pairs, the same loss).")
     tied = model.config.get_text_config().tie_word_embeddings
@@ -331,6 +340,7 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
         beta=recipe.training.beta,
         max_length=recipe.training.max_length,
         settings=recipe.eval,
+        loss_type=recipe.training.loss_type,
     )
 
 

@@ -12,6 +12,11 @@ changes is how much work a step does:
   evaluation runs too), and cached on disk under a key made of the base weights,
   the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
 
+The reference-free objectives (``losses.REFERENCE_FREE_LOSSES``: SimPO and ORPO, which TRL trains
+with its experimental CPO / ORPO trainers, not DPOTrainer) train on this path only: no reference
+pass runs and no reference cache is written; the loss reads the policy's packed sums and token
+counts (and, for ORPO's NLL, its prompt tokens' log-probs).
+
 An objective this path does not compute (another f-divergence, length desensitisation, WPO
 weighting, a reference that syncs with the policy) is refused while packing is on
 (``check_packable``; its error says to set ``training.packing: false`` and train it with plain
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -40,7 +46,14 @@ from dpo_recipe.log_keys import (
     REWARD_MARGIN,
     REWARD_REJECTED,
 )
-from dpo_recipe.losses import PAIRWISE_LOSSES, PairLogps, preference_loss
+from dpo_recipe.losses import (
+    LOSSES,
+    PairLogps,
+    chosen_nll,
+    is_reference_free,
+    mixing_problem,
+    preference_loss,
+)
 from dpo_recipe.packing import (
     BLOCK_MASK_ATTENTION,
     PAIR_COLUMNS,
@@ -48,16 +61,17 @@ from dpo_recipe.packing import (
     attention_implementation,
     longest_first,
     pack_pairs,
-    pair_logps,
     score_packed,
+    segment_logps,
 )
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # TRL loss types the packed step computes, each from the summed completion log-probs (and token
 # counts) of a pair: every loss of TRL's DPOTrainer, the table in dpo_recipe.losses. TRL's RPO,
 # for one, is ["sigmoid", "sft"] with loss_weights [1, alpha]: the NLL of the chosen answers keeps
-# a base model writing whole answers while DPO ranks them.
-PACKED_LOSSES = tuple(PAIRWISE_LOSSES)
+# a base model writing whole answers while DPO ranks them. Also the reference-free simpo and orpo,
+# which DPOTrainer does not compute: they train on this path only.
+PACKED_LOSSES = tuple(LOSSES)
 
 
 def unpackable_settings(args: Any) -> list[str]:
@@ -106,13 +120,14 @@ def supports_packing(model: Any, args: Any) -> bool:
 
 
 class PackedCollator:
-    """Batches of tokenized pairs → one packed row, with the cached reference log-probs."""
+    """Batches of tokenized pairs → one packed row, with the cached reference log-probs (if any)."""
 
-    def __init__(self, max_length: int | None) -> None:
+    def __init__(self, max_length: int | None, score_prompts: bool = False) -> None:
         self.max_length = max_length
+        self.score_prompts = score_prompts  # ORPO's NLL reads the prompt tokens too
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = vars(pack_pairs(examples, self.max_length))
+        batch = vars(pack_pairs(examples, self.max_length, self.score_prompts))
         if REF_COLUMNS[0] in examples[0]:
             for column in REF_COLUMNS:
                 batch[column] = torch.tensor([example[column] for example in examples])
@@ -120,19 +135,38 @@ class PackedCollator:
 
 
 class PackedDPOTrainer(DPOTrainer):
-    """DPOTrainer for LoRA adapters with packed rows and reference log-probs precomputed and cached on disk."""
+    """DPOTrainer for LoRA adapters with packed rows and reference log-probs precomputed and cached on disk.
+
+    With a reference-free ``loss_type`` (simpo, orpo) there is no reference pass; ``simpo_gamma`` and
+    ``cpo_alpha`` are TRL's ``CPOConfig`` fields of the same names (DPOConfig has none), read by simpo.
+    """
 
     def __init__(
-        self, *args: Any, ref_cache_dir: Path | None = None, token_learning_rate: float | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        ref_cache_dir: Path | None = None,
+        token_learning_rate: float | None = None,
+        simpo_gamma: float = 0.5,
+        cpo_alpha: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         dpo_args = kwargs["args"]
+        loss_types = [dpo_args.loss_type] if isinstance(dpo_args.loss_type, str) else list(dpo_args.loss_type)
+        problem = mixing_problem(loss_types)
+        if problem:
+            raise ValueError(problem + ".")
+        self.reference_free = is_reference_free(loss_types)
         self.token_learning_rate = token_learning_rate
-        kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length))
+        kwargs.setdefault("data_collator", PackedCollator(dpo_args.max_length, score_prompts="orpo" in loss_types))
         super().__init__(*args, **kwargs)
         if not hasattr(self.model, "peft_config"):
             raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
         self.ref_cache_dir = ref_cache_dir
-        self.train_dataset = self._with_reference_logps(self.train_dataset, "train")
+        self.reference_free_settings = SimpleNamespace(
+            beta=self.args.beta, label_smoothing=self.args.label_smoothing, simpo_gamma=simpo_gamma, cpo_alpha=cpo_alpha
+        )
+        if not self.reference_free:  # SimPO and ORPO score the policy alone: no reference pass, no cache file
+            self.train_dataset = self._with_reference_logps(self.train_dataset, "train")
 
     def create_optimizer(self, model: Any = None) -> Any:
         """Transformers' optimizer, with the trained token rows (``lora.trainable_tokens``) in a group of their
@@ -231,21 +265,37 @@ class PackedDPOTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         mode = "train" if self.model.training else "eval"
-        ref_chosen, ref_rejected = inputs.pop(REF_COLUMNS[0]), inputs.pop(REF_COLUMNS[1])
+        ref_chosen, ref_rejected = (inputs.pop(column, None) for column in REF_COLUMNS)
         packed = PackedPairs(**inputs)
-        chosen_logps, rejected_logps = pair_logps(model, packed)
-        tokens = torch.bincount(packed.segment, minlength=2 * packed.num_pairs)  # chosen0, rejected0, chosen1, ...
-        logps = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected, tokens[0::2], tokens[1::2])
-        loss = preference_loss(self.loss_types, self.loss_weights, logps, self.args)
+        sums = segment_logps(model, packed)  # chosen0, rejected0, chosen1, ..., then prompts if scored
+        tokens = torch.bincount(packed.segment, minlength=packed.num_segments)
+        pairs = 2 * packed.num_pairs
+        prompt = (sums[pairs:], tokens[pairs:]) if packed.scores_prompts else (None, None)
+        chosen, rejected = (sums[side:pairs:2] for side in (0, 1))
+        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, tokens[0:pairs:2], tokens[1:pairs:2], *prompt)
+        settings = self.reference_free_settings if self.reference_free else self.args
+        loss = preference_loss(self.loss_types, self.loss_weights, logps, settings)
         self._log_rewards(mode, logps)
         return (loss, {}) if return_outputs else loss
 
     def _log_rewards(self, mode: str, logps: PairLogps) -> None:
-        """The reward metrics TRL logs, under the same names, so logs and callbacks read the same."""
+        """The reward metrics TRL logs, under the same names, so logs and callbacks read the same.
+
+        For SimPO and ORPO the reward is TRL's CPO / ORPO trainers' beta x mean log-prob per completion
+        token (their ``rewards/*``), and ``nll_loss`` is logged where the loss has an NLL term; ``logps/*``
+        stay summed log-probs, as for every other loss here (TRL's CPO / ORPO log the means there).
+        """
         gather = self.accelerator.gather
-        chosen_rewards = gather(self.beta * logps.chosen_logratios.detach())
-        rejected_rewards = gather(self.beta * logps.rejected_logratios.detach())
         metrics = self._metrics[mode]
+        if self.reference_free:
+            chosen_rewards = gather(self.beta * logps.chosen_mean().detach())
+            rejected_rewards = gather(self.beta * logps.rejected_mean().detach())
+            if "orpo" in self.loss_types or self.reference_free_settings.cpo_alpha != 0:
+                nll = chosen_nll(logps, with_prompt="orpo" in self.loss_types).detach()
+                metrics["nll_loss"].append(gather(nll[None]).mean().item())
+        else:
+            chosen_rewards = gather(self.beta * logps.chosen_logratios.detach())
+            rejected_rewards = gather(self.beta * logps.rejected_logratios.detach())
         metrics[REWARD_CHOSEN].append(chosen_rewards.mean().item())
         metrics[REWARD_REJECTED].append(rejected_rewards.mean().item())
         metrics[REWARD_ACCURACY].append((chosen_rewards > rejected_rewards).float().mean().item())

@@ -38,6 +38,12 @@ RECIPE_TO_DPO_CONFIG: dict[str, str] = {
     "training.save_total_limit": "save_total_limit",
 }
 LIST_FIELDS = {"loss_type"}  # TRL takes a list of losses to mix; a recipe may name just one
+# recipe key -> the TRL CPOConfig field of the same meaning, which DPOConfig lacks: read by the
+# reference-free losses (dpo_recipe.losses.simpo), passed to PackedDPOTrainer as keyword arguments.
+RECIPE_TO_OBJECTIVE: dict[str, str] = {
+    "training.simpo_gamma": "simpo_gamma",
+    "training.cpo_alpha": "cpo_alpha",
+}
 
 
 def recipe_value(recipe: Recipe, key: str) -> Any:
@@ -49,6 +55,11 @@ def recipe_value(recipe: Recipe, key: str) -> Any:
 def mapped_hyperparameters(recipe: Recipe) -> list[tuple[str, str, Any]]:
     """``(recipe key, DPOConfig field, value)`` for every mapped key, in table order."""
     return [(key, field, recipe_value(recipe, key)) for key, field in RECIPE_TO_DPO_CONFIG.items()]
+
+
+def objective_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """``PackedDPOTrainer``'s keyword arguments for the reference-free losses (``RECIPE_TO_OBJECTIVE``)."""
+    return {field: recipe_value(recipe, key) for key, field in RECIPE_TO_OBJECTIVE.items()}
 
 
 def precision_flags(precision: str) -> dict[str, bool]:

@@ -34,3 +34,11 @@ def test_card_names_the_recipe_and_the_reproduce_command() -> None:
     card = str(render_model_card(load_recipe("tiny-ja"), {}, recipe_name="alice/run", command=command, plots=[]))
     assert "alice/run" in card and f"```bash\n{command}\n```" in card
     assert "No held-out evaluation was run." in card
+
+
+def test_a_reference_free_objective_lists_the_cpo_fields_it_reads() -> None:
+    recipe = load_recipe("tiny-ja", ["training.loss_type=simpo", "training.simpo_gamma=1.2"])
+    rows = _table_rows(str(render_model_card(recipe, {}, recipe_name="tiny-ja", command="c", plots=[])))
+    assert rows["training.simpo_gamma"] == ("CPOConfig simpo_gamma (PackedDPOTrainer)", "1.2")
+    assert rows["training.cpo_alpha"] == ("CPOConfig cpo_alpha (PackedDPOTrainer)", "0.0")
+    assert len(rows) == len(RECIPE_TO_DPO_CONFIG) + 8

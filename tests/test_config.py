@@ -131,12 +131,34 @@ def test_loss_type_names_are_checked_with_a_suggestion() -> None:
         load_recipe("tiny-ja", ["training.loss_type=[sigmoid, ipoo]"])
     message = str(err.value)
     assert "training.loss_type: unknown loss 'ipoo'; known: sigmoid, hinge, ipo," in message
-    assert "sigmoid_norm; did you mean ipo?" in message
-    with pytest.raises(RecipeError, match="training.loss_type: unknown loss 'simpo'"):
-        load_recipe("tiny-ja", ["training.loss_type=simpo"])  # reference-free: not a DPOTrainer loss in TRL 1.16
+    assert "sigmoid_norm, simpo, orpo; did you mean ipo?" in message
+    with pytest.raises(RecipeError, match="training.loss_type: unknown loss 'kto'"):
+        load_recipe("tiny-ja", ["training.loss_type=kto"])  # unpaired: TRL's KTOTrainer, not a pair loss
     with pytest.raises(RecipeError, match="training.loss_type: expected at least one loss name"):
         load_recipe("tiny-ja", ["training.loss_type=[]"])
     assert load_recipe("tiny-ja", ["training.loss_type=[ipo, sft]"]).training.loss_type == ["ipo", "sft"]
+
+
+def test_reference_free_losses_train_alone_packed_with_their_own_keys() -> None:
+    recipe = load_recipe("tiny-ja", ["training.loss_type=simpo", "training.simpo_gamma=1.2", "training.beta=2.5"])
+    assert (recipe.training.loss_type, recipe.training.simpo_gamma, recipe.training.cpo_alpha) == ("simpo", 1.2, 0.0)
+    assert load_recipe("tiny-ja", ["training.loss_type=[orpo]"]).training.loss_type == ["orpo"]
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["training.loss_type=[sigmoid, orpo]"])
+    assert "training.loss_type: orpo is reference-free (no reference pass runs for it) and trains alone" in (
+        message := str(err.value)
+    )
+    assert "Name one of simpo, orpo alone" in message
+    with pytest.raises(RecipeError, match="training.packing: simpo trains on the packed path only"):
+        load_recipe("tiny-ja", ["training.loss_type=simpo", "training.packing=false"])
+    with pytest.raises(RecipeError, match=r"training.simpo_gamma: must be >= 0.0, got -0.5"):
+        load_recipe("tiny-ja", ["training.simpo_gamma=-0.5"])
+    with pytest.raises(RecipeError, match=r"training.cpo_alpha: must be >= 0.0, got -1"):
+        load_recipe("tiny-ja", ["training.cpo_alpha=-1"])
+    keys = {key: help_text for key, _, _, help_text in describe_keys()}
+    assert "simpo_gamma" in keys["training.simpo_gamma"] and "CPO-SimPO" in keys["training.cpo_alpha"]
+    assert "simpo" in keys["training.loss_type"] and "orpo" in keys["training.loss_type"]
+    assert {"training.simpo_gamma", "training.cpo_alpha"} <= set(FLOAT_KEYS)
 
 
 def test_label_smoothing_is_a_share_below_one_half_and_exo_pair_needs_it() -> None:

@@ -75,6 +75,23 @@ def test_breakdowns_by_rejection_type_and_domain() -> None:
     assert "| factual_error | 2 | 50.0% (" in table and "| too_terse | 1 | 100.0% (" in table
 
 
+def test_a_reference_free_objective_is_scored_by_its_own_reward_and_the_report_says_which() -> None:
+    # DPO's reward ranks pair 0 wrong (chosen fell 1 from the reference, rejected did not move); SimPO's
+    # beta x mean log-prob ranks it right (-10 / 5 = -2 > -12 / 4 = -3), and pair 1 wrong (-4 < -2)
+    scored = [pair(-10.0, -12.0, -9.0, -12.0, 5, 4), pair(-8.0, -4.0, -8.0, -5.0, 2, 2)]
+    dpo = summarise([dict(s) for s in scored], beta=0.5)
+    assert dpo["reward"].startswith("dpo:") and dpo["overall"]["reward_accuracy"] == 0.0
+    report = summarise(scored, beta=0.5, loss_type=["simpo"])
+    assert report["reward"] == "simpo: beta x mean log-prob"
+    assert report["overall"]["reward_accuracy"] == 0.5
+    assert report["overall"]["chosen_reward"] == pytest.approx(0.5 * (-2 - 4) / 2)
+    assert [s["reward_margin"] for s in scored] == pytest.approx([0.5, -1.0])
+    assert report["overall"]["base_loglik_accuracy"] == 0.5  # the base's log-likelihood needs no reward
+    assert "Implicit reward: simpo: beta x mean log-prob" in markdown_summary(report)
+    assert "Implicit reward" not in markdown_summary(dpo)
+    assert summarise([dict(s) for s in scored], beta=0.5, loss_type="orpo")["reward"].startswith("orpo:")
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval-run") / "adapter"

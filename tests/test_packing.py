@@ -154,3 +154,16 @@ def test_score_packed_reference_only_and_the_ref_adapter(lora_model) -> None:
     lora_model.set_adapter("default")
     assert torch.allclose(torch.stack(with_ref.reference, dim=1), expected, rtol=1e-5)
     assert not torch.allclose(torch.stack(with_ref.reference, dim=1), torch.stack(without_ref.reference, dim=1))
+
+
+def test_scored_prompts_join_segments_after_every_completion() -> None:
+    """ORPO's NLL reads each prompt's tokens after its first: segment 2 * pairs + pair, the completions unchanged."""
+    rows = [
+        {"prompt_ids": [5, 6, 7], "chosen_ids": [8], "rejected_ids": [9]},
+        {"prompt_ids": [10], "chosen_ids": [11], "rejected_ids": [12]},  # one prompt token: nothing to score
+    ]
+    plain, scored = pack_pairs(rows, None), pack_pairs(rows, None, score_prompts=True)
+    n = len(plain.segment)
+    assert torch.equal(scored.predictor_index[:n], plain.predictor_index)
+    assert scored.predictor_index[n:].tolist() == [0, 1] and scored.target_ids[n:].tolist() == [6, 7]
+    assert scored.segment[n:].tolist() == [4, 4] and (plain.num_segments, scored.num_segments) == (4, 6)

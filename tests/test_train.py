@@ -192,3 +192,23 @@ def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp
     assert metrics["train"]["pairs"] == 8 and metrics["eval"]["overall"]["pairs"] == 4
     assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert metrics["eval"]["generations"][0]["prompt"].startswith("<|im_start|>user\n")
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_a_reference_free_objective_trains_end_to_end_without_a_reference_pass(
+    tiny_model: Path, tmp_path: Path, loss_type: str
+) -> None:
+    from dpo_recipe.resources import cache_root
+
+    references = cache_root() / "reference_logps"
+    before = set(references.glob("*")) if references.exists() else set()
+    settings = [f"training.loss_type={loss_type}", "data.max_train_pairs=8", "data.max_eval_pairs=4"]
+    metrics = run("tiny-ja", tiny_overrides(tiny_model, *settings, "eval.num_generations=0"), output_dir=str(tmp_path))
+    assert (set(references.glob("*")) if references.exists() else set()) == before
+    assert metrics["eval"]["reward"] == f"{loss_type}: beta x mean log-prob"
+    assert math.isfinite(metrics["eval"]["overall"]["reward_margin"])
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    steps = [entry for entry in logged if "rewards/accuracies" in entry]
+    assert steps and all(math.isfinite(entry["loss"]) for entry in steps if "loss" in entry)
+    assert ("nll_loss" in steps[-1]) == (loss_type == "orpo")  # simpo's cpo_alpha is 0 by default
+    assert f"Implicit reward: {loss_type}: beta x mean log-prob" in (tmp_path / "README.md").read_text()

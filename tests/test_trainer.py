@@ -15,8 +15,10 @@ from dpo_recipe.data import load_preference_splits
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.losses import PAIRWISE_LOSSES
 from dpo_recipe.model import load_model, load_tokenizer
+from dpo_recipe.packing import PackedPairs, segment_logps, truncated
 from dpo_recipe.train import build_trainer, dpo_config
 from dpo_recipe.trainer import (
+    REF_COLUMNS,
     PackedDPOTrainer,
     check_packable,
     packing_limitation,
@@ -37,7 +39,14 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_model(recipe.model), tokenizer, pairs, args
 
 
-def _trainers(setup, cache: Path | None, lora: dict | None = None, **settings: object):
+def _trainers(
+    setup,
+    cache: Path | None,
+    lora: dict | None = None,
+    packed_only: bool = False,
+    packed: dict | None = None,
+    **settings,
+):
     """TRL's trainer and ours on copies of one model, each adding a fresh LoRA adapter as in training.
 
     The B matrices are then set to the same random values in both, so the policy differs from the
@@ -51,7 +60,8 @@ def _trainers(setup, cache: Path | None, lora: dict | None = None, **settings: o
     for name, value in settings.items():
         setattr(args, name, value)
     trainers = []
-    for trainer_class, extra in ((DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache})):
+    classes = [(DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache, **(packed or {})})]
+    for trainer_class, extra in classes[1:] if packed_only else classes:
         trainer = trainer_class(
             model=copy.deepcopy(model),
             args=args,
@@ -123,7 +133,7 @@ def test_trainable_token_rows_train_on_the_packed_path_and_stay_off_in_the_refer
 
     TRL 1.16's own DPOTrainer cannot be the yardstick here: its fused LM head reads ``lm_head.bias``,
     which PEFT's wrapper of a tied LM head does not have, so training with plain DPOTrainer fails."""
-    from dpo_recipe.packing import PackedPairs, pair_logps, truncated
+    from dpo_recipe.packing import pair_logps
 
     model, tokenizer, pairs, _ = setup
     tokens = tokenizer(pairs[0]["chosen"], add_special_tokens=False)["input_ids"][:2]  # rows the batch reads
@@ -147,6 +157,125 @@ def test_trainable_token_rows_train_on_the_packed_path_and_stay_off_in_the_refer
     assert not torch.equal(packed.model.get_input_embeddings()(torch.tensor(tokens)), base_rows)
     with packed.model.disable_adapter():
         assert torch.equal(packed.model.get_input_embeddings()(torch.tensor(tokens)), base_rows)
+
+
+REFERENCE_FREE_CASES = {
+    "simpo": {"loss_type": ["simpo"], "beta": 2.0, "label_smoothing": 0.1, "packed": {"simpo_gamma": 0.8}},
+    "cpo-simpo": {"loss_type": ["simpo"], "beta": 2.0, "packed": {"simpo_gamma": 0.5, "cpo_alpha": 0.3}},
+    "orpo": {"loss_type": ["orpo"], "beta": 0.2},
+}
+
+
+def _plain_forward(policy, row: dict, max_length: int) -> dict[str, torch.Tensor]:
+    """One unpacked forward of prompt + answer per answer: each answer's token log-probs, and the whole
+    row's logits and ids (for TRL's NLL)."""
+    prompt, chosen, rejected = truncated(row, max_length)
+    out = {}
+    for side, answer in (("chosen", chosen), ("rejected", rejected)):
+        ids = torch.tensor([prompt + answer])
+        logits = policy(input_ids=ids).logits[0]
+        out[side] = logits[:-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0][len(prompt) - 1 :]
+        out[f"{side}_logits"], out[f"{side}_ids"], out["prompt_length"] = logits, ids[0], len(prompt)
+    return out
+
+
+@pytest.mark.parametrize("case", REFERENCE_FREE_CASES.values(), ids=REFERENCE_FREE_CASES.keys())
+def test_reference_free_losses_equal_trls_own_loss_functions_on_the_packed_forward(
+    setup, tmp_path: Path, case: dict
+) -> None:
+    """SimPO and ORPO, which DPOTrainer cannot run: TRL's ``CPOTrainer.cpo_loss`` / ``ORPOTrainer.odds_ratio_loss``
+    (called with a stand-in ``self``) on the mean log-probs our packed forward produced, plus the NLL as
+    CPOTrainer (chosen answer) / ORPOTrainer (prompt and chosen answer) take it; the mean log-probs equal
+    those of a plain forward of each sequence, and the logged rewards are TRL's (beta x mean log-prob)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    case = copy.deepcopy(case)
+    extra = case.pop("packed", {})
+    (trainer,) = _trainers(setup, tmp_path / "cache", packed_only=True, packed=extra, **case)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    assert "ref_chosen_logps" not in batch and batch["scores_prompts"] == (case["loss_type"] == ["orpo"])
+    loss, grads = _loss_and_grads(trainer, trainer.data_collator(rows))
+    assert len(grads) == 8 and all(grad.abs().max() > 0 for grad in grads.values())
+
+    policy, max_length = trainer.model.eval(), trainer.args.max_length
+    with torch.no_grad():
+        sums = segment_logps(policy, PackedPairs(**batch))
+        tokens = torch.bincount(batch["segment"], minlength=3 * 4)
+        chosen_mean, rejected_mean = sums[0:8:2] / tokens[0:8:2], sums[1:8:2] / tokens[1:8:2]
+        plain = [_plain_forward(policy, row, max_length) for row in rows]
+    assert torch.allclose(chosen_mean, torch.stack([p["chosen"].mean() for p in plain]), rtol=1e-5)
+    assert torch.allclose(rejected_mean, torch.stack([p["rejected"].mean() for p in plain]), rtol=1e-5)
+
+    beta, device = trainer.args.beta, SimpleNamespace(device="cpu")
+    if case["loss_type"] == ["simpo"]:
+        stand_in = SimpleNamespace(
+            beta=beta,
+            label_smoothing=trainer.args.label_smoothing,
+            simpo_gamma=extra["simpo_gamma"],
+            loss_type="simpo",
+            alpha=0.0,  # AlphaPO off: CPOConfig's default
+            accelerator=device,
+        )
+        losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(stand_in, chosen_mean, rejected_mean)
+        # CPO's nn.CrossEntropyLoss over the chosen rows, prompt labels -100: a mean over every answer token
+        logits = torch.cat([p["chosen_logits"][p["prompt_length"] - 1 : -1] for p in plain])
+        nll = F.cross_entropy(logits, torch.cat([p["chosen_ids"][p["prompt_length"] :] for p in plain]))
+        expected = losses.mean() + extra.get("cpo_alpha", 0.0) * nll
+        if "cpo_alpha" in extra:
+            assert trainer._metrics["train"]["nll_loss"][-1] == pytest.approx(nll.item(), rel=1e-5)
+        else:
+            assert "nll_loss" not in trainer._metrics["train"]
+    else:
+        stand_in = SimpleNamespace(beta=beta, accelerator=device)
+        losses, chosen_rewards, rejected_rewards, _, _ = ORPOTrainer.odds_ratio_loss(
+            stand_in, chosen_mean, rejected_mean
+        )
+        # ORPO's NLL: the chosen rows' whole sequence, prompt included, every token after the first
+        logits = torch.cat([p["chosen_logits"][:-1] for p in plain])
+        nll = F.cross_entropy(logits, torch.cat([p["chosen_ids"][1:] for p in plain]))
+        expected = nll - losses.mean()
+        assert trainer._metrics["train"]["nll_loss"][-1] == pytest.approx(nll.item(), rel=1e-5)
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    metrics = trainer._metrics["train"]
+    assert metrics["rewards/chosen"][-1] == pytest.approx(chosen_rewards.mean().item(), rel=1e-5)
+    assert metrics["rewards/rejected"][-1] == pytest.approx(rejected_rewards.mean().item(), rel=1e-5)
+    accuracy = (chosen_rewards > rejected_rewards).float().mean().item()
+    assert metrics["rewards/accuracies"][-1] == accuracy
+    assert metrics["logps/chosen"][-1] == pytest.approx(sums[0:8:2].mean().item(), rel=1e-5)  # sums, as for DPO
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_a_reference_free_trainer_runs_no_reference_pass_and_writes_no_cache(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss_type: str
+) -> None:
+    def no_reference(*args: object) -> None:
+        raise AssertionError("a reference pass ran")
+
+    monkeypatch.setattr(PackedDPOTrainer, "_compute_reference", no_reference)
+    cache = tmp_path / "cache"
+    (trainer,) = _trainers(setup, cache, packed_only=True, loss_type=[loss_type])
+    assert trainer.reference_free
+    assert not cache.exists() or not list(cache.iterdir())
+    assert not set(REF_COLUMNS) & set(trainer.train_dataset.column_names)
+
+
+def test_build_trainer_never_falls_back_to_dpo_trainer_for_a_reference_free_loss(setup, tmp_path: Path) -> None:
+    model, tokenizer, pairs, args = setup
+    rows = [dict(r) for r in pairs.select(range(4))]
+    recipe = load_recipe("tiny-ja", ["model.name_or_path=unused", "training.loss_type=orpo"])
+    orpo_args = copy.deepcopy(args)
+    orpo_args.loss_type = ["orpo"]
+    eager_only = copy.deepcopy(model)
+    eager_only.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(RecipeError, match=r"\['orpo'\]: trains on the packed path only, and attention"):
+        build_trainer(recipe, orpo_args, eager_only, tokenizer, rows, tmp_path)
+    with pytest.raises(ValueError, match="orpo is reference-free .* and trains alone"):
+        _trainers(setup, None, packed_only=True, loss_type=["sigmoid", "orpo"])
 
 
 def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
@@ -191,8 +320,8 @@ def test_supports_packing_on_the_recipe_defaults(setup) -> None:
 @pytest.mark.parametrize(
     ("setting", "value", "named"),
     [
-        ("loss_type", ["simpo"], "loss_type 'simpo'"),
-        ("loss_type", ["sigmoid", "orpo"], "loss_type 'orpo'"),
+        ("loss_type", ["kto"], "loss_type 'kto'"),
+        ("loss_type", ["sigmoid", "cpo"], "loss_type 'cpo'"),
         ("ld_alpha", 0.5, "ld_alpha"),
         ("use_weighting", True, "use_weighting"),
         ("f_divergence_type", "js_divergence", "f_divergence_type 'js_divergence'"),

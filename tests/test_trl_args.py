@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from dpo_recipe.config import TrainingSection, load_recipe
-from dpo_recipe.trl_args import RECIPE_TO_DPO_CONFIG, dpo_config, mapped_hyperparameters, precision_flags
+from dpo_recipe.trl_args import (
+    RECIPE_TO_DPO_CONFIG,
+    RECIPE_TO_OBJECTIVE,
+    dpo_config,
+    mapped_hyperparameters,
+    objective_kwargs,
+    precision_flags,
+)
 
 
 def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
@@ -34,9 +41,19 @@ def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
 
 def test_the_table_covers_every_training_key_but_those_handled_elsewhere() -> None:
     mapped = {key.split(".")[1] for key in RECIPE_TO_DPO_CONFIG if key.startswith("training.")}
-    handled_elsewhere = {"output_dir", "precision", "tensorboard", "packing"}  # run_dir, precision_flags, report_to
+    # run_dir, precision_flags, report_to; CPOConfig's SimPO fields go to PackedDPOTrainer (objective_kwargs)
+    handled_elsewhere = {"output_dir", "precision", "tensorboard", "packing"}
+    handled_elsewhere |= {key.split(".")[1] for key in RECIPE_TO_OBJECTIVE}
     assert mapped | handled_elsewhere == set(TrainingSection.__dataclass_fields__)
     assert not mapped & handled_elsewhere
+
+
+def test_objective_kwargs_are_the_cpo_config_names() -> None:
+    recipe = load_recipe("tiny-ja", ["training.loss_type=simpo", "training.simpo_gamma=1.0", "training.cpo_alpha=0.5"])
+    assert objective_kwargs(recipe) == {"simpo_gamma": 1.0, "cpo_alpha": 0.5}
+    from trl.experimental.cpo import CPOConfig
+
+    assert set(RECIPE_TO_OBJECTIVE.values()) <= set(CPOConfig.__dataclass_fields__)
 
 
 def test_precision_flags_on_a_cpu() -> None:

@@ -3,7 +3,9 @@
 Inputs are per-pair summed log-probabilities of the completion tokens under the policy and the
 reference (the base model), plus completion lengths. The implicit DPO reward of an answer is
 beta * (log pi(y|x) - log pi_ref(y|x)); a pair is won when chosen's reward is strictly higher
-(ties are counted as losses and reported separately). Log-likelihood accuracies need no
+(ties are counted as losses and reported separately). With ``reference_free=True`` the reward is
+that of SimPO and ORPO instead, beta * log pi(y|x) / |y|: the mean log-prob per completion token,
+as TRL's CPO and ORPO trainers log it. Log-likelihood accuracies need no
 reference, so they are also reported for the base model: the "before" beside the "after".
 """
 
@@ -20,6 +22,7 @@ Args:
     reference_chosen_logps, reference_rejected_logps: the same under the base (reference) model.
     chosen_tokens, rejected_tokens: completion lengths in tokens (for length-normalised accuracy).
     beta: DPO temperature used for rewards and the loss (default 0.1).
+    reference_free: reward beta * mean completion log-prob (SimPO, ORPO) instead of DPO's (default False).
 Returns:
     pairs, reward_accuracy, reward_accuracy_ci95, reward_ties, reward_margin, chosen_reward,
     rejected_reward, loss, policy_loglik_accuracy, policy_loglik_accuracy_normalized,
@@ -66,12 +69,15 @@ class DpoPreference(evaluate.Metric):
             features=datasets.Features({name: datasets.Value(dtype) for name, dtype in _FEATURES.items()}),
         )
 
-    def _compute(self, beta=0.1, **columns):
+    def _compute(self, beta=0.1, reference_free=False, **columns):
         rows = zip(*(columns[name] for name in _FEATURES), strict=True)
         chosen_rewards, rejected_rewards, wins, ties, losses = [], [], [], [], []
         policy_sum, policy_norm, base_sum, base_norm = [], [], [], []
         for pc, pr, rc, rr, nc, nr in rows:
-            chosen, rejected = beta * (pc - rc), beta * (pr - rr)
+            if reference_free:
+                chosen, rejected = beta * pc / max(nc, 1), beta * pr / max(nr, 1)
+            else:
+                chosen, rejected = beta * (pc - rc), beta * (pr - rr)
             chosen_rewards.append(chosen)
             rejected_rewards.append(rejected)
             wins.append(chosen > rejected)
