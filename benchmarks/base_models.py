@@ -113,11 +113,22 @@ def table(results: dict[str, dict[str, Any]], train_pairs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-pairs", type=int, default=192)
+def parse_args(doc: str, train_pairs: int) -> argparse.Namespace:
+    """The options every comparison here takes: the training budget, and where to write the table."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-pairs", type=int, default=train_pairs)
     parser.add_argument("--out", type=Path, help="Also write the Markdown table here.")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def publish(text: str, out: Path | None) -> None:
+    print(text)
+    if out:
+        out.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    args = parse_args(__doc__, train_pairs=192)
     from dpo_recipe.config import load_recipe
     from dpo_recipe.model import resolve_model_source
 
@@ -125,10 +136,7 @@ def main() -> None:
         resolve_model_source(load_recipe(RECIPE, list(extra)).model)
     with tempfile.TemporaryDirectory(prefix="base-models-") as work:
         results = {name: run(name, extra, args.train_pairs, Path(work)) for name, extra in MODELS.items()}
-    text = table(results, args.train_pairs)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    publish(table(results, args.train_pairs), args.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ objective saves), and held-out reward accuracy under each objective's own implic
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from base_models import run  # the same one-process-per-run harness
+from base_models import parse_args, publish, run  # the same one-process-per-run harness
 
 OBJECTIVES = {  # name: recipe overrides (TRL's defaults for each objective's numbers)
     "sigmoid (DPO)": ("training.loss_type=sigmoid",),
@@ -53,10 +52,7 @@ def table(results: dict[str, dict[str, Any]], train_pairs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-pairs", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="Also write the Markdown table here.")
-    args = parser.parse_args()
+    args = parse_args(__doc__, train_pairs=64)
     from dpo_recipe.losses import is_reference_free
     from dpo_recipe.resources import cache_root
 
@@ -71,10 +67,7 @@ def main() -> None:
             os.environ["DPO_RECIPE_CACHE"] = str(Path(work) / "cache")
             results[name] = run(name, (*COMMON, *extra), args.train_pairs, Path(work))
         results[name]["reference_free"] = is_reference_free([extra[0].split("=", 1)[1]])
-    text = table(results, args.train_pairs)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    publish(table(results, args.train_pairs), args.out)
 
 
 if __name__ == "__main__":
