@@ -87,12 +87,11 @@ def implicit_reward(loss_type: str | list[str]) -> tuple[bool, str]:
     DPO's losses reward beta x (policy - reference) log-prob; SimPO and ORPO, which train without a
     reference, beta x mean log-prob per completion token (TRL's CPO / ORPO trainers' reward).
     """
-    from dpo_recipe.losses import REFERENCE_FREE_LOSSES
+    from dpo_recipe.losses import is_reference_free
 
     names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    free = [name for name in names if name in REFERENCE_FREE_LOSSES]
-    if free:
-        return True, f"{free[0]}: beta x mean log-prob"
+    if is_reference_free(names):  # a reference-free loss trains alone (losses.mixing_problem)
+        return True, f"{names[0]}: beta x mean log-prob"
     return False, "dpo: beta x (policy - reference) log-prob"
 
 
