@@ -8,7 +8,7 @@ import pytest
 from conftest import write_jsonl
 
 from dpo_recipe.config import DataSection
-from dpo_recipe.data import hold_out, load_preference_splits, pin_hub_revision, read_source, rename_columns
+from dpo_recipe.data import hold_out, load_preference_splits, pin_hub_revision, read_source
 from dpo_recipe.errors import DataError
 
 
@@ -62,15 +62,6 @@ def test_recipe_split_without_a_test_split_is_held_out_and_sliced(tmp_path: Path
     expected_train, expected_test = hold_out(numbered(40), 0.25, seed=1)
     assert train == expected_train[:7] and test == expected_test[:3]
     assert not report.errors
-
-
-def test_mapped_columns_are_renamed_and_missing_ones_named(tmp_path: Path) -> None:
-    rows = [{"q": "質問", "good": "良い。", "bad": "悪い。"}]
-    data = DataSection(source="d.jsonl", prompt_column="q", chosen_column="good", rejected_column="bad")
-    renamed = {"train": [{"prompt": "質問", "chosen": "良い。", "rejected": "悪い。"}]}
-    assert rename_columns({"train": rows}, data) == renamed
-    with pytest.raises(DataError, match="data.chosen_column 'better': no such column in split 'train'"):
-        rename_columns({"train": rows}, DataSection(source="d.jsonl", prompt_column="q", chosen_column="better"))
 
 
 def test_an_unreadable_hub_dataset_names_the_http_status(hub) -> None:

@@ -27,7 +27,8 @@ def test_dataset_push_and_load_dataset_round_trip(hub, runner, tmp_path: Path) -
     invoke(runner, "data", "generate", "--out", data, "--num-pairs", 120, "--tokenizer", "none")
     result = invoke(runner, "data", "push", data, "--repo-id", "alice/ja-prefs")
     assert result.exit_code == 0, result.output
-    assert "Pushed 120 pairs to" in result.output and WRITE not in result.output
+    assert "Pushed 120 rows as given (120 pairs in the standard form) to" in result.output
+    assert WRITE not in result.output
     remote = run_client("""
         import json
         import datasets
