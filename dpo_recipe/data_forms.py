@@ -378,7 +378,7 @@ def messages(value: Any, column: str) -> list[dict[str, str]]:
             what = "a message without a role" if role is None else f"a message with role {role!r}"
             raise RowProblem("unknown-role", column, f"has {what}; roles are {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
-            raise RowProblem("message-without-content", column, f"has a {role} message without text content")
+            raise RowProblem("message-without-content", column, f"has a message without text content (role {role})")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
