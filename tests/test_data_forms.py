@@ -9,33 +9,14 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import invoke, tiny_overrides, write_jsonl
+from conftest import FORM_FIXTURES, PUBLISHED_FORMS, invoke, tiny_overrides, write_jsonl
 
-from dpo_recipe.config import DataSection
+from dpo_recipe.config import DataSection, data_section
 from dpo_recipe.data import read_file, read_source, standard_splits
 from dpo_recipe.data_forms import map_columns, ranked_pairs, to_standard
 from dpo_recipe.errors import DataError
 from dpo_recipe.run_context import RunContext
 
-FIXTURES = Path(__file__).parent / "fixtures" / "forms"
-RANKED_ROWS = [
-    "data.form=ranked",
-    "data.ranked_column=answer",
-    "data.ranked_score_field=rank",
-    "data.ranked_better=lower",
-]
-FORMS = {  # fixture: (recipe settings, the line the data commands and the dry run print about it)
-    "implicit_text": ((), "form: implicit, text (detected)"),
-    "implicit_messages": ((), "form: implicit, messages (detected)"),
-    "hh": ((), "form: hh, text (detected)"),
-    "stack_exchange": (
-        ("data.prompt_column=question", "data.chosen_column=response_j", "data.rejected_column=response_k"),
-        "columns: prompt <- question, chosen <- response_j, rejected <- response_k",
-    ),
-    "alpaca": (("data.prompt_column=[instruction, input]",), "columns: prompt <- instruction + input (joined"),
-    "ranked": ((), "ranked: 6 prompts, 18 answers -> 6 pairs (the best answer against the worst; higher score"),
-    "ranked_rows": (RANKED_ROWS, "ranked: 6 prompts, 14 answers -> 6 pairs (the best answer against the worst; lower"),
-}
 USER = {"role": "user", "content": "過学習とは何ですか？"}
 
 
@@ -66,19 +47,15 @@ def training_context(source: Path, out: Path, tiny_model: Path, settings: tuple[
     return RunContext(recipe="tiny-ja", from_hub=None, overrides=tuple(overrides), output_dir=str(out))
 
 
-@pytest.mark.parametrize("name", FORMS)
+@pytest.mark.parametrize("name", PUBLISHED_FORMS)
 def test_a_published_form_trains_on_the_token_ids_of_its_standard_form(
     name: str, tiny_model: Path, tmp_path: Path, capsys
 ) -> None:
     from dpo_recipe.train import evaluate_and_save, setup, train
 
-    settings, note = FORMS[name]
-    source, standard = FIXTURES / f"{name}.jsonl", FIXTURES / f"{name}.standard.jsonl"
-    section = DataSection(source=str(source))
-    if settings:
-        from dpo_recipe.config import data_section
-
-        section = data_section({"source": str(source)}, settings)
+    settings, note = PUBLISHED_FORMS[name]
+    source, standard = FORM_FIXTURES / f"{name}.jsonl", FORM_FIXTURES / f"{name}.standard.jsonl"
+    section = data_section({"source": str(source)}, settings)
     converted, report = standard_splits(read_source(str(source)), section)
     assert converted == {"train": read_file(standard)} and not report.findings
     assert any(line.startswith(note) for line in report.notes), report.notes
@@ -98,12 +75,12 @@ def test_a_published_form_trains_on_the_token_ids_of_its_standard_form(
 def test_the_dry_run_prints_a_multi_turn_pair_as_the_chat_template_renders_it(tiny_model: Path, capsys) -> None:
     from dpo_recipe.train import setup
 
-    context = training_context(FIXTURES / "implicit_messages.jsonl", Path("unused"), tiny_model, ())
+    context = training_context(FORM_FIXTURES / "implicit_messages.jsonl", Path("unused"), tiny_model, ())
     assert setup(dataclasses.replace(context, dry_run=True)) is None
     report = capsys.readouterr().out
     assert "form: implicit, messages (detected)" in report
     assert "rendered prompt not a prefix of prompt + answer 0" in report
-    first_train_row = read_file(FIXTURES / "implicit_messages.standard.jsonl")[0]  # held out: rows 3 and 5
+    first_train_row = read_file(FORM_FIXTURES / "implicit_messages.standard.jsonl")[0]  # held out: rows 3 and 5
     assert [m["role"] for m in first_train_row["prompt"]] == ["system", "user", "assistant", "user"]
     turns = "".join(f"<|im_start|>{m['role']}\\n{m['content']}<|im_end|>\\n" for m in first_train_row["prompt"])
     assert f"  prompt: '{turns}<|im_start|>assistant\\n'" in report
