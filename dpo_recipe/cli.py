@@ -41,7 +41,8 @@ def cli() -> None:
     Typical flow:
       dpo-recipe recipes list                  # pick a recipe
       dpo-recipe data generate --out data/ja   # the Japanese preference dataset
-      dpo-recipe data lint data/ja             # check any preference data
+      dpo-recipe data lint data/ja             # check any preference data (its form is detected)
+      dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
       dpo-recipe chat --adapter DIR            # ask the tuned model
     """

@@ -232,7 +232,8 @@ def _no_form_fits(splits: dict[str, Rows], data: DataSection) -> Finding:
         "unknown-form",
         name,
         [],
-        f"no preference form fits the columns found ({found}). Name them in the recipe: data.prompt_column (a "
+        f"no preference form fits the columns found ({found}). Name them in the recipe (or with --set on the "
+        "data commands): data.prompt_column (a "
         "list joins several, e.g. [instruction, input]), data.chosen_column and data.rejected_column (e.g. "
         "question / response_j / response_k); or, for several scored answers per prompt, data.form: ranked with "
         f"data.ranked_column (now '{data.ranked_column}') and data.ranked_score_field",
