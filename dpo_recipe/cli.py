@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from dpo_recipe import __version__
+from dpo_recipe.config import DATA_FORMS
 from dpo_recipe.errors import DpoRecipeError
 
 # options that several commands share, declared once
@@ -145,7 +146,7 @@ def data_keys(command: Any) -> Any:
         ),
         click.option(
             "--form",
-            type=click.Choice(["auto", "standard", "implicit", "hh", "ranked"]),
+            type=click.Choice(DATA_FORMS),
             help="How rows hold a pair (data.form; default auto: detected and printed).",
         ),
     ):

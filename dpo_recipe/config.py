@@ -74,6 +74,9 @@ class LoraSection:
     )
 
 
+DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked")  # data.form: how rows hold a pair (data_forms.py)
+
+
 @dataclass
 class DataSection:
     source: str = _key(
@@ -96,7 +99,7 @@ class DataSection:
         "'\\n\\nHuman:' / '\\n\\nAssistant:', turned into messages so the chat template applies), ranked "
         "(several scored answers per prompt, paired by ranked_pairs), or auto (detected from the columns and "
         "values, and printed).",
-        choices=("auto", "standard", "implicit", "hh", "ranked"),
+        choices=DATA_FORMS,
     )
     prompt_column: list[str] | str = _key(
         "prompt",

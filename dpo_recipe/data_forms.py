@@ -52,12 +52,11 @@ class Conversion:
     """Splits in the standard form, and what was done to get them (printed by the data commands and the dry run)."""
 
     splits: dict[str, Rows]
-    form: str | None  # one of FORM_EXPLAINED, None when no form fits the columns
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)  # errors only; rows numbered as in the source
 
 
-class RowProblem(Exception):
+class _RowProblem(Exception):
     """Why one row cannot be converted: a lint check name, the field, and what is wrong with it."""
 
     def __init__(self, check: str, column: str, detail: str) -> None:
@@ -69,20 +68,20 @@ def to_standard(splits: dict[str, Rows], data: DataSection) -> Conversion:
     """``splits`` as prompt / chosen / rejected rows, in the form ``data.form`` names or the one detected."""
     mapped, mapping_note = map_columns(splits, data)
     notes = [mapping_note] if mapping_note else []
-    kinds = {name: [row_form(row, data) for row in rows] for name, rows in mapped.items()}
-    form, kind = data.form, None
-    if data.form == "auto":
+    kinds = {name: [_row_form(row, data) for row in rows] for name, rows in mapped.items()}
+    if data.form == "auto":  # the first row decides; rows of another form are errors
         first = next((found for forms in kinds.values() for found in forms if found), None)
         if first is None:
-            return Conversion({}, None, notes, [_no_form_fits(mapped, data)])
+            return Conversion({}, notes, [_no_form_fits(mapped, data)])
         form, kind = first
     else:
+        form = data.form
         kind = next((found[1] for forms in kinds.values() for found in forms if found and found[1]), None)
     how = "detected" if data.form == "auto" else "data.form"
     notes.append(f"form: {form}{f', {kind}' if kind else ''} ({how}): {FORM_EXPLAINED[form]}")
     ambiguous = _ambiguous(mapped, data)
     if ambiguous:
-        return Conversion({}, form, notes, ambiguous)
+        return Conversion({}, notes, ambiguous)
     mixed = _mixed_forms(kinds, form, kind)
     elsewhere = {(f.split, number) for f in mixed for number in f.rows}  # reported once, as mixed, not converted
     numbered = {
@@ -94,7 +93,7 @@ def to_standard(splits: dict[str, Rows], data: DataSection) -> Conversion:
         notes.append(counts)
     else:
         converted, findings = _convert_rows(numbered, CONVERTERS[form])
-    return Conversion(converted, form, notes, mixed + findings)
+    return Conversion(converted, notes, mixed + findings)
 
 
 # ---------------------------------------------------------------------------- columns
@@ -146,34 +145,34 @@ def _joined(values: list[Any]) -> Any:
 # ---------------------------------------------------------------------------- detection
 
 
-def kind_of(value: Any) -> str | None:
+def _kind_of(value: Any) -> str | None:
     """'text' for a string, 'messages' for a list (checked when converted), None for anything else."""
     if isinstance(value, str):
         return "text"
     return "messages" if isinstance(value, list) else None
 
 
-def is_hh(text: Any) -> bool:
+def _is_hh(text: Any) -> bool:
     """An HH-RLHF transcript: it opens with a Human turn (one without an Assistant turn is an error, not a form)."""
     return isinstance(text, str) and re.match(r"\s*Human:", text) is not None
 
 
-def row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
+def _row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
     """``(form, kind)`` of one row, kind 'text' or 'messages' (None when its values are neither); None when no
     form fits its columns. With ``data.form`` set, the form is that one and only the kind is read."""
     pair = "chosen" in row and "rejected" in row
-    kind = kind_of(row.get("chosen")) or kind_of(row.get("rejected"))
+    kind = _kind_of(row.get("chosen")) or _kind_of(row.get("rejected"))
     if data.form == "ranked" or (data.form == "auto" and not pair and data.ranked_column in row):
-        return "ranked", kind_of(row.get("prompt"))
+        return "ranked", _kind_of(row.get("prompt"))
     if data.form != "auto":
         return data.form, kind
     if not pair:
         return None
-    prompt = kind_of(row.get("prompt"))
+    prompt = _kind_of(row.get("prompt"))
     # TRL's maybe_extract_prompt: a prompt column counts when it is text with text answers, or messages with messages
     form = "standard" if "prompt" in row and (prompt == kind or None in (prompt, kind)) else "implicit"
     if kind == "text" and (
-        is_hh(row["chosen"]) or is_hh(row["rejected"]) or (form == "standard" and is_hh(row["prompt"]))
+        _is_hh(row["chosen"]) or _is_hh(row["rejected"]) or (form == "standard" and _is_hh(row["prompt"]))
     ):
         form = "hh"
     return form, kind
@@ -233,10 +232,10 @@ def _no_form_fits(splits: dict[str, Rows], data: DataSection) -> Finding:
         name,
         [],
         f"no preference form fits the columns found ({found}). Name them in the recipe (or with --set on the "
-        "data commands): data.prompt_column (a "
-        "list joins several, e.g. [instruction, input]), data.chosen_column and data.rejected_column (e.g. "
-        "question / response_j / response_k); or, for several scored answers per prompt, data.form: ranked with "
-        f"data.ranked_column (now '{data.ranked_column}') and data.ranked_score_field",
+        "data commands): data.prompt_column (a list joins several, e.g. [instruction, input]), "
+        "data.chosen_column and data.rejected_column (e.g. question / response_j / response_k); or, for "
+        "several scored answers per prompt, data.form: ranked with data.ranked_column (now "
+        f"'{data.ranked_column}') and data.ranked_score_field",
     )
 
 
@@ -252,7 +251,7 @@ def _convert_rows(splits: dict[str, Numbered], convert: Any) -> tuple[dict[str, 
         for number, row in rows:
             try:
                 converted[name].append(convert(row))
-            except RowProblem as problem:
+            except _RowProblem as problem:
                 problems[(name, problem.check, problem.column, problem.detail)].append(number)
     return converted, _findings(problems)
 
@@ -265,7 +264,7 @@ def _findings(problems: dict[tuple[str, str, str, str], list[int]]) -> list[Find
     ]
 
 
-def standard_pair(row: Row, prompt: Any, chosen: Any, rejected: Any) -> Row:
+def _standard_pair(row: Row, prompt: Any, chosen: Any, rejected: Any) -> Row:
     """The row with its pair replaced, prompt / chosen / rejected first, the other columns kept."""
     return {
         "prompt": prompt,
@@ -278,62 +277,63 @@ def standard_pair(row: Row, prompt: Any, chosen: Any, rejected: Any) -> Row:
 def _standard(row: Row) -> Row:
     """A standard row; messages are checked (roles, content, an assistant answer), text is left to the linter."""
     values = [row.get(column) for column in TEXT_COLUMNS]
-    if len({kind_of(v) for v in values} - {None}) > 1:  # TRL would quietly take the prompt from the answers
-        raise RowProblem(
+    if len({_kind_of(v) for v in values} - {None}) > 1:  # TRL would quietly take the prompt from the answers
+        raise _RowProblem(
             "mixed-forms", "prompt / chosen / rejected", "mix text and messages; give all three in one form"
         )
-    if all(kind_of(v) == "messages" for v in values):
-        prompt = messages(values[0], "prompt")
-        chosen, rejected = (messages(v, c) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True))
+    if all(_kind_of(v) == "messages" for v in values):
+        prompt = _messages(values[0], "prompt")
+        chosen, rejected = (_messages(v, c) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True))
         for answer, column in ((chosen, "chosen"), (rejected, "rejected")):
-            last_assistant_turn(answer, column)
-        return standard_pair(row, prompt, chosen, rejected)
+            _last_assistant_turn(answer, column)
+        return _standard_pair(row, prompt, chosen, rejected)
     return row
 
 
 def _implicit(row: Row) -> Row:
+    """chosen and rejected hold the prompt: text split where they part, messages before the last answer."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
-    kinds = (kind_of(chosen), kind_of(rejected))
+    kinds = (_kind_of(chosen), _kind_of(rejected))
     for kind, column in zip(kinds, ("chosen", "rejected"), strict=True):
         if kind is None:
-            raise RowProblem("not-a-string", column, "must be text or a list of chat messages")
+            raise _RowProblem("not-a-string", column, "must be text or a list of chat messages")
     if kinds[0] != kinds[1]:
-        raise RowProblem("mixed-forms", "chosen / rejected", f"are {kinds[0]} and {kinds[1]}; give both in one form")
+        raise _RowProblem("mixed-forms", "chosen / rejected", f"are {kinds[0]} and {kinds[1]}; give both in one form")
     if kinds[0] == "text":
         for value, column in ((chosen, "chosen"), (rejected, "rejected")):
             if not value.strip():
-                raise RowProblem("empty-field", column, "is empty; fill it in or drop these rows")
+                raise _RowProblem("empty-field", column, "is empty; fill it in or drop these rows")
         # extract_prompt needs a shared first character: without one it takes a trailing space as the prompt's end
-        pair = trl_extract_prompt(chosen, rejected) if chosen[0] == rejected[0] else {"prompt": ""}
+        pair = _trl_extract_prompt(chosen, rejected) if chosen[0] == rejected[0] else {"prompt": ""}
         if not pair["prompt"].strip():
-            raise RowProblem(
+            raise _RowProblem(
                 "no-shared-prompt",
                 "chosen / rejected",
                 "share no prefix to take as the prompt; give the prompt a column of its own (data.prompt_column)",
             )
-        return standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
-    return _split_conversations(row, messages(chosen, "chosen"), messages(rejected, "rejected"))
+        return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
+    return _split_conversations(row, _messages(chosen, "chosen"), _messages(rejected, "rejected"))
 
 
 def _split_conversations(row: Row, chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> Row:
     """Two whole conversations → the prompt (turns before the last assistant turn) and the two answers."""
-    cuts = (last_assistant_turn(chosen, "chosen"), last_assistant_turn(rejected, "rejected"))
+    cuts = (_last_assistant_turn(chosen, "chosen"), _last_assistant_turn(rejected, "rejected"))
     if 0 in cuts:
-        raise RowProblem(
+        raise _RowProblem(
             "no-shared-prompt", "chosen / rejected", "open with the answer: there is no turn before it to be the prompt"
         )
-    pair = trl_extract_prompt(chosen, rejected)  # TRL's semantics: the shared leading turns
+    pair = _trl_extract_prompt(chosen, rejected)  # TRL's semantics: the shared leading turns
     if not len(pair["prompt"]) == cuts[0] == cuts[1]:
-        raise RowProblem(
+        raise _RowProblem(
             "differs-before-answer",
             "chosen / rejected",
             "differ before the last assistant turn; only the last answer may differ (the turns before it are "
             "the prompt)",
         )
-    return standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
+    return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
 
 
-def trl_extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:
+def _trl_extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:
     """TRL's own prompt extraction, so an implicit pair splits here exactly as TRL would split it.
 
     Imported on use: trl imports torch, seconds that files in other forms need not wait for."""
@@ -343,21 +343,22 @@ def trl_extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:
 
 
 def _hh(row: Row) -> Row:
+    """HH-RLHF transcripts → messages → split before the last assistant turn."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for value, column in ((chosen, "chosen"), (rejected, "rejected")):
         if not isinstance(value, str):
-            raise RowProblem("not-a-string", column, "must be HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …')")
+            raise _RowProblem("not-a-string", column, "must be HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …')")
     prompt = row.get("prompt")
     # A prompt column holding the transcript up to the last "Assistant:" (the full-hh-rlhf layout) goes in front
-    head = prompt if isinstance(prompt, str) and not is_hh(chosen) else ""
-    return _split_conversations(row, hh_messages(head + chosen, "chosen"), hh_messages(head + rejected, "rejected"))
+    head = prompt if isinstance(prompt, str) and not _is_hh(chosen) else ""
+    return _split_conversations(row, _hh_messages(head + chosen, "chosen"), _hh_messages(head + rejected, "rejected"))
 
 
-def hh_messages(text: str, column: str) -> list[dict[str, str]]:
+def _hh_messages(text: str, column: str) -> list[dict[str, str]]:
     """An HH-RLHF transcript as messages: Human turns are the user's, Assistant turns the assistant's."""
     parts = HH_TURN.split(text.lstrip())
     if parts[0].strip() or len(parts) < 3:
-        raise RowProblem("hh-turns", column, "does not open with a '\\n\\nHuman:' turn")
+        raise _RowProblem("hh-turns", column, "does not open with a '\\n\\nHuman:' turn")
     return [
         {"role": HH_ROLES[speaker], "content": content.strip()}
         for speaker, content in zip(parts[1::2], parts[2::2], strict=True)
@@ -367,38 +368,37 @@ def hh_messages(text: str, column: str) -> list[dict[str, str]]:
 CONVERTERS = {"standard": _standard, "implicit": _implicit, "hh": _hh}
 
 
-def messages(value: Any, column: str) -> list[dict[str, str]]:
+def _messages(value: Any, column: str) -> list[dict[str, str]]:
     """A checked conversation, each message reduced to role and content (one Arrow type for every row)."""
     if not isinstance(value, list) or not value:
-        raise RowProblem("not-messages", column, "must be a non-empty list of {role, content} messages")
+        raise _RowProblem("not-messages", column, "must be a non-empty list of {role, content} messages")
     for message in value:
         if not isinstance(message, dict):
-            raise RowProblem("not-messages", column, "holds an item that is not a {role, content} message")
+            raise _RowProblem("not-messages", column, "holds an item that is not a {role, content} message")
         role = message.get("role")
         if role not in ROLES:
             what = "a message without a role" if role is None else f"a message with role {role!r}"
-            raise RowProblem("unknown-role", column, f"has {what}; roles are {', '.join(ROLES)}")
+            raise _RowProblem("unknown-role", column, f"has {what}; roles are {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
-            raise RowProblem("message-without-content", column, f"has a message without text content (role {role})")
+            raise _RowProblem("message-without-content", column, f"has a message without text content (role {role})")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def last_assistant_turn(conversation: list[dict[str, str]], column: str) -> int:
+def _last_assistant_turn(conversation: list[dict[str, str]], column: str) -> int:
     """Index of the conversation's last assistant message: where its answer starts."""
     for index in range(len(conversation) - 1, -1, -1):
         if conversation[index]["role"] == "assistant":
             return index
-    raise RowProblem("no-assistant-turn", column, "has no assistant turn, so there is no answer to train on")
+    raise _RowProblem("no-assistant-turn", column, "has no assistant turn, so there is no answer to train on")
 
 
 # ---------------------------------------------------------------------------- ranked answers
 
 
 @dataclass
-class RankedGroup:
-    """One prompt's answers: where they came from (rows, 1-based) and the columns the pairs keep."""
+class _RankedGroup:
+    """One prompt's answers (text, score) and the columns its pairs keep."""
 
-    rows: list[int]
     prompt: Any
     answers: list[tuple[str, float]]
     extra: Row
@@ -417,7 +417,6 @@ def _pair_ranked(splits: dict[str, Numbered], data: DataSection) -> tuple[dict[s
             pairs = ranked_pairs([score for _, score in group.answers], data)
             skipped += not pairs
             converted[name] += [_ranked_row(group, chosen, rejected) for chosen, rejected in pairs]
-    better = "higher" if data.ranked_better == "higher" else "lower"
     rule = (
         "the best answer against the worst"
         if data.ranked_pairs == "best_vs_worst"
@@ -425,7 +424,7 @@ def _pair_ranked(splits: dict[str, Numbered], data: DataSection) -> tuple[dict[s
     )
     pairs_made = sum(len(rows) for rows in converted.values())
     counts = (
-        f"ranked: {prompts} prompts, {answers} answers -> {pairs_made} pairs ({rule}; {better} "
+        f"ranked: {prompts} prompts, {answers} answers -> {pairs_made} pairs ({rule}; {data.ranked_better} "
         f"{data.ranked_score_field} is better); prompts without a pair: {skipped} (one answer, or none far enough "
         "apart). Lint rows below count these pairs."
     )
@@ -434,28 +433,28 @@ def _pair_ranked(splits: dict[str, Numbered], data: DataSection) -> tuple[dict[s
 
 def _ranked_groups(
     rows: Numbered, data: DataSection, split: str, problems: dict[tuple[str, str, str, str], list[int]]
-) -> list[RankedGroup]:
+) -> list[_RankedGroup]:
     """Answers per prompt: a list column per row, or one answer per row grouped by prompt (first seen first)."""
     column, score_field = data.ranked_column, data.ranked_score_field
-    groups: dict[str, RankedGroup] = {}
+    groups: dict[str, _RankedGroup] = {}
     for number, row in rows:
         try:
-            if kind_of(row.get("prompt")) == "messages":
-                messages(row["prompt"], "prompt")
+            prompt = (
+                _messages(row["prompt"], "prompt") if _kind_of(row.get("prompt")) == "messages" else row.get("prompt")
+            )
             value = row.get(column)
             if isinstance(value, list):
                 answers = [_scored(a, data, f"{column}[{i}]") for i, a in enumerate(value)]
                 extra = {k: v for k, v in row.items() if k not in (column, "prompt")}
-                groups[f"row {number}"] = RankedGroup([number], row.get("prompt"), answers, extra)
+                groups[f"row {number}"] = _RankedGroup(prompt, answers, extra)
                 continue
             answer = _scored({data.ranked_text_field: value, score_field: row.get(score_field)}, data, column)
-        except RowProblem as problem:
+        except _RowProblem as problem:
             problems[(split, problem.check, problem.column, problem.detail)].append(number)
             continue
         key = json.dumps(row.get("prompt"), ensure_ascii=False, sort_keys=True, default=str)
         extra = {k: v for k, v in row.items() if k not in (column, score_field, "prompt")}
-        group = groups.setdefault(key, RankedGroup([], row.get("prompt"), [], extra))
-        group.rows.append(number)
+        group = groups.setdefault(key, _RankedGroup(prompt, [], extra))
         group.answers.append(answer)
         group.extra = {k: v for k, v in group.extra.items() if extra.get(k) == v}  # prompt-level columns only
     return list(groups.values())
@@ -465,16 +464,16 @@ def _scored(answer: Any, data: DataSection, where: str) -> tuple[str, float]:
     """(text, score) of one answer; the score as a number whatever the file stored it as (CSV holds text)."""
     text_field, score_field = data.ranked_text_field, data.ranked_score_field
     if not isinstance(answer, dict):
-        raise RowProblem("ranked-answer", where, f"must be an object with '{text_field}' and '{score_field}'")
+        raise _RowProblem("ranked-answer", where, f"must be an object with '{text_field}' and '{score_field}'")
     text, score = answer.get(text_field), answer.get(score_field)
     if not isinstance(text, str) or not text.strip():
-        raise RowProblem("ranked-answer", where, f"has no text in '{text_field}' (data.ranked_text_field)")
+        raise _RowProblem("ranked-answer", where, f"has no text in '{text_field}' (data.ranked_text_field)")
     try:
         number = float(score) if not isinstance(score, bool) else math.nan
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number):
-        raise RowProblem("ranked-answer", where, f"has no numeric '{score_field}' (data.ranked_score_field)")
+        raise _RowProblem("ranked-answer", where, f"has no numeric '{score_field}' (data.ranked_score_field)")
     return text, number
 
 
@@ -483,6 +482,8 @@ def ranked_pairs(scores: list[float], data: DataSection) -> list[tuple[int, int]
     listed answer counts as the better one, so the same file gives the same pairs."""
     sign = 1 if data.ranked_better == "higher" else -1
     order = sorted(range(len(scores)), key=lambda i: -sign * scores[i])
+    if not order:
+        return []
     if data.ranked_pairs == "best_vs_worst":
         best, worst = order[0], order[-1]
         return [(best, worst)] if scores[best] != scores[worst] else []
@@ -494,13 +495,13 @@ def ranked_pairs(scores: list[float], data: DataSection) -> list[tuple[int, int]
     ]
 
 
-def _ranked_row(group: RankedGroup, chosen: int, rejected: int) -> Row:
+def _ranked_row(group: _RankedGroup, chosen: int, rejected: int) -> Row:
     """One pair; with a messages prompt each answer is one assistant turn."""
     (chosen_text, chosen_score), (rejected_text, rejected_score) = group.answers[chosen], group.answers[rejected]
-    if kind_of(group.prompt) == "messages":
+    if _kind_of(group.prompt) == "messages":
         chosen_value: Any = [{"role": "assistant", "content": chosen_text}]
         rejected_value: Any = [{"role": "assistant", "content": rejected_text}]
     else:
         chosen_value, rejected_value = chosen_text, rejected_text
-    row = standard_pair(group.extra, group.prompt, chosen_value, rejected_value)
+    row = _standard_pair(group.extra, group.prompt, chosen_value, rejected_value)
     return {**row, "chosen_score": chosen_score, "rejected_score": rejected_score}

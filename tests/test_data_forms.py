@@ -221,7 +221,7 @@ def test_mapped_columns_are_renamed_joined_and_missing_ones_named() -> None:
 def test_ranked_answers_pair_by_the_stated_rule() -> None:
     higher = DataSection(source="r.jsonl")
     assert ranked_pairs([4, 9, 1, 9], higher) == [(1, 2)]  # best (first of the tied 9s) against worst
-    assert ranked_pairs([5, 5], higher) == []  # all tied: no pair
+    assert ranked_pairs([5, 5], higher) == ranked_pairs([5], higher) == ranked_pairs([], higher) == []
     assert ranked_pairs([1, 3, 2], DataSection(source="r.jsonl", ranked_better="lower")) == [(0, 1)]
     margin = DataSection(source="r.jsonl", ranked_pairs="margin", ranked_margin=2)
     assert ranked_pairs([4, 9, 1, 3], margin) == [(1, 0), (1, 3), (1, 2), (0, 2), (3, 2)]  # not 4 against 3
