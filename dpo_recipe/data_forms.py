@@ -309,7 +309,8 @@ def _implicit(row: Row) -> Row:
             raise _RowProblem(
                 "no-shared-prompt",
                 "chosen / rejected",
-                "share no prefix to take as the prompt; give the prompt a column of its own (data.prompt_column)",
+                f"share no prefix to take as the prompt; if a column holds the prompt (columns: {', '.join(row)}), "
+                "name it with data.prompt_column",
             )
         return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
     return _split_conversations(row, _messages(chosen, "chosen"), _messages(rejected, "rejected"))

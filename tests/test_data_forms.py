@@ -152,8 +152,8 @@ def test_bad_rows_are_findings_naming_row_and_field() -> None:
     assert len(converted) == 2  # rows 1 and 9
     text_rows = [{"chosen": "猫です。", "rejected": "犬です。"}, {"chosen": "", "rejected": "犬です。"}]
     assert convert(text_rows)[1] == {
-        ("no-shared-prompt", (1,)): "chosen / rejected share no prefix to take as the prompt; give the prompt a "
-        "column of its own (data.prompt_column)",
+        ("no-shared-prompt", (1,)): "chosen / rejected share no prefix to take as the prompt; if a column holds "
+        "the prompt (columns: chosen, rejected), name it with data.prompt_column",
         ("empty-field", (2,)): "chosen is empty; fill it in or drop these rows",
     }
     standard = [
