@@ -16,9 +16,9 @@ def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
     TRL tokenizes a plain-text prompt raw (no template), so answering a bare question in the same
     form is what the adapter learned; conversational data was rendered with the template.
     """
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    from dpo_recipe.tokens import render_text
+
+    return render_text(tokenizer, prompt, generation_prompt=True)
 
 
 def turn_end_ids(tokenizer: Any) -> list[int]:

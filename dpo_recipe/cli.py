@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from dpo_recipe import __version__
+from dpo_recipe.config import DATA_FORMS
 from dpo_recipe.errors import DpoRecipeError
 
 # options that several commands share, declared once
@@ -40,7 +42,8 @@ def cli() -> None:
     Typical flow:
       dpo-recipe recipes list                  # pick a recipe
       dpo-recipe data generate --out data/ja   # the Japanese preference dataset
-      dpo-recipe data lint data/ja             # check any preference data
+      dpo-recipe data lint data/ja             # check any preference data (its form is detected)
+      dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
       dpo-recipe chat --adapter DIR            # ask the tuned model
     """
@@ -115,29 +118,65 @@ def data_generate(out_dir: Path, num_pairs: int, seed: int, tokenizer: str, over
     click.echo(f"Wrote {sum(counts.values())} pairs ({listed}) to {out_dir}")
 
 
+def data_keys(command: Any) -> Any:
+    """How a data command reads SOURCE, as a recipe's data section would: --form, the column options and
+    --set data.KEY=VALUE. The command receives them as one checked ``section`` (a ``DataSection``)."""
+
+    def with_section(*, source: Any, overrides: tuple[str, ...], **options: Any) -> Any:
+        from dpo_recipe.config import data_section
+
+        given = {key: options.pop(key) for key in ("form", "prompt_column", "chosen_column", "rejected_column")}
+        values = {"source": str(source), **{key: value for key, value in given.items() if value is not None}}
+        return command(section=data_section(values, overrides), **options)
+
+    functools.update_wrapper(with_section, command)  # click reads the name, help text and options from it
+    for option in (
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="data.KEY=VALUE",
+            help="Any other data key (repeatable), e.g. data.ranked_score_field=rank ('dpo-recipe recipes keys').",
+        ),
+        click.option("--rejected-column", help="Column holding the dispreferred answer (data.rejected_column)."),
+        click.option("--chosen-column", help="Column holding the preferred answer (data.chosen_column)."),
+        click.option(
+            "--prompt-column",
+            help="Column holding the prompt (data.prompt_column; several: --set 'data.prompt_column=[a, b]').",
+        ),
+        click.option(
+            "--form",
+            type=click.Choice(DATA_FORMS),
+            help="How rows hold a pair (data.form; default auto: detected and printed).",
+        ),
+    ):
+        with_section = option(with_section)
+    return with_section
+
+
+def _echo_notes(report: Any) -> None:
+    for note in report.notes:
+        click.echo(note)
+
+
 @data.command("lint")
 @click.argument("source")
-@click.option("--prompt-column", default="prompt", show_default=True)
-@click.option("--chosen-column", default="chosen", show_default=True)
-@click.option("--rejected-column", default="rejected", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print findings and stats as JSON.")
-def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_column: str, as_json: bool) -> None:
+@data_keys
+@click.option("--json", "as_json", is_flag=True, help="Print the form, findings and stats as JSON.")
+def data_lint(section: Any, as_json: bool) -> None:
     """Check preference data SOURCE (file, dataset directory or Hub id) before training.
 
-    Exit status 1 when there are errors; warnings alone exit 0.
+    Prints the form the rows were read in (detected, or --form), then the findings. Exit status 1
+    when there are errors; warnings alone exit 0.
     """
-    from dpo_recipe.config import DataSection
-    from dpo_recipe.data import read_source, rename_columns
-    from dpo_recipe.lint import lint
+    from dpo_recipe.data import read_source, standard_splits
 
-    section = DataSection(
-        source=source, prompt_column=prompt_column, chosen_column=chosen_column, rejected_column=rejected_column
-    )
-    report = lint(rename_columns(read_source(source), section))
+    _, report = standard_splits(read_source(section.source, revision=section.revision), section)
     if as_json:
-        payload = {"findings": [vars(f) for f in report.findings], "stats": report.stats}
+        payload = {"notes": report.notes, "findings": [vars(f) for f in report.findings], "stats": report.stats}
         click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
+        _echo_notes(report)
         for split, stats in report.stats.items():
             japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
             click.echo(
@@ -149,28 +188,77 @@ def data_lint(source: str, prompt_column: str, chosen_column: str, rejected_colu
         raise SystemExit(1)
 
 
+@data.command("convert")
+@click.argument("source")
+@data_keys
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["jsonl", "parquet"]),
+    help="File format (default: parquet for a .parquet --out, else jsonl).",
+)
+@click.option("--split", help="Split to write when SOURCE has several (default: data.train_split).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def data_convert(section: Any, out: Path, file_format: str | None, split: str | None, overwrite: bool) -> None:
+    """Write SOURCE in the standard form training sees: prompt / chosen / rejected rows (text, or chat
+    messages), the other columns kept, so you can read what a recipe will train on.
+
+    Nothing is written when the rows fail the linter; the file appears whole or not at all.
+    """
+    from dpo_recipe.data import read_source, standard_splits, write_rows
+
+    by_suffix = {".jsonl": "jsonl", ".parquet": "parquet"}.get(out.suffix.lower())
+    if file_format and by_suffix and file_format != by_suffix:
+        raise click.BadParameter(
+            f"{file_format} does not fit --out {out.name}; name the file *.{file_format}.", param_hint="--format"
+        )
+    splits, report = standard_splits(read_source(section.source, revision=section.revision), section)
+    _echo_notes(report)
+    if report.errors:
+        click.echo(report.table())
+        raise SystemExit(1)
+    name = split or (next(iter(splits)) if len(splits) == 1 else section.train_split)
+    if name not in splits:
+        raise click.BadParameter(
+            f"no split '{name}' in {section.source} (found: {', '.join(splits)}).", param_hint="--split"
+        )
+    file_format = file_format or by_suffix or "jsonl"
+    write_rows(splits[name], out, file_format, overwrite=overwrite)
+    others = ", ".join(n for n in splits if n != name)
+    rest = f"; other splits: {others} (--split NAME)" if others else ""
+    click.echo(f"Wrote {len(splits[name])} pairs of split '{name}' in the standard form to {out} ({file_format}){rest}")
+
+
 @data.command("push")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
+@data_keys
 @click.option("--repo-id", required=True, help="Target dataset repo, USER/NAME.")
 @private_option
 @revision_option
-def data_push(source: Path, repo_id: str, private: bool, revision: str | None) -> None:
-    """Publish dataset SOURCE (linted first) to the Hub as Parquet train/test splits with its card.
+def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -> None:
+    """Publish dataset SOURCE (linted first) to the Hub as Parquet splits with its card.
 
-    The token comes from HF_TOKEN or `hf auth login` and is never printed.
+    The rows go up as they are, in their own form (training from the Hub id reads that form again);
+    push the output of 'dpo-recipe data convert' to publish the standard form. The token comes from
+    HF_TOKEN or `hf auth login` and is never printed.
     """
-    from dpo_recipe.data import lint_error_message, read_source
+    from dpo_recipe.data import lint_error_message, read_source, standard_splits
     from dpo_recipe.hub import push_dataset, writable_token
-    from dpo_recipe.lint import lint
 
     writable_token(repo_id)  # fail before reading anything large
-    splits = read_source(str(source))
-    report = lint(splits)
+    splits = read_source(section.source)
+    standard, report = standard_splits(splits, section)
     if report.errors:
-        raise DpoRecipeError(lint_error_message(str(source), report))
+        raise DpoRecipeError(lint_error_message(section.source, report))
+    _echo_notes(report)
+    source = Path(section.source)
     card = source / "README.md" if source.is_dir() else None
     result = push_dataset(splits, card, repo_id, private=private, revision=revision)
-    click.echo(f"Pushed {sum(len(r) for r in splits.values())} pairs to {result.url} at commit {result.commit}")
+    rows, pairs = (sum(len(r) for r in parts.values()) for parts in (splits, standard))
+    click.echo(
+        f"Pushed {rows} rows as given ({pairs} pairs in the standard form) to {result.url} at commit {result.commit}"
+    )
 
 
 @cli.command("push")

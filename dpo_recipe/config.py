@@ -74,6 +74,9 @@ class LoraSection:
     )
 
 
+DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked")  # data.form: how rows hold a pair (data_forms.py)
+
+
 @dataclass
 class DataSection:
     source: str = _key(
@@ -88,9 +91,46 @@ class DataSection:
     test_size: float = _key(0.1, "Share held out when the source has no test split.", min=0.0, max=0.9)
     max_train_pairs: int | None = _key(None, "Train on the first N pairs only (CPU-sized slices).", min=1)
     max_eval_pairs: int | None = _key(None, "Evaluate on the first N held-out pairs only.", min=1)
-    prompt_column: str = _key("prompt", "Column holding the prompt (renamed to 'prompt').")
-    chosen_column: str = _key("chosen", "Column holding the preferred answer.")
-    rejected_column: str = _key("rejected", "Column holding the dispreferred answer.")
+    form: str = _key(
+        "auto",
+        "How the rows hold a pair (dpo_recipe.data_forms): standard (prompt / chosen / rejected, text or messages), "
+        "implicit (chosen and rejected only, the prompt inside both: the longest shared text prefix, or for messages "
+        "everything before the last assistant turn, as TRL extracts it), hh (Anthropic HH-RLHF text turns "
+        "'\\n\\nHuman:' / '\\n\\nAssistant:', turned into messages so the chat template applies), ranked "
+        "(several scored answers per prompt, paired by ranked_pairs), or auto (detected from the columns and "
+        "values, and printed).",
+        choices=DATA_FORMS,
+    )
+    prompt_column: list[str] | str = _key(
+        "prompt",
+        "Column holding the prompt (renamed to 'prompt'), or a list of columns joined by a blank line into the "
+        "prompt, empty ones skipped (e.g. [instruction, input]).",
+    )
+    chosen_column: str = _key("chosen", "Column holding the preferred answer (e.g. response_j).")
+    rejected_column: str = _key("rejected", "Column holding the dispreferred answer (e.g. response_k).")
+    ranked_column: str = _key(
+        "responses",
+        "form ranked: the column with a prompt's answers, either a list of objects per row (each with "
+        "ranked_text_field and ranked_score_field) or one answer's text per row (rows with the same prompt are "
+        "grouped; ranked_score_field is then a column).",
+    )
+    ranked_text_field: str = _key("text", "form ranked: the field of an answer object that holds its text.")
+    ranked_score_field: str = _key("score", "form ranked: the field (or column) that holds an answer's score or rank.")
+    ranked_better: str = _key(
+        "higher",
+        "form ranked: which scores are better: higher (ratings) or lower (ranks, 1 = best).",
+        choices=("higher", "lower"),
+    )
+    ranked_pairs: str = _key(
+        "best_vs_worst",
+        "form ranked: how answers become pairs: best_vs_worst (one pair per prompt, the best answer against the "
+        "worst; prompts whose answers all tie give none) or margin (every two answers whose scores differ by "
+        "at least ranked_margin).",
+        choices=("best_vs_worst", "margin"),
+    )
+    ranked_margin: float = _key(
+        1.0, "form ranked, ranked_pairs margin: the smallest score difference that makes a pair.", min_exclusive=0.0
+    )
     revision: str | None = _key(None, "Hub revision of a Hub dataset.")
     as_conversation: bool = _key(
         False,
@@ -297,6 +337,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
             raise RecipeError(f"{source}: section '{section}' must be a mapping.")
         target[key] = value
     return merged
+
+
+def data_section(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> DataSection:
+    """A data section without a recipe, for the data commands (``data lint`` / ``convert`` / ``push``).
+
+    ``values`` are the command's own options, ``overrides`` its ``--set data.KEY=VALUE`` items; both are
+    checked as a recipe's keys are, so a key means the same on the command line as in a recipe.
+    """
+    raw = apply_overrides({"data": dict(values)}, overrides, source="--set")
+    problems = [f"{name}: a data command takes data.KEY=VALUE only" for name in raw if name != "data"]
+    section = _build_section(DataSection, "data", raw["data"], problems)
+    if problems:
+        raise RecipeError(f"{'; '.join(problems)}. See 'dpo-recipe recipes keys' for every key and its form.")
+    return section
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config import DataSection
+from dpo_recipe.data_forms import to_standard
 from dpo_recipe.errors import DataError
 from dpo_recipe.generate import generate_pairs
 from dpo_recipe.hub import http_status
@@ -182,25 +183,6 @@ def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
     return {name: _rows(split) for name, split in loaded.items()}
 
 
-def rename_columns(splits: dict[str, Rows], data: DataSection) -> dict[str, Rows]:
-    """Map the recipe's column names onto prompt / chosen / rejected.
-
-    A mapped column that the data lacks is an error even when a column with the standard name
-    exists: silently training on ``chosen`` when the recipe says ``better`` would train the wrong pairs.
-    """
-    mapping = {data.prompt_column: "prompt", data.chosen_column: "chosen", data.rejected_column: "rejected"}
-    if all(k == v for k, v in mapping.items()):
-        return splits
-    for name, rows in splits.items():
-        absent = [f"data.{v}_column '{k}'" for k, v in mapping.items() if k != v and rows and k not in rows[0]]
-        if absent:
-            raise DataError(
-                f"{data.source}: {', '.join(absent)}: no such column in split '{name}' (found: "
-                f"{', '.join(rows[0])}). Set the key to a column the data has, or remove it to use the standard name."
-            )
-    return {name: [{mapping.get(k, k): v for k, v in row.items()} for row in rows] for name, rows in splits.items()}
-
-
 def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
     """Split off a test set; whole topics go to one side when the data has a topic column."""
     if rows and "topic" in rows[0]:
@@ -215,11 +197,16 @@ def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
 
 
 def load_preference_splits(data: DataSection, source_name: str | None = None) -> tuple[Rows, Rows, LintReport]:
-    """Train and held-out rows for a recipe, linted; raises DataError on lint errors."""
-    splits = rename_columns(
+    """Train and held-out rows for a recipe in the standard form, linted; raises DataError on lint errors.
+
+    The report's notes say which form the rows were read in and how they were mapped or paired."""
+    name = source_name or data.source
+    conversion = to_standard(
         read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision), data
     )
-    name = source_name or data.source
+    if conversion.findings:
+        raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
+    splits = conversion.splits
     if data.train_split not in splits:
         raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
     train = splits[data.train_split]
@@ -229,7 +216,7 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
         train, test = hold_out(train, data.test_size, data.seed)
     else:
         test = []
-    report = lint({data.train_split: train, data.test_split: test})
+    report = dataclasses.replace(lint({data.train_split: train, data.test_split: test}), notes=conversion.notes)
     if report.errors:
         raise DataError(lint_error_message(name, report))
     if data.max_train_pairs:
@@ -247,6 +234,37 @@ def as_conversation(row: dict[str, Any]) -> dict[str, Any]:
         return row
     answer = {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
     return {**row, "prompt": [{"role": "user", "content": row["prompt"]}], **answer}
+
+
+def standard_splits(raw: dict[str, Rows], data: DataSection) -> tuple[dict[str, Rows], LintReport]:
+    """Every split of ``raw`` in the standard form, and the lint report on them all (the data commands' view).
+
+    Rows the conversion refuses are the report's errors, and the linter's own checks wait until they are
+    fixed: their row numbers would not match the file's.
+    """
+    conversion = to_standard(raw, data)
+    if conversion.findings:
+        return conversion.splits, LintReport(conversion.findings, {}, conversion.notes)
+    return conversion.splits, dataclasses.replace(lint(conversion.splits), notes=conversion.notes)
+
+
+def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = False) -> Path:
+    """``rows`` as JSON Lines or Parquet at ``out``, whole or not at all; an existing file only with ``overwrite``."""
+    from dpo_recipe.atomic import write_file_atomically
+
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists. Choose another --out or pass --overwrite.")
+
+    def write(staging: Path) -> None:
+        if file_format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), staging)
+        else:
+            staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+    return write_file_atomically(out, write)
 
 
 def lint_error_message(name: str, report: LintReport) -> str:

@@ -41,6 +41,7 @@ class Finding:
 class LintReport:
     findings: list[Finding]
     stats: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)  # how the rows were read: form, column mapping, ranked pairs
 
     @property
     def errors(self) -> list[Finding]:
@@ -55,8 +56,14 @@ class LintReport:
 
 
 def normalise(text: str) -> str:
-    """NFKC folds full/half width; whitespace is collapsed so spacing changes don't count."""
-    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+    """Text as the equality and duplicate checks compare it.
+
+    NFKC folds full / half width; whitespace is collapsed so spacing changes don't count; invisible
+    format characters (Unicode category Cf: zero-width spaces and joiners, BOMs, direction marks) are
+    dropped, so a ``rejected`` that is ``chosen`` plus a U+200B is still the same answer.
+    """
+    visible = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split()).casefold()
 
 
 def as_text(value: Any) -> str | None:
@@ -155,7 +162,8 @@ def _pair_checks(split: str, texts: dict[int, dict[str, str]]) -> Iterable[Findi
             "chosen-equals-rejected",
             split,
             same,
-            "chosen and rejected are the same text after NFKC/width normalisation; such a pair teaches nothing",
+            "chosen and rejected are the same text after NFKC / width / invisible-character normalisation; such a pair "
+            "teaches nothing",
         )
     exact: dict[tuple[str, ...], list[int]] = defaultdict(list)
     folded: dict[tuple[str, ...], list[int]] = defaultdict(list)
@@ -172,7 +180,7 @@ def _pair_checks(split: str, texts: dict[int, dict[str, str]]) -> Iterable[Findi
             "near-duplicate-pair",
             split,
             near_rows,
-            "duplicate of an earlier row after normalisation (width, case, spacing); drop it",
+            "duplicate of an earlier row after normalisation (width, case, spacing, invisible characters); drop it",
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from dpo_recipe.config import Recipe
 from dpo_recipe.errors import DataError
 from dpo_recipe.model import linear_module_names
-from dpo_recipe.tokens import encode_pair, length_percentiles
+from dpo_recipe.tokens import RenderedPair, encode_pair, length_percentiles, render_pair
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TokenReport:
     not_prefix_pairs: int = 0
     double_bos_pairs: int = 0
     missing_eos_pairs: int = 0
+    template_not_prefix_rows: list[int] = field(default_factory=list)  # 1-based rows; see tokens.render_pair
+    first_pair: RenderedPair | None = None  # printed, so a reader sees what the chat template made of the data
 
 
 def _percentiles(values: list[int]) -> str:
@@ -50,6 +52,10 @@ def measure_tokens(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) 
         report.missing_eos_pairs += eos not in pair.chosen_ids
         if len(pair.prompt_ids) >= max_length:
             report.emptied_pairs.append(number)
+        rendered = render_pair(tokenizer, row)
+        report.first_pair = report.first_pair or rendered
+        if not rendered.prompt_is_prefix:
+            report.template_not_prefix_rows.append(number)
     return report
 
 
@@ -105,21 +111,36 @@ def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: i
     return (weight_bytes + lora_bytes + activation_bytes) / 2**20
 
 
-def dry_run_report(recipe: Recipe, report: TokenReport, skeleton: Any, lint_warnings: int) -> str:
+def _shown(text: str, limit: int = 300) -> str:
+    """A rendered string with its newlines and markers visible, its middle cut when long."""
+    return repr(text) if len(text) <= limit else f"{text[: limit // 2]!r} ... {text[-limit // 2 :]!r}"
+
+
+def dry_run_report(
+    recipe: Recipe, report: TokenReport, skeleton: Any, lint_warnings: int, data_notes: list[str] = ()
+) -> str:
     matched, trainable = lora_summary(skeleton, recipe)
     total_params = sum(p.numel() for p in skeleton.parameters())
     memory_mb = memory_estimate_mb(skeleton, recipe, trainable, recipe.training.max_length)
     modules = ", ".join(f"{name} x{count}" for name, count in sorted(matched.items()))
+    not_prefix = report.template_not_prefix_rows
+    where = f" (rows {', '.join(map(str, not_prefix[:8]))}: the template renders the prompt differently)"
     lines = [
+        *data_notes,
         f"pairs kept: {report.pairs} (lint warnings: {lint_warnings})",
         f"prompt tokens: {_percentiles(report.prompt_lengths)}",
         f"completion tokens (chosen and rejected, EOS included): {_percentiles(report.completion_lengths)}",
         f"pairs truncated at max_length {recipe.training.max_length}: {report.truncated_pairs} of {report.pairs}",
         f"pairs whose whole completion would be cut: {len(report.emptied_pairs)}",
         f"prompt not a token prefix of prompt+answer (TRL cuts the prompt tail): {report.not_prefix_pairs}",
-        f"chat template round trip: double BOS {report.double_bos_pairs}, missing EOS {report.missing_eos_pairs}",
+        f"chat template round trip: double BOS {report.double_bos_pairs}, missing EOS {report.missing_eos_pairs}, "
+        f"rendered prompt not a prefix of prompt + answer {len(not_prefix)}{where if not_prefix else ''}",
         f"LoRA target modules found: {modules}",
         f"trainable parameters: {trainable:,} of {total_params:,} ({100 * trainable / max(1, total_params):.2f}%)",
         f"memory estimate per process: {memory_mb:,.0f} MB",
     ]
+    if report.first_pair:
+        pair = report.first_pair
+        lines.append("the first training pair as the model reads it:")
+        lines += [f"  {name}: {_shown(getattr(pair, name))}" for name in ("prompt", "chosen", "rejected")]
     return "\n".join(lines)

@@ -31,17 +31,50 @@ def render_ids(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -
     return list(rendered["input_ids"])
 
 
-def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
-    """A ``prompt`` / ``chosen`` / ``rejected`` row as TRL's DPOTrainer tokenizes it.
+def render_text(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -> str:
+    """Plain text as is, messages through the chat template: the text the model reads."""
+    if isinstance(value, str):
+        return value
+    return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=generation_prompt)
 
-    Plain-text completions get the EOS token appended (once); each of ``prompt + chosen`` and
-    ``prompt + rejected`` is tokenized whole and split where it stops agreeing with the prompt.
-    """
+
+def _pair_as_trl_sees_it(tokenizer: Any, row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """prompt, chosen, rejected; plain-text completions get the EOS token appended (once), as TRL does."""
     prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
     if isinstance(prompt, str):
         eos = tokenizer.eos_token
         chosen = chosen if chosen.endswith(eos) else chosen + eos
         rejected = rejected if rejected.endswith(eos) else rejected + eos
+    return prompt, chosen, rejected
+
+
+@dataclass
+class RenderedPair:
+    prompt: str
+    chosen: str  # what rendering prompt + chosen adds after the rendered prompt
+    rejected: str
+    prompt_is_prefix: bool  # False when the chat template renders the prompt differently inside the whole turn
+
+
+def render_pair(tokenizer: Any, row: dict[str, Any]) -> RenderedPair:
+    """A pair as the text the model reads, and the chat template's round trip: the rendered prompt (with the
+    generation prompt) must be a prefix of the rendered prompt + answer, or the answer's first tokens are not
+    the ones training scores (a template that rewrites earlier turns, e.g. strips reasoning, breaks this)."""
+    prompt, chosen, rejected = _pair_as_trl_sees_it(tokenizer, row)
+    head = render_text(tokenizer, prompt, generation_prompt=True)
+    whole = [render_text(tokenizer, prompt + answer) for answer in (chosen, rejected)]
+    is_prefix = all(text.startswith(head) for text in whole)
+    answers = [text[len(head) :] if text.startswith(head) else text for text in whole]
+    return RenderedPair(head, answers[0], answers[1], is_prefix)
+
+
+def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
+    """A ``prompt`` / ``chosen`` / ``rejected`` row as TRL's DPOTrainer tokenizes it.
+
+    Each of ``prompt + chosen`` and ``prompt + rejected`` is tokenized whole and split where it
+    stops agreeing with the prompt.
+    """
+    prompt, chosen, rejected = _pair_as_trl_sees_it(tokenizer, row)
     prompt_ids = render_ids(tokenizer, prompt, generation_prompt=True)
     prompt_chosen = render_ids(tokenizer, prompt + chosen)
     prompt_rejected = render_ids(tokenizer, prompt + rejected)

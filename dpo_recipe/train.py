@@ -147,11 +147,13 @@ def setup(context: RunContext) -> TrainingRun | None:
     4. the weights load and the trainer is built, last because they cost the most.
     """
     recipe = checked_recipe(context)
-    train_rows, eval_rows, tokenizer = load_inputs(recipe, report=context.dry_run)
+    train_rows, eval_rows, tokenizer, data_notes = load_inputs(recipe, report=context.dry_run)
     if context.dry_run:
         return None
     out = Path(recipe.training.output_dir)
     args = dpo_config(recipe, out)
+    if args.process_index == 0:
+        print("\n".join(data_notes))  # the form the rows were read in, detected or named
     is_main_process = claim_output_dir(context, out)
     trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, out)
     return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process)
@@ -178,8 +180,9 @@ def checked_recipe(context: RunContext) -> Recipe:
     return recipe
 
 
-def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict], Any]:
-    """``(train rows, held-out rows, tokenizer)``, checked against the model's architecture (no weights).
+def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict], Any, list[str]]:
+    """``(train rows, held-out rows, tokenizer, data notes)``, checked against the model's architecture (no
+    weights); the notes say which form the rows were read in and how they were mapped or paired.
 
     With ``report`` (a dry run), prints what training would see, before refusing pairs whose answers
     ``training.max_length`` would cut away entirely, so the numbers behind a refusal are shown."""
@@ -190,9 +193,9 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict]
     trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if report:
-        print(dry_run_report(recipe, tokens, skeleton, lint_warnings=len(lint_report.findings)))
+        print(dry_run_report(recipe, tokens, skeleton, len(lint_report.findings), lint_report.notes))
     refuse_emptied_completions(tokens, recipe.training.max_length)
-    return train_rows, eval_rows, tokenizer
+    return train_rows, eval_rows, tokenizer, lint_report.notes
 
 
 def claim_output_dir(context: RunContext, out: Path) -> bool:

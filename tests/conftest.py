@@ -54,6 +54,27 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
+FORM_FIXTURES = REPO / "tests" / "fixtures" / "forms"  # NAME.jsonl as published, NAME.standard.jsonl by hand
+RANKED_ROWS = (
+    "data.form=ranked",
+    "data.ranked_column=answer",
+    "data.ranked_score_field=rank",
+    "data.ranked_better=lower",
+)
+PUBLISHED_FORMS = {  # fixture: (data keys it needs, the line the data commands, the dry run and training print)
+    "implicit_text": ((), "form: implicit, text (detected)"),
+    "implicit_messages": ((), "form: implicit, messages (detected)"),
+    "hh": ((), "form: hh, text (detected)"),
+    "stack_exchange": (
+        ("data.prompt_column=question", "data.chosen_column=response_j", "data.rejected_column=response_k"),
+        "columns: prompt <- question, chosen <- response_j, rejected <- response_k",
+    ),
+    "alpaca": (("data.prompt_column=[instruction, input]",), "columns: prompt <- instruction + input (joined"),
+    "ranked": ((), "ranked: 6 prompts, 18 answers -> 6 pairs (the best answer against the worst; higher score"),
+    "ranked_rows": (RANKED_ROWS, "ranked: 6 prompts, 14 answers -> 6 pairs (the best answer against the worst; lower"),
+}
+
+
 def train_cmd(tiny_model: Path, out: Path, *settings: str, extra: tuple[str, ...] = (), launcher=None) -> list[str]:
     """`python -m dpo_recipe.train` on the tiny model (or under ``launcher``), ``settings`` as --set items."""
     args = ["-m", "dpo_recipe.train", "--recipe", "tiny-ja", "--output-dir", str(out)]

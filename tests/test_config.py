@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_recipe.config import describe_keys, load_recipe, packaged_recipes
+from dpo_recipe.config import data_section, describe_keys, load_recipe, packaged_recipes
 from dpo_recipe.errors import RecipeError
 
 
@@ -171,3 +171,15 @@ def test_label_smoothing_is_a_share_below_one_half_and_exo_pair_needs_it() -> No
         load_recipe("tiny-ja", ["training.loss_type=exo_pair"])
     recipe = load_recipe("tiny-ja", ["training.loss_type=exo_pair", "training.label_smoothing=0.1"])
     assert recipe.training.label_smoothing == 0.1
+
+
+def test_a_data_command_checks_its_data_keys_as_a_recipe_does() -> None:
+    section = data_section({"source": "se.jsonl", "form": "standard"}, ["data.prompt_column=[instruction, input]"])
+    assert (section.source, section.form, section.prompt_column) == ("se.jsonl", "standard", ["instruction", "input"])
+    with pytest.raises(RecipeError) as err:
+        data_section({"source": "x", "form": "hf"}, ["data.ranked_margin=0", "training.seed=1"])
+    assert str(err.value) == (
+        "training: a data command takes data.KEY=VALUE only; data.form: expected one of auto, standard, implicit, "
+        "hh, ranked, got 'hf'; data.ranked_margin: must be > 0.0, got 0. See 'dpo-recipe recipes keys' for every "
+        "key and its form."
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import FORM_FIXTURES, PUBLISHED_FORMS, invoke, write_jsonl
 
 from dpo_recipe.config import DataSection
-from dpo_recipe.data import hold_out, load_preference_splits, pin_hub_revision, read_source, rename_columns
+from dpo_recipe.data import hold_out, load_preference_splits, pin_hub_revision, read_file, read_source
 from dpo_recipe.errors import DataError
 
 
@@ -64,15 +64,6 @@ def test_recipe_split_without_a_test_split_is_held_out_and_sliced(tmp_path: Path
     assert not report.errors
 
 
-def test_mapped_columns_are_renamed_and_missing_ones_named(tmp_path: Path) -> None:
-    rows = [{"q": "質問", "good": "良い。", "bad": "悪い。"}]
-    data = DataSection(source="d.jsonl", prompt_column="q", chosen_column="good", rejected_column="bad")
-    renamed = {"train": [{"prompt": "質問", "chosen": "良い。", "rejected": "悪い。"}]}
-    assert rename_columns({"train": rows}, data) == renamed
-    with pytest.raises(DataError, match="data.chosen_column 'better': no such column in split 'train'"):
-        rename_columns({"train": rows}, DataSection(source="d.jsonl", prompt_column="q", chosen_column="better"))
-
-
 def test_an_unreadable_hub_dataset_names_the_http_status(hub) -> None:
     with pytest.raises(DataError) as err:
         pin_hub_revision(DataSection(source="alice/no-such-data"))
@@ -91,3 +82,43 @@ def test_as_conversation_wraps_plain_pairs_in_turns(tmp_path: Path) -> None:
         "chosen": [{"role": "assistant", "content": "AIとは人工知能です。"}],
         "rejected": [{"role": "assistant", "content": "知らない。"}],
     }
+
+
+def test_convert_writes_the_standard_form_and_refuses_to_overwrite(runner, tmp_path: Path) -> None:
+    out = tmp_path / "hh.jsonl"
+    result = invoke(runner, "data", "convert", FORM_FIXTURES / "hh.jsonl", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(PUBLISHED_FORMS["hh"][1])
+    assert result.output.splitlines()[1] == f"Wrote 6 pairs of split 'train' in the standard form to {out} (jsonl)"
+    assert out.read_bytes() == (FORM_FIXTURES / "hh.standard.jsonl").read_bytes()
+    again = invoke(runner, "data", "convert", FORM_FIXTURES / "implicit_text.jsonl", "--out", out)
+    assert again.exit_code == 1 and f"{out} already exists. Choose another --out or pass --overwrite." in again.output
+    assert out.read_bytes() == (FORM_FIXTURES / "hh.standard.jsonl").read_bytes()
+    assert (
+        invoke(runner, "data", "convert", FORM_FIXTURES / "implicit_text.jsonl", "--out", out, "--overwrite").exit_code
+        == 0
+    )
+    assert out.read_bytes() == (FORM_FIXTURES / "implicit_text.standard.jsonl").read_bytes()
+    wrong = invoke(runner, "data", "convert", FORM_FIXTURES / "hh.jsonl", "--out", out, "--format", "parquet")
+    assert wrong.exit_code == 2 and "parquet does not fit --out hh.jsonl; name the file *.parquet" in wrong.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hh.jsonl"]  # no temporary file left behind
+
+
+def test_convert_to_parquet_with_recipe_keys_and_a_chosen_split(runner, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    keys = [arg for setting in PUBLISHED_FORMS["ranked_rows"][0] for arg in ("--set", setting)]
+    out = tmp_path / "ranked.parquet"
+    result = invoke(runner, "data", "convert", FORM_FIXTURES / "ranked_rows.jsonl", "--out", out, *keys)
+    assert result.exit_code == 0, result.output
+    assert PUBLISHED_FORMS["ranked_rows"][1] in result.output
+    assert pq.read_table(out).to_pylist() == read_file(FORM_FIXTURES / "ranked_rows.standard.jsonl")
+    data = tmp_path / "data"
+    invoke(runner, "data", "generate", "--out", data, "--num-pairs", 40, "--tokenizer", "none")
+    result = invoke(runner, "data", "convert", data, "--out", tmp_path / "train.jsonl")
+    assert "Wrote 36 pairs of split 'train' in the standard form" in result.output
+    assert "; other splits: test (--split NAME)" in result.output
+    result = invoke(runner, "data", "convert", data, "--out", tmp_path / "test.jsonl", "--split", "test")
+    assert read_file(tmp_path / "test.jsonl") == read_source(str(data))["test"]
+    result = invoke(runner, "data", "convert", data, "--out", tmp_path / "x.jsonl", "--split", "dev")
+    assert result.exit_code == 2 and "no split 'dev' in" in result.output and not (tmp_path / "x.jsonl").exists()

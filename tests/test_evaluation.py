@@ -199,8 +199,10 @@ def test_eval_bad_inputs_fail_before_weights_load(runner, trained: Path, tmp_pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
     result = invoke(runner, "eval", "--adapter", trained, "--data", bad, "--out", tmp_path / "x.json")
-    assert result.exit_code == 2 and "missing column(s) prompt" in result.output
-    with pytest.raises(DpoRecipeError, match="missing-column.*prompt.*found: question"):
+    assert result.exit_code == 2 and "no-shared-prompt in split 'train' rows 1: chosen / rejected share no" in (
+        result.output
+    )
+    with pytest.raises(DpoRecipeError, match=r"columns: question, chosen, rejected\), name it with data.prompt_column"):
         run_eval(str(trained), data=str(bad), out=tmp_path / "x.json")
     from dpo_recipe.tiny import build_tiny_model
 

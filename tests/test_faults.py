@@ -175,7 +175,7 @@ BAD_INPUT = [
     ("data-line-not-object", data("array-line.jsonl"), ["line 1", "expected a JSON object"], 2),
     ("data-json-not-objects", data("object.json"), ["object.json", "list of objects"], 2),
     ("data-bad-parquet", data("bad.parquet"), ["bad.parquet", "not a readable Parquet file"], 2),
-    ("data-missing-columns", data("columns.jsonl"), ["missing-column", "question", "data.prompt_column"], 2),
+    ("data-missing-columns", data("columns.jsonl"), ["unknown-form", "(question, good, bad)", "data.prompt_column"], 2),
     (
         "data-misnamed-mapping",
         data("good.jsonl", "data.chosen_column=better"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import READ, WRITE, invoke, run_client, tiny_overrides
+from conftest import FORM_FIXTURES, PUBLISHED_FORMS, READ, WRITE, invoke, run_client, tiny_overrides
 from safetensors.torch import load_file
 
 from dpo_recipe.hub import HubError, http_status
@@ -27,7 +27,8 @@ def test_dataset_push_and_load_dataset_round_trip(hub, runner, tmp_path: Path) -
     invoke(runner, "data", "generate", "--out", data, "--num-pairs", 120, "--tokenizer", "none")
     result = invoke(runner, "data", "push", data, "--repo-id", "alice/ja-prefs")
     assert result.exit_code == 0, result.output
-    assert "Pushed 120 pairs to" in result.output and WRITE not in result.output
+    assert "Pushed 120 rows as given (120 pairs in the standard form) to" in result.output
+    assert WRITE not in result.output
     remote = run_client("""
         import json
         import datasets
@@ -42,6 +43,26 @@ def test_dataset_push_and_load_dataset_round_trip(hub, runner, tmp_path: Path) -
     local = datasets.load_from_disk(str(data))
     assert remote["train"] == local["train"].to_list() and remote["test"] == local["test"].to_list()
     assert remote["language"] == ["ja"] and "## Rejection types" in remote["text"]
+
+
+def test_every_published_form_is_pushed_as_given_and_read_back_from_the_hub(hub, runner) -> None:
+    from dpo_recipe.config import data_section
+    from dpo_recipe.data import read_file, read_source, standard_splits
+
+    for name, (settings, note) in PUBLISHED_FORMS.items():
+        source = FORM_FIXTURES / f"{name}.jsonl"
+        keys = [arg for setting in settings for arg in ("--set", setting)]
+        result = invoke(runner, "data", "push", source, "--repo-id", f"alice/{name}", *keys)
+        assert result.exit_code == 0, result.output
+        rows = len(read_file(source))
+        assert (
+            note in result.output and f"Pushed {rows} rows as given (6 pairs in the standard form) to" in result.output
+        )
+        section = data_section({"source": f"alice/{name}"}, settings)
+        from_hub = read_source(section.source)
+        assert from_hub == {"train": read_file(source)}
+        converted, report = standard_splits(from_hub, section)
+        assert converted == {"train": read_file(FORM_FIXTURES / f"{name}.standard.jsonl")} and not report.findings
 
 
 def test_adapter_push_reloads_with_peft_from_the_hub(hub, runner, finished: Path, tiny_model: Path) -> None:

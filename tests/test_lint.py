@@ -56,6 +56,15 @@ def test_each_row_finding(tmp_path: Path, rows, expected) -> None:
     assert expected in findings(jsonl(tmp_path, rows))
 
 
+def test_invisible_format_characters_do_not_make_a_pair_different(tmp_path: Path) -> None:
+    """Unicode category Cf (zero-width space and joiner, BOM, direction marks) is dropped before comparing."""
+    rows = [row(prompt=f"質問{i}", rejected=GOOD["chosen"] + "\u200b") for i in range(20)]
+    rows.append(row(prompt="\ufeff質問0\u200e", rejected=GOOD["chosen"].replace("データ", "デ\u200dータ") + "\u200b"))
+    found = findings(jsonl(tmp_path, rows))
+    assert ("chosen-equals-rejected", "train", tuple(range(1, 22)), "error") in found
+    assert ("near-duplicate-pair", "train", (21,), "warning") in found
+
+
 def test_conversational_rows_are_text(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "過学習とは？"}]
     rows = [

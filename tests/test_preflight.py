@@ -41,6 +41,25 @@ def test_token_counts_and_truncation_are_those_trl_would_see(letters) -> None:
     assert (report.not_prefix_pairs, report.double_bos_pairs, report.missing_eos_pairs) == (0, 0, 0)
 
 
+def test_pairs_whose_template_renders_the_prompt_differently_are_counted(tiny_model: Path) -> None:
+    from dpo_recipe.model import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSection(name_or_path=str(tiny_model)))
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "AIとは？"}],
+            "chosen": [{"role": "assistant", "content": "人工知能です。"}],
+            "rejected": [{"role": "assistant", "content": "不明。"}],
+        },
+        {"prompt": "AIとは？", "chosen": "人工知能です。", "rejected": "不明。"},
+    ]
+    assert measure_tokens(rows, tokenizer, max_length=128).template_not_prefix_rows == []
+    tokenizer.chat_template = "{% if add_generation_prompt %}[today]{% endif %}" + tokenizer.chat_template
+    report = measure_tokens(rows, tokenizer, max_length=128)
+    assert report.template_not_prefix_rows == [1]  # plain text is read as is: no template to disagree with
+    assert report.first_pair.prompt.startswith("[today]<|im_start|>user\nAIとは？")
+
+
 def test_pairs_with_no_room_for_the_answer_are_refused(letters) -> None:
     rows = [{"prompt": "abcdefghij", "chosen": "k", "rejected": "l"}, {"prompt": "ab", "chosen": "c", "rejected": "d"}]
     report = measure_tokens(rows, letters, max_length=8)

@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 
 from dpo_recipe.config import load_recipe
 from dpo_recipe.model import load_model, load_tokenizer
-from dpo_recipe.tokens import encode_pair, length_percentiles
+from dpo_recipe.tokens import RenderedPair, encode_pair, length_percentiles, render_pair
 
 PLAIN = [
     {"prompt": "AIとは何ですか？", "chosen": "AIは人工知能です。", "rejected": "知らない。"},
@@ -73,3 +73,19 @@ def test_length_percentiles_by_nearest_rank() -> None:
     assert length_percentiles([7, 3, 12]) == {"p50": 7, "p95": 12, "max": 12}
     assert length_percentiles([4]) == {"p50": 4, "p95": 4, "max": 4}
     assert length_percentiles([]) == {"p50": 0, "p95": 0, "max": 0}
+
+
+def test_render_pair_shows_what_the_model_reads_and_checks_the_template_round_trip(recipe) -> None:
+    tokenizer = load_tokenizer(recipe.model)
+    assert render_pair(tokenizer, CONVERSATIONAL[0]) == RenderedPair(
+        "<|im_start|>user\nAIとは何ですか？<|im_end|>\n<|im_start|>assistant\n",
+        "AIは人工知能です。<|im_end|>\n",
+        "知らない。<|im_end|>\n",
+        prompt_is_prefix=True,
+    )
+    assert render_pair(tokenizer, PLAIN[0]) == RenderedPair(
+        "AIとは何ですか？", "AIは人工知能です。<|im_end|>", "知らない。<|im_end|>", prompt_is_prefix=True
+    )
+    tokenizer.chat_template = "{% if add_generation_prompt %}[today]{% endif %}" + tokenizer.chat_template
+    broken = render_pair(tokenizer, CONVERSATIONAL[0])
+    assert not broken.prompt_is_prefix and broken.chosen.startswith("<|im_start|>user\n")
