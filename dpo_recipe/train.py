@@ -267,7 +267,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.losses import is_reference_free
     from dpo_recipe.perf import keep_freed_memory_in_heap
-    from dpo_recipe.resources import cache_root
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.token_rows import use_sparse_token_rows
     from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
@@ -294,7 +294,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         if limitation is None:
             trainer_class = PackedDPOTrainer
             extra = {
-                "ref_cache_dir": cache_root() / "reference_logps",
+                "base_cache": default_cache(),
                 "token_learning_rate": recipe.lora.token_learning_rate,
                 **objective_kwargs(recipe),
             }
@@ -328,6 +328,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
 
 
 def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict]) -> dict[str, Any] | None:
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.evaluation import evaluate_adapter
 
     if not eval_rows:
@@ -341,6 +342,7 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
         max_length=recipe.training.max_length,
         settings=recipe.eval,
         loss_type=recipe.training.loss_type,
+        cache=default_cache(),
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from dpo_recipe.base_cache import BaseCache
 from dpo_recipe.config import load_recipe
 from dpo_recipe.data import load_preference_splits
 from dpo_recipe.errors import RecipeError
@@ -60,7 +61,7 @@ def _trainers(
     for name, value in settings.items():
         setattr(args, name, value)
     trainers = []
-    classes = [(DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache, **(packed or {})})]
+    classes = [(DPOTrainer, {}), (PackedDPOTrainer, {"base_cache": BaseCache(cache), **(packed or {})})]
     for trainer_class, extra in classes[1:] if packed_only else classes:
         trainer = trainer_class(
             model=copy.deepcopy(model),
@@ -260,7 +261,7 @@ def test_a_reference_free_trainer_runs_no_reference_pass_and_writes_no_cache(
     cache = tmp_path / "cache"
     (trainer,) = _trainers(setup, cache, packed_only=True, loss_type=[loss_type])
     assert trainer.reference_free
-    assert not cache.exists() or not list(cache.iterdir())
+    assert not cache.exists() or not list(cache.rglob("*"))
     assert not set(REF_COLUMNS) & set(trainer.train_dataset.column_names)
 
 
@@ -283,7 +284,7 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
 
     cache = tmp_path / "cache"
     plain, packed = _trainers(setup, cache)
-    files = list(cache.glob("*.safetensors"))
+    files = list(cache.glob("reference_logps/*.safetensors"))
     assert len(files) == 1
     # the reference TRL computes on the fly (adapter off) equals the precomputed one
     batch = plain.data_collator([plain.train_dataset[i] for i in range(12)])
@@ -294,7 +295,7 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
     # a second trainer reads the file instead of running the reference pass
     stamp = files[0].stat().st_mtime_ns
     _, again = _trainers(setup, cache)
-    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("*.safetensors")) == files
+    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("reference_logps/*.safetensors")) == files
     assert again.train_dataset["ref_chosen_logps"] == packed.train_dataset["ref_chosen_logps"]
     # another max_length is another key
     model, tokenizer, pairs, args = setup
@@ -306,9 +307,9 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
-        ref_cache_dir=cache,
+        base_cache=BaseCache(cache),
     )
-    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert len(list(cache.glob("reference_logps/*.safetensors"))) == 2
 
 
 def test_supports_packing_on_the_recipe_defaults(setup) -> None:
