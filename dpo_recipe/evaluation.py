@@ -29,6 +29,7 @@ from dpo_recipe.base_cache import BaseCache, default_cache
 from dpo_recipe.config import EvalSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.launch import positive_int
+from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.tokens import encode_pair
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
@@ -153,11 +154,12 @@ def evaluate_adapter(
     settings: EvalSection,
     loss_type: str | list[str] = "sigmoid",
     cache: BaseCache | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> dict[str, Any] | None:
     """Score ``rows`` split across processes; the main process returns the report, others None.
 
     ``cache`` (``base_cache.default_cache()`` in ``train`` and ``eval``) keeps the base's log-probs
-    and answers, which are the same every run on that base.
+    and answers, which are the same every run on that base; ``stopwatch`` times scoring and answers.
 
     The report: ``summarise``'s keys, ``per_pair`` (``score_pairs``'s records with their reward
     margin), ``generations`` (held-out prompts, one per topic, answered by the base and the tuned
@@ -166,9 +168,9 @@ def evaluate_adapter(
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state, stopwatch = PartialState(), stopwatch or Stopwatch()
     indexed = list(enumerate(rows))
-    with state.split_between_processes(indexed) as shard:
+    with stopwatch.phase("held-out scoring"), state.split_between_processes(indexed) as shard:
         scored = score_pairs(
             model,
             tokenizer,
@@ -185,7 +187,8 @@ def evaluate_adapter(
     report = summarise([s for _, s in gathered], beta, loss_type)
     report["per_pair"] = [s for _, s in gathered]
     if settings.num_generations:
-        report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings, cache)
+        with stopwatch.phase("answers"):
+            report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings, cache)
     return report
 
 

@@ -27,6 +27,7 @@ from dpo_recipe.hardware import check_hardware
 from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.run_context import RunContext
+from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.run_dir import (
     check_output_dir,
     newest_complete_checkpoint,
@@ -113,8 +114,8 @@ def run(
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
     """setup → train → evaluate and save; a dry run stops after setup's checks."""
-    started = time.perf_counter()
-    training = setup(context)
+    started, stopwatch = time.perf_counter(), Stopwatch()
+    training = setup(context, stopwatch)
     if training is None:
         print(f"dry run finished in {time.perf_counter() - started:.1f} s")
         return None
@@ -134,9 +135,10 @@ class TrainingRun:
     tokenizer: Any
     trainer: Any
     is_main_process: bool
+    stopwatch: Stopwatch
 
 
-def setup(context: RunContext) -> TrainingRun | None:
+def setup(context: RunContext, stopwatch: Stopwatch) -> TrainingRun | None:
     """Check, then prepare, cheapest first, so that a mistake costs seconds rather than a training run.
 
     1. ``checked_recipe``: the recipe, hardware, output directory and Hub token (no data read yet);
@@ -146,15 +148,19 @@ def setup(context: RunContext) -> TrainingRun | None:
        alone touch the output directory (the others wait);
     4. the weights load and the trainer is built, last because they cost the most.
     """
-    recipe = checked_recipe(context)
-    train_rows, eval_rows, tokenizer = load_inputs(recipe, report=context.dry_run)
+    with stopwatch.phase("checks and data"):
+        recipe = checked_recipe(context)
+        train_rows, eval_rows, tokenizer = load_inputs(recipe, report=context.dry_run)
     if context.dry_run:
         return None
     out = Path(recipe.training.output_dir)
     args = dpo_config(recipe, out)
     is_main_process = claim_output_dir(context, out)
-    trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, out)
-    return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process)
+    with stopwatch.phase("model"):
+        model = load_model(recipe.model)
+    with stopwatch.phase("tokenizing and reference pass"):
+        trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out)
+    return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch)
 
 
 def checked_recipe(context: RunContext) -> Recipe:
@@ -216,7 +222,7 @@ def train(training: TrainingRun) -> Any:
     checkpoint = newest_complete_checkpoint(out) if training.context.resume else None
     stop = signal_callback(trainer)
     try:
-        with write_failures_explained(out, resume_command):
+        with write_failures_explained(out, resume_command), training.stopwatch.phase("training"):
             train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stop.restore()
@@ -232,13 +238,14 @@ def train(training: TrainingRun) -> Any:
 def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
-    report = held_out_report(recipe, trainer, training.tokenizer, training.eval_rows)
+    report = held_out_report(recipe, trainer, training.tokenizer, training.eval_rows, training.stopwatch)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    with write_failures_explained(out, context.resume_command(out)):
+    metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
+    with write_failures_explained(out, context.resume_command(out)), training.stopwatch.phase("saving"):
         save_artifacts(
             recipe,
             trainer,
@@ -250,6 +257,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             command=context.rerun_command(),
         )
     print(summary_line(metrics, out))
+    print(training.stopwatch.line(highlight="training"))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
 
@@ -327,7 +335,9 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     return trainer
 
 
-def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict]) -> dict[str, Any] | None:
+def held_out_report(
+    recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict], stopwatch: Stopwatch
+) -> dict[str, Any] | None:
     from dpo_recipe.base_cache import default_cache
     from dpo_recipe.evaluation import evaluate_adapter
 
@@ -343,6 +353,7 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
         settings=recipe.eval,
         loss_type=recipe.training.loss_type,
         cache=default_cache(),
+        stopwatch=stopwatch,
     )
 
 

@@ -61,6 +61,10 @@ def test_run_writes_every_artifact(finished_run) -> None:
     assert saved["train"]["pairs_per_s"] > 0 and saved["memory"]["peak_rss_mb"] > 100
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 33))
+    phases = ["checks and data", "model", "tokenizing and reference pass", "training", "held-out scoring", "answers"]
+    assert list(saved["timings_s"]) == phases
+    assert saved["timings_s"]["training"] <= saved["train"]["end_to_end_s"]
+    assert sum(saved["timings_s"].values()) <= saved["train"]["end_to_end_s"] + 0.1
 
 
 def test_loss_starts_at_ln2_and_training_accuracy_rises(finished_run) -> None:
