@@ -23,7 +23,7 @@ from dpo_recipe.artifacts import collect_metrics, gather_adapter_digests, save_a
 from dpo_recipe.config import Recipe
 from dpo_recipe.data import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
-from dpo_recipe.hardware import check_hardware
+from dpo_recipe.hardware import check_hardware, check_launch
 from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.run_context import RunContext
@@ -169,6 +169,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     after the local checks."""
     recipe = context.load_recipe()
     check_hardware(recipe.model, recipe.training.precision)
+    check_launch()
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError(
             "training.tensorboard is true but TensorBoard is not installed: "

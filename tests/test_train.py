@@ -147,6 +147,26 @@ def test_bad_lora_target_and_qlora_on_cpu_fail_before_weights_load(tiny_model: P
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_an_fsdp_launch_on_a_machine_without_gpus_stops_with_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    import sys
+
+    from conftest import REPO
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, where the FSDP config is meant to run")
+    config = tmp_path / "fsdp.yaml"  # even edited to use_cpu: true, as a user on a laptop would try
+    fsdp = (REPO / "recipes" / "accelerate" / "fsdp.yaml").read_text()
+    config.write_text(fsdp.replace("use_cpu: false", "use_cpu: true").replace("num_processes: 8", "num_processes: 1"))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    out = tmp_path / "out"
+    result = subprocess.run(
+        train_cmd(tiny_model, out, launcher=launcher), env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0 and not out.exists()
+    assert "accelerate launch (ACCELERATE_USE_FSDP=true): distributed_type FSDP shards the model" in result.stderr
+    assert "Traceback" not in result.stderr.split("ACCELERATE_USE_FSDP=true")[0]  # the rank printed no traceback
+
+
 def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     launcher = two_process_launcher()
