@@ -27,13 +27,13 @@ from dpo_recipe.hardware import check_hardware, check_launch
 from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.run_context import RunContext
-from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.run_dir import (
     check_output_dir,
     newest_complete_checkpoint,
     prepare_output_dir,
     write_failures_explained,
 )
+from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.trl_args import dpo_config, objective_kwargs
 
 
@@ -273,10 +273,10 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.losses import is_reference_free
     from dpo_recipe.perf import keep_freed_memory_in_heap
-    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.token_rows import use_sparse_token_rows
     from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
