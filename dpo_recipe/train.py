@@ -299,7 +299,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         )
     if recipe.training.packing:
         check_packable(args)  # an objective the user chose never silently trains some other way
-        limitation = packing_limitation(model)
+        limitation = packing_limitation(model, args.max_length)
         if limitation is None:
             trainer_class = PackedDPOTrainer
             extra = {

@@ -95,12 +95,20 @@ def check_packable(args: Any) -> None:
         )
 
 
-def packing_limitation(model: Any) -> str | None:
-    """Why the packed forward cannot run on ``model`` (or this launch), or None when it can."""
+def packing_limitation(model: Any, max_length: int | None = None) -> str | None:
+    """Why the packed forward cannot run on ``model`` (or this launch, or sequences of ``max_length``),
+    or None when it can."""
     import inspect
 
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    # the block mask replaces the model's own masks, sliding windows included: exact only within the window
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    if window and (max_length is None or max_length > window):
+        return (
+            f"its sliding-window attention ({window} tokens) is not applied inside a packed row, so sequences "
+            f"longer than the window (max_length {max_length}) would see past it; set training.max_length <= {window}"
+        )
     if is_deepspeed_zero3_enabled():
         return "DeepSpeed ZeRO-3 shards the weights before the reference pass could run"
     if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
@@ -113,7 +121,7 @@ def packing_limitation(model: Any) -> str | None:
 
 def supports_packing(model: Any, args: Any) -> bool:
     """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
-    return not unpackable_settings(args) and packing_limitation(model) is None
+    return not unpackable_settings(args) and packing_limitation(model, args.max_length) is None
 
 
 class PackedCollator:

@@ -84,7 +84,7 @@ def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
     model = trainer.model
     model.train()
     model.zero_grad()
-    loss = trainer.compute_loss(model, batch)
+    loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))  # on the trainer's device (a GPU in gpu_check)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.item(), grads
@@ -287,9 +287,9 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
     files = list(cache.glob("reference_logps/*.safetensors"))
     assert len(files) == 1
     # the reference TRL computes on the fly (adapter off) equals the precomputed one
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(12)])
+    batch = plain._prepare_inputs(plain.data_collator([plain.train_dataset[i] for i in range(12)]))
     with torch.no_grad():
-        trl_ref = plain.compute_ref_log_probs(plain.model, batch)
+        trl_ref = [logps.cpu() for logps in plain.compute_ref_log_probs(plain.model, batch)]
     assert torch.allclose(torch.tensor(packed.train_dataset["ref_chosen_logps"]), trl_ref[0], rtol=1e-5)
     assert torch.allclose(torch.tensor(packed.train_dataset["ref_rejected_logps"]), trl_ref[1], rtol=1e-5)
     # a second trainer reads the file instead of running the reference pass
@@ -353,6 +353,18 @@ def test_packing_needs_attention_that_takes_a_block_mask(setup, attention: str, 
     assert (packing_limitation(other) is None) is packed
     if not packed:
         assert "'flash_attention_2' takes no block mask" in packing_limitation(other)
+
+
+def test_a_sliding_window_shorter_than_max_length_falls_back_to_trl() -> None:
+    """Inside the window the packed row is exact (tests/test_packing.py); past it the block mask would let
+    a token see too far back, so such runs train with plain DPOTrainer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    shape = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**shape, num_attention_heads=4, head_dim=16, sliding_window=64))
+    assert packing_limitation(model, 64) is None
+    assert "sliding-window attention (64 tokens) is not applied" in packing_limitation(model, 65)
+    assert "set training.max_length <= 64" in packing_limitation(model, None)
 
 
 def test_a_forward_without_logits_to_keep_falls_back_to_trl(setup) -> None:
