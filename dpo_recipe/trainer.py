@@ -196,7 +196,7 @@ class PackedDPOTrainer(DPOTrainer):
         examples = [{k: row[k] for k in PAIR_COLUMNS} for row in dataset]
         model = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():  # the precision the pass runs in is part of the key
-            key = self.base_cache.key(model, examples, max_length=self.args.max_length)
+            key = self.base_cache.key(model, examples, max_length=self.args.max_length, rows=self._reference_rows())
         cached = self.base_cache.read_logps(key)
         if cached is None:
             cached = self._compute_reference(examples, name)
@@ -216,7 +216,7 @@ class PackedDPOTrainer(DPOTrainer):
                 self.accelerator.unwrap_model(self.model),
                 [examples[i] for i in mine],
                 self.args.max_length,
-                self.args.precompute_ref_batch_size or 2 * self.args.per_device_train_batch_size,
+                self._reference_rows(),
                 policy=False,
                 reference=True,
                 progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
@@ -224,6 +224,18 @@ class PackedDPOTrainer(DPOTrainer):
         scores = list(zip(mine, chosen.tolist(), rejected.tolist(), strict=True))
         gathered = sorted(gather_object(scores) if world > 1 else scores)
         return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])
+
+    def _reference_rows(self) -> int:
+        """Pairs per packed row in the reference pass: ``precompute_ref_batch_size``, else twice a training
+        step's (no gradients), except in bf16 / fp16, where a row's length changes the kernels' rounding (a
+        pair's summed log-prob moved by up to 1.1 nats between one and two pairs a row, measured on
+        SmolLM2-135M): there the pass packs rows as the steps do, so that with one pair a row policy and
+        reference agree exactly at step 0."""
+        if self.args.precompute_ref_batch_size:
+            return self.args.precompute_ref_batch_size
+        if self.args.bf16 or self.args.fp16:
+            return self.args.per_device_train_batch_size
+        return 2 * self.args.per_device_train_batch_size
 
     # ---- the step ------------------------------------------------------------------------------------
     def compute_loss(

@@ -312,6 +312,39 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
     assert len(list(cache.glob("reference_logps/*.safetensors"))) == 2
 
 
+@pytest.mark.parametrize(("reference_rows", "exact"), [(None, True), (4, False)])
+def test_in_bf16_the_reference_pass_packs_rows_as_the_steps_do(setup, reference_rows, exact: bool) -> None:
+    """Under bf16 autocast a row's length changes the rounding: with the reference packed one pair a row,
+    as the steps are, the fresh adapter's first loss is ln 2 to the bit; four pairs a row move it."""
+    import dataclasses
+    import math
+
+    from peft import LoraConfig
+
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, pairs, args = setup
+    config = copy.deepcopy(model.config)
+    config.hidden_size, config.intermediate_size = 256, 512  # wide enough for rounding to depend on the row
+    torch.manual_seed(0)
+    wider = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    bf16 = dataclasses.replace(args, bf16=True, per_device_train_batch_size=1, precompute_ref_batch_size=reference_rows)
+    trainer = PackedDPOTrainer(
+        model=wider,
+        args=bf16,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),  # B = 0: the policy is the base
+    )
+    assert trainer.accelerator.mixed_precision == "bf16"
+    losses = []
+    for i in range(4):
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i]]))
+        with torch.no_grad(), trainer.accelerator.autocast():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert all(loss == pytest.approx(math.log(2), abs=1e-7) for loss in losses) is exact, losses
+
+
 def test_supports_packing_on_the_recipe_defaults(setup) -> None:
     model, _, _, args = setup
     assert model.config._attn_implementation == "sdpa"
