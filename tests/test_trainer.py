@@ -312,15 +312,27 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
     assert len(list(cache.glob("reference_logps/*.safetensors"))) == 2
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state, mixed precision included: a bf16 trainer needs it fresh,
+    and the fp32 trainers of the other tests need it fresh again afterwards."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 @pytest.mark.parametrize(("reference_rows", "exact"), [(None, True), (4, False)])
-def test_in_bf16_the_reference_pass_packs_rows_as_the_steps_do(setup, reference_rows, exact: bool) -> None:
+def test_in_bf16_the_reference_pass_packs_rows_as_the_steps_do(
+    setup, fresh_accelerator_state, reference_rows, exact: bool
+) -> None:
     """Under bf16 autocast a row's length changes the rounding: with the reference packed one pair a row,
     as the steps are, the fresh adapter's first loss is ln 2 to the bit; four pairs a row move it."""
     import dataclasses
     import math
 
     from peft import LoraConfig
-
     from transformers import AutoModelForCausalLM
 
     model, tokenizer, pairs, args = setup
