@@ -4,6 +4,7 @@
     python benchmarks/dpo_throughput.py --smoke         # tiny model, seconds (what CI runs)
     python benchmarks/dpo_throughput.py --out benchmarks/RESULTS.md
     python benchmarks/dpo_throughput.py --precision bf16     # every configuration under bf16 autocast
+    python benchmarks/dpo_throughput.py --workload long-prompt   # multi-turn prompts >= 3x the answers
 
 Every configuration trains the same pairs (the generated dataset's first N training pairs) with
 the same model, max_length, LoRA (r 16, alpha 32, q_proj / v_proj), effective batch 4, learning
@@ -55,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Every configuration's precision."
     )
+    parser.add_argument(
+        "--workload",
+        choices=("qa", "long-prompt"),
+        default="qa",
+        help="qa: the generated one-question pairs; long-prompt: the same answers after three earlier "
+        "question-answer turns (conversational, through the chat template), prompts >= 3x the answers.",
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
@@ -75,6 +83,31 @@ def _recipe(args: argparse.Namespace, extra: list[str]) -> Any:
     elif args.model:
         overrides += [f"model.name_or_path={args.model}", "model.gguf_file=null"]
     return load_recipe("tiny-ja" if args.tiny_dir else args.recipe, overrides)
+
+
+def long_prompt_rows(rows: list[dict[str, Any]], history_turns: int = 3) -> list[dict[str, Any]]:
+    """Each pair after ``history_turns`` earlier exchanges (other pairs' questions and chosen answers) as messages.
+
+    Where the prompt is several times the answer, computing it once per pair (packing) rather than
+    once per answer matters most; this is that workload, built from the generator's own pairs.
+    """
+    converted = []
+    for i, row in enumerate(rows):
+        history = []
+        for j in range(1, history_turns + 1):
+            earlier = rows[(i + j) % len(rows)]
+            history += [
+                {"role": "user", "content": earlier["prompt"]},
+                {"role": "assistant", "content": earlier["chosen"]},
+            ]
+        converted.append(
+            {
+                "prompt": [*history, {"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}],
+            }
+        )
+    return converted
 
 
 def _plain_trl_trainer(
@@ -118,6 +151,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from dpo_recipe.generate import generate_pairs
     from dpo_recipe.model import load_model, load_tokenizer
     from dpo_recipe.perf import keep_freed_memory_in_heap
+    from dpo_recipe.tokens import encode_pair
     from dpo_recipe.train import build_trainer, dpo_config
 
     config = args.worker
@@ -143,11 +177,16 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     splits = generate_pairs(num_pairs=1000, seed=0)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"][: args.pairs]]
     held_out = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["test"][: args.eval_pairs]]
+    if args.workload == "long-prompt":
+        rows, held_out = long_prompt_rows(rows), long_prompt_rows(held_out)
     loading = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{config}-"))
     os.environ["DPO_RECIPE_CACHE"] = str(out / "cache")  # no reference log-probs from an earlier run
+    encoded = [encode_pair(tokenizer, row) for row in rows]
+    prompt_tokens = statistics.mean(len(e.prompt_ids) for e in encoded)
+    answer_tokens = statistics.mean((len(e.chosen_ids) + len(e.rejected_ids)) / 2 for e in encoded)
     started = time.perf_counter()
     if config == "dpo_recipe":
         trainer = build_trainer(recipe, dpo_config(recipe, out), model, tokenizer, rows, out)
@@ -181,6 +220,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "steps": trainer.state.global_step,
         "held_out_reward_accuracy": accuracy,
         "held_out_pairs": len(held_out),
+        "prompt_tokens": prompt_tokens,
+        "answer_tokens": answer_tokens,
     }
 
 
@@ -191,7 +232,7 @@ def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[
     command = [sys.executable, __file__, "--worker", config, "--pairs", str(args.pairs)]
     command += ["--eval-pairs", str(args.eval_pairs), "--max-length", str(args.max_length)]
     command += ["--recipe", args.recipe, "--dpo-recipe-batch", str(args.dpo_recipe_batch)]
-    command += ["--precision", args.precision]
+    command += ["--precision", args.precision, "--workload", args.workload]
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -216,6 +257,8 @@ def report(runs: list[dict[str, Any]], command: str, configs: list[str]) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}.",
+        f"Pairs before truncation: mean prompt {runs[0]['prompt_tokens']:.0f} tokens, mean answer "
+        f"{runs[0]['answer_tokens']:.0f} tokens.",
         "",
         "| configuration | pairs/s end to end | pairs/s in train() | whole process s | peak RSS MB "
         + ("| peak GPU MB " if cuda else "")
@@ -254,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         from dpo_recipe.tiny import build_tiny_model
 
-        args.pairs, args.eval_pairs, args.rounds, args.max_length = 16, 8, 1, 64
+        args.pairs, args.eval_pairs, args.rounds = 16, 8, 1
+        args.max_length = 512 if args.workload == "long-prompt" else 64  # a long prompt must fit whole
         tiny_dir = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-"))))
     runs = []
     for round_index in range(args.rounds):
