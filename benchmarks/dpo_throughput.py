@@ -3,14 +3,17 @@
     python benchmarks/dpo_throughput.py                 # SmolLM2-135M, 256 pairs, max_length 128, 3 rounds
     python benchmarks/dpo_throughput.py --smoke         # tiny model, seconds (what CI runs)
     python benchmarks/dpo_throughput.py --out benchmarks/RESULTS.md
+    python benchmarks/dpo_throughput.py --precision bf16     # every configuration under bf16 autocast
+    python benchmarks/dpo_throughput.py --workload long-prompt   # multi-turn prompts >= 3x the answers
 
 Every configuration trains the same pairs (the generated dataset's first N training pairs) with
 the same model, max_length, LoRA (r 16, alpha 32, q_proj / v_proj), effective batch 4, learning
-rate and seed, each in its own process, alternated over the rounds so drift in the machine's
-speed hits them all. "End to end" is from the trainer's construction (tokenization, and the
-reference pass where it is precomputed) to the end of ``train()``; loading the model is the same
-for every configuration and left out. Held-out reward accuracy is scored afterwards with
-``dpo_recipe.evaluation`` on pairs from topics none of them trained on.
+rate, seed and precision (``--precision``; on a GPU each runs there), each in its own process,
+alternated over the rounds so drift in the machine's speed hits them all. "End to end" is from the
+trainer's construction (tokenization, and the reference pass where it is precomputed) to the end
+of ``train()``. "Whole process" adds loading the model and each tool's own held-out evaluation
+(TRL's ``trainer.evaluate()``, dpo-recipe's ``evaluation.score_pairs``) on pairs from topics none
+of them trained on; the held-out reward accuracy is that evaluation's.
 
 1. ``trl_guide``: plain ``DPOTrainer``, the original guide's settings (batch 1 x accumulation 4,
    fp32), TRL defaults otherwise (activation checkpointing on).
@@ -50,6 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dpo-recipe-batch", type=int, default=1, help="dpo-recipe's pairs per packed row.")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Every configuration's precision."
+    )
+    parser.add_argument(
+        "--workload",
+        choices=("qa", "long-prompt"),
+        default="qa",
+        help="qa: the generated one-question pairs; long-prompt: the same answers after three earlier "
+        "question-answer turns (conversational, through the chat template), prompts >= 3x the answers.",
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
@@ -72,10 +85,39 @@ def _recipe(args: argparse.Namespace, extra: list[str]) -> Any:
     return load_recipe("tiny-ja" if args.tiny_dir else args.recipe, overrides)
 
 
-def _plain_trl_trainer(config: str, model: Any, tokenizer: Any, rows: list[dict], out: Path, max_length: int) -> Any:
+def long_prompt_rows(rows: list[dict[str, Any]], history_turns: int = 3) -> list[dict[str, Any]]:
+    """Each pair after ``history_turns`` earlier exchanges (other pairs' questions and chosen answers) as messages.
+
+    Where the prompt is several times the answer, computing it once per pair (packing) rather than
+    once per answer matters most; this is that workload, built from the generator's own pairs.
+    """
+    converted = []
+    for i, row in enumerate(rows):
+        history = []
+        for j in range(1, history_turns + 1):
+            earlier = rows[(i + j) % len(rows)]
+            history += [
+                {"role": "user", "content": earlier["prompt"]},
+                {"role": "assistant", "content": earlier["chosen"]},
+            ]
+        converted.append(
+            {
+                "prompt": [*history, {"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}],
+            }
+        )
+    return converted
+
+
+def _plain_trl_trainer(
+    config: str, model: Any, tokenizer: Any, rows: list[dict], out: Path, max_length: int, precision: str
+) -> Any:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
+
+    from dpo_recipe.trl_args import precision_flags
 
     best = config == "trl_best"
     dpo_args = DPOConfig(
@@ -88,8 +130,7 @@ def _plain_trl_trainer(config: str, model: Any, tokenizer: Any, rows: list[dict]
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
-        bf16=False,
+        **precision_flags(precision),
         seed=42,
         disable_tqdm=True,
         **({"activation_checkpointing": False, "dataloader_pin_memory": False} if best else {}),
@@ -110,6 +151,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from dpo_recipe.generate import generate_pairs
     from dpo_recipe.model import load_model, load_tokenizer
     from dpo_recipe.perf import keep_freed_memory_in_heap
+    from dpo_recipe.tokens import encode_pair
     from dpo_recipe.train import build_trainer, dpo_config
 
     config = args.worker
@@ -129,41 +171,57 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             f"lora.r={LORA['r']}",
             f"lora.alpha={LORA['lora_alpha']}",
             f"lora.dropout={LORA['lora_dropout']}",
+            f"training.precision={args.precision}",
         ],
     )
     splits = generate_pairs(num_pairs=1000, seed=0)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"][: args.pairs]]
+    held_out = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["test"][: args.eval_pairs]]
+    if args.workload == "long-prompt":
+        rows, held_out = long_prompt_rows(rows), long_prompt_rows(held_out)
+    loading = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{config}-"))
     os.environ["DPO_RECIPE_CACHE"] = str(out / "cache")  # no reference log-probs from an earlier run
+    encoded = [encode_pair(tokenizer, row) for row in rows]
+    prompt_tokens = statistics.mean(len(e.prompt_ids) for e in encoded)
+    answer_tokens = statistics.mean((len(e.chosen_ids) + len(e.rejected_ids)) / 2 for e in encoded)
     started = time.perf_counter()
     if config == "dpo_recipe":
         trainer = build_trainer(recipe, dpo_config(recipe, out), model, tokenizer, rows, out)
     else:
-        trainer = _plain_trl_trainer(config, model, tokenizer, rows, out, args.max_length)
+        trainer = _plain_trl_trainer(config, model, tokenizer, rows, out, args.max_length, args.precision)
     training = time.perf_counter()
     trainer.train()
     finished = time.perf_counter()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    held_out = splits["test"][: args.eval_pairs]
-    scored = score_pairs(model, tokenizer, held_out, args.max_length, batch_size=1, progress=False)
-    overall = summarise(scored, beta=0.1)["overall"]
+    if config == "dpo_recipe":
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        with trainer.accelerator.autocast():
+            scored = score_pairs(model, tokenizer, held_out, args.max_length, recipe.eval.batch_size, progress=False)
+        accuracy = summarise(scored, beta=0.1)["overall"]["reward_accuracy"]
+    else:
+        from datasets import Dataset
+
+        accuracy = trainer.evaluate(Dataset.from_list(held_out))["eval_rewards/accuracies"]
     return {
         "config": config,
         "pairs": len(rows),
         "end_to_end_s": finished - started,
+        "whole_s": time.perf_counter() - loading,
         "train_s": finished - training,
         "peak_rss_mb": peak_rss_mb,
         "peak_cuda_mb": peak_cuda_mb,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "steps": trainer.state.global_step,
-        "held_out_reward_accuracy": overall["reward_accuracy"],
-        "held_out_pairs": overall["pairs"],
+        "held_out_reward_accuracy": accuracy,
+        "held_out_pairs": len(held_out),
+        "prompt_tokens": prompt_tokens,
+        "answer_tokens": answer_tokens,
     }
 
 
@@ -174,6 +232,7 @@ def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[
     command = [sys.executable, __file__, "--worker", config, "--pairs", str(args.pairs)]
     command += ["--eval-pairs", str(args.eval_pairs), "--max-length", str(args.max_length)]
     command += ["--recipe", args.recipe, "--dpo-recipe-batch", str(args.dpo_recipe_batch)]
+    command += ["--precision", args.precision, "--workload", args.workload]
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -191,32 +250,38 @@ def report(runs: list[dict[str, Any]], command: str, configs: list[str]) -> str:
     import torch
 
     by_config = {c: [r for r in runs if r["config"] == c] for c in configs}
+    cuda = any(r["peak_cuda_mb"] for r in runs)
     lines = [
         f"Command: `{command}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}.",
+        f"Pairs before truncation: mean prompt {runs[0]['prompt_tokens']:.0f} tokens, mean answer "
+        f"{runs[0]['answer_tokens']:.0f} tokens.",
         "",
-        "| configuration | pairs/s end to end | pairs/s in train() | peak RSS MB | first → last loss "
-        "| held-out reward acc. |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| configuration | pairs/s end to end | pairs/s in train() | whole process s | peak RSS MB "
+        + ("| peak GPU MB " if cuda else "")
+        + "| first → last loss | held-out reward acc. |",
+        "| --- | --- | --- | --- | --- " + ("| --- " if cuda else "") + "| --- | --- |",
     ]
     for config, results in by_config.items():
         e2e = [r["pairs"] / r["end_to_end_s"] for r in results]
         train = [r["pairs"] / r["train_s"] for r in results]
+        whole = [r["whole_s"] for r in results]
         rss = [r["peak_rss_mb"] for r in results]
+        gpu = f"| {max(r['peak_cuda_mb'] for r in results):.0f} " if cuda else ""
         losses = " / ".join(f"{r['first_loss']:.4f} → {r['last_loss']:.4f}" for r in results)
         accuracy = " / ".join(f"{r['held_out_reward_accuracy']:.3f}" for r in results)
         lines.append(
-            f"| {config} | {_spread(e2e)} | {_spread(train)} | {max(rss):.0f} | {losses} | {accuracy} "
-            f"(of {results[0]['held_out_pairs']}) |"
+            f"| {config} | {_spread(e2e)} | {_spread(train)} | {_spread(whole)} | {max(rss):.0f} {gpu}| {losses} "
+            f"| {accuracy} (of {results[0]['held_out_pairs']}) |"
         )
     if "dpo_recipe" in by_config:
         lines.append("")
-        lines.append("Ratios of dpo-recipe's pairs/s, per round (median, min–max):")
+        lines.append("Ratios of dpo-recipe's speed, per round (median, min–max):")
         for other in (c for c in configs if c != "dpo_recipe"):
-            for label, key in (("end to end", "end_to_end_s"), ("in train()", "train_s")):
+            for label, key in (("end to end", "end_to_end_s"), ("in train()", "train_s"), ("whole process", "whole_s")):
                 ratios = [o[key] / d[key] for d, o in zip(by_config["dpo_recipe"], by_config[other], strict=True)]
                 lines.append(f"- dpo_recipe / {other}, {label}: {_spread(ratios)}")
     return "\n".join(lines) + "\n"
@@ -232,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         from dpo_recipe.tiny import build_tiny_model
 
-        args.pairs, args.eval_pairs, args.rounds, args.max_length = 16, 8, 1, 64
+        args.pairs, args.eval_pairs, args.rounds = 16, 8, 1
+        args.max_length = 512 if args.workload == "long-prompt" else 64  # a long prompt must fit whole
         tiny_dir = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-"))))
     runs = []
     for round_index in range(args.rounds):

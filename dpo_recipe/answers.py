@@ -7,7 +7,10 @@ base-versus-tuned table both answer prompts here, greedily, so the same prompt g
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dpo_recipe.base_cache import BaseCache
 
 
 def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
@@ -105,12 +108,27 @@ def _starts_with_bos(tokenizer: Any, text: str) -> bool:
 
 
 def greedy_answers(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int, **decoding: Any
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_new_tokens: int,
+    cache: BaseCache | None = None,
+    **decoding: Any,
 ) -> list[dict[str, str]]:
-    """Each row's prompt answered by the base (adapter off) and the tuned model: ``prompt``, ``base``, ``tuned``."""
+    """Each row's prompt answered by the base (adapter off) and the tuned model: ``prompt``, ``base``, ``tuned``.
+
+    The base's answers are the same every run on that base: ``cache`` keeps them.
+    """
+    from dpo_recipe.base_cache import BaseCache
+
     model.eval()
+    cache = cache or BaseCache(None)
     texts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     tuned = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
-    with model.disable_adapter():
-        base = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
+    key = cache.key(model, texts, max_new_tokens=max_new_tokens, **decoding)
+    base = cache.read_answers(key)
+    if base is None:
+        with model.disable_adapter():
+            base = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
+        cache.write_answers(key, base)
     return [{"prompt": text, "base": b, "tuned": t} for text, b, t in zip(texts, base, tuned, strict=True)]

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.atomic import write_file_atomically
+from dpo_recipe.base_cache import BaseCache, default_cache
 from dpo_recipe.config import EvalSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.launch import positive_int
+from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.tokens import encode_pair
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "dpo_preference"
@@ -42,28 +44,41 @@ def load_metric() -> Any:
 
 
 def score_pairs(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int, progress: bool = True
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_length: int,
+    batch_size: int,
+    progress: bool = True,
+    cache: BaseCache | None = None,
 ) -> list[dict[str, Any]]:
     """Per-pair log-probs under the tuned model and the base (adapter disabled), in ``rows`` order.
 
     Each record holds the ``dpo_preference`` metric's inputs, plus the row's breakdown keys and
     topic. Rows are tokenized as TRL tokenizes them (``tokens.encode_pair``) and truncated as it
-    truncates them, so the token counts are those training optimised.
+    truncates them, so the token counts are those training optimised. The base's half comes from
+    ``cache`` when an earlier run on the same base scored the same pairs (then one forward a pair, not two).
     """
     from dpo_recipe.packing import score_packed, truncated
 
+    cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
+    key = cache.key(model, pairs, max_length=max_length)
+    reference = cache.read_logps(key)
     scores = score_packed(
         model,
         pairs,
         max_length,
         batch_size,
         policy=True,
-        reference=True,
+        reference=reference is None,
         progress_desc="Scoring held-out pairs" if progress else None,
     )
+    if reference is None:
+        reference = scores.reference
+        cache.write_logps(key, reference)
     policy_chosen, policy_rejected = (t.tolist() for t in scores.policy)
-    reference_chosen, reference_rejected = (t.tolist() for t in scores.reference)
+    reference_chosen, reference_rejected = (t.tolist() for t in reference)
     scored = []
     for j, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
         _, chosen, rejected = truncated(pair, max_length)
@@ -138,8 +153,13 @@ def evaluate_adapter(
     max_length: int,
     settings: EvalSection,
     loss_type: str | list[str] = "sigmoid",
+    cache: BaseCache | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> dict[str, Any] | None:
     """Score ``rows`` split across processes; the main process returns the report, others None.
+
+    ``cache`` (``base_cache.default_cache()`` in ``train`` and ``eval``) keeps the base's log-probs
+    and answers, which are the same every run on that base; ``stopwatch`` times scoring and answers.
 
     The report: ``summarise``'s keys, ``per_pair`` (``score_pairs``'s records with their reward
     margin), ``generations`` (held-out prompts, one per topic, answered by the base and the tuned
@@ -148,11 +168,17 @@ def evaluate_adapter(
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state, stopwatch = PartialState(), stopwatch or Stopwatch()
     indexed = list(enumerate(rows))
-    with state.split_between_processes(indexed) as shard:
+    with stopwatch.phase("held-out scoring"), state.split_between_processes(indexed) as shard:
         scored = score_pairs(
-            model, tokenizer, [r for _, r in shard], max_length, settings.batch_size, progress=state.is_main_process
+            model,
+            tokenizer,
+            [r for _, r in shard],
+            max_length,
+            settings.batch_size,
+            progress=state.is_main_process,
+            cache=cache,
         )
         tagged = [(i, s) for (i, _), s in zip(shard, scored, strict=True)]
     gathered = sorted(gather_object(tagged), key=lambda item: item[0])
@@ -161,7 +187,8 @@ def evaluate_adapter(
     report = summarise([s for _, s in gathered], beta, loss_type)
     report["per_pair"] = [s for _, s in gathered]
     if settings.num_generations:
-        report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings)
+        with stopwatch.phase("answers"):
+            report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings, cache)
     return report
 
 
@@ -174,7 +201,7 @@ def one_per_topic(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]
 
 
 def checked_answers(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSection
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSection, cache: BaseCache | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Base and tuned answers to held-out prompts, each scored by ``answer_checks``, and their summary."""
     from dpo_recipe.answer_checks import check_answer, summarise_checks
@@ -186,7 +213,7 @@ def checked_answers(
     }
     picked = one_per_topic(rows, settings.num_generations)
     print(f"Answering {len(picked)} held-out prompts, base and tuned, {settings.max_new_tokens} new tokens at most ...")
-    answers = greedy_answers(model, tokenizer, picked, settings.max_new_tokens, **decoding)
+    answers = greedy_answers(model, tokenizer, picked, settings.max_new_tokens, cache=cache, **decoding)
     for answer, row in zip(answers, picked, strict=True):
         topic = row.get("topic")
         question = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
@@ -366,6 +393,7 @@ def run_eval(
         max_length=recipe.training.max_length,
         settings=recipe.eval,
         loss_type=recipe.training.loss_type,
+        cache=default_cache(),
     )
     if report is None:
         return None

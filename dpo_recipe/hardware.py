@@ -1,12 +1,14 @@
-"""Refusing precision and quantization settings this machine cannot run, before anything heavy loads.
+"""Refusing precision, quantization and launch settings this machine cannot run, before anything heavy loads.
 
-A 4-bit base without CUDA, bf16 on a GPU or CPU that only emulates it, or fp16 on a CPU would
-fail minutes into a run or train slowly and imprecisely; these checks fail in a second instead.
+A 4-bit base without CUDA, bf16 on a GPU or CPU that only emulates it, fp16 on a CPU, or an FSDP /
+DeepSpeed launch without a GPU would fail minutes into a run (or, for the launches, in every rank
+with accelerate's traceback) or train slowly and imprecisely; these checks fail in a second instead.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from dpo_recipe.config import ModelSection
@@ -43,3 +45,29 @@ def check_hardware(model: ModelSection, precision: str) -> None:
         )
     if precision == "fp16" and not torch.cuda.is_available():
         raise ModelError("training.precision fp16 needs a CUDA GPU. Use fp32 (or auto) on CPU.")
+
+
+# accelerate's distributed types that need GPUs, and the variable ``accelerate launch`` sets for each
+GPU_ONLY_LAUNCHES = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
+
+
+def gpu_only_launch_problem(distributed_type: str, where: str) -> str | None:
+    """Why a launch of ``distributed_type`` (from ``where``) cannot run here, or None when it can."""
+    import torch
+
+    if distributed_type.upper() not in GPU_ONLY_LAUNCHES or torch.cuda.is_available():
+        return None
+    return (
+        f"{where}: distributed_type {distributed_type.upper()} shards the model over GPUs and this machine has "
+        "none (even with use_cpu: true, accelerate stops in every rank). On CPU train without an accelerate "
+        "config (one process) or with --num-processes N (DDP over gloo); take this config to a GPU machine."
+    )
+
+
+def check_launch() -> None:
+    """Refuse an FSDP / DeepSpeed ``accelerate launch`` on a machine without a GPU, before the trainer starts."""
+    for distributed_type, variable in GPU_ONLY_LAUNCHES.items():
+        if os.environ.get(variable, "").lower() == "true":
+            problem = gpu_only_launch_problem(distributed_type, f"accelerate launch ({variable}=true)")
+            if problem:
+                raise ModelError(problem)

@@ -23,9 +23,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _existing_file(text: str) -> str:
+def _launchable_config(text: str) -> str:
+    """An accelerate config file that exists and whose launch this machine can run (``hardware``)."""
+    import yaml
+
+    from dpo_recipe.hardware import gpu_only_launch_problem
+
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text} is not an existing file")
+    try:
+        settings = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text} is not a YAML / JSON accelerate config ({exc})") from None
+    distributed_type = settings.get("distributed_type", "NO") if isinstance(settings, dict) else "NO"
+    problem = gpu_only_launch_problem(str(distributed_type), text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -39,7 +52,7 @@ def launcher_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--accelerate-config",
         metavar="FILE",
-        type=_existing_file,
+        type=_launchable_config,
         help="An accelerate config file (FSDP, DeepSpeed, multi-node). Default: the packaged one for "
         "this machine (CPU, one GPU, or DDP over all GPUs).",
     )

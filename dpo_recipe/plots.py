@@ -2,8 +2,9 @@
 
 ``plot_training``: loss, reward accuracy and reward margin against step (train, and the held-out
 point). ``plot_report``: a held-out report's accuracy by rejection type and its reward-margin
-histogram. They go into the model card and the notebook, so they are drawn headless (Agg), at a
-fixed size, and each function returns the files it wrote.
+histogram. ``plot_sweep``: a sweep's configurations by held-out accuracy, with their 95% intervals.
+They go into the model card and the notebook, so they are drawn headless (Agg), at a fixed size,
+and each function returns the files it wrote.
 """
 
 from __future__ import annotations
@@ -86,3 +87,22 @@ def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_title("Held-out reward margins")
         written.append(_save(fig, out_dir / "reward_margin_histogram.png"))
     return written
+
+
+def plot_sweep(ranked: list[dict[str, Any]], path: Path) -> Path:
+    """One bar per configuration of ``sweep.run_sweep``'s ranking (best on top), whiskers at the 95% CI."""
+    plt = _pyplot()
+    scored = [r for r in ranked if r["reward_accuracy"] is not None]
+    labels = [", ".join(f"{k}={v}" for k, v in r["settings"].items()) for r in scored]
+    accuracy = [r["reward_accuracy"] for r in scored]
+    low = [a - (r["reward_accuracy_ci95"] or [a, a])[0] for a, r in zip(accuracy, scored, strict=True)]
+    high = [(r["reward_accuracy_ci95"] or [a, a])[1] - a for a, r in zip(accuracy, scored, strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(scored), 1)), dpi=100)
+    ys = list(range(len(scored)))[::-1]
+    ax.barh(ys, accuracy, xerr=[low, high], capsize=3)
+    ax.set_yticks(ys, labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("held-out reward accuracy (95% CI)")
+    ax.set_title("Sweep, best first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

@@ -23,7 +23,7 @@ from dpo_recipe.artifacts import collect_metrics, gather_adapter_digests, save_a
 from dpo_recipe.config import Recipe
 from dpo_recipe.data import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
-from dpo_recipe.hardware import check_hardware
+from dpo_recipe.hardware import check_hardware, check_launch
 from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
 from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.run_context import RunContext
@@ -33,6 +33,7 @@ from dpo_recipe.run_dir import (
     prepare_output_dir,
     write_failures_explained,
 )
+from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.trl_args import dpo_config, objective_kwargs
 
 
@@ -113,8 +114,8 @@ def run(
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
     """setup → train → evaluate and save; a dry run stops after setup's checks."""
-    started = time.perf_counter()
-    training = setup(context)
+    started, stopwatch = time.perf_counter(), Stopwatch()
+    training = setup(context, stopwatch)
     if training is None:
         print(f"dry run finished in {time.perf_counter() - started:.1f} s")
         return None
@@ -134,9 +135,10 @@ class TrainingRun:
     tokenizer: Any
     trainer: Any
     is_main_process: bool
+    stopwatch: Stopwatch
 
 
-def setup(context: RunContext) -> TrainingRun | None:
+def setup(context: RunContext, stopwatch: Stopwatch) -> TrainingRun | None:
     """Check, then prepare, cheapest first, so that a mistake costs seconds rather than a training run.
 
     1. ``checked_recipe``: the recipe, hardware, output directory and Hub token (no data read yet);
@@ -146,8 +148,9 @@ def setup(context: RunContext) -> TrainingRun | None:
        alone touch the output directory (the others wait);
     4. the weights load and the trainer is built, last because they cost the most.
     """
-    recipe = checked_recipe(context)
-    train_rows, eval_rows, tokenizer, data_notes = load_inputs(recipe, report=context.dry_run)
+    with stopwatch.phase("checks and data"):
+        recipe = checked_recipe(context)
+        train_rows, eval_rows, tokenizer, data_notes = load_inputs(recipe, report=context.dry_run)
     if context.dry_run:
         return None
     out = Path(recipe.training.output_dir)
@@ -155,8 +158,11 @@ def setup(context: RunContext) -> TrainingRun | None:
     if args.process_index == 0:
         print("\n".join(data_notes))  # the form the rows were read in, detected or named
     is_main_process = claim_output_dir(context, out)
-    trainer = build_trainer(recipe, args, load_model(recipe.model), tokenizer, train_rows, out)
-    return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process)
+    with stopwatch.phase("model"):
+        model = load_model(recipe.model)
+    with stopwatch.phase("tokenizing and reference pass"):
+        trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out)
+    return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch)
 
 
 def checked_recipe(context: RunContext) -> Recipe:
@@ -165,6 +171,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     after the local checks."""
     recipe = context.load_recipe()
     check_hardware(recipe.model, recipe.training.precision)
+    check_launch()
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError(
             "training.tensorboard is true but TensorBoard is not installed: "
@@ -219,7 +226,7 @@ def train(training: TrainingRun) -> Any:
     checkpoint = newest_complete_checkpoint(out) if training.context.resume else None
     stop = signal_callback(trainer)
     try:
-        with write_failures_explained(out, resume_command):
+        with write_failures_explained(out, resume_command), training.stopwatch.phase("training"):
             train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stop.restore()
@@ -235,13 +242,14 @@ def train(training: TrainingRun) -> Any:
 def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
-    report = held_out_report(recipe, trainer, training.tokenizer, training.eval_rows)
+    report = held_out_report(recipe, trainer, training.tokenizer, training.eval_rows, training.stopwatch)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
-    with write_failures_explained(out, context.resume_command(out)):
+    metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
+    with write_failures_explained(out, context.resume_command(out)), training.stopwatch.phase("saving"):
         save_artifacts(
             recipe,
             trainer,
@@ -253,6 +261,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             command=context.rerun_command(),
         )
     print(summary_line(metrics, out))
+    print(training.stopwatch.line(highlight="training"))
     if recipe.hub.push:
         from dpo_recipe.hub import push_adapter
 
@@ -267,10 +276,10 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.losses import is_reference_free
     from dpo_recipe.perf import keep_freed_memory_in_heap
-    from dpo_recipe.resources import cache_root
     from dpo_recipe.token_rows import use_sparse_token_rows
     from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
@@ -293,11 +302,11 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         )
     if recipe.training.packing:
         check_packable(args)  # an objective the user chose never silently trains some other way
-        limitation = packing_limitation(model)
+        limitation = packing_limitation(model, args.max_length)
         if limitation is None:
             trainer_class = PackedDPOTrainer
             extra = {
-                "ref_cache_dir": cache_root() / "reference_logps",
+                "base_cache": default_cache(),
                 "token_learning_rate": recipe.lora.token_learning_rate,
                 **objective_kwargs(recipe),
             }
@@ -330,7 +339,10 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     return trainer
 
 
-def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict]) -> dict[str, Any] | None:
+def held_out_report(
+    recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict], stopwatch: Stopwatch
+) -> dict[str, Any] | None:
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.evaluation import evaluate_adapter
 
     if not eval_rows:
@@ -344,6 +356,8 @@ def held_out_report(recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: lis
         max_length=recipe.training.max_length,
         settings=recipe.eval,
         loss_type=recipe.training.loss_type,
+        cache=default_cache(),
+        stopwatch=stopwatch,
     )
 
 

@@ -9,8 +9,8 @@ changes is how much work a step does:
   padded, and only completion positions go through the LM head;
 - the reference log-probs (the base model with the adapter off) are computed once, before
   training, in no-grad packed batches (``packing.score_packed``, the pass the held-out
-  evaluation runs too), and cached on disk under a key made of the base weights,
-  the tokenized pairs and max_length, so a resume, a second epoch or a re-run skips them.
+  evaluation runs too), and kept in ``base_cache`` under a key made of the base weights, the
+  tokenized pairs, max_length and precision, so a resume, a re-run or a sweep skips them.
 
 The reference-free objectives (``losses.REFERENCE_FREE_LOSSES``: SimPO and ORPO, which TRL trains
 with its experimental CPO / ORPO trainers, not DPOTrainer) train on this path only: no reference
@@ -27,16 +27,13 @@ block masks, a forward without ``logits_to_keep``, DeepSpeed ZeRO-3) trains with
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from trl import DPOTrainer
 
-from dpo_recipe.atomic import write_file_atomically
+from dpo_recipe.base_cache import BaseCache
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.log_keys import (
     LOGPS_CHOSEN,
@@ -98,12 +95,20 @@ def check_packable(args: Any) -> None:
         )
 
 
-def packing_limitation(model: Any) -> str | None:
-    """Why the packed forward cannot run on ``model`` (or this launch), or None when it can."""
+def packing_limitation(model: Any, max_length: int | None = None) -> str | None:
+    """Why the packed forward cannot run on ``model`` (or this launch, or sequences of ``max_length``),
+    or None when it can."""
     import inspect
 
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    # the block mask replaces the model's own masks, sliding windows included: exact only within the window
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    if window and (max_length is None or max_length > window):
+        return (
+            f"its sliding-window attention ({window} tokens) is not applied inside a packed row, so sequences "
+            f"longer than the window (max_length {max_length}) would see past it; set training.max_length <= {window}"
+        )
     if is_deepspeed_zero3_enabled():
         return "DeepSpeed ZeRO-3 shards the weights before the reference pass could run"
     if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
@@ -116,7 +121,7 @@ def packing_limitation(model: Any) -> str | None:
 
 def supports_packing(model: Any, args: Any) -> bool:
     """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
-    return not unpackable_settings(args) and packing_limitation(model) is None
+    return not unpackable_settings(args) and packing_limitation(model, args.max_length) is None
 
 
 class PackedCollator:
@@ -144,7 +149,7 @@ class PackedDPOTrainer(DPOTrainer):
     def __init__(
         self,
         *args: Any,
-        ref_cache_dir: Path | None = None,
+        base_cache: BaseCache | None = None,
         token_learning_rate: float | None = None,
         simpo_gamma: float = 0.5,
         cpo_alpha: float = 0.0,
@@ -161,7 +166,7 @@ class PackedDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if not hasattr(self.model, "peft_config"):
             raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
-        self.ref_cache_dir = ref_cache_dir
+        self.base_cache = base_cache or BaseCache(None)
         self.reference_free_settings = SimpleNamespace(
             beta=self.args.beta, label_smoothing=self.args.label_smoothing, simpo_gamma=simpo_gamma, cpo_alpha=cpo_alpha
         )
@@ -189,12 +194,14 @@ class PackedDPOTrainer(DPOTrainer):
         if REF_COLUMNS[0] in dataset.column_names:
             return dataset
         examples = [{k: row[k] for k in PAIR_COLUMNS} for row in dataset]
-        key = self._reference_key(examples)
-        cached = self._read_cache(key)
+        model = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():  # the precision the pass runs in is part of the key
+            key = self.base_cache.key(model, examples, max_length=self.args.max_length, rows=self._reference_rows())
+        cached = self.base_cache.read_logps(key)
         if cached is None:
             cached = self._compute_reference(examples, name)
             if self.accelerator.is_main_process:
-                self._write_cache(key, cached)
+                self.base_cache.write_logps(key, cached)
         dataset = dataset.add_column(REF_COLUMNS[0], cached[0].tolist())
         return dataset.add_column(REF_COLUMNS[1], cached[1].tolist())
 
@@ -209,7 +216,7 @@ class PackedDPOTrainer(DPOTrainer):
                 self.accelerator.unwrap_model(self.model),
                 [examples[i] for i in mine],
                 self.args.max_length,
-                self.args.precompute_ref_batch_size or 2 * self.args.per_device_train_batch_size,
+                self._reference_rows(),
                 policy=False,
                 reference=True,
                 progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
@@ -218,47 +225,17 @@ class PackedDPOTrainer(DPOTrainer):
         gathered = sorted(gather_object(scores) if world > 1 else scores)
         return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])
 
-    def _reference_key(self, examples: list[dict]) -> str:
-        """Base weights + tokenized pairs + max_length + precision: anything that changes the numbers."""
-        from importlib.metadata import version
-
-        digest = hashlib.sha256()
-        model = self.accelerator.unwrap_model(self.model)
-        for param_name, param in model.named_parameters():
-            if "lora_" not in param_name:
-                digest.update(param_name.encode())
-                digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy())
-        settings = {
-            "max_length": self.args.max_length,
-            "bf16": self.args.bf16,
-            "fp16": self.args.fp16,
-            "config": model.get_base_model().config.to_dict(),
-            "versions": [version("torch"), version("transformers")],
-        }
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        digest.update(json.dumps(examples).encode())
-        return digest.hexdigest()[:32]
-
-    def _cache_path(self, key: str) -> Path | None:
-        return None if self.ref_cache_dir is None else self.ref_cache_dir / f"{key}.safetensors"
-
-    def _read_cache(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        from safetensors.torch import load_file
-
-        path = self._cache_path(key)
-        if path is None or not path.exists():
-            return None
-        tensors = load_file(path)
-        return tensors["chosen"], tensors["rejected"]
-
-    def _write_cache(self, key: str, logps: tuple[torch.Tensor, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        path = self._cache_path(key)
-        if path is None:
-            return
-        tensors = {"chosen": logps[0].contiguous(), "rejected": logps[1].contiguous()}
-        write_file_atomically(path, lambda staging: save_file(tensors, str(staging)))
+    def _reference_rows(self) -> int:
+        """Pairs per packed row in the reference pass: ``precompute_ref_batch_size``, else twice a training
+        step's (no gradients), except in bf16 / fp16, where a row's length changes the kernels' rounding (a
+        pair's summed log-prob moved by up to 1.1 nats between one and two pairs a row, measured on
+        SmolLM2-135M): there the pass packs rows as the steps do, so that with one pair a row policy and
+        reference agree exactly at step 0."""
+        if self.args.precompute_ref_batch_size:
+            return self.args.precompute_ref_batch_size
+        if self.args.bf16 or self.args.fp16:
+            return self.args.per_device_train_batch_size
+        return 2 * self.args.per_device_train_batch_size
 
     # ---- the step ------------------------------------------------------------------------------------
     def compute_loss(

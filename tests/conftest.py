@@ -18,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+# where the device-level equivalence tests run: benchmarks/gpu_check.sh sets it to cuda on a GPU machine
+TEST_DEVICE = os.environ.get("DPO_RECIPE_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True)

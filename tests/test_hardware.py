@@ -43,3 +43,12 @@ def test_cpu_refusals_name_the_setting_and_the_fix(cpu_only, monkeypatch) -> Non
         hardware.check_hardware(plain, "bf16")
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     hardware.check_hardware(plain, "bf16")
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_gpu_only_accelerate_launch_is_refused_without_gpus(variable, cpu_only, monkeypatch) -> None:
+    monkeypatch.setenv(variable, "false")
+    hardware.check_launch()
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ModelError, match=rf"accelerate launch \({variable}=true\): distributed_type .* has none"):
+        hardware.check_launch()

@@ -91,7 +91,26 @@ def test_launcher_options_are_checked(tmp_path, capsys) -> None:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(argv)
         assert exit_info.value.code == 2 and words in capsys.readouterr().err
-    config = tmp_path / "fsdp.yaml"
+    config = tmp_path / "plain.yaml"
     config.write_text("{}")
     parsed = parser.parse_args(["--adapter", "a", "--accelerate-config", str(config)])
     assert parsed.accelerate_config == str(config) and parsed.adapter == "a"
+
+
+@pytest.mark.parametrize("name", ["fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_gpu_only_configs_are_refused_on_a_machine_without_gpus(name, tmp_path, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    edited = tmp_path / name  # use_cpu: true does not make FSDP / DeepSpeed run on a CPU
+    edited.write_text((CONFIGS / name).read_text().replace("use_cpu: false", "use_cpu: true"))
+    parser = with_launcher_options(__import__("argparse").ArgumentParser(prog="m"), "dpo-recipe train")
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--accelerate-config", str(edited)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 2  # usage + one line
+    kind = "FSDP" if name == "fsdp.yaml" else "DEEPSPEED"
+    assert f"{edited}: distributed_type {kind} shards the model over GPUs and this machine has none" in error
+    assert "--num-processes N (DDP over gloo)" in error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the same file is fine where GPUs are
+    assert parser.parse_args(["--accelerate-config", str(edited)]).accelerate_config == str(edited)

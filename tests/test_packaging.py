@@ -56,3 +56,14 @@ def test_github_workflows_pass_actionlint() -> None:
     assert workflows
     result = subprocess.run([actionlint, "-no-color", *workflows], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    """benchmarks/gpu_check.sh runs only where a GPU is lent: a slip in it must show here, on CPU."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: pip install -e '.[dev]'")
+    scripts = sorted(str(p) for p in (REPO / "benchmarks").glob("*.sh"))
+    assert scripts
+    result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

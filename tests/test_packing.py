@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import TEST_DEVICE, tiny_overrides
 
 import dpo_recipe.packing
 from dpo_recipe.config import load_recipe
@@ -57,21 +57,39 @@ def test_packing_rejected_never_sees_chosen(model) -> None:
     assert packed["attention_mask"][0, 0, 4].tolist() == [True, True, True, False, True] + [False] * 5
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_packed_logps_equal_one_row_per_sequence(family: str, attention: str) -> None:
-    """Both position schemes (rotary, learned absolute) take the restarted positions and the block mask,
-    under both attention implementations the packed path accepts (eager adds the mask to the scores)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+def _small_model(family: str):
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=64))
-    else:
-        config = LlamaConfig(
-            vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=64))
+    shape = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    if family == "gemma3":  # a sliding-window layer and a global one, as Gemma 3 alternates them
+        config = Gemma3TextConfig(
+            **shape,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            layer_types=["sliding_attention", "full_attention"],
         )
-        model = LlamaForCausalLM(config)
+        return Gemma3ForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(**shape, num_attention_heads=4))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_packed_logps_equal_one_row_per_sequence(family: str, attention: str) -> None:
+    """Both position schemes (rotary, learned absolute) and Gemma 3's sliding-window and global layers take
+    the restarted positions and the block mask, under both attention implementations the packed path
+    accepts (eager adds the mask to the scores). ``DPO_RECIPE_TEST_DEVICE=cuda`` runs it on a GPU."""
+    model = _small_model(family).to(TEST_DEVICE)
     model.set_attn_implementation(attention)
     assert model.config._attn_implementation == attention
     rows = [
@@ -79,14 +97,27 @@ def test_packed_logps_equal_one_row_per_sequence(family: str, attention: str) ->
         {"prompt_ids": [20, 21], "chosen_ids": [22], "rejected_ids": [23, 24, 25, 26]},
     ]
     with torch.no_grad():
-        chosen, rejected = pair_logps(model.eval(), pack_pairs(rows, None))
+        chosen, rejected = pair_logps(model.eval(), pack_pairs(rows, None).to(TEST_DEVICE))
         expected = []
         for row in rows:
             for completion in (row["chosen_ids"], row["rejected_ids"]):
                 sequence, start = row["prompt_ids"] + completion, len(row["prompt_ids"])
-                logps = model(torch.tensor([sequence])).logits[0].log_softmax(-1)
+                logps = model(torch.tensor([sequence], device=TEST_DEVICE)).logits[0].log_softmax(-1)
                 expected.append(sum(logps[start - 1 + j, sequence[start + j]] for j in range(len(completion))))
     assert torch.allclose(torch.stack([chosen[0], rejected[0], chosen[1], rejected[1]]), torch.stack(expected))
+
+
+def test_a_sliding_window_is_not_applied_inside_a_packed_row() -> None:
+    """Why ``trainer.packing_limitation`` refuses max_length beyond a sliding window: the block mask
+    replaces the model's own, so a window of 3 tokens is ignored where a plain forward applies it."""
+    model = _small_model("gemma3")
+    model.config.sliding_window = 3
+    row = {"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]}
+    with torch.no_grad():
+        packed, _ = pair_logps(model.eval(), pack_pairs([row], None))
+        logps = model(torch.tensor([row["prompt_ids"] + row["chosen_ids"]])).logits[0].log_softmax(-1)
+    plain = sum(logps[3 + j, token] for j, token in enumerate(row["chosen_ids"]))
+    assert abs(packed.item() - plain.item()) > 1e-3
 
 
 def test_pack_pairs_docstring_example_runs() -> None:

@@ -61,6 +61,10 @@ def test_run_writes_every_artifact(finished_run) -> None:
     assert saved["train"]["pairs_per_s"] > 0 and saved["memory"]["peak_rss_mb"] > 100
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 33))
+    phases = ["checks and data", "model", "tokenizing and reference pass", "training", "held-out scoring", "answers"]
+    assert list(saved["timings_s"]) == phases
+    assert saved["timings_s"]["training"] <= saved["train"]["end_to_end_s"]
+    assert sum(saved["timings_s"].values()) <= saved["train"]["end_to_end_s"] + 0.1
 
 
 def test_loss_starts_at_ln2_and_training_accuracy_rises(finished_run) -> None:
@@ -141,6 +145,26 @@ def test_bad_lora_target_and_qlora_on_cpu_fail_before_weights_load(tiny_model: P
     with pytest.raises(ModelError, match="QLoRA.*needs a CUDA GPU"):
         run("tiny-ja", tiny_overrides(tiny_model, "model.load_in_4bit=true"), output_dir=str(tmp_path / "b"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_fsdp_launch_on_a_machine_without_gpus_stops_with_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    import sys
+
+    from conftest import REPO
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, where the FSDP config is meant to run")
+    config = tmp_path / "fsdp.yaml"  # even edited to use_cpu: true, as a user on a laptop would try
+    fsdp = (REPO / "recipes" / "accelerate" / "fsdp.yaml").read_text()
+    config.write_text(fsdp.replace("use_cpu: false", "use_cpu: true").replace("num_processes: 8", "num_processes: 1"))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    out = tmp_path / "out"
+    result = subprocess.run(
+        train_cmd(tiny_model, out, launcher=launcher), env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0 and not out.exists()
+    assert "accelerate launch (ACCELERATE_USE_FSDP=true): distributed_type FSDP shards the model" in result.stderr
+    assert "Traceback" not in result.stderr.split("ACCELERATE_USE_FSDP=true")[0]  # the rank printed no traceback
 
 
 def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:

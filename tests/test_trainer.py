@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from dpo_recipe.base_cache import BaseCache
 from dpo_recipe.config import load_recipe
 from dpo_recipe.data import load_preference_splits
 from dpo_recipe.errors import RecipeError
@@ -60,7 +61,7 @@ def _trainers(
     for name, value in settings.items():
         setattr(args, name, value)
     trainers = []
-    classes = [(DPOTrainer, {}), (PackedDPOTrainer, {"ref_cache_dir": cache, **(packed or {})})]
+    classes = [(DPOTrainer, {}), (PackedDPOTrainer, {"base_cache": BaseCache(cache), **(packed or {})})]
     for trainer_class, extra in classes[1:] if packed_only else classes:
         trainer = trainer_class(
             model=copy.deepcopy(model),
@@ -83,7 +84,7 @@ def _loss_and_grads(trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
     model = trainer.model
     model.train()
     model.zero_grad()
-    loss = trainer.compute_loss(model, batch)
+    loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))  # on the trainer's device (a GPU in gpu_check)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.item(), grads
@@ -260,7 +261,7 @@ def test_a_reference_free_trainer_runs_no_reference_pass_and_writes_no_cache(
     cache = tmp_path / "cache"
     (trainer,) = _trainers(setup, cache, packed_only=True, loss_type=[loss_type])
     assert trainer.reference_free
-    assert not cache.exists() or not list(cache.iterdir())
+    assert not cache.exists() or not list(cache.rglob("*"))
     assert not set(REF_COLUMNS) & set(trainer.train_dataset.column_names)
 
 
@@ -283,18 +284,18 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
 
     cache = tmp_path / "cache"
     plain, packed = _trainers(setup, cache)
-    files = list(cache.glob("*.safetensors"))
+    files = list(cache.glob("reference_logps/*.safetensors"))
     assert len(files) == 1
     # the reference TRL computes on the fly (adapter off) equals the precomputed one
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(12)])
+    batch = plain._prepare_inputs(plain.data_collator([plain.train_dataset[i] for i in range(12)]))
     with torch.no_grad():
-        trl_ref = plain.compute_ref_log_probs(plain.model, batch)
+        trl_ref = [logps.cpu() for logps in plain.compute_ref_log_probs(plain.model, batch)]
     assert torch.allclose(torch.tensor(packed.train_dataset["ref_chosen_logps"]), trl_ref[0], rtol=1e-5)
     assert torch.allclose(torch.tensor(packed.train_dataset["ref_rejected_logps"]), trl_ref[1], rtol=1e-5)
     # a second trainer reads the file instead of running the reference pass
     stamp = files[0].stat().st_mtime_ns
     _, again = _trainers(setup, cache)
-    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("*.safetensors")) == files
+    assert files[0].stat().st_mtime_ns == stamp and list(cache.glob("reference_logps/*.safetensors")) == files
     assert again.train_dataset["ref_chosen_logps"] == packed.train_dataset["ref_chosen_logps"]
     # another max_length is another key
     model, tokenizer, pairs, args = setup
@@ -306,9 +307,54 @@ def test_reference_logps_are_cached_and_reused(setup, tmp_path: Path) -> None:
         train_dataset=pairs,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
-        ref_cache_dir=cache,
+        base_cache=BaseCache(cache),
     )
-    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert len(list(cache.glob("reference_logps/*.safetensors"))) == 2
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state, mixed precision included: a bf16 trainer needs it fresh,
+    and the fp32 trainers of the other tests need it fresh again afterwards."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.parametrize(("reference_rows", "exact"), [(None, True), (4, False)])
+def test_in_bf16_the_reference_pass_packs_rows_as_the_steps_do(
+    setup, fresh_accelerator_state, reference_rows, exact: bool
+) -> None:
+    """Under bf16 autocast a row's length changes the rounding: with the reference packed one pair a row,
+    as the steps are, the fresh adapter's first loss is ln 2 to the bit; four pairs a row move it."""
+    import dataclasses
+    import math
+
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, pairs, args = setup
+    config = copy.deepcopy(model.config)
+    config.hidden_size, config.intermediate_size = 256, 512  # wide enough for rounding to depend on the row
+    torch.manual_seed(0)
+    wider = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    bf16 = dataclasses.replace(args, bf16=True, per_device_train_batch_size=1, precompute_ref_batch_size=reference_rows)
+    trainer = PackedDPOTrainer(
+        model=wider,
+        args=bf16,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),  # B = 0: the policy is the base
+    )
+    assert trainer.accelerator.mixed_precision == "bf16"
+    losses = []
+    for i in range(4):
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i]]))
+        with torch.no_grad(), trainer.accelerator.autocast():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert all(loss == pytest.approx(math.log(2), abs=1e-7) for loss in losses) is exact, losses
 
 
 def test_supports_packing_on_the_recipe_defaults(setup) -> None:
@@ -352,6 +398,18 @@ def test_packing_needs_attention_that_takes_a_block_mask(setup, attention: str, 
     assert (packing_limitation(other) is None) is packed
     if not packed:
         assert "'flash_attention_2' takes no block mask" in packing_limitation(other)
+
+
+def test_a_sliding_window_shorter_than_max_length_falls_back_to_trl() -> None:
+    """Inside the window the packed row is exact (tests/test_packing.py); past it the block mask would let
+    a token see too far back, so such runs train with plain DPOTrainer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    shape = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**shape, num_attention_heads=4, head_dim=16, sliding_window=64))
+    assert packing_limitation(model, 64) is None
+    assert "sliding-window attention (64 tokens) is not applied" in packing_limitation(model, 65)
+    assert "set training.max_length <= 64" in packing_limitation(model, None)
 
 
 def test_a_forward_without_logits_to_keep_falls_back_to_trl(setup) -> None:

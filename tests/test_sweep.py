@@ -1,0 +1,78 @@
+"""dpo-recipe sweep: the grid, its checks before training, runs that share the base's work, the ranking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import invoke, tiny_overrides
+
+from dpo_recipe.errors import RecipeError
+from dpo_recipe.sweep import grid_points, parse_grid, results_table, run_name, run_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_values_split_on_commas_outside_brackets() -> None:
+    grid = parse_grid(["training.beta=0.05, 0.1", "lora.target_modules=[q_proj,v_proj],all-linear"])
+    assert grid == {"training.beta": ["0.05", "0.1"], "lora.target_modules": ["[q_proj,v_proj]", "all-linear"]}
+    points = grid_points(grid)
+    assert len(points) == 4 and points[0] == {"training.beta": "0.05", "lora.target_modules": "[q_proj,v_proj]"}
+    assert points[1]["lora.target_modules"] == "all-linear"  # the last key varies fastest
+    assert run_name(3, points[0]) == "03-training.beta=0.05,lora.target_modules=_q_proj,v_proj_"
+
+
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        (["training.beta"], "expected SECTION.KEY=VALUE1,VALUE2"),
+        (["training.beta=0.1,"], "no empty value"),
+        (["lora.r=8", "lora.r=16"], "lora.r is given twice"),
+    ],
+)
+def test_bad_grids_are_refused(items: list[str], words: str) -> None:
+    with pytest.raises(RecipeError, match=words):
+        parse_grid(items)
+
+
+def test_a_bad_configuration_fails_before_any_trains(tiny_model: Path, tmp_path: Path) -> None:
+    grid = {"training.beta": ["0.1", "-1"]}
+    with pytest.raises(RecipeError, match=r"sweep configuration 02-training.beta=-1: .*training.beta"):
+        run_sweep("tiny-ja", grid, tiny_overrides(tiny_model), tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_trains_each_point_shares_the_reference_and_ranks(
+    tiny_model: Path, tmp_path: Path, runner, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(cache))
+    out = tmp_path / "sweep"
+    settings = ["data.max_train_pairs=8", "data.max_eval_pairs=8", "eval.num_generations=2"]
+    args = ["sweep", "--recipe", "tiny-ja", "--grid", "training.learning_rate=1e-5,5e-3", "--out", out]
+    for item in tiny_overrides(tiny_model, *settings):
+        args += ["--set", item]
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    ranked = json.loads((out / "sweep.json").read_text())
+    assert sorted(Path(r["output_dir"]).name for r in ranked) == [
+        "01-training.learning_rate=1e-5",
+        "02-training.learning_rate=5e-3",
+    ]
+    for r in ranked:  # each point is an ordinary run
+        run_dir = Path(r["output_dir"])
+        assert (run_dir / "adapter_model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+        assert r["held_out_pairs"] == 8 and r["train_s"] > 0
+    accuracies = [(r["reward_accuracy"], r["reward_margin"]) for r in ranked]
+    assert accuracies == sorted(accuracies, reverse=True)
+    # the base's work is done once: one reference entry for the training pairs, one for the held-out
+    # pairs, one set of base answers, though two configurations trained
+    assert len(list(cache.glob("reference_logps/*.safetensors"))) == 2
+    assert len(list(cache.glob("base_answers/*.json"))) == 1
+    table = (out / "sweep.md").read_text()
+    assert table == results_table(ranked) and table.count("\n| ") == 3  # the separator and two rows
+    assert "| 1 | " in table and "training.learning_rate" in table.splitlines()[0]
+    assert (out / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+    again = invoke(runner, *args)  # a second sweep into the same directory is refused before it trains
+    assert again.exit_code == 1 and "01-training.learning_rate=1e-5 holds a finished run" in again.output
