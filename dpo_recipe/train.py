@@ -138,7 +138,7 @@ class TrainingRun:
     stopwatch: Stopwatch
 
 
-def setup(context: RunContext, stopwatch: Stopwatch) -> TrainingRun | None:
+def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRun | None:
     """Check, then prepare, cheapest first, so that a mistake costs seconds rather than a training run.
 
     1. ``checked_recipe``: the recipe, hardware, output directory and Hub token (no data read yet);
@@ -148,6 +148,7 @@ def setup(context: RunContext, stopwatch: Stopwatch) -> TrainingRun | None:
        alone touch the output directory (the others wait);
     4. the weights load and the trainer is built, last because they cost the most.
     """
+    stopwatch = stopwatch or Stopwatch()
     with stopwatch.phase("checks and data"):
         recipe = checked_recipe(context)
         train_rows, eval_rows, tokenizer, data_notes = load_inputs(recipe, report=context.dry_run)
