@@ -180,3 +180,36 @@ def render_model_card(
         recipe_yaml=recipe.to_yaml(),
         trust_remote_code=recipe.model.trust_remote_code,
     )
+
+
+EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed
+
+
+def render_export_card(manifest: dict[str, Any], model_name: str) -> ModelCard:
+    """An exported model's README.md (``export.json``'s facts): how to run it, and the read-back check.
+
+    A merged model is a ``merge`` of its base; a GGUF of one is listed by the Hub as ``quantized``.
+    """
+    base_model = manifest["base_model"]
+    on_hub = is_hub_id(base_model)
+    gguf = manifest["format"] == "gguf"
+    data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model if on_hub else None,  # the Hub accepts only model ids here
+        base_model_relation=("quantized" if gguf else "merge") if on_hub else None,
+        library_name="gguf" if gguf else "transformers",
+        pipeline_tag="text-generation",
+        language=["ja"],
+        license=manifest["license"],
+        tags=["dpo", "dpo-recipe", "gguf" if gguf else "merged"],
+    )
+    base_link = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else f"`{base_model}`"
+    return ModelCard.from_template(
+        data,
+        template_path=str(packaged_dir("cards") / "export_card.md"),
+        model_name=model_name,
+        base_link=base_link,
+        repo_ref=EXPORT_PLACEHOLDER,
+        **{key: manifest[key] for key in ("format", "adapter", "tensor_type", "as_conversation", "files")},
+        check=manifest["logit_check"],
+    )
