@@ -10,43 +10,25 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import invoke, tiny_overrides
+from conftest import TURN_MARKERS, invoke
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_recipe.errors import ExportError, ModelError
 from dpo_recipe.export import TOLERANCES, export
 from dpo_recipe.gguf_writer import write_gguf
-from dpo_recipe.train import run
 
-TURN_MARKERS = ["<|im_start|>", "<|im_end|>"]
 TEXT = "<|im_start|>user\nAIとは何ですか？<|im_end|>\n<|im_start|>assistant\nAIとは技術です。"
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LoRA on every linear layer plus the two turn markers' embedding rows (tied to the LM head)."""
-    out = tmp_path_factory.mktemp("export") / "adapter"
-    settings = [
-        "data.max_train_pairs=16",
-        "data.max_eval_pairs=4",
-        "eval.num_generations=0",
-        "lora.target_modules=all-linear",
-        f"lora.trainable_tokens={json.dumps(TURN_MARKERS)}",
-        "training.learning_rate=1e-2",
-    ]
-    run("tiny-ja", tiny_overrides(tiny_model, *settings), output_dir=str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def base_plus_adapter(adapter: Path, tiny_model: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def base_plus_adapter(tiny_adapter: Path, tiny_model: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """PEFT's own forward of base + adapter on TEXT: ``(input ids, logits)``, what every export must reproduce."""
     from peft import PeftModel
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_adapter)
     ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(adapter)).eval()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(tiny_adapter)).eval()
     with torch.no_grad():
         return ids, model(ids).logits
 
@@ -58,19 +40,21 @@ def logits_of(model_dir: Path, ids: torch.Tensor, **kwargs: str) -> torch.Tensor
 
 
 def test_merged_safetensors_equal_base_plus_adapter_trained_token_rows_included(
-    adapter: Path, tiny_model: Path, base_plus_adapter, tmp_path: Path
+    tiny_adapter: Path, tiny_model: Path, base_plus_adapter, tmp_path: Path
 ) -> None:
     ids, expected = base_plus_adapter
     out = tmp_path / "merged"
-    result = export(adapter, out, fmt="safetensors")
+    result = export(tiny_adapter, out, fmt="safetensors")
     assert (result.tensor_type, result.check.max_abs_diff) == ("f32", pytest.approx(0, abs=1e-5))
     assert torch.allclose(logits_of(out, ids), expected, atol=1e-5)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(adapter).chat_template
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_adapter).chat_template
     # the turn markers' rows are the trained ones (PEFT stores them as trainable_tokens_delta), not the base's
     rows = tokenizer.convert_tokens_to_ids(TURN_MARKERS)
     merged = load_file(out / "model.safetensors")["model.embed_tokens.weight"][rows]
-    trained = next(v for k, v in load_file(adapter / "adapter_model.safetensors").items() if "trainable_tokens" in k)
+    trained = next(
+        v for k, v in load_file(tiny_adapter / "adapter_model.safetensors").items() if "trainable_tokens" in k
+    )
     base = load_file(tiny_model / "model.safetensors")["model.embed_tokens.weight"][rows]
     assert torch.equal(merged, trained) and not torch.allclose(merged, base)
     manifest = json.loads((out / "export.json").read_text())
@@ -79,11 +63,11 @@ def test_merged_safetensors_equal_base_plus_adapter_trained_token_rows_included(
 
 @pytest.mark.parametrize(("dtype", "quant", "stored"), [("f16", None, "F16"), (None, "q8_0", "Q8_0")])
 def test_gguf_reads_back_within_its_tolerance(
-    adapter: Path, base_plus_adapter, tmp_path: Path, runner, dtype, quant, stored
+    tiny_adapter: Path, base_plus_adapter, tmp_path: Path, runner, dtype, quant, stored
 ) -> None:
     ids, expected = base_plus_adapter
     out = tmp_path / "gguf"
-    args = ["export", "--adapter", adapter, "--out", out, *(["--dtype", dtype] if dtype else ["--quant", quant])]
+    args = ["export", "--adapter", tiny_adapter, "--out", out, *(["--dtype", dtype] if dtype else ["--quant", quant])]
     result = invoke(runner, *args)
     assert result.exit_code == 0, result.output
     assert f"Exported gguf ({dtype or quant}) to {out}" in result.output
@@ -113,7 +97,7 @@ def test_gguf_reads_back_within_its_tolerance(
     assert tokenizer(TEXT)["input_ids"] == ids[0].tolist() and tokenizer.eos_token == "<|im_end|>"
 
 
-def test_a_gguf_base_keeps_its_own_metadata(adapter: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_a_gguf_base_keeps_its_own_metadata(tiny_adapter: Path, tiny_model: Path, tmp_path: Path) -> None:
     """An adapter trained on a GGUF base: the export copies every key of that file (here one the
     writer never writes itself, general.license) and only replaces the type and chat template."""
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -122,7 +106,7 @@ def test_a_gguf_base_keeps_its_own_metadata(adapter: Path, tiny_model: Path, tmp
     source = tmp_path / "base.gguf"
     with_license(plain, source, "tiny-test-license")
     on_gguf = tmp_path / "adapter-on-gguf"
-    shutil.copytree(adapter, on_gguf)
+    shutil.copytree(tiny_adapter, on_gguf)
     recipe = (on_gguf / "recipe.yaml").read_text()
     (on_gguf / "recipe.yaml").write_text(recipe.replace("gguf_file: null", f"gguf_file: {source}"))
 
@@ -166,27 +150,29 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dpo_recipe.adapters.load_adapter_model", refuse)
 
 
-def test_bad_options_and_outputs_fail_in_one_line_before_loading(adapter: Path, tmp_path: Path, no_weights) -> None:
+def test_bad_options_and_outputs_fail_in_one_line_before_loading(
+    tiny_adapter: Path, tmp_path: Path, no_weights
+) -> None:
     with pytest.raises(ExportError, match=r"--quant q4_k_m: gguf-py cannot write it; it writes q8_0, .*llama-quantize"):
-        export(adapter, tmp_path / "x", quant="q4_k_m")
+        export(tiny_adapter, tmp_path / "x", quant="q4_k_m")
     with pytest.raises(ExportError, match="--quant q8_0 applies to --format gguf only"):
-        export(adapter, tmp_path / "x", fmt="safetensors", quant="q8_0")
+        export(tiny_adapter, tmp_path / "x", fmt="safetensors", quant="q8_0")
     with pytest.raises(ExportError, match="--format onnx: choose one of safetensors, gguf"):
-        export(adapter, tmp_path / "x", fmt="onnx")
+        export(tiny_adapter, tmp_path / "x", fmt="onnx")
     (tmp_path / "taken").mkdir()
     with pytest.raises(ExportError, match="already exists: choose another directory, or --overwrite"):
-        export(adapter, tmp_path / "taken")
+        export(tiny_adapter, tmp_path / "taken")
     orphan = tmp_path / "orphan"
     orphan.mkdir()
-    shutil.copy(adapter / "adapter_config.json", orphan)
-    shutil.copy(adapter / "adapter_model.safetensors", orphan)
+    shutil.copy(tiny_adapter / "adapter_config.json", orphan)
+    shutil.copy(tiny_adapter / "adapter_model.safetensors", orphan)
     with pytest.raises(ModelError, match="has no recipe.yaml naming its base model: pass --base MODEL"):
         export(orphan, tmp_path / "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orphan", "taken"]
 
 
 def test_an_unsupported_architecture_is_named_with_the_supported_ones(
-    adapter: Path, tmp_path: Path, no_weights
+    tiny_adapter: Path, tmp_path: Path, no_weights
 ) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -196,10 +182,10 @@ def test_an_unsupported_architecture_is_named_with_the_supported_ones(
     with pytest.raises(
         ExportError, match=r"architecture 'qwen2' is not supported \(supported: gemma3_text, gpt2, llama\)"
     ):
-        export(adapter, tmp_path / "x", base=str(tmp_path / "qwen2"))
+        export(tiny_adapter, tmp_path / "x", base=str(tmp_path / "qwen2"))
 
 
-def test_a_full_disk_leaves_nothing_half_written(adapter: Path, tmp_path: Path, monkeypatch, record) -> None:
+def test_a_full_disk_leaves_nothing_half_written(tiny_adapter: Path, tmp_path: Path, monkeypatch, record) -> None:
     def half_then_full(writer, **kwargs) -> None:
         for handle in writer.fout:
             handle.write(b"\0" * 1000)
@@ -208,7 +194,7 @@ def test_a_full_disk_leaves_nothing_half_written(adapter: Path, tmp_path: Path, 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", half_then_full)
     with record.case("fault"):
         with pytest.raises(ExportError) as err:
-            export(adapter, tmp_path / "out")
+            export(tiny_adapter, tmp_path / "out")
         assert str(err.value) == (
             f"Writing the export to {tmp_path / 'out'} failed: No space left on device. Nothing was left there "
             "(the partial files were removed); free space or fix permissions and run the same command again."
@@ -216,10 +202,12 @@ def test_a_full_disk_leaves_nothing_half_written(adapter: Path, tmp_path: Path, 
         assert list(tmp_path.iterdir()) == []
 
 
-def test_a_read_back_over_its_tolerance_is_refused_and_not_kept(adapter: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_read_back_over_its_tolerance_is_refused_and_not_kept(
+    tiny_adapter: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setitem(TOLERANCES, "f16", 0.0)
     with pytest.raises(
         ExportError, match=r"The exported gguf \(f16\) does not reproduce the merged model: .*Nothing was"
     ):
-        export(adapter, tmp_path / "out")
+        export(tiny_adapter, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
