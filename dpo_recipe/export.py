@@ -44,6 +44,9 @@ TOLERANCES = {
     "q4_1": 0.3,
     "q4_0": 0.3,
 }
+# ... and the share of probe positions whose most likely next token may change: beyond one in ten it is
+# no longer the model that was trained (Gemma 3 270M at q5_1: 12 % of the range, a third of them changed).
+MIN_SAME_ARGMAX = 0.9
 PROBE = [{"role": "user", "content": "AIとは何ですか？"}]
 PROBE_ANSWER = "AIとは、人間の知的な働きをコンピュータで実現する技術です。"
 
@@ -229,10 +232,11 @@ def _read_back(staging: Path, fmt: str, type_name: str, probe: Any, reference: A
         same_argmax=float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
         positions=probe.shape[1],
     )
-    if check.relative_diff > check.tolerance:
+    if check.relative_diff > check.tolerance or check.same_argmax < MIN_SAME_ARGMAX:
         raise ExportError(
             f"The exported {fmt} ({type_name}) does not reproduce the merged model: its logits differ by up to "
-            f"{max_abs:.4g} ({check.relative_diff:.2%} of the largest, tolerance {check.tolerance:.2%}). Nothing "
-            "was written. Try a wider type (--dtype f16 or f32, or --quant q8_0)."
+            f"{max_abs:.4g} ({check.relative_diff:.2%} of the largest, tolerance {check.tolerance:.2%}) and the most "
+            f"likely next token is the same at {check.same_argmax:.0%} of {check.positions} positions (at least "
+            f"{MIN_SAME_ARGMAX:.0%} needed). Nothing was written. Try a wider type (--dtype f16 or f32, --quant q8_0)."
         )
     return check

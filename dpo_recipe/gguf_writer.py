@@ -308,12 +308,21 @@ def _copy_metadata(writer: gguf.GGUFWriter, source_gguf: Path) -> None:
         writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)
 
 
-def _encoded(gguf_name: str, weight: np.ndarray, type_name: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """The bytes to store and their GGUF type. Vectors and position embeddings stay f32, as llama.cpp
-    keeps them; a matrix whose rows do not split into quantization blocks falls back to f16."""
+def _encoded(
+    gguf_name: str, weight: np.ndarray, type_name: str, projects_logits: bool
+) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """The bytes to store and their GGUF type, following llama.cpp's quantizer.
+
+    Vectors and position embeddings stay f32. The matrix that projects onto the vocabulary
+    (``output``, or ``token_embd`` when the head is tied to it) is kept at Q8_0 under the 4- and
+    5-bit types, as llama-quantize keeps it above them: every logit goes through it. A matrix whose
+    rows do not split into quantization blocks falls back to f16.
+    """
     if weight.ndim < 2 or gguf_name.startswith("position_embd."):
         return weight.astype(np.float32), gguf.GGMLQuantizationType.F32
     qtype = gguf.GGMLQuantizationType[type_name.upper()]
+    if projects_logits and type_name in QUANT_TYPES:
+        qtype = gguf.GGMLQuantizationType.Q8_0
     if qtype == gguf.GGMLQuantizationType.F32:
         return weight.astype(np.float32), qtype
     if qtype == gguf.GGMLQuantizationType.F16 or weight.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
@@ -341,7 +350,10 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, type_name: str, source_gg
     state = model.state_dict()
     for name, gguf_name in _gguf_names(list(state), config, arch):
         weight = arch.to_gguf_layout(name, state[name].detach().to(torch.float32).cpu().numpy(), config)
-        data, qtype = _encoded(gguf_name, weight, type_name)
+        projects_logits = gguf_name == "output.weight" or (
+            gguf_name == "token_embd.weight" and config.tie_word_embeddings
+        )
+        data, qtype = _encoded(gguf_name, weight, type_name, projects_logits)
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
