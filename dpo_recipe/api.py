@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.export import ExportResult
+from dpo_recipe.export import export  # the function itself: it imports torch only when called
 from dpo_recipe.hub import PushResult
 
 __all__ = ["chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train"]
@@ -136,37 +136,9 @@ def push(
     ``HF_TOKEN`` or ``hf auth login``; a missing or read-only one fails before anything is uploaded.
     Returns the repo URL, the commit id and the number of files.
     """
-    from dpo_recipe.export import MANIFEST
-    from dpo_recipe.hub import push_adapter, push_export
+    from dpo_recipe.hub import push_dir
 
-    push_dir = push_export if (Path(output_dir) / MANIFEST).exists() else push_adapter
     return push_dir(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
-
-
-def export(
-    adapter: str | Path,
-    out_dir: str | Path,
-    *,
-    fmt: str = "gguf",
-    dtype: str | None = None,
-    quant: str | None = None,
-    base: str | None = None,
-    overwrite: bool = False,
-) -> ExportResult:
-    """Merge an adapter (directory or Hub id) into its base and write it for use without PEFT.
-
-    ``fmt="gguf"``: one ``model.gguf`` for llama.cpp / Ollama / LM Studio and an Ollama
-    ``Modelfile``; weight matrices in ``dtype`` (``"f32"``, ``"f16"`` default, ``"bf16"``) or
-    ``quant`` (``"q8_0"``, ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"``). A base that came from a
-    GGUF file keeps that file's metadata; a Hub or local base must be Llama, Gemma 3 or GPT-2.
-    ``fmt="safetensors"``: a transformers model directory in ``dtype`` (``"f32"`` default).
-    The written model is loaded back and its logits compared with the merged model's (the result's
-    ``check``); the directory, with ``export.json`` and a model card, appears only when that passed.
-    An existing ``out_dir`` is refused unless ``overwrite``. ``push(out_dir, repo_id)`` publishes it.
-    """
-    from dpo_recipe.export import export as export_model
-
-    return export_model(adapter, out_dir, fmt=fmt, dtype=dtype, quant=quant, base=base, overwrite=overwrite)
 
 
 def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any]:

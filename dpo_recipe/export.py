@@ -97,7 +97,19 @@ def export(
     base: str | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Merge ``adapter`` into its base and write it to ``out_dir`` in ``fmt``, then read it back and compare."""
+    """Merge an adapter (directory or Hub id) into its base and write it to ``out_dir`` to run without PEFT.
+
+    ``fmt="gguf"``: one ``model.gguf`` for llama.cpp / Ollama / LM Studio and an Ollama
+    ``Modelfile``; weight matrices in ``dtype`` (``"f32"``, ``"f16"`` default, ``"bf16"``) or
+    ``quant`` (``"q8_0"``, ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"``). A base that came from a
+    GGUF file keeps that file's metadata; a Hub or local base must be Llama, Gemma 3 or GPT-2.
+    ``fmt="safetensors"``: a transformers model directory in ``dtype`` (``"f32"`` default).
+    ``base`` overrides the base recorded in the adapter's ``recipe.yaml``.
+
+    The written model is loaded back and its logits compared with the merged model's (the result's
+    ``check``); the directory, with ``export.json`` and a model card, appears only when that passed.
+    An existing ``out_dir`` is refused unless ``overwrite``. ``push(out_dir, repo_id)`` publishes it.
+    """
     from dpo_recipe.adapters import adapter_base, load_adapter_model
     from dpo_recipe.atomic import write_dir_atomically
     from dpo_recipe.cards import render_export_card

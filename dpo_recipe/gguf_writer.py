@@ -86,13 +86,18 @@ def _rope_theta(parameters: dict[str, Any], what: str) -> float:
     return float(parameters["rope_theta"])
 
 
-def _llama_hyperparameters(writer: gguf.GGUFWriter, config: Any) -> None:
+def _decoder_sizes(writer: gguf.GGUFWriter, config: Any) -> None:
+    """The sizes every Llama-style decoder config states under the same names."""
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
+
+
+def _llama_hyperparameters(writer: gguf.GGUFWriter, config: Any) -> None:
+    _decoder_sizes(writer, config)
     writer.add_rope_freq_base(_rope_theta(config.rope_parameters, "The model"))
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
@@ -101,12 +106,7 @@ def _llama_hyperparameters(writer: gguf.GGUFWriter, config: Any) -> None:
 
 def _gemma3_hyperparameters(writer: gguf.GGUFWriter, config: Any) -> None:
     """llama.cpp fixes what it does not read (local rope base 10,000, one global layer in six) to Gemma 3's."""
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
+    _decoder_sizes(writer, config)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)

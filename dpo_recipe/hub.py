@@ -197,65 +197,33 @@ def adapter_files(output_dir: Path) -> dict[str, Path]:
     return files
 
 
-def export_files(export_dir: Path) -> dict[str, Path]:
-    """The files of a finished ``dpo-recipe export`` directory (it ends with ``export.json`` and its card)."""
-    from dpo_recipe.export import MANIFEST
-
-    export_dir = Path(export_dir)
-    if not (export_dir / MANIFEST).exists():
-        raise HubError(f"{export_dir} holds no {MANIFEST}: give a directory written by 'dpo-recipe export'.")
-    return {p.name: p for p in sorted(export_dir.iterdir()) if p.is_file()}
-
-
-def push_adapter(
-    output_dir: Path,
+def push_dir(
+    directory: Path,
     repo_id: str,
     *,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Adapter (safetensors only), tokenizer, recipe, metrics, plots and card in one commit, then verified."""
-    from dpo_recipe.cards import ADAPTER_PLACEHOLDER
+    """A training output directory or a ``dpo-recipe export`` directory in one commit, then verified.
 
-    files = adapter_files(output_dir)
-    message = commit_message or f"Upload {Path(output_dir).name}"
-    return _push_files(files, repo_id, _adapter_managed, ADAPTER_PLACEHOLDER, private, revision, message)
-
-
-def push_export(
-    export_dir: Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-) -> PushResult:
-    """An exported model (GGUF and Modelfile, or merged safetensors), its ``export.json`` and card in one
-    commit, then verified like an adapter push."""
-    from dpo_recipe.cards import EXPORT_PLACEHOLDER
-
-    files = export_files(export_dir)
-    message = commit_message or f"Upload {Path(export_dir).name} (dpo-recipe export)"
-    return _push_files(files, repo_id, _export_managed, EXPORT_PLACEHOLDER, private, revision, message)
-
-
-def _push_files(
-    files: dict[str, Path],
-    repo_id: str,
-    managed: Callable[[str], bool],
-    placeholder: str,
-    private: bool,
-    revision: str | None,
-    message: str,
-) -> PushResult:
-    """``files`` in one commit that deletes the ``managed`` files they lack, then read back and compared.
-
-    The card (README.md) is sent with ``placeholder`` replaced by the repo id, so its usage lines name
-    the repo it now lives in.
+    A training run sends its adapter (safetensors only), tokenizer, recipe, metrics, plots and card;
+    an export (it holds ``export.json``) every file it wrote: the GGUF and ``Modelfile`` or the
+    merged safetensors, with its own card. The commit deletes the files of that kind an earlier push
+    left and this one lacks, and the card (README.md) is sent with its placeholder replaced by the
+    repo id, so its usage lines name the repo it now lives in.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
+    from dpo_recipe.cards import ADAPTER_PLACEHOLDER, EXPORT_PLACEHOLDER
+    from dpo_recipe.export import MANIFEST
+
+    directory = Path(directory)
+    if (directory / MANIFEST).exists():
+        files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        managed, placeholder = _export_managed, EXPORT_PLACEHOLDER
+    else:
+        files, managed, placeholder = adapter_files(directory), _adapter_managed, ADAPTER_PLACEHOLDER
     _bound_waits()
     token = writable_token(repo_id)
     api = HfApi()
@@ -274,6 +242,7 @@ def _push_files(
             content = str(card).encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
     verify_paths = {p: files[p] for p in files if p != "README.md"}
+    message = commit_message or f"Upload {directory.name}"
     commit = _retrying_commit(api, repo_id, operations, set(files), managed, verify_paths, message, revision, token)
     _verify(api, repo_id, "model", commit, verify_paths, token)
     return PushResult(url=f"{api.endpoint}/{repo_id}", commit=commit, files=len(operations))

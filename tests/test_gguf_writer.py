@@ -13,45 +13,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dpo_recipe.errors import ExportError
 from dpo_recipe.gguf_writer import QUANT_TYPES, check_exportable, tensor_type, tokenizer_kind, write_gguf
 
+SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
 
 def gpt2(vocab_size: int) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
 
     # 1024 positions: transformers' GGUF loader reads GPT-2's context length into n_ctx, leaving n_positions at 1024
     config = GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4)
     config.bos_token_id = config.eos_token_id = 2
-    return GPT2LMHeadModel(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def gemma3(vocab_size: int) -> torch.nn.Module:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from transformers import Gemma3TextConfig
 
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=512,
-    )
-    return Gemma3ForCausalLM(config)
+    config = Gemma3TextConfig(vocab_size=vocab_size, num_key_value_heads=1, head_dim=16, **SIZES)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def llama(vocab_size: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,  # an untied LM head is written as output.weight
-    )
-    return LlamaForCausalLM(config)
+    # an untied LM head is written as output.weight
+    config = LlamaConfig(vocab_size=vocab_size, num_key_value_heads=2, tie_word_embeddings=False, **SIZES)
+    return AutoModelForCausalLM.from_config(config)
 
 
 @pytest.mark.parametrize("build", [gpt2, gemma3, llama], ids=["gpt2", "gemma3", "llama-untied"])
