@@ -379,11 +379,12 @@ def export_command(
 
     result = export(adapter, out_dir, fmt=fmt, dtype=dtype, quant=quant, base=base, overwrite=overwrite)
     check = result.check
-    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in result.files.items() if size >= 1e6)
+    weights = [(name, size) for name, size in result.files.items() if name.endswith((".gguf", ".safetensors"))]
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in weights)
     click.echo(
-        f"Exported {result.format} ({result.tensor_type}) to {result.out_dir} in {result.seconds:.0f} s: {sizes}.\n"
+        f"Exported {result.format} ({result.tensor_type}) to {result.out_dir} in {result.seconds:.1f} s: {sizes}.\n"
         f"Read back: logits within {check.max_abs_diff:.3g} of the merged model ({check.relative_diff:.3%} of the "
-        f"largest; tolerance {check.tolerance:.2%}), same most likely next token at {check.same_argmax:.0%} of "
+        f"largest; tolerance {check.tolerance:.3%}), same most likely next token at {check.same_argmax:.0%} of "
         f"{check.positions} positions."
     )
     if result.format == "gguf":

@@ -133,7 +133,7 @@ def export(
     manifest: dict[str, Any] = {
         "format": fmt,
         "tensor_type": type_name,
-        "adapter": str(adapter),
+        "adapter": adapter_dir.name if Path(adapter).expanduser().is_dir() else str(adapter),  # no local paths
         "base_model": section.name_or_path,
         "base_gguf_file": section.gguf_file,
         "license": recipe.hub.license,

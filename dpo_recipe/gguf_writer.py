@@ -280,22 +280,16 @@ def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -
 def check_exportable(skeleton: Any, tokenizer: Any, source_gguf: Path | None) -> None:
     """Everything ``write_gguf`` needs, checked on the meta-device skeleton before any weight loads.
 
-    A base from a GGUF file must be of the same architecture the file says; a Hub or local base
-    needs a tokenizer this module can describe and plain rotary embeddings.
+    Every tensor needs a GGUF name. A base from a GGUF file brings the rest in that file (its
+    skeleton's config was read from it); a Hub or local base needs a tokenizer this module can
+    describe and hyper-parameters it can write.
     """
     config = skeleton.config
     arch = architecture(config)
     list(_gguf_names(list(skeleton.state_dict()), config, arch))
-    if source_gguf is not None:
-        stated = gguf.GGUFReader(source_gguf).fields["general.architecture"].contents()
-        if stated != gguf.MODEL_ARCH_NAMES[arch.gguf_arch]:
-            raise ExportError(
-                f"The base GGUF {source_gguf} says architecture '{stated}', but the model loaded from it is "
-                f"'{config.model_type}'; its metadata cannot be reused. Export --format safetensors instead."
-            )
-        return
-    tokenizer_kind(tokenizer)
-    arch.write_hyperparameters(gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch.gguf_arch]), config)
+    if source_gguf is None:
+        tokenizer_kind(tokenizer)
+        arch.write_hyperparameters(gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch.gguf_arch]), config)
 
 
 def _copy_metadata(writer: gguf.GGUFWriter, source_gguf: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gguf
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,14 +85,3 @@ def test_tokenizers_and_rope_scaling_it_cannot_describe_fail_before_writing(tiny
         skeleton = LlamaForCausalLM(config)
     with pytest.raises(ExportError, match="uses 'llama3' rope scaling, which this exporter does not write"):
         check_exportable(skeleton, tokenizer, None)
-
-
-def test_a_gguf_of_another_architecture_is_not_used_as_metadata(tiny_model: Path, tmp_path: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = gpt2(len(tokenizer))
-    write_gguf(tmp_path / "gpt2.gguf", model, tokenizer, "f16", None)
-    assert gguf.GGUFReader(tmp_path / "gpt2.gguf").fields["general.architecture"].contents() == "gpt2"
-    with torch.device("meta"):
-        llama_skeleton = llama(len(tokenizer))
-    with pytest.raises(ExportError, match="says architecture 'gpt2', but the model loaded from it is 'llama'"):
-        check_exportable(llama_skeleton, tokenizer, tmp_path / "gpt2.gguf")
