@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("chat", "evaluate", "generate_dataset", "load_adapter", "push", "train")
+_API = ("chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train")
 __all__ = ["__version__", *_API]
 
 

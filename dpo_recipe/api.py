@@ -1,9 +1,9 @@
 """The Python API: the CLI's steps as functions, for notebooks and scripts.
 
-    from dpo_recipe import generate_dataset, train, evaluate, push, load_adapter, chat
+    from dpo_recipe import generate_dataset, train, evaluate, push, load_adapter, chat, export
 
 Each function is a thin wrapper over the module that does the work (``generate``, ``train``,
-``evaluation``, ``hub``, ``model``), so a notebook and ``dpo-recipe`` run the same code and
+``evaluation``, ``hub``, ``model``, ``export``), so a notebook and ``dpo-recipe`` run the same code and
 give the same numbers; the CLI commands call these functions. User errors raise
 ``dpo_recipe.errors.DpoRecipeError`` subclasses whose message says what to fix.
 
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.export import export  # the function itself: it imports torch only when called
 from dpo_recipe.hub import PushResult
 
-__all__ = ["chat", "evaluate", "generate_dataset", "load_adapter", "push", "train"]
+__all__ = ["chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train"]
 
 
 def generate_dataset(
@@ -127,14 +128,17 @@ def push(
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Push a finished training ``output_dir`` to the Hub model repo ``repo_id`` in one verified commit.
+    """Push a finished training ``output_dir`` -- or an ``export`` directory -- to the Hub model repo
+    ``repo_id`` in one verified commit.
 
-    The token comes from ``HF_TOKEN`` or ``hf auth login``; a missing or read-only one fails before
-    anything is uploaded. Returns the repo URL, the commit id and the number of files.
+    An export directory (it holds ``export.json``) goes up as the exported model with its own card
+    (``base_model_relation``: ``quantized`` for GGUF, ``merge`` for safetensors). The token comes from
+    ``HF_TOKEN`` or ``hf auth login``; a missing or read-only one fails before anything is uploaded.
+    Returns the repo URL, the commit id and the number of files.
     """
-    from dpo_recipe.hub import push_adapter
+    from dpo_recipe.hub import push_dir
 
-    return push_adapter(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
+    return push_dir(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
 
 
 def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any]:

@@ -117,6 +117,22 @@ def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalRe
     ]
 
 
+def _card_data(model_name: str, base_model: str, **fields: Any) -> ModelCardData:
+    """What every card of a model made from ``base_model`` states; ``base_model`` only when it is a Hub id,
+    the only kind the Hub accepts there."""
+    return ModelCardData(
+        model_name=model_name,
+        base_model=base_model if is_hub_id(base_model) else None,
+        pipeline_tag="text-generation",
+        language=["ja"],
+        **fields,
+    )
+
+
+def _from_template(template: str, data: ModelCardData, **variables: Any) -> ModelCard:
+    return ModelCard.from_template(data, template_path=str(packaged_dir("cards") / template), **variables)
+
+
 def render_model_card(
     recipe: Recipe,
     metrics: dict[str, Any],
@@ -131,12 +147,10 @@ def render_model_card(
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})
     hub_dataset = is_hub_id(recipe.data.source)
-    data = ModelCardData(
-        model_name=model_name,
-        base_model=base_model if is_hub_id(base_model) else None,  # the Hub accepts only model ids here
+    data = _card_data(
+        model_name,
+        base_model,
         library_name="peft",
-        pipeline_tag="text-generation",
-        language=["ja"],
         license=recipe.hub.license,
         tags=["trl", "dpo", "lora", "dpo-recipe"],
         datasets=[recipe.data.source] if hub_dataset else None,
@@ -165,9 +179,9 @@ def render_model_card(
             for key, field in RECIPE_TO_OBJECTIVE.items()
         ]
     summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
-    return ModelCard.from_template(
+    return _from_template(
+        "model_card.md",
         data,
-        template_path=str(packaged_dir("cards") / "model_card.md"),
         model_name=model_name,
         base_model=base_model,
         adapter_ref=adapter_ref,
@@ -179,4 +193,35 @@ def render_model_card(
         command=command,
         recipe_yaml=recipe.to_yaml(),
         trust_remote_code=recipe.model.trust_remote_code,
+    )
+
+
+EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed
+
+
+def render_export_card(manifest: dict[str, Any], model_name: str) -> ModelCard:
+    """An exported model's README.md (``export.json``'s facts): how to run it, and the read-back check.
+
+    A merged model is a ``merge`` of its base; a GGUF of one is listed by the Hub as ``quantized``.
+    """
+    base_model = manifest["base_model"]
+    on_hub = is_hub_id(base_model)
+    gguf = manifest["format"] == "gguf"
+    data = _card_data(
+        model_name,
+        base_model,
+        base_model_relation=("quantized" if gguf else "merge") if on_hub else None,
+        library_name="gguf" if gguf else "transformers",
+        license=manifest["license"],
+        tags=["dpo", "dpo-recipe", "gguf" if gguf else "merged"],
+    )
+    base_link = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else f"`{base_model}`"
+    return _from_template(
+        "export_card.md",
+        data,
+        model_name=model_name,
+        base_link=base_link,
+        repo_ref=EXPORT_PLACEHOLDER,
+        **{key: manifest[key] for key in ("format", "adapter", "tensor_type", "as_conversation", "files")},
+        check=manifest["logit_check"],
     )

@@ -46,6 +46,7 @@ def cli() -> None:
       dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
       dpo-recipe chat --adapter DIR            # ask the tuned model
+      dpo-recipe export --adapter DIR --out X  # merged GGUF (+ Ollama Modelfile) or safetensors
     """
 
 
@@ -270,11 +271,13 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
 def push_command(
     output_dir: Path, repo_id: str, private: bool, revision: str | None, commit_message: str | None
 ) -> None:
-    """Push a finished training OUTPUT_DIR to the Hub in one commit, then verify it.
+    """Push a finished training OUTPUT_DIR (or an export directory) to the Hub in one commit, then verify it.
 
     Adapter (safetensors only), tokenizer, recipe.yaml, metrics, plots and the model card go in
     one atomic commit; the remote files at that commit are checked against the local ones
-    (size and hash) before the URL and commit id are printed.
+    (size and hash) before the URL and commit id are printed. A directory written by
+    `dpo-recipe export` goes up the same way: the GGUF and Modelfile (or merged safetensors),
+    export.json and its own card (base_model_relation: quantized or merge).
     """
     from dpo_recipe.api import push
 
@@ -463,6 +466,45 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
         if not question or question.lower() in ("exit", "quit"):
             return
         click.echo(answer(question))
+
+
+@cli.command("export")
+@click.option("--adapter", required=True, metavar="DIR_OR_HUB_ID", help="Adapter directory (from training) or Hub id.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
+@click.option(
+    "--format", "fmt", default="gguf", show_default=True, help="gguf (llama.cpp, Ollama, LM Studio) or safetensors."
+)
+@click.option("--dtype", help="Weights as f32, f16 or bf16 [default: f16 for gguf, f32 for safetensors].")
+@click.option("--quant", help="GGUF only: quantize the weight matrices (q8_0, q5_1, q5_0, q4_1, q4_0).")
+@click.option("--base", help="Base model; default: the one the adapter's recipe recorded.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+def export_command(
+    adapter: str, out_dir: Path, fmt: str, dtype: str | None, quant: str | None, base: str | None, overwrite: bool
+) -> None:
+    """Merge an adapter into its base and write it to run without PEFT: GGUF or safetensors.
+
+    The written model is loaded back and its logits compared with the merged model's; the
+    directory (with export.json and a model card) appears only when that check passed.
+    Publish it with `dpo-recipe push OUT --repo-id USER/NAME`.
+
+    \b
+      dpo-recipe export --adapter outputs/quickstart/adapter --out outputs/gguf --quant q8_0
+      ollama create ja-dpo -f outputs/gguf/Modelfile && ollama run ja-dpo "AIとは何ですか？"
+    """
+    from dpo_recipe.api import export
+
+    result = export(adapter, out_dir, fmt=fmt, dtype=dtype, quant=quant, base=base, overwrite=overwrite)
+    check = result.check
+    weights = [(name, size) for name, size in result.files.items() if name.endswith((".gguf", ".safetensors"))]
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in weights)
+    click.echo(
+        f"Exported {result.format} ({result.tensor_type}) to {result.out_dir} in {result.seconds:.1f} s: {sizes}.\n"
+        f"Read back: logits within {check.max_abs_diff:.3g} of the merged model ({check.relative_diff:.3%} of the "
+        f"largest; tolerance {check.tolerance:.3%}), same most likely next token at {check.same_argmax:.0%} of "
+        f"{check.positions} positions."
+    )
+    if result.format == "gguf":
+        click.echo(f"Run it: ollama create NAME -f {result.out_dir / 'Modelfile'} && ollama run NAME")
 
 
 # ---------------------------------------------------------------------------- models

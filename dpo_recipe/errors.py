@@ -40,6 +40,10 @@ class ModelError(DpoRecipeError):
     """A model, tokenizer or adapter cannot be used as asked."""
 
 
+class ExportError(DpoRecipeError):
+    """A merged model cannot be exported as asked (format, type, architecture, output directory)."""
+
+
 def exit_on_user_error(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a script entry point; a user error becomes one ``Error:`` paragraph and exit status 2 (130 / 143
     after SIGINT / SIGTERM, as a shell reports a signal)."""

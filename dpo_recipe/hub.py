@@ -29,9 +29,7 @@ from typing import Any
 
 from dpo_recipe.errors import DpoRecipeError, RecipeError
 
-ADAPTER_FILES = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -39,10 +37,24 @@ ADAPTER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+)
+ADAPTER_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    *TOKENIZER_FILES,
     "recipe.yaml",
     "metrics.json",
     "eval_report.json",
     "README.md",
+)
+EXPORT_FILES = (  # what `dpo-recipe export` writes, besides its *.gguf / *.safetensors weights
+    "Modelfile",
+    "export.json",
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    *TOKENIZER_FILES,
 )
 
 
@@ -185,20 +197,33 @@ def adapter_files(output_dir: Path) -> dict[str, Path]:
     return files
 
 
-def push_adapter(
-    output_dir: Path,
+def push_dir(
+    directory: Path,
     repo_id: str,
     *,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Adapter (safetensors only), tokenizer, recipe, metrics, plots and card in one commit, then verified."""
+    """A training output directory or a ``dpo-recipe export`` directory in one commit, then verified.
+
+    A training run sends its adapter (safetensors only), tokenizer, recipe, metrics, plots and card;
+    an export (it holds ``export.json``) every file it wrote: the GGUF and ``Modelfile`` or the
+    merged safetensors, with its own card. The commit deletes the files of that kind an earlier push
+    left and this one lacks, and the card (README.md) is sent with its placeholder replaced by the
+    repo id, so its usage lines name the repo it now lives in.
+    """
     from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
-    from dpo_recipe.cards import ADAPTER_PLACEHOLDER
+    from dpo_recipe.cards import ADAPTER_PLACEHOLDER, EXPORT_PLACEHOLDER
+    from dpo_recipe.export import MANIFEST
 
-    files = adapter_files(output_dir)
+    directory = Path(directory)
+    if (directory / MANIFEST).exists():
+        files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        managed, placeholder = _export_managed, EXPORT_PLACEHOLDER
+    else:
+        files, managed, placeholder = adapter_files(directory), _adapter_managed, ADAPTER_PLACEHOLDER
     _bound_waits()
     token = writable_token(repo_id)
     api = HfApi()
@@ -211,21 +236,26 @@ def push_adapter(
     operations = []
     for path_in_repo, path in files.items():
         content: Any = str(path)
-        if path_in_repo == "README.md":  # the usage snippet and model-index name the repo it now lives in
-            card = ModelCard(path.read_text(encoding="utf-8").replace(ADAPTER_PLACEHOLDER, repo_id))
+        if path_in_repo == "README.md":
+            card = ModelCard(path.read_text(encoding="utf-8").replace(placeholder, repo_id))
             card.data.model_name = repo_id.split("/")[-1]
             content = str(card).encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
     verify_paths = {p: files[p] for p in files if p != "README.md"}
-    message = commit_message or f"Upload {Path(output_dir).name}"
-    commit = _retrying_commit(api, repo_id, operations, set(files), verify_paths, message, revision, token)
+    message = commit_message or f"Upload {directory.name}"
+    commit = _retrying_commit(api, repo_id, operations, set(files), managed, verify_paths, message, revision, token)
     _verify(api, repo_id, "model", commit, verify_paths, token)
     return PushResult(url=f"{api.endpoint}/{repo_id}", commit=commit, files=len(operations))
 
 
-def _managed(path_in_repo: str) -> bool:
-    """Paths a push owns: stale ones from an earlier push are deleted so the tree is one run's files."""
+def _adapter_managed(path_in_repo: str) -> bool:
+    """Paths an adapter push owns: stale ones from an earlier push are deleted so the tree is one run's files."""
     return path_in_repo in ADAPTER_FILES or path_in_repo.startswith("plots/")
+
+
+def _export_managed(path_in_repo: str) -> bool:
+    """Paths an export push owns: an earlier export's model files go, so a GGUF never sits beside another."""
+    return path_in_repo in EXPORT_FILES or path_in_repo.endswith((".gguf", ".safetensors"))
 
 
 def _retrying_commit(
@@ -233,6 +263,7 @@ def _retrying_commit(
     repo_id: str,
     additions: list,
     paths: set[str],
+    managed: Callable[[str], bool],
     verify_paths: dict[str, Path],
     message: str,
     revision: str | None,
@@ -256,7 +287,7 @@ def _retrying_commit(
             remote = _retrying(
                 lambda head=head: api.list_repo_files(repo_id, revision=head, token=token), f"Listing '{repo_id}'"
             )
-            stale = [CommitOperationDelete(p) for p in remote if _managed(p) and p not in paths]
+            stale = [CommitOperationDelete(p) for p in remote if managed(p) and p not in paths]
             return api.create_commit(
                 repo_id,
                 [*additions, *stale],
@@ -277,7 +308,7 @@ def _retrying_commit(
             time.sleep(_backoff_s(attempt))
     raise HubError(
         f"Pushing to '{repo_id}' failed {HUB_ATTEMPTS} times (last: {failure}). Nothing was committed: the "
-        f"repo's {branch} is still at its previous commit {now[:12]}, so no new adapter sits beside an old card. "
+        f"repo's {branch} is still at its previous commit {now[:12]}, so no new model sits beside an old card. "
         "Re-run the same push command to complete it."
     )
 

@@ -264,9 +264,9 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     print(summary_line(metrics, out))
     print(training.stopwatch.line(highlight="training"))
     if recipe.hub.push:
-        from dpo_recipe.hub import push_adapter
+        from dpo_recipe.hub import push_dir
 
-        pushed = push_adapter(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+        pushed = push_dir(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
         print(f"Pushed and verified {pushed.files} files: {pushed.url} (commit {pushed.commit})")
     return metrics
 

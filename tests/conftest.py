@@ -46,6 +46,30 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+TURN_MARKERS = ["<|im_start|>", "<|im_end|>"]  # the tiny tokenizer's chat-turn tokens
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained adapter with LoRA on every linear layer and the turn markers' embedding rows (tied to
+    the LM head) trained too: every kind of weight an export has to merge."""
+    import json
+
+    from dpo_recipe.train import run
+
+    out = tmp_path_factory.mktemp("tiny-adapter") / "adapter"
+    settings = [
+        "data.max_train_pairs=16",
+        "data.max_eval_pairs=4",
+        "eval.num_generations=0",
+        "lora.target_modules=all-linear",
+        f"lora.trainable_tokens={json.dumps(TURN_MARKERS)}",
+        "training.learning_rate=1e-2",
+    ]
+    run("tiny-ja", tiny_overrides(tiny_model, *settings), output_dir=str(out))
+    return out
+
+
 def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={model_dir}", *extra]
 

@@ -42,3 +42,38 @@ def test_a_reference_free_objective_lists_the_cpo_fields_it_reads() -> None:
     assert rows["training.simpo_gamma"] == ("CPOConfig simpo_gamma (PackedDPOTrainer)", "1.2")
     assert rows["training.cpo_alpha"] == ("CPOConfig cpo_alpha (PackedDPOTrainer)", "0.0")
     assert len(rows) == len(RECIPE_TO_DPO_CONFIG) + 8
+
+
+def test_an_export_card_says_merge_or_quantized_and_how_to_run_it() -> None:
+    from dpo_recipe.cards import EXPORT_PLACEHOLDER, render_export_card
+
+    manifest = {
+        "format": "gguf",
+        "tensor_type": "q8_0",
+        "adapter": "alice/gemma3-270m-ja-dpo",
+        "base_model": "google/gemma-3-270m",
+        "license": "gemma",
+        "as_conversation": True,
+        "files": {"Modelfile": 355, "model.gguf": 291544672},
+        "logit_check": {
+            "max_abs_diff": 1.2,
+            "relative_diff": 0.034,
+            "tolerance": 0.05,
+            "same_argmax": 0.97,
+            "positions": 30,
+        },
+    }
+    card = render_export_card(manifest, "ja-dpo-gguf")
+    assert (card.data.base_model, card.data.base_model_relation, card.data.library_name) == (
+        "google/gemma-3-270m",
+        "quantized",
+        "gguf",
+    )
+    assert f"hf download {EXPORT_PLACEHOLDER} --local-dir ja-dpo-gguf" in card.text
+    assert 'ollama run ja-dpo-gguf "AIとは何ですか？"' in card.text and "| `model.gguf` | 291,544,672 |" in card.text
+    assert "| q8_0 | 1.2 | 3.4 % | 5 % | 97.0 % of positions |" in card.text
+    merged = render_export_card({**manifest, "format": "safetensors", "tensor_type": "f32"}, "ja-dpo")
+    assert (merged.data.base_model_relation, merged.data.library_name) == ("merge", "transformers")
+    assert f'AutoModelForCausalLM.from_pretrained("{EXPORT_PLACEHOLDER}")' in merged.text
+    local = render_export_card({**manifest, "base_model": "builtin:tiny"}, "tiny")
+    assert not {"base_model", "base_model_relation"} & set(local.data.to_dict())  # the Hub takes only model ids

@@ -242,6 +242,41 @@ def test_eval_scores_an_adapter_straight_from_the_hub(hub, runner, finished: Pat
     assert remote["reward_margin"] == pytest.approx(local["reward_margin"], abs=1e-5)
 
 
+def test_an_export_is_pushed_with_its_own_card_and_replaces_the_previous_export(
+    hub, runner, finished: Path, tmp_path: Path
+) -> None:
+    from dpo_recipe.api import export
+
+    gguf_dir, merged_dir = tmp_path / "tiny-gguf", tmp_path / "tiny-merged"
+    export(finished, gguf_dir, quant="q8_0")
+    export(finished, merged_dir, fmt="safetensors")
+    result = invoke(runner, "push", gguf_dir, "--repo-id", "alice/tiny-export")
+    assert result.exit_code == 0, result.output
+    assert "Pushed and verified 4 files" in result.output
+    remote = run_client("""
+        import json
+        import gguf
+        from huggingface_hub import HfApi, ModelCard, hf_hub_download
+        reader = gguf.GGUFReader(hf_hub_download("alice/tiny-export", "model.gguf"))
+        card = ModelCard.load("alice/tiny-export")
+        print(json.dumps({"files": sorted(HfApi().list_repo_files("alice/tiny-export")),
+                          "file_type": int(reader.fields["general.file_type"].contents()),
+                          "library": card.data.library_name, "text": card.text}))
+    """)
+    assert remote["files"] == [".gitattributes", "Modelfile", "README.md", "export.json", "model.gguf"]
+    assert remote["file_type"] == 7 and remote["library"] == "gguf"  # MOSTLY_Q8_0
+    assert "hf download alice/tiny-export --local-dir tiny-gguf" in remote["text"]
+
+    assert invoke(runner, "push", merged_dir, "--repo-id", "alice/tiny-export").exit_code == 0
+    remote = run_client("""
+        import json
+        from huggingface_hub import HfApi
+        print(json.dumps({"files": sorted(HfApi().list_repo_files("alice/tiny-export"))}))
+    """)
+    assert "model.gguf" not in remote["files"] and "Modelfile" not in remote["files"]  # one export per repo
+    assert {"model.safetensors", "config.json", "tokenizer.json", "export.json"} <= set(remote["files"])
+
+
 def test_from_hub_names_what_is_missing(hub, runner) -> None:
     result = invoke(runner, "train", "--from-hub", "alice/nothing-here")
     assert result.exit_code == 1 and "--from-hub alice/nothing-here: no such model repo" in result.output
