@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "question-answer turns (conversational, through the chat template), prompts >= 3x the answers.",
     )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument(
+        "--base-cache",
+        metavar="DIR",
+        help="dpo-recipe's base cache, kept between runs: a re-run, resume or sweep, whose reference log-probs "
+        "(training and held-out) were computed before. Run once to fill it. Default: a fresh cache per run.",
+    )
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -147,6 +153,7 @@ def _plain_trl_trainer(
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.evaluation import score_pairs, summarise
     from dpo_recipe.generate import generate_pairs
     from dpo_recipe.model import load_model, load_tokenizer
@@ -183,7 +190,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{config}-"))
-    os.environ["DPO_RECIPE_CACHE"] = str(out / "cache")  # no reference log-probs from an earlier run
+    # a fresh cache: the reference pass is paid here; --base-cache keeps the base's work between runs instead
+    os.environ["DPO_RECIPE_CACHE"] = args.base_cache or str(out / "cache")
     encoded = [encode_pair(tokenizer, row) for row in rows]
     prompt_tokens = statistics.mean(len(e.prompt_ids) for e in encoded)
     answer_tokens = statistics.mean((len(e.chosen_ids) + len(e.rejected_ids)) / 2 for e in encoded)
@@ -201,7 +209,15 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     if config == "dpo_recipe":
         model = trainer.accelerator.unwrap_model(trainer.model)
         with trainer.accelerator.autocast():
-            scored = score_pairs(model, tokenizer, held_out, args.max_length, recipe.eval.batch_size, progress=False)
+            scored = score_pairs(
+                model,
+                tokenizer,
+                held_out,
+                args.max_length,
+                recipe.eval.batch_size,
+                progress=False,
+                cache=default_cache(),
+            )
         accuracy = summarise(scored, beta=0.1)["overall"]["reward_accuracy"]
     else:
         from datasets import Dataset
@@ -233,6 +249,7 @@ def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[
     command += ["--eval-pairs", str(args.eval_pairs), "--max-length", str(args.max_length)]
     command += ["--recipe", args.recipe, "--dpo-recipe-batch", str(args.dpo_recipe_batch)]
     command += ["--precision", args.precision, "--workload", args.workload]
+    command += ["--base-cache", args.base_cache] if args.base_cache else []
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
