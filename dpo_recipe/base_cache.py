@@ -84,7 +84,10 @@ class BaseCache:
         self.directory = directory
 
     def key(self, model: Any, inputs: Any, **settings: Any) -> str:
-        """The entry name for ``inputs`` (JSON-serialisable) computed by ``model``'s base under ``settings``."""
+        """The entry name for ``inputs`` (JSON-serialisable) computed by ``model``'s base under ``settings``;
+        a cache that keeps nothing names nothing (and hashes no weights)."""
+        if self.directory is None:
+            return ""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         device_type = next(model.parameters()).device.type
         described = {

@@ -91,6 +91,15 @@ def test_entries_round_trip_and_a_cache_without_a_directory_keeps_nothing(tmp_pa
     assert nowhere.read_logps("k") is None and nowhere.read_answers("k") is None
 
 
+def test_a_cache_that_keeps_nothing_hashes_no_weights(tiny) -> None:
+    from dpo_recipe import base_cache
+
+    _, model, _, _ = tiny
+    unseen = copy.deepcopy(model)
+    assert BaseCache(None).key(unseen, [[1, 2, 3]], max_length=64) == ""
+    assert unseen not in base_cache._WEIGHT_DIGESTS  # no pass over the weights for a key nobody reads
+
+
 def test_held_out_scoring_reads_the_base_half_from_the_cache(tiny, tmp_path: Path) -> None:
     recipe, model, tokenizer, rows = tiny
     tuned = _with_lora(model, ["q_proj", "v_proj"])
