@@ -45,7 +45,7 @@ def cli() -> None:
       dpo-recipe data lint data/ja             # check any preference data (its form is detected)
       dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
-    dpo-recipe sweep --recipe R --grid training.beta=0.05,0.1 --out sweeps/beta   # rank settings
+      dpo-recipe sweep --recipe R --grid training.beta=0.05,0.1 --out sweeps/b   # rank settings
       dpo-recipe chat --adapter DIR            # ask the tuned model
       dpo-recipe export --adapter DIR --out X  # merged GGUF (+ Ollama Modelfile) or safetensors
     """

@@ -63,7 +63,7 @@ def score_pairs(
 
     cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
-    key = cache.key(model, pairs, max_length=max_length)
+    key = cache.key(model, pairs, max_length=max_length, rows=batch_size)  # a row's length moves half-precision sums
     reference = cache.read_logps(key)
     scores = score_packed(
         model,
