@@ -78,9 +78,7 @@ def greedy_batch(
     import torch
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-    # a rendered chat prompt already holds its BOS; plain text gets the tokenizer's specials, as in training
-    encoded = [tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded, pad_id = prompt_ids(tokenizer, texts), padding_id(tokenizer)
     width = max(len(ids) for ids in encoded)
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
@@ -103,6 +101,19 @@ def greedy_batch(
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
 
 
+def prompt_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids as ``generate`` is given them.
+
+    A rendered chat prompt already holds its BOS; plain text gets the tokenizer's specials, as in training.
+    """
+    return [tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts]
+
+
+def padding_id(tokenizer: Any) -> int:
+    """The id a batch is left-padded with: the tokenizer's pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _starts_with_bos(tokenizer: Any, text: str) -> bool:
     return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
 
@@ -117,7 +128,8 @@ def greedy_answers(
 ) -> list[dict[str, str]]:
     """Each row's prompt answered by the base (adapter off) and the tuned model: ``prompt``, ``base``, ``tuned``.
 
-    The base's answers are the same every run on that base: ``cache`` keeps them.
+    The base's answers are the same every run on that base: ``cache`` keeps them. Call it inside the
+    autocast the model's forward runs in (the key records it).
     """
     from dpo_recipe.base_cache import BaseCache
 
@@ -125,7 +137,18 @@ def greedy_answers(
     cache = cache or BaseCache(None)
     texts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     tuned = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
-    key = cache.key(model, texts, max_new_tokens=max_new_tokens, **decoding)
+    generation_config = model.get_base_model().generation_config.to_diff_dict()
+    for given in ("transformers_version", "pad_token_id", "eos_token_id"):  # the call passes pad and stop ids
+        generation_config.pop(given, None)
+    key = cache.key(  # what generate is given, not the prompt strings: a tokenizer edit must miss
+        model,
+        prompt_ids(tokenizer, texts),
+        pad=padding_id(tokenizer),
+        stop=turn_end_ids(tokenizer),
+        generation_config=generation_config,
+        max_new_tokens=max_new_tokens,
+        **decoding,
+    )
     base = cache.read_answers(key)
     if base is None:
         with model.disable_adapter():

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.errors import DpoRecipeError
 from dpo_recipe.export import export  # the function itself: it imports torch only when called
 from dpo_recipe.hub import PushResult
 
@@ -174,6 +175,8 @@ def chat(
     """
     from dpo_recipe.answers import greedy_answer, prompt_text
 
+    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+        raise DpoRecipeError("chat: the prompt is empty; give a question (a string) or a list of messages.")
     if as_conversation and isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     model.eval()

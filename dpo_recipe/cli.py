@@ -527,6 +527,55 @@ def model_tiny(out_dir: Path, seed: int) -> None:
     click.echo(f"Wrote a tiny model to {out_dir}; train it with --set model.name_or_path={out_dir}")
 
 
+# ---------------------------------------------------------------------------- the cache
+
+
+@cli.group(cls=_Group)
+def cache() -> None:
+    """What dpo-recipe keeps between runs (DPO_RECIPE_CACHE, else ~/.cache/dpo_recipe): the base's
+    log-probs and answers, converted GGUF bases, the tiny model. Every entry is recomputed when missing."""
+
+
+def _human_size(size_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size_bytes < 1024 or unit == "GB":
+            return f"{size_bytes:.0f} {unit}" if unit == "B" else f"{size_bytes:.1f} {unit}"
+        size_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+@cache.command("info")
+def cache_info() -> None:
+    """Where the cache is, each kind of entry kept (how many, how big) and what an entry is keyed on."""
+    from dpo_recipe.base_cache import default_cache
+
+    kept = default_cache()
+    usage = kept.usage()
+    click.echo(f"Cache: {kept.directory} ({_human_size(sum(u.size_bytes for u in usage))} in all)")
+    for u in usage:
+        click.echo(f"  {u.kind:<16} {u.entries:>5} entries {_human_size(u.size_bytes):>10}  {u.keyed_on}")
+
+
+@cache.command("clear")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["reference_logps", "base_answers", "gguf", "tiny", "all"]),
+    default=("all",),
+    show_default=True,
+    help="Which entries to remove (repeatable).",
+)
+def cache_clear(kinds: tuple[str, ...]) -> None:
+    """Remove cached entries; the next run recomputes what it needs (the same numbers, more slowly)."""
+    from dpo_recipe.base_cache import KINDS, default_cache
+
+    kept = default_cache()
+    chosen = tuple(KINDS) if "all" in kinds else kinds
+    freed = kept.clear(chosen)
+    click.echo(f"Removed {', '.join(chosen)} from {kept.directory}: {_human_size(freed)} freed.")
+
+
 def main() -> None:
     cli(prog_name="dpo-recipe")
 

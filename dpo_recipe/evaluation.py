@@ -58,12 +58,14 @@ def score_pairs(
     topic. Rows are tokenized as TRL tokenizes them (``tokens.encode_pair``) and truncated as it
     truncates them, so the token counts are those training optimised. The base's half comes from
     ``cache`` when an earlier run on the same base scored the same pairs (then one forward a pair, not two).
+    Call it inside the autocast the model's forward runs in (the key records it).
     """
     from dpo_recipe.packing import score_packed, truncated
 
     cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
-    key = cache.key(model, pairs, max_length=max_length, rows=batch_size)  # a row's length moves half-precision sums
+    # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
+    key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
     reference = cache.read_logps(key)
     scores = score_packed(
         model,
@@ -372,19 +374,22 @@ def run_eval(
     from dpo_recipe.data import load_preference_splits
     from dpo_recipe.plots import plot_report
 
-    adapter_dir, recipe, model_section = adapter_base(adapter, base)
-    data_section = dataclasses.replace(
-        recipe.data,
-        source=data or recipe.data.source,
-        revision=None if data else recipe.data.revision,  # the recorded commit belongs to the recorded source
-        test_split=split,
-        max_train_pairs=None,
-        max_eval_pairs=max_pairs,
-    )
-    _, rows, _ = load_preference_splits(data_section)
-    if not rows:
-        raise DpoRecipeError(f"{data_section.source}: split '{split}' has no pairs to score.")
-    model, tokenizer = load_adapter_model(adapter_dir, model_section)
+    stopwatch, cache = Stopwatch(), default_cache()
+    with stopwatch.phase("checks and data"):
+        adapter_dir, recipe, model_section = adapter_base(adapter, base)
+        data_section = dataclasses.replace(
+            recipe.data,
+            source=data or recipe.data.source,
+            revision=None if data else recipe.data.revision,  # the recorded commit belongs to the recorded source
+            test_split=split,
+            max_train_pairs=None,
+            max_eval_pairs=max_pairs,
+        )
+        _, rows, _ = load_preference_splits(data_section)
+        if not rows:
+            raise DpoRecipeError(f"{data_section.source}: split '{split}' has no pairs to score.")
+    with stopwatch.phase("model"):
+        model, tokenizer = load_adapter_model(adapter_dir, model_section)
     report = evaluate_adapter(
         model,
         tokenizer,
@@ -393,7 +398,8 @@ def run_eval(
         max_length=recipe.training.max_length,
         settings=recipe.eval,
         loss_type=recipe.training.loss_type,
-        cache=default_cache(),
+        cache=cache,
+        stopwatch=stopwatch,
     )
     if report is None:
         return None
@@ -406,6 +412,7 @@ def run_eval(
     write_file_atomically(out, lambda staging: staging.write_text(text, encoding="utf-8"))
     print(markdown_summary(report))
     print(f"\nReport: {out}; charts: {', '.join(report['charts'])}")
+    print(stopwatch.line(), cache.summary())
     return report
 
 

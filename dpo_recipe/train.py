@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.artifacts import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config import Recipe
@@ -35,6 +35,9 @@ from dpo_recipe.run_dir import (
 )
 from dpo_recipe.stopwatch import Stopwatch
 from dpo_recipe.trl_args import dpo_config, objective_kwargs
+
+if TYPE_CHECKING:
+    from dpo_recipe.base_cache import BaseCache
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +139,7 @@ class TrainingRun:
     trainer: Any
     is_main_process: bool
     stopwatch: Stopwatch
+    cache: BaseCache  # the base's reference log-probs and answers, shared by every run on that base
 
 
 def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRun | None:
@@ -161,9 +165,14 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     is_main_process = claim_output_dir(context, out)
     with stopwatch.phase("model"):
         model = load_model(recipe.model)
+    from dpo_recipe.base_cache import default_cache
+
+    cache = default_cache()
     with stopwatch.phase("tokenizing and reference pass"):
-        trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out)
-    return TrainingRun(context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch)
+        trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+    return TrainingRun(
+        context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch, cache
+    )
 
 
 def checked_recipe(context: RunContext) -> Recipe:
@@ -243,7 +252,7 @@ def train(training: TrainingRun) -> Any:
 def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
-    report = held_out_report(recipe, trainer, training.tokenizer, training.eval_rows, training.stopwatch)
+    report = held_out_report(training)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
         return None
@@ -262,7 +271,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             command=context.rerun_command(),
         )
     print(summary_line(metrics, out))
-    print(training.stopwatch.line(highlight="training"))
+    print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub import push_dir
 
@@ -271,13 +280,21 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     return metrics
 
 
-def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: list[dict], out: Path) -> Any:
+def build_trainer(
+    recipe: Recipe,
+    args: Any,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict],
+    out: Path,
+    cache: BaseCache | None = None,
+) -> Any:
+    """The packed trainer (plain TRL where packing cannot run), its reference log-probs from ``cache``."""
     import datasets
     from peft import LoraConfig
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
-    from dpo_recipe.base_cache import default_cache
     from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
     from dpo_recipe.losses import is_reference_free
     from dpo_recipe.perf import keep_freed_memory_in_heap
@@ -307,7 +324,7 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
         if limitation is None:
             trainer_class = PackedDPOTrainer
             extra = {
-                "base_cache": default_cache(),
+                "base_cache": cache,
                 "token_learning_rate": recipe.lora.token_learning_rate,
                 **objective_kwargs(recipe),
             }
@@ -340,26 +357,28 @@ def build_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_r
     return trainer
 
 
-def held_out_report(
-    recipe: Recipe, trainer: Any, tokenizer: Any, eval_rows: list[dict], stopwatch: Stopwatch
-) -> dict[str, Any] | None:
-    from dpo_recipe.base_cache import default_cache
+def held_out_report(training: TrainingRun) -> dict[str, Any] | None:
+    """The held-out report on every rank's shard (None off the main process, or without held-out pairs).
+
+    It runs inside the trainer's autocast: the unwrapped model keeps accelerate's mixed-precision
+    forward, and the cache keys must record the precision the numbers come from."""
     from dpo_recipe.evaluation import evaluate_adapter
 
-    if not eval_rows:
+    if not training.eval_rows:
         return None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    return evaluate_adapter(
-        model,
-        tokenizer,
-        eval_rows,
-        beta=recipe.training.beta,
-        max_length=recipe.training.max_length,
-        settings=recipe.eval,
-        loss_type=recipe.training.loss_type,
-        cache=default_cache(),
-        stopwatch=stopwatch,
-    )
+    recipe, accelerator = training.recipe, training.trainer.accelerator
+    with accelerator.autocast():
+        return evaluate_adapter(
+            accelerator.unwrap_model(training.trainer.model),
+            training.tokenizer,
+            training.eval_rows,
+            beta=recipe.training.beta,
+            max_length=recipe.training.max_length,
+            settings=recipe.eval,
+            loss_type=recipe.training.loss_type,
+            cache=training.cache,
+            stopwatch=training.stopwatch,
+        )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from dpo_recipe.packing import (
     pack_pairs,
     score_packed,
     segment_logps,
+    truncated,
 )
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -195,32 +196,38 @@ class PackedDPOTrainer(DPOTrainer):
             return dataset
         examples = [{k: row[k] for k in PAIR_COLUMNS} for row in dataset]
         model = self.accelerator.unwrap_model(self.model)
-        with self.accelerator.autocast():  # the precision the pass runs in is part of the key
-            key = self.base_cache.key(model, examples, max_length=self.args.max_length, rows=self._reference_rows())
-        cached = self.base_cache.read_logps(key)
-        if cached is None:
-            cached = self._compute_reference(examples, name)
-            if self.accelerator.is_main_process:
-                self.base_cache.write_logps(key, cached)
+        with self.accelerator.autocast():  # the key is made in the precision the pass runs in
+            key = self.base_cache.key(
+                model,
+                [truncated(example, self.args.max_length) for example in examples],
+                rows=self._reference_rows(),
+                processes=self.accelerator.num_processes,  # each scores every world-th pair: other rows
+            )
+            cached = self.base_cache.read_logps(key)
+            if cached is None:
+                cached = self._compute_reference(examples, name)
+                if self.accelerator.is_main_process:
+                    self.base_cache.write_logps(key, cached)
         dataset = dataset.add_column(REF_COLUMNS[0], cached[0].tolist())
         return dataset.add_column(REF_COLUMNS[1], cached[1].tolist())
 
     def _compute_reference(self, examples: list[dict], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every rank scores every world-th pair longest first (even shares), then all gather everything."""
+        """Every rank scores every world-th pair longest first (even shares), then all gather everything.
+
+        Runs inside the caller's ``accelerator.autocast()``, the precision its cache key records."""
         from accelerate.utils import gather_object
 
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = longest_first(examples)[rank::world]
-        with self.accelerator.autocast():
-            chosen, rejected = score_packed(
-                self.accelerator.unwrap_model(self.model),
-                [examples[i] for i in mine],
-                self.args.max_length,
-                self._reference_rows(),
-                policy=False,
-                reference=True,
-                progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
-            ).reference
+        chosen, rejected = score_packed(
+            self.accelerator.unwrap_model(self.model),
+            [examples[i] for i in mine],
+            self.args.max_length,
+            self._reference_rows(),
+            policy=False,
+            reference=True,
+            progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
+        ).reference
         scores = list(zip(mine, chosen.tolist(), rejected.tolist(), strict=True))
         gathered = sorted(gather_object(scores) if world > 1 else scores)
         return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])

@@ -117,3 +117,44 @@ def test_chat_as_conversation_renders_a_string_as_one_user_turn(loaded: tuple) -
     from dpo_recipe.answers import greedy_answer
 
     assert penalised == greedy_answer(*loaded, question, 8, repetition_penalty=1.5, no_repeat_ngram_size=2)
+
+
+API_CALLS = {  # each documented name, called the cheapest way that reaches its own checks: (call, what it says)
+    "generate_dataset": ("generate_dataset(OUT, num_pairs=5)", "num_pairs must be at least 10"),
+    "train": ("train('no-such-recipe')", "no-such-recipe"),
+    "evaluate": ("evaluate(OUT)", "adapter_config.json"),
+    "push": ("push(OUT, 'alice/run')", "no adapter_model.safetensors"),
+    "load_adapter": ("load_adapter(OUT)", "adapter_config.json"),
+    "chat": ("chat(None, None, ' ')", "the prompt is empty"),
+    "export": ("export(OUT, OUT / 'export')", "adapter_config.json"),
+}
+
+
+@pytest.mark.parametrize("imported_first", ["", "import dpo_recipe.train, dpo_recipe.export, dpo_recipe.api"])
+def test_every_documented_name_is_its_function(imported_first: str, tmp_path: Path) -> None:
+    """In a fresh interpreter, and after the modules named like the functions were imported (a notebook cell
+    run twice): ``from dpo_recipe import NAME`` is ``api.NAME``, a function that runs its own checks."""
+    code = [
+        "import inspect, json, pathlib",
+        imported_first,
+        f"from dpo_recipe import {', '.join(API_CALLS)}",
+        "import dpo_recipe.api as api",
+        f"OUT = pathlib.Path({str(tmp_path)!r})",
+        "said = {}",
+    ]
+    for name, (call, _) in API_CALLS.items():
+        code += [
+            f"assert inspect.isfunction({name}) and {name} is api.{name}, {name}",
+            "try:",
+            f"    {call}",
+            f"    said[{name!r}] = 'returned'",
+            "except Exception as exc:",
+            f"    said[{name!r}] = str(exc)",
+        ]
+    code.append("print(json.dumps(said))")
+    done = subprocess.run([sys.executable, "-c", "\n".join(code)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (_, expected) in API_CALLS.items():
+        assert expected in said[name], (name, said[name])
+    assert sorted(API_CALLS) == sorted(api.__all__)

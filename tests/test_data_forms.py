@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,7 @@ def test_bad_data_fails_lint_and_training_before_weights_load(runner, tiny_model
     def weights(*args: object) -> None:
         raise AssertionError("weights loaded before the data was checked")
 
-    monkeypatch.setattr("dpo_recipe.train.load_model", weights)
+    monkeypatch.setattr(sys.modules["dpo_recipe.train"], "load_model", weights)
     with pytest.raises(DataError, match=r"message-without-content in split 'train' rows 2: chosen has"):
         run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
