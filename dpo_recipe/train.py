@@ -116,14 +116,27 @@ def run(
 
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
-    """setup → train → evaluate and save; a dry run stops after setup's checks."""
+    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks."""
     started, stopwatch = time.perf_counter(), Stopwatch()
     training = setup(context, stopwatch)
     if training is None:
         print(f"dry run finished in {time.perf_counter() - started:.1f} s")
         return None
     train_output = train(training)
-    return evaluate_and_save(training, train_output, started)
+    metrics = evaluate_and_save(training, train_output, started)
+    cleanup()
+    return metrics
+
+
+def cleanup() -> None:
+    """Every process leaves together.
+
+    A rank that exits while the main one still answers prompts or saves tears the process group
+    down under it (seen with two CPU processes: "terminate called without an active exception",
+    exit status -6). The group stays open: a sweep runs its next configuration in it."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 @dataclass

@@ -9,6 +9,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 
 import pytest
 import torch
@@ -368,10 +369,11 @@ def test_a_frozen_ref_adapter_is_part_of_the_base(tiny) -> None:
 
 
 def test_a_key_outside_the_autocast_of_a_mixed_precision_forward_is_refused(tiny, tmp_path: Path) -> None:
-    from accelerate import Accelerator
-
     _, model, _, _ = tiny
-    prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(_with_lora(model, ["q_proj"]))
+    prepared = _with_lora(model, ["q_proj"])
+    # what accelerate's prepare_model does under mixed_precision="bf16" (one AcceleratorState per test process)
+    prepared._original_forward = prepared.forward
+    prepared.forward = MethodType(torch.autocast("cpu", dtype=torch.bfloat16)(prepared.forward.__func__), prepared)
     cache = BaseCache(tmp_path)
     with pytest.raises(RuntimeError, match="accelerator.autocast"):
         cache.key(prepared, [[1, 2, 3]])

@@ -9,6 +9,7 @@ test: each error must come before any weights load.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 import re
@@ -284,8 +285,10 @@ def test_bad_input_fails_early_and_clearly(
     def weights_loaded(*args: object, **kwargs: object) -> None:
         raise AssertionError("model weights were loaded before the input was checked")
 
-    for module in ("dpo_recipe.model", "dpo_recipe.adapters", "dpo_recipe.train"):
-        monkeypatch.setattr(f"{module}.load_model", weights_loaded)
+    # every module first, then the patch: one imported under the patch would keep the stand-in for good
+    modules = [importlib.import_module(m) for m in ("dpo_recipe.model", "dpo_recipe.adapters", "dpo_recipe.train")]
+    for module in modules:
+        monkeypatch.setattr(module, "load_model", weights_loaded)
     monkeypatch.setattr("dpo_recipe.hardware.cpu_has_native_bf16", lambda: False)  # the same on every CI CPU
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
