@@ -126,26 +126,32 @@ def lint(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
     return LintReport(findings, stats)
 
 
-def _row_texts(split: str, rows: list[dict[str, Any]], findings: list[Finding]) -> dict[int, dict[str, str]]:
-    """Rows whose three fields are usable text, keyed by 1-based row number."""
+def _row_texts(
+    split: str, rows: list[dict[str, Any]], findings: list[Finding], columns: tuple[str, ...] = TEXT_COLUMNS
+) -> dict[int, dict[str, str]]:
+    """Rows whose text fields are usable text, keyed by 1-based row number."""
     bad: dict[str, list[int]] = defaultdict(list)
     texts: dict[int, dict[str, str]] = {}
     for number, row in enumerate(rows, start=1):
         values = {}
-        for column in TEXT_COLUMNS:
+        for column in columns:
             text = as_text(row.get(column))
             if text is None:
                 bad[f"not-a-string:{column}"].append(number)
             elif not text.strip():
                 bad[f"empty-field:{column}"].append(number)
+            elif not normalise(text):  # str.strip() keeps U+200B and its kin: the field looks filled but says nothing
+                bad[f"empty-after-normalise:{column}"].append(number)
             elif looks_like_mojibake(text):
                 bad[f"mojibake:{column}"].append(number)
             values[column] = text
-        if all(isinstance(v, str) and v.strip() for v in values.values()):
+        if all(isinstance(v, str) and normalise(v) for v in values.values()):
             texts[number] = values  # mojibake rows stay in: they are still pairs
     advice = {
         "not-a-string": "must be a string (or a list of chat messages); fix or drop these rows",
         "empty-field": "is empty; fill it in or drop these rows",
+        "empty-after-normalise": "is empty once invisible format characters (Unicode Cf: zero-width spaces and "
+        "joiners, BOMs, direction marks) and whitespace are dropped; fill it in or drop these rows",
         "mojibake": "looks like mojibake (UTF-8 read as cp1252/cp1254/latin-1, or U+FFFD); re-export the file as UTF-8",
     }
     for key, numbers in bad.items():
