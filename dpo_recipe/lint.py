@@ -126,6 +126,57 @@ def lint(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
     return LintReport(findings, stats)
 
 
+UNPAIRED_TEXT_COLUMNS = ("prompt", "completion")
+
+
+def lint_unpaired(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
+    """The checks that make sense for unpaired rows (prompt / completion / label, labels already booleans):
+    text fields as for pairs, one answer judged both ways (an error), duplicates, prompts in two splits."""
+    findings: list[Finding] = []
+    stats: dict[str, dict[str, Any]] = {}
+    for split, rows in splits.items():
+        if not rows:
+            findings.append(Finding("error", "empty-split", split, [], f"split '{split}' has no rows"))
+            continue
+        texts = _row_texts(split, rows, findings, UNPAIRED_TEXT_COLUMNS)
+        seen: dict[tuple[str, ...], tuple[int, Any]] = {}
+        conflicting, duplicates = [], []
+        for number, t in texts.items():
+            key = tuple(normalise(t[c]) for c in UNPAIRED_TEXT_COLUMNS)
+            label = rows[number - 1].get("label")
+            if key in seen:
+                (conflicting if seen[key][1] != label else duplicates).append(number)
+            else:
+                seen[key] = (number, label)
+        if conflicting:
+            findings.append(
+                Finding(
+                    "error",
+                    "label-conflict",
+                    split,
+                    conflicting,
+                    "the same prompt and completion as an earlier row, with the other label; keep one judgement",
+                )
+            )
+        if duplicates:
+            findings.append(
+                Finding(
+                    "warning", "duplicate-row", split, duplicates, "duplicate of an earlier row after normalisation"
+                )
+            )
+        labels = [rows[n - 1].get("label") is True for n in texts]
+        stats[split] = {
+            "rows": len(texts),
+            "desirable_share": sum(labels) / max(1, len(labels)),
+            "japanese_rows": {
+                c: sum(japanese_share(t[c]) >= JAPANESE_SHARE_MIN for t in texts.values()) / max(1, len(texts))
+                for c in UNPAIRED_TEXT_COLUMNS
+            },
+        }
+    findings.extend(_cross_split_prompts(splits))
+    return LintReport(findings, stats)
+
+
 def _row_texts(
     split: str, rows: list[dict[str, Any]], findings: list[Finding], columns: tuple[str, ...] = TEXT_COLUMNS
 ) -> dict[int, dict[str, str]]:

@@ -143,7 +143,8 @@ def test_bad_rows_are_findings_naming_row_and_field() -> None:
         ("no-assistant-turn", (3,)): "chosen has no assistant turn, so there is no answer to train on",
         ("no-shared-prompt", (4,)): "chosen / rejected open with the answer: there is no turn before it to be the "
         "prompt",
-        ("unknown-role", (5,)): "chosen has a message with role 'human'; roles are system, user, assistant",
+        ("unknown-role", (5,)): "chosen has a message with role 'human'; roles are system, user, assistant; map "
+        "other names with data.roles, e.g. {human: user}",
         ("message-without-content", (6,)): "rejected has a message without text content (role user)",
         ("differs-before-answer", (7,)): "chosen / rejected differ before the last assistant turn; only the last "
         "answer may differ (the turns before it are the prompt)",
