@@ -529,8 +529,8 @@ def _chat_turns(value: Any, column: str, data: DataSection) -> list[dict[str, st
     TRL's ``maybe_convert_to_chatml`` renames the keys (on a copy: it edits in place)."""
     from trl.data_utils import maybe_convert_to_chatml
 
-    if not isinstance(value, list) or not all(isinstance(turn, dict) for turn in value):
-        return _messages(value, column, {})  # raises, naming what is wrong
+    if not isinstance(value, list) or not value or not all(isinstance(turn, dict) for turn in value):
+        raise _RowProblem("not-messages", column, "must be a non-empty list of {from, value} or {role, content} turns")
     chatml = maybe_convert_to_chatml({"messages": copy.deepcopy(value)})["messages"]
     return _messages(chatml, column, _role_names(data, aliases=True))
 
