@@ -285,9 +285,9 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     card = source / "README.md" if source.is_dir() else None
     result = push_dataset(splits, card, repo_id, private=private, revision=revision)
     rows, pairs = (sum(len(r) for r in parts.values()) for parts in (splits, standard))
-    click.echo(
-        f"Pushed {rows} rows as given ({pairs} pairs in the standard form) to {result.url} at commit {result.commit}"
-    )
+    unpaired = any("rows" in stats for stats in report.stats.values())  # lint_unpaired's stats
+    what = f"{pairs} unpaired rows" if unpaired else f"{pairs} pairs in the standard form"
+    click.echo(f"Pushed {rows} rows as given ({what}) to {result.url} at commit {result.commit}")
 
 
 @cli.command("push")
