@@ -181,7 +181,7 @@ def data_lint(section: Any, as_json: bool) -> None:
         _echo_notes(report)
         for split, stats in report.stats.items():
             japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
-            if "rows" in stats:  # unpaired rows
+            if report.form == "unpaired":
                 click.echo(
                     f"{split}: {stats['rows']} unpaired rows; Japanese rows: {japanese}; "
                     f"desirable (label true) {stats['desirable_share']:.0%}"
@@ -242,7 +242,7 @@ def data_convert(
         raise click.BadParameter(
             f"no split '{name}' in {section.source} (found: {', '.join(splits)}).", param_hint="--split"
         )
-    unpaired = any("rows" in stats for stats in report.stats.values())  # lint_unpaired's stats
+    unpaired = report.form == "unpaired"
     if unpaired and target == "standard":
         raise click.BadParameter(
             f"{section.source} holds unpaired rows (prompt / completion / label); they have no pairs to write. "
@@ -285,7 +285,7 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     card = source / "README.md" if source.is_dir() else None
     result = push_dataset(splits, card, repo_id, private=private, revision=revision)
     rows, pairs = (sum(len(r) for r in parts.values()) for parts in (splits, standard))
-    unpaired = any("rows" in stats for stats in report.stats.values())  # lint_unpaired's stats
+    unpaired = report.form == "unpaired"
     what = f"{pairs} unpaired rows" if unpaired else f"{pairs} pairs in the standard form"
     click.echo(f"Pushed {rows} rows as given ({what}) to {result.url} at commit {result.commit}")
 

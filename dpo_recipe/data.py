@@ -358,9 +358,9 @@ def standard_splits(raw: dict[str, Rows], data: DataSection) -> tuple[dict[str, 
 def _linted(conversion: Conversion) -> LintReport:
     """The conversion's findings, or (when there are none) the linter's report on its rows, with its notes."""
     if conversion.findings:
-        return LintReport(conversion.findings, {}, conversion.notes)
+        return LintReport(conversion.findings, {}, conversion.notes, conversion.form)
     check = lint_unpaired if conversion.form == "unpaired" else lint
-    return dataclasses.replace(check(conversion.splits), notes=conversion.notes)
+    return dataclasses.replace(check(conversion.splits), notes=conversion.notes, form=conversion.form)
 
 
 def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = False) -> Path:

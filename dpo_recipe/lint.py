@@ -42,6 +42,7 @@ class LintReport:
     findings: list[Finding]
     stats: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)  # how the rows were read: form, column mapping, ranked pairs
+    form: str | None = None  # the data form the rows were read in ('unpaired': prompt / completion / label rows)
 
     @property
     def errors(self) -> list[Finding]:
