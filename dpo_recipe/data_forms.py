@@ -53,7 +53,7 @@ ROLE_NAMES = {  # role names published chat data uses, onto TRL's (data.roles ad
     "human": "user",
     "assistant": "assistant",
     "gpt": "assistant",
-    "model": "assistant",  # Gemma's
+    "model": "assistant",
 }
 CONVERSATION_COLUMNS = ("conversations", "messages")  # ShareGPT's and ChatML's names for a prompt's turns
 OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
@@ -474,8 +474,9 @@ def _sharegpt(row: Row, data: DataSection) -> Row:
 
 
 def _openai(row: Row, data: DataSection) -> Row:
-    """OpenAI's preference JSONL row → the standard form; ``input.tools`` (JSON text) rides along for the
-    chat template, as TRL's DPOTrainer reads a ``tools`` column."""
+    """OpenAI's preference JSONL row → the standard form; a non-empty ``input.tools`` is kept as a ``tools``
+    column of JSON text (the column TRL's DPOTrainer hands the chat template), so it is not silently lost;
+    training refuses such rows until it passes them on (``data.load_preference_splits``)."""
     given = row.get("input")
     if not isinstance(given, dict):
         raise _RowProblem("not-messages", "input", "must be an object with a messages list (OpenAI's preference form)")
@@ -606,7 +607,7 @@ def _messages(value: Any, column: str, names: dict[str, str] | None = None) -> l
         if not isinstance(message, dict):
             raise _RowProblem("not-messages", column, "holds an item that is not a {role, content} message")
         role = message.get("role")
-        if names.get(role) not in ROLES:
+        if (names.get(role) if isinstance(role, str) else None) not in ROLES:
             what = "a message without a role" if role is None else f"a message with role {role!r}"
             others = sorted(set(names) - set(ROLES))
             also = f" (also read: {', '.join(others)})" if others else ""
