@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from dpo_recipe.config import Recipe
+from dpo_recipe.config import DataSection, Recipe
 from dpo_recipe.data import is_hub_id
 from dpo_recipe.evaluation import markdown_summary
 from dpo_recipe.generate import HARD_NEGATIVE_TYPES
@@ -146,14 +146,13 @@ def render_model_card(
     model_name = Path(recipe.training.output_dir).name
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})
-    hub_dataset = is_hub_id(recipe.data.source)
     data = _card_data(
         model_name,
         base_model,
         library_name="peft",
         license=recipe.hub.license,
         tags=["trl", "dpo", "lora", "dpo-recipe"],
-        datasets=[recipe.data.source] if hub_dataset else None,
+        datasets=[source for source, *_ in data_table(recipe.data) if is_hub_id(source)] or None,
         eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
     lora = recipe.lora
@@ -193,7 +192,27 @@ def render_model_card(
         command=command,
         recipe_yaml=recipe.to_yaml(),
         trust_remote_code=recipe.model.trust_remote_code,
+        data_sources=data_table(recipe.data),
+        mixture=bool(recipe.data.sources),
     )
+
+
+def data_table(data: DataSection) -> list[tuple[str, str, str, str]]:
+    """(source, form, split, share) of every source the adapter trained on: the card's data table, so a
+    mixture's parts and their weights are read where the model is, not only in the recipe."""
+    if not data.sources:
+        return [(data.source, data.form, data.train_split, "all rows")]
+    rows = []
+    for entry in data.sources:
+        share = (
+            f"weight {entry['weight']:g}"
+            if "weight" in entry
+            else f"fraction {entry['fraction']:g}"
+            if "fraction" in entry
+            else "all rows"
+        )
+        rows.append((entry["source"], entry.get("form", data.form), entry.get("split", data.train_split), share))
+    return rows
 
 
 EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed

@@ -181,6 +181,12 @@ def data_lint(section: Any, as_json: bool) -> None:
         _echo_notes(report)
         for split, stats in report.stats.items():
             japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
+            if report.form == "unpaired":
+                click.echo(
+                    f"{split}: {stats['rows']} unpaired rows; Japanese rows: {japanese}; "
+                    f"desirable (label true) {stats['desirable_share']:.0%}"
+                )
+                continue
             click.echo(
                 f"{split}: {stats['pairs']} pairs; Japanese rows: {japanese}; "
                 f"chosen longer in {stats['chosen_longer_share']:.0%}"
@@ -201,14 +207,25 @@ def data_lint(section: Any, as_json: bool) -> None:
     help="File format (default: parquet for a .parquet --out, else jsonl).",
 )
 @click.option("--split", help="Split to write when SOURCE has several (default: data.train_split).")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["standard", "unpaired"]),
+    help="standard: prompt / chosen / rejected pairs (the default for pairs); unpaired: prompt / completion / "
+    "label, one answer a row, as TRL's unpair_preference_dataset writes it (the default for unpaired data).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def data_convert(section: Any, out: Path, file_format: str | None, split: str | None, overwrite: bool) -> None:
+def data_convert(
+    section: Any, out: Path, file_format: str | None, split: str | None, target: str | None, overwrite: bool
+) -> None:
     """Write SOURCE in the standard form training sees: prompt / chosen / rejected rows (text, or chat
-    messages), the other columns kept, so you can read what a recipe will train on.
+    messages), the other columns kept, so you can read what a recipe will train on; unpaired data stays
+    unpaired, and --to unpaired writes pairs as one labelled answer a row.
 
     Nothing is written when the rows fail the linter; the file appears whole or not at all.
     """
     from dpo_recipe.data import read_source, standard_splits, write_rows
+    from dpo_recipe.data_forms import unpaired_rows
 
     by_suffix = {".jsonl": "jsonl", ".parquet": "parquet"}.get(out.suffix.lower())
     if file_format and by_suffix and file_format != by_suffix:
@@ -225,11 +242,21 @@ def data_convert(section: Any, out: Path, file_format: str | None, split: str | 
         raise click.BadParameter(
             f"no split '{name}' in {section.source} (found: {', '.join(splits)}).", param_hint="--split"
         )
+    unpaired = report.form == "unpaired"
+    if unpaired and target == "standard":
+        raise click.BadParameter(
+            f"{section.source} holds unpaired rows (prompt / completion / label); they have no pairs to write. "
+            "Leave --to out to write them in the unpaired form.",
+            param_hint="--to",
+        )
+    rows = unpaired_rows(splits[name]) if target == "unpaired" and not unpaired else splits[name]
     file_format = file_format or by_suffix or "jsonl"
-    write_rows(splits[name], out, file_format, overwrite=overwrite)
+    write_rows(rows, out, file_format, overwrite=overwrite)
     others = ", ".join(n for n in splits if n != name)
     rest = f"; other splits: {others} (--split NAME)" if others else ""
-    click.echo(f"Wrote {len(splits[name])} pairs of split '{name}' in the standard form to {out} ({file_format}){rest}")
+    what = f"{len(rows)} unpaired rows" if unpaired or target == "unpaired" else f"{len(rows)} pairs"
+    form = "the unpaired form" if unpaired or target == "unpaired" else "the standard form"
+    click.echo(f"Wrote {what} of split '{name}' in {form} to {out} ({file_format}){rest}")
 
 
 @data.command("push")
@@ -258,9 +285,9 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     card = source / "README.md" if source.is_dir() else None
     result = push_dataset(splits, card, repo_id, private=private, revision=revision)
     rows, pairs = (sum(len(r) for r in parts.values()) for parts in (splits, standard))
-    click.echo(
-        f"Pushed {rows} rows as given ({pairs} pairs in the standard form) to {result.url} at commit {result.commit}"
-    )
+    unpaired = report.form == "unpaired"
+    what = f"{pairs} unpaired rows" if unpaired else f"{pairs} pairs in the standard form"
+    click.echo(f"Pushed {rows} rows as given ({what}) to {result.url} at commit {result.commit}")
 
 
 @cli.command("push")

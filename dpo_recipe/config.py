@@ -23,8 +23,8 @@ from dpo_recipe.resources import packaged_dir
 
 
 def _key(default: Any, help: str, **kwargs: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -74,7 +74,26 @@ class LoraSection:
     )
 
 
-DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked")  # data.form: how rows hold a pair (data_forms.py)
+# data.form: how rows hold a pair (data_forms.py)
+DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked", "sharegpt", "openai", "unpaired")
+CHAT_ROLES = ("system", "user", "assistant")  # the roles of TRL's conversational form, what data.roles maps onto
+# data.sources entries: where and how one source's rows are read, plus how many of them the mixture takes
+SOURCE_KEYS = ("source", "split", "weight", "fraction")
+PER_SOURCE_KEYS = (
+    "form",
+    "prompt_column",
+    "chosen_column",
+    "rejected_column",
+    "system_column",
+    "roles",
+    "ranked_column",
+    "ranked_text_field",
+    "ranked_score_field",
+    "ranked_better",
+    "ranked_pairs",
+    "ranked_margin",
+    "revision",
+)
 
 
 @dataclass
@@ -97,8 +116,11 @@ class DataSection:
         "implicit (chosen and rejected only, the prompt inside both: the longest shared text prefix, or for messages "
         "everything before the last assistant turn, as TRL extracts it), hh (Anthropic HH-RLHF text turns "
         "'\\n\\nHuman:' / '\\n\\nAssistant:', turned into messages so the chat template applies), ranked "
-        "(several scored answers per prompt, paired by ranked_pairs), or auto (detected from the columns and "
-        "values, and printed).",
+        "(several scored answers per prompt, paired by ranked_pairs), sharegpt (a conversations / messages column of "
+        "{from, value} or {role, content} turns with chosen / rejected answers as text, one message or a list), "
+        "openai (OpenAI's preference fine-tuning JSONL: input.messages, preferred_output, non_preferred_output), "
+        "unpaired (prompt / completion / label, one judged answer a row: linted and converted, not trained by DPO), "
+        "or auto (detected from the columns and values, and printed).",
         choices=DATA_FORMS,
     )
     prompt_column: list[str] | str = _key(
@@ -130,6 +152,25 @@ class DataSection:
     )
     ranked_margin: float = _key(
         1.0, "form ranked, ranked_pairs margin: the smallest score difference that makes a pair.", min_exclusive=0.0
+    )
+    system_column: str | None = _key(
+        "system",
+        "Column holding a system prompt (orca_dpo_pairs, LLaMA-Factory's ShareGPT): where a row has one, it becomes "
+        "the prompt's first message, and text pairs become messages so the chat template renders it. null: keep "
+        "the column as a plain column.",
+    )
+    roles: dict[str, str] = _key(
+        {},
+        "Role names of the data mapped onto system / user / assistant, e.g. {human: user, bot: assistant}. Added to "
+        "the names every chat form knows (human and user, gpt / assistant / model, system / developer).",
+    )
+    sources: list[dict[str, Any]] = _key(
+        [],
+        "A mixture instead of data.source: a list of {source, split, weight or fraction, and any of form, "
+        "prompt_column, chosen_column, rejected_column, system_column, roles, ranked_*, revision}. Each source is read "
+        "in its own form; fraction takes that share of its rows, weight interleaves the sources with those "
+        "probabilities (seeded by data.seed, until one runs out), neither concatenates them. Each row keeps its "
+        "source in a data_source column.",
     )
     revision: str | None = _key(None, "Hub revision of a Hub dataset.")
     as_conversation: bool = _key(
@@ -348,6 +389,8 @@ def data_section(values: dict[str, Any], overrides: list[str] | tuple[str, ...] 
     raw = apply_overrides({"data": dict(values)}, overrides, source="--set")
     problems = [f"{name}: a data command takes data.KEY=VALUE only" for name in raw if name != "data"]
     section = _build_section(DataSection, "data", raw["data"], problems)
+    if not problems:
+        problems.extend(data_problems(section))
     if problems:
         raise RecipeError(f"{'; '.join(problems)}. See 'dpo-recipe recipes keys' for every key and its form.")
     return section
@@ -419,8 +462,13 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
                 return number, None
         if option is str and isinstance(value, str):
             return value, None
+        strings = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        if option == dict[str, str] and strings:
+            return dict(value), None
         if typing.get_origin(option) is list and isinstance(value, list):
             (item,) = typing.get_args(option)
+            if typing.get_origin(item) is dict and all(isinstance(v, dict) for v in value):
+                return [dict(v) for v in value], None
             if item is str and all(isinstance(v, str) for v in value):
                 return list(value), None
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
@@ -448,7 +496,12 @@ def _finite_float(value: Any) -> float | None:
 def _describe(hint: Any) -> str:
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    lists = {list[str]: "a list of strings", list[float]: "a list of finite numbers"}
+    lists = {
+        list[str]: "a list of strings",
+        list[float]: "a list of finite numbers",
+        dict[str, str]: "a mapping of names to names",
+        list[dict[str, Any]]: "a list of mappings",
+    }
     parts = [names.get(o) or lists[o] for o in options]
     return " or ".join(parts)
 
@@ -477,6 +530,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         problems.append("lora.target_modules: expected at least one module name or 'all-linear'")
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
+    problems.extend(data_problems(recipe.data))
     losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
     problems.extend(_loss_problems(losses, recipe.training.label_smoothing, recipe.training.packing))
     weights = recipe.training.loss_weights
@@ -487,6 +541,46 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
     return problems
+
+
+def data_problems(data: DataSection) -> list[str]:
+    """Data keys whose values each pass but say nothing together: a role mapped onto no chat role, a mixture
+    entry without a source or with both a weight and a fraction. Checked here, before any file is read."""
+    problems = [
+        f"data.roles: {name!r} is mapped to {role!r}; map each name to one of {', '.join(CHAT_ROLES)}"
+        for name, role in data.roles.items()
+        if role not in CHAT_ROLES
+    ]
+    weighted = [("weight" in entry) for entry in data.sources]
+    if any(weighted) and not all(weighted):
+        problems.append("data.sources: give every source a weight, or none (then they are concatenated)")
+    for index, entry in enumerate(data.sources):
+        where = f"data.sources[{index}]"
+        unknown = [k for k in entry if k not in SOURCE_KEYS + PER_SOURCE_KEYS]
+        problems += [
+            f"{where}.{k}: not a per-source key (those are {', '.join(SOURCE_KEYS + PER_SOURCE_KEYS)})" for k in unknown
+        ]
+        if not isinstance(entry.get("source"), str) or not entry["source"]:
+            problems.append(f"{where}.source: required (a file, a dataset directory or a Hub id)")
+        if "weight" in entry and "fraction" in entry:
+            problems.append(f"{where}: give weight or fraction, not both")
+        for key, low, high in (("weight", 0.0, math.inf), ("fraction", 0.0, 1.0)):
+            value = entry.get(key)
+            if key in entry and not (isinstance(value, (int, float)) and low < value <= high):
+                problems.append(f"{where}.{key}: must be a number > {low:g}{'' if high == math.inf else ' and <= 1'}")
+        if "split" in entry and not isinstance(entry["split"], str):
+            problems.append(f"{where}.split: expected a split name")
+        keys = {k: v for k, v in entry.items() if k in PER_SOURCE_KEYS}
+        problems.extend(data_problems(_build_section(DataSection, where, keys, problems)))
+    return problems
+
+
+def source_section(data: DataSection, entry: dict[str, Any]) -> DataSection:
+    """The data section one mixture entry is read with: the mixture's keys, then the entry's own."""
+    own = {k: v for k, v in entry.items() if k in PER_SOURCE_KEYS or k == "source"}
+    if "split" in entry:
+        own["train_split"] = entry["split"]
+    return dataclasses.replace(data, sources=[], **own)
 
 
 def _loss_problems(losses: list[str], label_smoothing: float, packing: bool = True) -> list[str]:

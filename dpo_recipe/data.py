@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config import DataSection
-from dpo_recipe.data_forms import to_standard
+from dpo_recipe.data_forms import Conversion, to_standard
 from dpo_recipe.errors import DataError
 from dpo_recipe.generate import generate_pairs
 from dpo_recipe.hub import http_status
-from dpo_recipe.lint import LintReport, lint
+from dpo_recipe.lint import LintReport, lint, lint_unpaired
 
 BUILTIN_SOURCE = "builtin:ja-preferences"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -200,12 +200,26 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
     """Train and held-out rows for a recipe in the standard form, linted; raises DataError on lint errors.
 
     The report's notes say which form the rows were read in and how they were mapped or paired."""
-    name = source_name or data.source
-    conversion = to_standard(
-        read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision), data
-    )
+    name = source_name or (data.source if not data.sources else "data.sources")
+    conversion = converted_source(data)
     if conversion.findings:
         raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
+    if conversion.form == "unpaired":
+        raise DataError(
+            f"{name} holds unpaired preference data (prompt / completion / label: one answer a row, judged desirable "
+            "or not), but DPO trains on two answers to one prompt. Unpaired data trains with training.objective: kto "
+            "(TRL's KTOTrainer), which dpo-recipe does not offer yet. To train DPO now, give pairs instead (rows "
+            f"with prompt / chosen / rejected); 'dpo-recipe data lint {name}' shows what the file holds, and "
+            "'dpo-recipe data convert PAIRS --to unpaired' writes pairs in this form for a later KTO run."
+        )
+    with_tools = [n for rows in conversion.splits.values() for n, row in enumerate(rows, 1) if row.get("tools")]
+    if with_tools:
+        raise DataError(
+            f"{name}: {len(with_tools)} rows carry tool definitions (OpenAI input.tools, kept as a tools column), "
+            "but training renders prompt / chosen / rejected through the chat template without them yet, so their "
+            "answers would be trained on without the tools they call. Drop input.tools from those rows (or the rows) "
+            "to train on the rest; 'dpo-recipe data convert' keeps the column for other tools."
+        )
     splits = conversion.splits
     if data.train_split not in splits:
         raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
@@ -228,6 +242,101 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
     return train, test, report
 
 
+def converted_source(data: DataSection) -> Conversion:
+    """``data.source`` read and in the standard form, or the mixture ``data.sources`` names."""
+    if data.sources:
+        return mixed_sources(data)
+    raw = read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision)
+    return to_standard(raw, data)
+
+
+SOURCE_COLUMN = "data_source"  # each row of a mixture: the source it came from (a file, directory or Hub id)
+
+
+def mixed_sources(data: DataSection) -> Conversion:
+    """Every source of ``data.sources`` in its own form, mixed into one training split (and one test split
+    of the sources that have one), each row's source in a ``data_source`` column.
+
+    The rows are mixed by index with ``datasets.interleave_datasets`` (weights: probabilities, seeded, until
+    a source runs out) or ``concatenate_datasets``; ``fraction`` takes a seeded sample of a source's rows,
+    in their order. Sources must agree on text or messages (``data.as_conversation`` makes text messages).
+    """
+    import datasets
+
+    from dpo_recipe.config import source_section
+
+    notes: list[str] = []
+    findings: list[Any] = []
+    parts: list[tuple[str, Rows, Rows]] = []  # (source, training rows, test rows)
+    forms = set()
+    for index, entry in enumerate(data.sources):
+        section = source_section(data, entry)
+        conversion = to_standard(read_source(section.source, revision=section.revision), section)
+        label = f"data.sources[{index}] {section.source}"
+        notes += [f"{label}: {note}" for note in conversion.notes]
+        findings += [dataclasses.replace(f, split=f"{section.source}:{f.split}") for f in conversion.findings]
+        forms.add(conversion.form == "unpaired")
+        if conversion.findings:
+            continue
+        if section.train_split not in conversion.splits:
+            raise DataError(
+                f"{label}: no split '{section.train_split}' (found: {', '.join(conversion.splits)}). Set its "
+                "split key to one of them."
+            )
+        rows = conversion.splits[section.train_split]
+        if "fraction" in entry:
+            keep = sorted(
+                random.Random(data.seed).sample(range(len(rows)), max(1, round(len(rows) * entry["fraction"])))
+            )
+            rows = [rows[i] for i in keep]
+        test = conversion.splits.get(data.test_split, []) if data.test_split != section.train_split else []
+        tagged = [[{**r, SOURCE_COLUMN: section.source} for r in side] for side in (rows, test)]
+        if data.as_conversation:
+            tagged = [[as_conversation(r) for r in side] for side in tagged]
+        parts.append((section.source, *tagged))
+    if findings:
+        return Conversion({}, notes, findings)
+    if len(forms) > 1:
+        raise DataError(
+            "data.sources mixes unpaired sources (prompt / completion / label) with pairs; a mixture holds one kind. "
+            "Remove the unpaired sources, or convert the pairs with 'dpo-recipe data convert PAIRS --to unpaired'."
+        )
+    kinds = {source: isinstance(train[0]["prompt"], str) for source, train, _ in parts if train}
+    if len(set(kinds.values())) > 1:
+        text = ", ".join(source for source, is_text in kinds.items() if is_text)
+        raise DataError(
+            f"data.sources: {text} hold text pairs and the others chat messages; one training set holds one form. "
+            "Set data.as_conversation: true to read text pairs as one user turn and one assistant answer."
+        )
+    weights = [entry.get("weight") for entry in data.sources]
+    indices = [
+        datasets.Dataset.from_dict({"part": [i] * len(train), "row": list(range(len(train)))})
+        for i, (_, train, _) in enumerate(parts)
+    ]
+    if all(w is not None for w in weights):
+        total = sum(weights)
+        order = datasets.interleave_datasets(indices, probabilities=[w / total for w in weights], seed=data.seed)
+        shares = ", ".join(f"{w / total:.2f}" for w in weights)
+        how = f"interleaved with probabilities {shares} (seed {data.seed}) until a source ran out"
+    else:
+        order = datasets.concatenate_datasets(indices)
+        how = "concatenated"
+    train = _aligned([parts[p][1][r] for p, r in zip(order["part"], order["row"], strict=True)])
+    test = _aligned([row for _, _, rows in parts for row in rows])
+    counts = ", ".join(f"{source} {sum(r[SOURCE_COLUMN] == source for r in train)}" for source, _, _ in parts)
+    notes.append(
+        f"mixture: {len(train)} training rows ({counts}), {how}; each row's source is in column {SOURCE_COLUMN}"
+    )
+    splits = {data.train_split: train, **({data.test_split: test} if test else {})}
+    return Conversion(splits, notes, [], "unpaired" if True in forms else "standard")
+
+
+def _aligned(rows: Rows) -> Rows:
+    """Rows of several sources with one set of columns (None where a source lacks one): one Arrow schema."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return [{column: row.get(column) for column in columns} for row in rows]
+
+
 def as_conversation(row: dict[str, Any]) -> dict[str, Any]:
     """A plain-text pair as messages: the prompt one user turn, each answer one assistant turn."""
     if not isinstance(row["prompt"], str):
@@ -240,12 +349,18 @@ def standard_splits(raw: dict[str, Rows], data: DataSection) -> tuple[dict[str, 
     """Every split of ``raw`` in the standard form, and the lint report on them all (the data commands' view).
 
     Rows the conversion refuses are the report's errors, and the linter's own checks wait until they are
-    fixed: their row numbers would not match the file's.
+    fixed: their row numbers would not match the file's. Unpaired rows stay unpaired, linted as such.
     """
     conversion = to_standard(raw, data)
+    return conversion.splits, _linted(conversion)
+
+
+def _linted(conversion: Conversion) -> LintReport:
+    """The conversion's findings, or (when there are none) the linter's report on its rows, with its notes."""
     if conversion.findings:
-        return conversion.splits, LintReport(conversion.findings, {}, conversion.notes)
-    return conversion.splits, dataclasses.replace(lint(conversion.splits), notes=conversion.notes)
+        return LintReport(conversion.findings, {}, conversion.notes, conversion.form)
+    check = lint_unpaired if conversion.form == "unpaired" else lint
+    return dataclasses.replace(check(conversion.splits), notes=conversion.notes, form=conversion.form)
 
 
 def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = False) -> Path:

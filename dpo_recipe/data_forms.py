@@ -10,7 +10,17 @@ TRL conversational messages, so that the linter, the dry run and the trainer see
   must be exactly the turns before each conversation's last assistant turn;
 - ``hh``: Anthropic HH-RLHF transcripts (``\\n\\nHuman: …\\n\\nAssistant: …``) become messages, so the
   model's chat template renders them, then as ``implicit``;
-- ``ranked``: several scored answers per prompt become pairs by the rule ``data.ranked_pairs`` names.
+- ``ranked``: several scored answers per prompt become pairs by the rule ``data.ranked_pairs`` names;
+- ``sharegpt``: a conversation column (``conversations`` / ``messages``, ``{from, value}`` or ``{role, content}``
+  turns) is the prompt, chosen / rejected the answers as text, one message or a list of them (llm-jp's
+  hh-rlhf-12k-ja, LLaMA-Factory's ShareGPT preference form, axolotl's chat_template form);
+- ``openai``: OpenAI's preference fine-tuning JSONL (``input.messages``, ``preferred_output``,
+  ``non_preferred_output``);
+- ``unpaired``: ``prompt`` / ``completion`` / ``label``, one judged answer a row (TRL's unpaired preference
+  form): linted and converted here, but no pairs for DPO; ``unpaired_rows`` turns pairs into it.
+
+Role names the chat forms use (human, gpt, model, …) are mapped onto TRL's system / user / assistant, with
+``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message.
 
 A row that cannot be converted is a lint finding naming its row and field, not an exception, so one
 run of ``dpo-recipe data lint`` lists them all, before any model loads.
@@ -18,14 +28,16 @@ run of ``dpo-recipe data lint`` lists them all, before any model loads.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpo_recipe.config import DataSection
+from dpo_recipe.config import CHAT_ROLES, DataSection
 from dpo_recipe.errors import DataError
 from dpo_recipe.lint import TEXT_COLUMNS, Finding
 
@@ -33,7 +45,21 @@ Row = dict[str, Any]
 Rows = list[Row]
 Numbered = list[tuple[int, Row]]  # rows with their 1-based number in the source split
 
-ROLES = ("system", "user", "assistant")
+ROLES = CHAT_ROLES
+ROLE_NAMES = {  # role names published chat data uses, onto TRL's (data.roles adds the data's own)
+    "system": "system",
+    "developer": "system",  # OpenAI's newer name for it
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+}
+CONVERSATION_COLUMNS = ("conversations", "messages")  # ShareGPT's and ChatML's names for a prompt's turns
+OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
+UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+CHAT_FORMS = ("sharegpt", "openai")  # forms whose rows are always read as chat messages
+LABELS = {"true": True, "1": True, "false": False, "0": False}  # a label as CSV and other text files hold it
 PROMPT_JOINER = "\n\n"  # between the columns of a list-valued data.prompt_column (Alpaca's instruction, input)
 HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -44,6 +70,12 @@ FORM_EXPLAINED = {
     "hh": "HH-RLHF '\\n\\nHuman:' / '\\n\\nAssistant:' turns become messages; the prompt is every turn "
     "before the last assistant turn",
     "ranked": "several scored answers per prompt become pairs",
+    "sharegpt": "the conversation column's turns are the prompt (roles mapped onto system / user / assistant); "
+    "each answer (text, one message or a list) becomes assistant messages",
+    "openai": "OpenAI preference JSONL: input.messages is the prompt, preferred_output / non_preferred_output the "
+    "answers; input.tools is kept as a tools column",
+    "unpaired": "prompt / completion / label, one judged answer a row (true: desirable); no pairs, so DPO cannot "
+    "train on it",
 }
 
 
@@ -54,6 +86,7 @@ class Conversion:
     splits: dict[str, Rows]
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)  # errors only; rows numbered as in the source
+    form: str | None = None  # the form read (None: none fits); 'unpaired' rows hold prompt / completion / label
 
 
 class _RowProblem(Exception):
@@ -92,8 +125,23 @@ def to_standard(splits: dict[str, Rows], data: DataSection) -> Conversion:
         converted, findings, counts = _pair_ranked(numbered, data)
         notes.append(counts)
     else:
-        converted, findings = _convert_rows(numbered, CONVERTERS[form])
-    return Conversion(converted, notes, mixed + findings)
+        has_system = any(data.system_column in row for rows in mapped.values() for row in rows)
+        system = data.system_column if data.system_column and has_system else None
+        if system:
+            notes.append(
+                f"system: column '{system}' becomes the prompt's first message (role system); text pairs become "
+                "messages, so the chat template renders it"
+            )
+        converted, findings = _convert_rows(numbered, _row_converter(form, data, system))
+    return Conversion(converted, notes, mixed + findings, form)
+
+
+def _row_converter(form: str, data: DataSection, system: str | None) -> Callable[[Row], Row]:
+    """One row → the standard form, by ``form``'s converter, then with the system column's prompt in front."""
+    convert = CONVERTERS[form]
+    if system is None:
+        return lambda row: convert(row, data)
+    return lambda row: _with_system(convert(row, data), system)
 
 
 # ---------------------------------------------------------------------------- columns
@@ -105,6 +153,7 @@ def map_columns(splits: dict[str, Rows], data: DataSection) -> tuple[dict[str, R
     A mapped column that the data lacks is an error even when a column with the standard name
     exists: silently training on ``chosen`` when the recipe says ``better`` would train the wrong pairs.
     """
+    _check_system_column(splits, data)
     prompt_sources = [data.prompt_column] if isinstance(data.prompt_column, str) else list(data.prompt_column)
     sources = {"prompt": prompt_sources, "chosen": [data.chosen_column], "rejected": [data.rejected_column]}
     moved = {target: columns for target, columns in sources.items() if columns != [target]}
@@ -131,6 +180,19 @@ def map_columns(splits: dict[str, Rows], data: DataSection) -> tuple[dict[str, R
     joined = " (joined by a blank line, empty ones skipped)" if len(prompt_sources) > 1 else ""
     listing = ", ".join(f"{target} <- {' + '.join(columns)}" for target, columns in moved.items())
     return {name: [mapped(r) for r in rows] for name, rows in splits.items()}, f"columns: {listing}{joined}"
+
+
+def _check_system_column(splits: dict[str, Rows], data: DataSection) -> None:
+    """A system column the recipe names must exist; the default one ('system') is used only where it does."""
+    column = data.system_column
+    if column in (None, DataSection().system_column):
+        return
+    for name, rows in splits.items():
+        if rows and column not in rows[0]:
+            raise DataError(
+                f"{data.source}: data.system_column '{column}': no such column in split '{name}' (found: "
+                f"{', '.join(rows[0])}). Set the key to the column holding the system prompt, or to null for none."
+            )
 
 
 def _joined(values: list[Any]) -> Any:
@@ -165,9 +227,13 @@ def _row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
     if data.form == "ranked" or (data.form == "auto" and not pair and data.ranked_column in row):
         return "ranked", _kind_of(row.get("prompt"))
     if data.form != "auto":
-        return data.form, kind
+        return data.form, _form_kind(data.form, row, kind)
+    if all(column in row for column in OPENAI_COLUMNS):
+        return "openai", None
     if not pair:
-        return None
+        return ("unpaired", _kind_of(row.get("prompt"))) if all(c in row for c in UNPAIRED_COLUMNS) else None
+    if _conversation_column(row) is not None:
+        return "sharegpt", None
     prompt = _kind_of(row.get("prompt"))
     # TRL's maybe_extract_prompt: a prompt column counts when it is text with text answers, or messages with messages
     form = "standard" if "prompt" in row and (prompt == kind or None in (prompt, kind)) else "implicit"
@@ -176,6 +242,35 @@ def _row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
     ):
         form = "hh"
     return form, kind
+
+
+def _form_kind(form: str, row: Row, kind: str | None) -> str | None:
+    """The kind a row of a named form is compared by: none for the chat forms (their answers may be text,
+    a message or a list, all read as messages), the prompt's for unpaired rows, else the answers'."""
+    if form in CHAT_FORMS:
+        return None
+    return _kind_of(row.get("prompt")) if form == "unpaired" else kind
+
+
+def _conversation_column(row: Row) -> str | None:
+    """The column holding a ShareGPT / ChatML conversation before the answers, or None.
+
+    ``prompt`` counts when it is a list whose answers are not lists of messages too (that is the standard
+    form) or when any turn is written ``{from, value}``."""
+    for column in CONVERSATION_COLUMNS:
+        if isinstance(row.get(column), list):
+            return column
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list):
+        return None
+    answers = [row.get("chosen"), row.get("rejected")]
+    sharegpt_turns = any(
+        isinstance(turn, dict) and "from" in turn
+        for value in (prompt, *answers)
+        if isinstance(value, list)
+        for turn in value
+    )
+    return "prompt" if sharegpt_turns or not all(isinstance(a, list) for a in answers) else None
 
 
 def _mixed_forms(kinds: dict[str, list[Any]], form: str, kind: str | None) -> list[Finding]:
@@ -235,7 +330,9 @@ def _no_form_fits(splits: dict[str, Rows], data: DataSection) -> Finding:
         "data commands): data.prompt_column (a list joins several, e.g. [instruction, input]), "
         "data.chosen_column and data.rejected_column (e.g. question / response_j / response_k); or, for "
         "several scored answers per prompt, data.form: ranked with data.ranked_column (now "
-        f"'{data.ranked_column}') and data.ranked_score_field",
+        f"'{data.ranked_column}') and data.ranked_score_field; for a conversation with chosen / rejected answers, "
+        "data.prompt_column naming the conversation column (read as sharegpt); for one judged answer a row, "
+        "columns prompt / completion / label (unpaired)",
     )
 
 
@@ -274,7 +371,7 @@ def _standard_pair(row: Row, prompt: Any, chosen: Any, rejected: Any) -> Row:
     }
 
 
-def _standard(row: Row) -> Row:
+def _standard(row: Row, data: DataSection) -> Row:
     """A standard row; messages are checked (roles, content, an assistant answer), text is left to the linter."""
     values = [row.get(column) for column in TEXT_COLUMNS]
     if len({_kind_of(v) for v in values} - {None}) > 1:  # TRL would quietly take the prompt from the answers
@@ -282,15 +379,16 @@ def _standard(row: Row) -> Row:
             "mixed-forms", "prompt / chosen / rejected", "mix text and messages; give all three in one form"
         )
     if all(_kind_of(v) == "messages" for v in values):
-        prompt = _messages(values[0], "prompt")
-        chosen, rejected = (_messages(v, c) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True))
+        names = _role_names(data, aliases=False)
+        prompt = _messages(values[0], "prompt", names)
+        chosen, rejected = (_messages(v, c, names) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True))
         for answer, column in ((chosen, "chosen"), (rejected, "rejected")):
             _last_assistant_turn(answer, column)
         return _standard_pair(row, prompt, chosen, rejected)
     return row
 
 
-def _implicit(row: Row) -> Row:
+def _implicit(row: Row, data: DataSection) -> Row:
     """chosen and rejected hold the prompt: text split where they part, messages before the last answer."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
     kinds = (_kind_of(chosen), _kind_of(rejected))
@@ -313,7 +411,8 @@ def _implicit(row: Row) -> Row:
                 "name it with data.prompt_column",
             )
         return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
-    return _split_conversations(row, _messages(chosen, "chosen"), _messages(rejected, "rejected"))
+    names = _role_names(data, aliases=False)
+    return _split_conversations(row, _messages(chosen, "chosen", names), _messages(rejected, "rejected", names))
 
 
 def _split_conversations(row: Row, chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> Row:
@@ -343,7 +442,7 @@ def _trl_extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:
     return extract_prompt({"chosen": chosen, "rejected": rejected})
 
 
-def _hh(row: Row) -> Row:
+def _hh(row: Row, data: DataSection) -> Row:
     """HH-RLHF transcripts → messages → split before the last assistant turn."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for value, column in ((chosen, "chosen"), (rejected, "rejected")):
@@ -366,23 +465,161 @@ def _hh_messages(text: str, column: str) -> list[dict[str, str]]:
     ]
 
 
-CONVERTERS = {"standard": _standard, "implicit": _implicit, "hh": _hh}
+def _sharegpt(row: Row, data: DataSection) -> Row:
+    """A conversation column and its two answers → prompt messages and assistant answers."""
+    column = _conversation_column(row) or CONVERSATION_COLUMNS[0]
+    prompt = _prompt_turns(row.get(column), column, data)
+    chosen, rejected = (_answer(row.get(c), c, data) for c in ("chosen", "rejected"))
+    return _standard_pair({k: v for k, v in row.items() if k != column}, prompt, chosen, rejected)
 
 
-def _messages(value: Any, column: str) -> list[dict[str, str]]:
-    """A checked conversation, each message reduced to role and content (one Arrow type for every row)."""
+def _openai(row: Row, data: DataSection) -> Row:
+    """OpenAI's preference JSONL row → the standard form; a non-empty ``input.tools`` is kept as a ``tools``
+    column of JSON text (the column TRL's DPOTrainer hands the chat template), so it is not silently lost;
+    training refuses such rows until it passes them on (``data.load_preference_splits``)."""
+    given = row.get("input")
+    if not isinstance(given, dict):
+        raise _RowProblem("not-messages", "input", "must be an object with a messages list (OpenAI's preference form)")
+    prompt = _prompt_turns(given.get("messages"), "input.messages", data)
+    chosen = _answer(row.get("preferred_output"), "preferred_output", data)
+    rejected = _answer(row.get("non_preferred_output"), "non_preferred_output", data)
+    rest = {k: v for k, v in row.items() if k not in OPENAI_COLUMNS}
+    if given.get("tools"):
+        rest["tools"] = json.dumps(given["tools"], ensure_ascii=False)
+    return _standard_pair(rest, prompt, chosen, rejected)
+
+
+def _unpaired(row: Row, data: DataSection) -> Row:
+    """An unpaired row with its label a boolean and messages checked; text is left to the linter."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    kinds = {_kind_of(prompt), _kind_of(completion)} - {None}
+    if len(kinds) > 1:
+        raise _RowProblem("mixed-forms", "prompt / completion", "mix text and messages; give both in one form")
+    if kinds == {"messages"}:
+        names = _role_names(data, aliases=False)
+        prompt, completion = _messages(prompt, "prompt", names), _messages(completion, "completion", names)
+        _last_assistant_turn(completion, "completion")
+    label = row.get("label")
+    if not isinstance(label, bool):
+        label = LABELS.get(str(label).strip().lower()) if isinstance(label, (str, int)) else None
+    if label is None:
+        raise _RowProblem("not-a-label", "label", "must be true (a desirable answer) or false (an undesirable one)")
+    rest = {k: v for k, v in row.items() if k not in UNPAIRED_COLUMNS}
+    return {"prompt": prompt, "completion": completion, "label": label, **rest}
+
+
+CONVERTERS: dict[str, Callable[[Row, DataSection], Row]] = {
+    "standard": _standard,
+    "implicit": _implicit,
+    "hh": _hh,
+    "sharegpt": _sharegpt,
+    "openai": _openai,
+    "unpaired": _unpaired,
+}
+
+
+def _role_names(data: DataSection, *, aliases: bool) -> dict[str, str]:
+    """Role names a form reads, onto TRL's: the chat forms know the usual aliases; every form takes data.roles."""
+    known = ROLE_NAMES if aliases else {role: role for role in ROLES}
+    return {**known, **data.roles}
+
+
+def _chat_turns(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
+    """ShareGPT ``{from, value}`` or ChatML ``{role, content}`` turns as checked messages, roles mapped.
+
+    TRL's ``maybe_convert_to_chatml`` renames the keys (on a copy: it edits in place)."""
+    from trl.data_utils import maybe_convert_to_chatml
+
+    if not isinstance(value, list) or not value or not all(isinstance(turn, dict) for turn in value):
+        raise _RowProblem("not-messages", column, "must be a non-empty list of {from, value} or {role, content} turns")
+    chatml = maybe_convert_to_chatml({"messages": copy.deepcopy(value)})["messages"]
+    return _messages(chatml, column, _role_names(data, aliases=True))
+
+
+def _prompt_turns(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
+    """The turns before the answers: they must hold a question and must not end with an answer."""
+    turns = _chat_turns(value, column, data)
+    if not any(turn["role"] == "user" for turn in turns):
+        raise _RowProblem("no-user-turn", column, "has no user turn, so there is no question to answer")
+    if turns[-1]["role"] == "assistant":
+        raise _RowProblem(
+            "prompt-ends-with-answer",
+            column,
+            "ends with an assistant turn; the answers to compare go in the answer columns, not in the conversation",
+        )
+    return turns
+
+
+def _answer(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
+    """An answer as assistant messages, whether given as text, one message or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    if not isinstance(value, (dict, list)):
+        raise _RowProblem(
+            "not-an-answer", column, "must be the answer: text, one {from, value} / {role, content} message, or a list"
+        )
+    messages = _chat_turns([value] if isinstance(value, dict) else value, column, data)
+    if any(message["role"] != "assistant" for message in messages):
+        raise _RowProblem(
+            "answer-not-assistant",
+            column,
+            "holds a turn that is not the assistant's; an answer is the assistant's text, message or messages",
+        )
+    return messages
+
+
+def _with_system(row: Row, column: str) -> Row:
+    """The system column's text as the prompt's first message, the column itself dropped.
+
+    Text rows become messages even where the column is empty, so that every row of the file has one form."""
+    system = row.get(column)
+    rest = {k: v for k, v in row.items() if k != column}
+    if system is not None and not isinstance(system, str):
+        raise _RowProblem("not-a-string", column, "must be text: the system prompt")
+    turn = [{"role": "system", "content": system}] if system and system.strip() else []
+    prompt = rest.get("prompt")
+    if isinstance(prompt, str):
+        answers = {
+            k: [{"role": "assistant", "content": rest[k]}] for k in ANSWER_COLUMNS if isinstance(rest.get(k), str)
+        }
+        return {**rest, "prompt": turn + [{"role": "user", "content": prompt}], **answers}
+    if isinstance(prompt, list):
+        if turn and prompt and prompt[0].get("role") == "system":
+            raise _RowProblem(
+                "two-system-prompts",
+                f"{column} / prompt",
+                "both hold a system prompt; keep one (data.system_column: null ignores the column)",
+            )
+        return {**rest, "prompt": turn + prompt}
+    return rest  # the linter reports the prompt
+
+
+ANSWER_COLUMNS = ("chosen", "rejected", "completion")
+
+
+def _messages(value: Any, column: str, names: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """A checked conversation, each message reduced to role and content (one Arrow type for every row), its
+    roles mapped by ``names`` (default: TRL's own role names only)."""
+    names = {role: role for role in ROLES} if names is None else names
     if not isinstance(value, list) or not value:
         raise _RowProblem("not-messages", column, "must be a non-empty list of {role, content} messages")
     for message in value:
         if not isinstance(message, dict):
             raise _RowProblem("not-messages", column, "holds an item that is not a {role, content} message")
         role = message.get("role")
-        if role not in ROLES:
+        if (names.get(role) if isinstance(role, str) else None) not in ROLES:
             what = "a message without a role" if role is None else f"a message with role {role!r}"
-            raise _RowProblem("unknown-role", column, f"has {what}; roles are {', '.join(ROLES)}")
+            others = sorted(set(names) - set(ROLES))
+            also = f" (also read: {', '.join(others)})" if others else ""
+            raise _RowProblem(
+                "unknown-role",
+                column,
+                f"has {what}; roles are {', '.join(ROLES)}{also}; map other names with data.roles, e.g. "
+                f"{{{role or 'NAME'}: user}}",
+            )
         if not isinstance(message.get("content"), str):
             raise _RowProblem("message-without-content", column, f"has a message without text content (role {role})")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    return [{"role": names[m["role"]], "content": m["content"]} for m in value]
 
 
 def _last_assistant_turn(conversation: list[dict[str, str]], column: str) -> int:
@@ -506,3 +743,25 @@ def _ranked_row(group: _RankedGroup, chosen: int, rejected: int) -> Row:
         chosen_value, rejected_value = chosen_text, rejected_text
     row = _standard_pair(group.extra, group.prompt, chosen_value, rejected_value)
     return {**row, "chosen_score": chosen_score, "rejected_score": rejected_score}
+
+
+# ---------------------------------------------------------------------------- pairs → unpaired
+
+
+def unpaired_rows(rows: Rows) -> Rows:
+    """Standard pairs as unpaired rows, by TRL's own ``unpair_preference_dataset``: every chosen answer a row
+    labelled true, then every rejected one labelled false, the other columns repeated (what KTO reads)."""
+    import datasets
+    from datasets.utils import logging as datasets_logging
+    from trl.data_utils import unpair_preference_dataset
+
+    if not rows:
+        return []
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # a progress bar for a file's rows is noise in a data command
+    try:
+        unpaired = unpair_preference_dataset(datasets.Dataset.from_list(rows)).to_list()
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
+    return [{**{c: row.pop(c) for c in UNPAIRED_COLUMNS}, **row} for row in unpaired]

@@ -42,6 +42,7 @@ class LintReport:
     findings: list[Finding]
     stats: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)  # how the rows were read: form, column mapping, ranked pairs
+    form: str | None = None  # the data form the rows were read in ('unpaired': prompt / completion / label rows)
 
     @property
     def errors(self) -> list[Finding]:
@@ -126,26 +127,83 @@ def lint(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
     return LintReport(findings, stats)
 
 
-def _row_texts(split: str, rows: list[dict[str, Any]], findings: list[Finding]) -> dict[int, dict[str, str]]:
-    """Rows whose three fields are usable text, keyed by 1-based row number."""
+UNPAIRED_TEXT_COLUMNS = ("prompt", "completion")
+
+
+def lint_unpaired(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
+    """The checks that make sense for unpaired rows (prompt / completion / label, labels already booleans):
+    text fields as for pairs, one answer judged both ways (an error), duplicates, prompts in two splits."""
+    findings: list[Finding] = []
+    stats: dict[str, dict[str, Any]] = {}
+    for split, rows in splits.items():
+        if not rows:
+            findings.append(Finding("error", "empty-split", split, [], f"split '{split}' has no rows"))
+            continue
+        texts = _row_texts(split, rows, findings, UNPAIRED_TEXT_COLUMNS)
+        seen: dict[tuple[str, ...], tuple[int, Any]] = {}
+        conflicting, duplicates = [], []
+        for number, t in texts.items():
+            key = tuple(normalise(t[c]) for c in UNPAIRED_TEXT_COLUMNS)
+            label = rows[number - 1].get("label")
+            if key in seen:
+                (conflicting if seen[key][1] != label else duplicates).append(number)
+            else:
+                seen[key] = (number, label)
+        if conflicting:
+            findings.append(
+                Finding(
+                    "error",
+                    "label-conflict",
+                    split,
+                    conflicting,
+                    "the same prompt and completion as an earlier row, with the other label; keep one judgement",
+                )
+            )
+        if duplicates:
+            findings.append(
+                Finding(
+                    "warning", "duplicate-row", split, duplicates, "duplicate of an earlier row after normalisation"
+                )
+            )
+        labels = [rows[n - 1].get("label") is True for n in texts]
+        stats[split] = {
+            "rows": len(texts),
+            "desirable_share": sum(labels) / max(1, len(labels)),
+            "japanese_rows": {
+                c: sum(japanese_share(t[c]) >= JAPANESE_SHARE_MIN for t in texts.values()) / max(1, len(texts))
+                for c in UNPAIRED_TEXT_COLUMNS
+            },
+        }
+    findings.extend(_cross_split_prompts(splits))
+    return LintReport(findings, stats)
+
+
+def _row_texts(
+    split: str, rows: list[dict[str, Any]], findings: list[Finding], columns: tuple[str, ...] = TEXT_COLUMNS
+) -> dict[int, dict[str, str]]:
+    """Rows whose text fields are usable text, keyed by 1-based row number."""
     bad: dict[str, list[int]] = defaultdict(list)
     texts: dict[int, dict[str, str]] = {}
     for number, row in enumerate(rows, start=1):
         values = {}
-        for column in TEXT_COLUMNS:
+        for column in columns:
             text = as_text(row.get(column))
             if text is None:
                 bad[f"not-a-string:{column}"].append(number)
             elif not text.strip():
                 bad[f"empty-field:{column}"].append(number)
+            elif not normalise(text):  # str.strip() keeps U+200B and its kin: the field looks filled but says nothing
+                bad[f"empty-after-normalise:{column}"].append(number)
             elif looks_like_mojibake(text):
                 bad[f"mojibake:{column}"].append(number)
             values[column] = text
-        if all(isinstance(v, str) and v.strip() for v in values.values()):
+        if all(isinstance(v, str) and normalise(v) for v in values.values()):
             texts[number] = values  # mojibake rows stay in: they are still pairs
     advice = {
         "not-a-string": "must be a string (or a list of chat messages); fix or drop these rows",
         "empty-field": "is empty; fill it in or drop these rows",
+        "empty-after-normalise": "is empty once invisible format characters (Unicode Cf: zero-width spaces and "
+        "joiners, BOMs, direction marks) and whitespace are dropped; fill it in or drop these rows",
         "mojibake": "looks like mojibake (UTF-8 read as cp1252/cp1254/latin-1, or U+FFFD); re-export the file as UTF-8",
     }
     for key, numbers in bad.items():

@@ -98,7 +98,17 @@ PUBLISHED_FORMS = {  # fixture: (data keys it needs, the line the data commands,
     "alpaca": (("data.prompt_column=[instruction, input]",), "columns: prompt <- instruction + input (joined"),
     "ranked": ((), "ranked: 6 prompts, 18 answers -> 6 pairs (the best answer against the worst; higher score"),
     "ranked_rows": (RANKED_ROWS, "ranked: 6 prompts, 14 answers -> 6 pairs (the best answer against the worst; lower"),
+    "sharegpt": ((), "form: sharegpt (detected)"),  # llm-jp/hh-rlhf-12k-ja
+    "sharegpt_objects": ((), "system: column 'system' becomes the prompt's first message"),  # LLaMA-Factory
+    "message_objects": ((), "form: sharegpt (detected)"),  # axolotl chat_template
+    "openai": ((), "form: openai (detected)"),
+    "orca_system": (("data.prompt_column=question",), "system: column 'system' becomes the prompt's first message"),
+    "sharegpt_roles": (
+        ("data.roles={ユーザー: user, アシスタント: assistant, 指示: system}",),
+        "form: sharegpt (detected)",
+    ),
 }
+CHAT_FORMS = ("sharegpt", "sharegpt_objects", "message_objects", "openai", "orca_system", "sharegpt_roles")  # issue 23
 
 
 def train_cmd(tiny_model: Path, out: Path, *settings: str, extra: tuple[str, ...] = (), launcher=None) -> list[str]:

@@ -122,3 +122,110 @@ def test_convert_to_parquet_with_recipe_keys_and_a_chosen_split(runner, tmp_path
     assert read_file(tmp_path / "test.jsonl") == read_source(str(data))["test"]
     result = invoke(runner, "data", "convert", data, "--out", tmp_path / "x.jsonl", "--split", "dev")
     assert result.exit_code == 2 and "no split 'dev' in" in result.output and not (tmp_path / "x.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------- mixtures (data.sources)
+
+
+def mixture(*entries: dict, **keys) -> DataSection:
+    return DataSection(sources=list(entries), **keys)
+
+
+SHAREGPT = {"source": str(FORM_FIXTURES / "sharegpt.jsonl")}
+ORCA = {"source": str(FORM_FIXTURES / "orca_system.jsonl"), "prompt_column": "question"}
+
+
+def standard_rows(name: str, source: dict) -> list[dict]:
+    return [{**row, "data_source": source["source"]} for row in read_file(FORM_FIXTURES / f"{name}.standard.jsonl")]
+
+
+def test_a_mixture_reads_each_source_in_its_own_form_and_keeps_each_rows_source() -> None:
+    from dpo_recipe.data import converted_source
+
+    weighted = converted_source(mixture({**SHAREGPT, "weight": 2}, {**ORCA, "weight": 1}, seed=3))
+    assert not weighted.findings and list(weighted.splits) == ["train"]
+    rows = weighted.splits["train"]
+    by_source = {s["source"]: [r for r in rows if r["data_source"] == s["source"]] for s in (SHAREGPT, ORCA)}
+    expected = {
+        SHAREGPT["source"]: standard_rows("sharegpt", SHAREGPT),
+        ORCA["source"]: standard_rows("orca_system", ORCA),
+    }
+    for source, taken in by_source.items():  # each source's rows in its own order, converted as alone, id or None
+        assert [{k: v for k, v in r.items() if v is not None} for r in taken] == expected[source][: len(taken)]
+    assert len(by_source[SHAREGPT["source"]]) == 6  # interleaving stops when the first source runs out
+    assert converted_source(mixture({**SHAREGPT, "weight": 2}, {**ORCA, "weight": 1}, seed=3)).splits == weighted.splits
+    assert weighted.notes[-1] == (
+        f"mixture: {len(rows)} training rows ({SHAREGPT['source']} 6, {ORCA['source']} {len(rows) - 6}), interleaved "
+        "with probabilities 0.67, 0.33 (seed 3) until a source ran out; each row's source is in column data_source"
+    )
+    assert f"data.sources[1] {ORCA['source']}: columns: prompt <- question" in weighted.notes
+
+    halves = converted_source(mixture({**SHAREGPT, "fraction": 0.5}, ORCA, seed=0)).splits["train"]
+    assert (
+        len(halves) == 3 + 6 and [r["data_source"] for r in halves] == [SHAREGPT["source"]] * 3 + [ORCA["source"]] * 6
+    )
+    first = [{k: v for k, v in r.items() if v is not None} for r in halves[:3]]
+    assert all(row in standard_rows("sharegpt", SHAREGPT) for row in first)
+
+
+def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Path) -> None:
+    from dpo_recipe.config import load_recipe
+    from dpo_recipe.data import converted_source
+    from dpo_recipe.errors import RecipeError
+
+    text = {"source": str(FORM_FIXTURES / "implicit_text.jsonl")}
+    with pytest.raises(DataError, match=r"implicit_text.jsonl hold text pairs and the others chat messages; .* Set "):
+        converted_source(mixture(SHAREGPT, text))
+    both = converted_source(mixture(SHAREGPT, text, as_conversation=True)).splits["train"]
+    assert both[6]["prompt"] == [{"role": "user", "content": "質問：機械学習とは何ですか？\n回答："}]
+
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"conversations": [{"from": "narrator", "value": "x"}], "chosen": "a", "rejected": "b"}],
+    )
+    found = converted_source(mixture(SHAREGPT, {"source": str(bad)})).findings
+    assert [(f.check, f.split, f.rows) for f in found] == [("unknown-role", f"{bad}:train", [1])]
+    with pytest.raises(DataError, match=r"data.sources\[0\] .*sharegpt.jsonl: no split 'dev' \(found: train\)"):
+        converted_source(mixture({**SHAREGPT, "split": "dev"}))
+
+    sources = (
+        "data.sources=[{source: a.jsonl, weight: 1, fraction: 0.5}, {form: chat, weight: 0}, {source: c.jsonl, mix: 1}]"
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", [sources])
+    message = str(err.value)
+    for problem in (
+        "data.sources: give every source a weight, or none",
+        "data.sources[0]: give weight or fraction, not both",
+        "data.sources[1].source: required (a file, a dataset directory or a Hub id)",
+        "data.sources[1].weight: must be a number > 0",
+        "data.sources[1].form: expected one of auto, standard, implicit, hh, ranked, sharegpt, openai, unpaired",
+        "data.sources[2].mix: not a per-source key",
+    ):
+        assert problem in message, problem
+    assert "\n" not in message
+
+
+def test_a_mixture_trains_and_the_model_card_lists_its_sources(tiny_model: Path, tmp_path: Path) -> None:
+    from conftest import tiny_overrides
+
+    from dpo_recipe.train import run
+
+    openai = str(FORM_FIXTURES / "openai.jsonl")
+    settings = [
+        f"data.sources=[{{source: {SHAREGPT['source']}, fraction: 0.5}}, {{source: {openai}}}]",
+        "data.test_size=0.25",
+        "data.max_train_pairs=null",
+        "data.max_eval_pairs=null",
+        "training.per_device_batch_size=2",
+        "training.max_length=256",
+        "eval.num_generations=0",
+    ]
+    out = tmp_path / "run"
+    metrics = run("tiny-ja", tiny_overrides(tiny_model, *settings), output_dir=str(out))
+    assert metrics["train"]["pairs"] == 7 and metrics["eval"]["overall"]["pairs"] == 2  # 3 + 6 rows, a quarter held out
+    card = (out / "README.md").read_text(encoding="utf-8")
+    table = card.split("## Training data")[1].split("##")[0]
+    assert f"| {SHAREGPT['source']} | auto | train | fraction 0.5 |" in table
+    assert f"| {openai} | auto | train | all rows |" in table
+    assert "each row keeps its source in the `data_source` column" in table

@@ -5,6 +5,7 @@ NAME.standard.jsonl), the ranked pairing rules, and every bad input as a finding
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -144,7 +145,8 @@ def test_bad_rows_are_findings_naming_row_and_field() -> None:
         ("no-assistant-turn", (3,)): "chosen has no assistant turn, so there is no answer to train on",
         ("no-shared-prompt", (4,)): "chosen / rejected open with the answer: there is no turn before it to be the "
         "prompt",
-        ("unknown-role", (5,)): "chosen has a message with role 'human'; roles are system, user, assistant",
+        ("unknown-role", (5,)): "chosen has a message with role 'human'; roles are system, user, assistant; map "
+        "other names with data.roles, e.g. {human: user}",
         ("message-without-content", (6,)): "rejected has a message without text content (role user)",
         ("differs-before-answer", (7,)): "chosen / rejected differ before the last assistant turn; only the last "
         "answer may differ (the turns before it are the prompt)",
@@ -257,3 +259,189 @@ def test_ranked_answers_pair_by_the_stated_rule() -> None:
             "rejected_score": 1.0,
         }
     ]
+
+
+# ---------------------------------------------------------------------------- issue 23: chat forms, unpaired, roles
+
+
+@pytest.mark.parametrize("name", PUBLISHED_FORMS)
+def test_data_convert_writes_the_hand_written_standard_file_byte_for_byte(name: str, runner, tmp_path: Path) -> None:
+    settings, note = PUBLISHED_FORMS[name]
+    keys = [arg for setting in settings for arg in ("--set", setting)]
+    out = tmp_path / "out.jsonl"
+    result = invoke(runner, "data", "convert", FORM_FIXTURES / f"{name}.jsonl", "--out", out, *keys)
+    assert result.exit_code == 0, result.output
+    assert note in result.output and "Wrote 6 pairs of split 'train' in the standard form" in result.output
+    assert out.read_bytes() == (FORM_FIXTURES / f"{name}.standard.jsonl").read_bytes()
+
+
+def sharegpt_row(*turns: dict, chosen: object = "合わせすぎです。", rejected: object = "不明。", **extra) -> dict:
+    return {"conversations": list(turns), "chosen": chosen, "rejected": rejected, **extra}
+
+
+HUMAN = {"from": "human", "value": "過学習とは何ですか？"}
+
+
+def test_chat_form_rows_that_cannot_be_read_are_findings_naming_row_and_field() -> None:
+    rows = [
+        sharegpt_row(HUMAN),
+        sharegpt_row({"from": "narrator", "value": "ある日。"}, HUMAN),
+        sharegpt_row(HUMAN, {"from": "gpt", "value": "合わせすぎです。"}),
+        sharegpt_row({"from": "system", "value": "丁寧に。"}),
+        sharegpt_row(HUMAN, chosen={"from": "human", "value": "え？"}),
+        sharegpt_row(HUMAN, rejected=None),
+        sharegpt_row({"from": "system", "value": "丁寧に。"}, HUMAN, system="短く。"),
+        sharegpt_row(HUMAN, chosen=[{"from": "gpt"}]),
+        sharegpt_row(HUMAN, system=3),
+        {"conversations": "過学習とは？", "chosen": "a", "rejected": "b"},
+    ]
+    converted, found, notes = convert(rows, form="sharegpt")
+    assert found == {
+        ("unknown-role", (2,)): "conversations has a message with role 'narrator'; roles are system, user, assistant "
+        "(also read: developer, gpt, human, model); map other names with data.roles, e.g. {narrator: user}",
+        ("prompt-ends-with-answer", (3,)): "conversations ends with an assistant turn; the answers to compare go in "
+        "the answer columns, not in the conversation",
+        ("no-user-turn", (4,)): "conversations has no user turn, so there is no question to answer",
+        ("answer-not-assistant", (5,)): "chosen holds a turn that is not the assistant's; an answer is the "
+        "assistant's text, message or messages",
+        ("not-an-answer", (6,)): "rejected must be the answer: text, one {from, value} / {role, content} message, "
+        "or a list",
+        ("two-system-prompts", (7,)): "system / prompt both hold a system prompt; keep one (data.system_column: "
+        "null ignores the column)",
+        ("message-without-content", (8,)): "chosen has a message without text content (role gpt)",
+        ("not-a-string", (9,)): "system must be text: the system prompt",
+        ("not-messages", (10,)): "conversations must be a non-empty list of {from, value} or {role, content} turns",
+    }
+    assert converted == [{"prompt": [USER], "chosen": [answer("合わせすぎです。")], "rejected": [answer("不明。")]}]
+    assert notes[0].startswith("form: sharegpt (data.form): the conversation column's turns are the prompt")
+    assert notes[1].startswith("system: column 'system' becomes the prompt's first message")
+    mapped, found, _ = convert([sharegpt_row({"from": "narrator", "value": "質問"})], roles={"narrator": "user"})
+    assert not found and mapped[0]["prompt"] == [{"role": "user", "content": "質問"}]
+
+
+def test_a_conversation_named_by_prompt_column_is_read_as_sharegpt_not_refused() -> None:
+    """llm-jp/hh-rlhf-12k-ja with data.prompt_column: conversations was refused as no-shared-prompt."""
+    rows = [{"conversations": [HUMAN], "chosen": "合わせすぎです。", "rejected": "不明。"}]
+    converted, found, notes = convert(rows, prompt_column="conversations")
+    assert not found and notes[:2] == [
+        "columns: prompt <- conversations",
+        "form: sharegpt (detected): the conversation column's turns are the prompt (roles mapped onto system / user "
+        "/ assistant); each answer (text, one message or a list) becomes assistant messages",
+    ]
+    assert converted == [{"prompt": [USER], "chosen": [answer("合わせすぎです。")], "rejected": [answer("不明。")]}]
+
+
+def test_openai_tools_are_carried_as_json_and_training_refuses_them_before_weights_load(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from dpo_recipe.train import run
+
+    tool = {"type": "function", "function": {"name": "検索", "parameters": {"type": "object", "properties": {}}}}
+    rows = read_file(FORM_FIXTURES / "openai.jsonl")
+    rows[1]["input"]["tools"] = [tool]
+    converted, found, _ = convert(rows)
+    assert not found and converted[1]["tools"] == json.dumps([tool], ensure_ascii=False)
+    assert "tools" not in converted[0]  # an empty tools list is not carried
+    bad = [{**rows[0], "preferred_output": [{"role": "assistant", "content": None, "tool_calls": []}]}]
+    assert convert(bad)[1] == {
+        ("message-without-content", (1,)): "preferred_output has a message without text content (role assistant)"
+    }
+
+    monkeypatch.setattr("dpo_recipe.train.load_model", lambda *a: pytest.fail("weights loaded"))
+    source = write_jsonl(tmp_path / "tools.jsonl", rows)
+    with pytest.raises(DataError, match=r"tools.jsonl: 1 rows carry tool definitions \(OpenAI input.tools, kept as "):
+        run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_config_is_one_paragraph_naming_the_key_before_any_data_is_read(tmp_path: Path) -> None:
+    from dpo_recipe.errors import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        data_section({"source": "x.jsonl"}, ["data.roles={human: user, gpt: bot}"])
+    assert str(err.value) == (
+        "data.roles: 'gpt' is mapped to 'bot'; map each name to one of system, user, assistant. See 'dpo-recipe "
+        "recipes keys' for every key and its form."
+    )
+    with pytest.raises(RecipeError, match=r"data.roles: expected a mapping of names to names, got \['human'\]"):
+        data_section({"source": "x.jsonl"}, ["data.roles=[human]"])
+    source = FORM_FIXTURES / "orca_system.jsonl"
+    with pytest.raises(DataError) as err:
+        standard_splits(read_source(str(source)), DataSection(source=str(source), system_column="instruction"))
+    assert str(err.value) == (
+        f"{source}: data.system_column 'instruction': no such column in split 'train' (found: system, question, "
+        "chosen, rejected). Set the key to the column holding the system prompt, or to null for none."
+    )
+    kept, _ = standard_splits(
+        read_source(str(source)), DataSection(source=str(source), prompt_column="question", system_column=None)
+    )
+    assert kept["train"][0] == {
+        "prompt": "機械学習とは何ですか？",
+        "chosen": "データから規則を学び、予測や判断に使う手法です。",
+        "rejected": "よくわかりません。",
+        "system": "あなたは丁寧な機械学習の講師です。",
+    }
+
+
+def test_unpaired_rows_are_a_form_linted_and_converted_and_pairs_unpair_as_trl_does(runner, tmp_path: Path) -> None:
+    import datasets
+    from trl.data_utils import unpair_preference_dataset
+
+    out = tmp_path / "unpaired.jsonl"
+    result = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("form: unpaired, text (detected): prompt / completion / label, one judged answer")
+    assert "Wrote 7 unpaired rows of split 'train' in the unpaired form" in result.output
+    assert out.read_bytes() == (FORM_FIXTURES / "unpaired.standard.jsonl").read_bytes()
+    lint = invoke(runner, "data", "lint", FORM_FIXTURES / "unpaired.jsonl")
+    assert "train: 7 unpaired rows; Japanese rows: prompt 100%, completion 100%; desirable (label true) 57%" in (
+        lint.output
+    )
+    refused = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", out, "--to", "standard")
+    assert refused.exit_code == 2 and "holds unpaired rows (prompt / completion / label); they have no pairs" in (
+        refused.output
+    )
+
+    pairs = tmp_path / "pairs.jsonl"
+    result = invoke(
+        runner, "data", "convert", FORM_FIXTURES / "implicit_text.jsonl", "--out", pairs, "--to", "unpaired"
+    )
+    assert "Wrote 12 unpaired rows of split 'train' in the unpaired form" in result.output
+    assert pairs.read_bytes() == (FORM_FIXTURES / "implicit_text.unpaired.jsonl").read_bytes()
+    trl_rows = unpair_preference_dataset(
+        datasets.Dataset.from_list(read_file(FORM_FIXTURES / "implicit_text.standard.jsonl"))
+    )
+    assert read_file(pairs) == trl_rows.to_list()
+    assert invoke(runner, "data", "lint", pairs).exit_code == 0  # what --to unpaired writes reads back as unpaired
+
+    rows = [
+        {"prompt": "q", "completion": "良い答えです。", "label": "true"},
+        {"prompt": "q", "completion": "良い答えです。", "label": 0},
+        {"prompt": "q", "completion": "別の答えです。", "label": "maybe"},
+        {"prompt": "q", "completion": "\u200b", "label": False},
+    ]
+    source = write_jsonl(tmp_path / "bad-unpaired.jsonl", rows)
+    result = invoke(runner, "data", "lint", source)
+    assert "error | not-a-label | train | 3 | label must be true (a desirable answer) or false" in result.output
+    fixed = write_jsonl(tmp_path / "conflict.jsonl", [rows[0], rows[1], rows[3]])
+    result = invoke(runner, "data", "lint", fixed)
+    assert "error | empty-after-normalise | train | 3 | completion is empty once invisible" in result.output
+    assert "error | label-conflict | train | 2 | the same prompt and completion as an earlier row, with the other" in (
+        result.output
+    )
+
+
+def test_unpaired_data_on_the_dpo_path_says_it_needs_kto_before_weights_load(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from dpo_recipe.train import run
+
+    monkeypatch.setattr("dpo_recipe.train.load_model", lambda *a: pytest.fail("weights loaded"))
+    source = FORM_FIXTURES / "unpaired.jsonl"
+    with pytest.raises(DataError) as err:
+        run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
+    message = str(err.value)
+    assert message.startswith(f"{source} holds unpaired preference data (prompt / completion / label")
+    assert "training.objective: kto (TRL's KTOTrainer), which dpo-recipe does not offer yet" in message
+    assert "'dpo-recipe data convert PAIRS --to unpaired'" in message and "\n" not in message
+    assert not (tmp_path / "run").exists()

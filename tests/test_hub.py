@@ -65,6 +65,22 @@ def test_every_published_form_is_pushed_as_given_and_read_back_from_the_hub(hub,
         assert converted == {"train": read_file(FORM_FIXTURES / f"{name}.standard.jsonl")} and not report.findings
 
 
+def test_unpaired_data_is_pushed_as_given_and_read_back_unpaired(hub, runner) -> None:
+    from dpo_recipe.config import DataSection
+    from dpo_recipe.data import read_file, read_source, standard_splits
+
+    source = FORM_FIXTURES / "unpaired.jsonl"
+    result = invoke(runner, "data", "push", source, "--repo-id", "alice/unpaired")
+    assert result.exit_code == 0, result.output
+    assert "form: unpaired, text (detected)" in result.output and "Pushed 7 rows as given (7 unpaired rows) to" in (
+        result.output
+    )
+    from_hub = read_source("alice/unpaired")
+    assert from_hub == {"train": read_file(source)}
+    converted, report = standard_splits(from_hub, DataSection(source="alice/unpaired"))
+    assert converted == {"train": read_file(FORM_FIXTURES / "unpaired.standard.jsonl")} and not report.errors
+
+
 def test_adapter_push_reloads_with_peft_from_the_hub(hub, runner, finished: Path, tiny_model: Path) -> None:
     result = invoke(runner, "push", finished, "--repo-id", "alice/tiny-dpo", "--commit-message", "first adapter")
     assert result.exit_code == 0, result.output

@@ -132,3 +132,16 @@ def test_cli_lints_a_generated_directory(runner, tmp_path: Path) -> None:
     invoke(runner, "data", "generate", "--out", tmp_path / "d", "--num-pairs", 200, "--tokenizer", "none")
     result = invoke(runner, "data", "lint", tmp_path / "d")
     assert result.exit_code == 0 and "No findings." in result.output
+
+
+def test_an_answer_of_invisible_characters_is_empty_and_convert_writes_nothing(runner, tmp_path: Path) -> None:
+    """U+200B survives str.strip(): without this check such a chosen passed and was written."""
+    rows = [row(), row(prompt="x", chosen="\u200b"), row(prompt="y", rejected=" \u200d\ufeff\u3000")]
+    source = jsonl(tmp_path, rows, "zw.jsonl")
+    found = {(f.check, tuple(f.rows)): f.message for f in lint(read_source(str(source))).findings}
+    assert found[("empty-after-normalise", (2,))].startswith("chosen is empty once invisible format characters")
+    assert ("empty-after-normalise", (3,)) in found and len(found) == 2
+    out = tmp_path / "out.jsonl"
+    result = invoke(runner, "data", "convert", source, "--out", out)
+    assert result.exit_code == 1 and "error | empty-after-normalise | train | 2 | chosen is empty once" in result.output
+    assert not out.exists()
