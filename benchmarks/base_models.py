@@ -8,7 +8,7 @@ Both models train the ``gemma3-270m-ja`` recipe's settings (RPO, LoRA on every l
 its own ``python -m dpo_recipe.train`` process, one after the other; only the model, its GGUF and
 its chat template differ. The table gives time per pair, peak RSS, the share of training pairs
 cut by ``max_length``, held-out reward accuracy by rejection type, and the answer checks of the
-base and the tuned model (``dpo_recipe.answer_checks``). The GGUF conversions are cached before
+base and the tuned model (``dpo_recipe.evaluation.answer_checks``). The GGUF conversions are cached before
 the first run, so their one-time cost is not in the timings.
 """
 
@@ -36,10 +36,10 @@ RECIPE = "gemma3-270m-ja"
 
 def truncated_share(settings: list[str]) -> tuple[float, float]:
     """Share of training pairs whose chosen or rejected answer loses tokens to max_length, and tokens per character."""
-    from dpo_recipe.config import load_recipe
-    from dpo_recipe.data import load_preference_splits
-    from dpo_recipe.model import load_tokenizer
-    from dpo_recipe.tokens import encode_pair
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.data.sources import load_preference_splits
+    from dpo_recipe.data.tokens import encode_pair
+    from dpo_recipe.models.loading import load_tokenizer
 
     recipe = load_recipe(RECIPE, settings)
     rows, _, _ = load_preference_splits(recipe.data)
@@ -129,8 +129,8 @@ def publish(text: str, out: Path | None) -> None:
 
 def main() -> None:
     args = parse_args(__doc__, train_pairs=192)
-    from dpo_recipe.config import load_recipe
-    from dpo_recipe.model import resolve_model_source
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.models.loading import resolve_model_source
 
     for extra in MODELS.values():  # convert each GGUF once, outside the timings
         resolve_model_source(load_recipe(RECIPE, list(extra)).model)

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _recipe(args: argparse.Namespace, extra: list[str]) -> Any:
-    from dpo_recipe.config import load_recipe
+    from dpo_recipe.config.loader import load_recipe
 
     overrides = [f"training.max_length={args.max_length}", *extra]
     if args.tiny_dir:
@@ -123,7 +123,7 @@ def _plain_trl_trainer(
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from dpo_recipe.trl_args import precision_flags
+    from dpo_recipe.training.trl_args import precision_flags
 
     best = config == "trl_best"
     dpo_args = DPOConfig(
@@ -153,13 +153,13 @@ def _plain_trl_trainer(
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from dpo_recipe.base_cache import default_cache
-    from dpo_recipe.evaluation import score_pairs, summarise
-    from dpo_recipe.generate import generate_pairs
-    from dpo_recipe.model import load_model, load_tokenizer
-    from dpo_recipe.perf import keep_freed_memory_in_heap
-    from dpo_recipe.tokens import encode_pair
+    from dpo_recipe.data.generator import generate_pairs
+    from dpo_recipe.data.tokens import encode_pair
+    from dpo_recipe.evaluation.scoring import score_pairs, summarise
+    from dpo_recipe.models.hardware import keep_freed_memory_in_heap
+    from dpo_recipe.models.loading import load_model, load_tokenizer
     from dpo_recipe.train import build_trainer, dpo_config
+    from dpo_recipe.training.base_cache import default_cache
 
     config = args.worker
     if config == "trl_best":  # dpo_recipe's build_trainer decides this for itself
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = [c.strip() for c in args.configs.split(",")]
     tiny_dir = None
     if args.smoke:
-        from dpo_recipe.tiny import build_tiny_model
+        from dpo_recipe.models.tiny import build_tiny_model
 
         args.pairs, args.eval_pairs, args.rounds = 16, 8, 1
         args.max_length = 512 if args.workload == "long-prompt" else 64  # a long prompt must fit whole

@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 step equivalence 180 env DPO_RECIPE_TEST_DEVICE=cuda python -m pytest -q -p no:cacheprovider \
-  tests/test_packing.py tests/test_trainer.py -k "one_row_per_sequence or match_trl or cached_and_reused"
+  tests/training/test_packing.py tests/training/test_trainer.py -k "one_row_per_sequence or match_trl or cached_and_reused"
 tail -1 "$out/equivalence.log"
 
 for precision in bf16 fp16; do

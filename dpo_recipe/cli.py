@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 import click
 
 from dpo_recipe import __version__
-from dpo_recipe.config import DATA_FORMS
+from dpo_recipe.config.loader import DEFAULT_RECIPE
+from dpo_recipe.config.vocabulary import DATA_FORMS
 from dpo_recipe.errors import DpoRecipeError
 
 # options that several commands share, declared once
@@ -62,7 +63,7 @@ def recipes() -> None:
 @recipes.command("list")
 def recipes_list() -> None:
     """List packaged recipes with what each is for."""
-    from dpo_recipe.config import packaged_recipes, recipe_summary
+    from dpo_recipe.config.loader import packaged_recipes, recipe_summary
 
     for name, path in packaged_recipes().items():
         click.echo(f"{name:<20} {recipe_summary(path)}")
@@ -74,7 +75,7 @@ def recipes_list() -> None:
 @set_option
 def recipes_show(name: str, resolved: bool, overrides: tuple[str, ...]) -> None:
     """Print recipe NAME (a packaged name or a file path)."""
-    from dpo_recipe.config import load_recipe, resolve_recipe_path
+    from dpo_recipe.config.loader import load_recipe, resolve_recipe_path
 
     if resolved or overrides:
         click.echo(load_recipe(name, overrides).to_yaml(), nl=False)
@@ -85,7 +86,7 @@ def recipes_show(name: str, resolved: bool, overrides: tuple[str, ...]) -> None:
 @recipes.command("keys")
 def recipes_keys() -> None:
     """Document every recipe key: type, default and meaning."""
-    from dpo_recipe.config import describe_keys
+    from dpo_recipe.config.coercion import describe_keys
 
     for key, kind, default, help_text in describe_keys():
         click.echo(f"{key}  ({kind}; default {default})\n    {help_text}")
@@ -125,7 +126,7 @@ def data_keys(command: Any) -> Any:
     --set data.KEY=VALUE. The command receives them as one checked ``section`` (a ``DataSection``)."""
 
     def with_section(*, source: Any, overrides: tuple[str, ...], **options: Any) -> Any:
-        from dpo_recipe.config import data_section
+        from dpo_recipe.config.loader import data_section
 
         given = {key: options.pop(key) for key in ("form", "prompt_column", "chosen_column", "rejected_column")}
         values = {"source": str(source), **{key: value for key, value in given.items() if value is not None}}
@@ -171,7 +172,7 @@ def data_lint(section: Any, as_json: bool) -> None:
     Prints the form the rows were read in (detected, or --form), then the findings. Exit status 1
     when there are errors; warnings alone exit 0.
     """
-    from dpo_recipe.data import read_source, standard_splits
+    from dpo_recipe.data.sources import read_source, standard_splits
 
     _, report = standard_splits(read_source(section.source, revision=section.revision), section)
     if as_json:
@@ -224,8 +225,8 @@ def data_convert(
 
     Nothing is written when the rows fail the linter; the file appears whole or not at all.
     """
-    from dpo_recipe.data import read_source, standard_splits, write_rows
-    from dpo_recipe.data_forms import unpaired_rows
+    from dpo_recipe.data.forms import unpaired_rows
+    from dpo_recipe.data.sources import read_source, standard_splits, write_rows
 
     by_suffix = {".jsonl": "jsonl", ".parquet": "parquet"}.get(out.suffix.lower())
     if file_format and by_suffix and file_format != by_suffix:
@@ -272,8 +273,9 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     push the output of 'dpo-recipe data convert' to publish the standard form. The token comes from
     HF_TOKEN or `hf auth login` and is never printed.
     """
-    from dpo_recipe.data import lint_error_message, read_source, standard_splits
-    from dpo_recipe.hub import push_dataset, writable_token
+    from dpo_recipe.data.sources import lint_error_message, read_source, standard_splits
+    from dpo_recipe.hub.client import writable_token
+    from dpo_recipe.hub.publish import push_dataset
 
     writable_token(repo_id)  # fail before reading anything large
     splits = read_source(section.source)
@@ -317,7 +319,7 @@ def push_command(
 
 
 # Options after `train` / `eval` go, unprocessed, to the argparse parser of the module that runs, so each
-# option is declared once (in dpo_recipe.train, dpo_recipe.evaluation or dpo_recipe.launch).
+# option is declared once (in dpo_recipe.train, dpo_recipe.evaluation or dpo_recipe.training.launch).
 MODULE_OPTIONS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
@@ -337,8 +339,8 @@ def train_command(args: tuple[str, ...]) -> None:
     (see `dpo-recipe train --help`); the recipe is checked here first, so a typo fails in a second
     instead of after the processes start.
     """
-    from dpo_recipe.launch import accelerate_command, split_launcher_args, with_launcher_options
     from dpo_recipe.train import build_parser, main, parse_args
+    from dpo_recipe.training.launch import accelerate_command, split_launcher_args, with_launcher_options
 
     context = parse_args(list(args), with_launcher_options(build_parser(), "dpo-recipe train"))
     launcher, train_args = split_launcher_args(args)
@@ -351,7 +353,7 @@ def train_command(args: tuple[str, ...]) -> None:
 
 @cli.command("quickstart")
 @click.option("--out", "out_dir", default="outputs/quickstart", show_default=True, type=click.Path(path_type=Path))
-@click.option("--recipe", default="gemma3-270m-ja", show_default=True, help="Recipe to train.")
+@click.option("--recipe", default=DEFAULT_RECIPE, show_default=True, help="Recipe to train.")
 @click.option(
     "--train-pairs",
     default=192,
@@ -378,7 +380,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
     held_out = metrics["eval"]
     overall = held_out["overall"]
     if held_out.get("answer_checks"):
-        from dpo_recipe.evaluation import answer_checks_table
+        from dpo_recipe.evaluation.report import answer_checks_table
 
         click.echo("\n" + "\n".join(answer_checks_table(held_out["answer_checks"])))
     for answer in held_out.get("generations", [])[:3]:
@@ -433,8 +435,8 @@ def eval_command(args: tuple[str, ...]) -> None:
     `python -m dpo_recipe.evaluation`'s (see `dpo-recipe eval --help`); with --num-processes N
     the pairs are split over N processes under accelerate launch.
     """
-    from dpo_recipe.evaluation import build_parser, main
-    from dpo_recipe.launch import accelerate_command, split_launcher_args, with_launcher_options
+    from dpo_recipe.evaluation.command import build_parser, main
+    from dpo_recipe.training.launch import accelerate_command, split_launcher_args, with_launcher_options
 
     with_launcher_options(build_parser(), "dpo-recipe eval").parse_args(list(args))  # usage errors, --help
     launcher, eval_args = split_launcher_args(args)
@@ -465,8 +467,8 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
     """
     import functools
 
-    from dpo_recipe.adapters import adapter_base, load_adapter_model
     from dpo_recipe.api import chat
+    from dpo_recipe.models.adapters import adapter_base, load_adapter_model
 
     if prompt is not None and not prompt.strip():
         raise click.BadParameter("must not be empty.", param_hint="--prompt")
@@ -548,7 +550,7 @@ def model() -> None:
 @click.option("--seed", default=0, show_default=True)
 def model_tiny(out_dir: Path, seed: int) -> None:
     """Build the tiny random-init model that the tiny-ja recipe trains (seconds, offline)."""
-    from dpo_recipe.tiny import build_tiny_model
+    from dpo_recipe.models.tiny import build_tiny_model
 
     build_tiny_model(out_dir, seed=seed)
     click.echo(f"Wrote a tiny model to {out_dir}; train it with --set model.name_or_path={out_dir}")
@@ -574,7 +576,7 @@ def _human_size(size_bytes: int) -> str:
 @cache.command("info")
 def cache_info() -> None:
     """Where the cache is, each kind of entry kept (how many, how big) and what an entry is keyed on."""
-    from dpo_recipe.base_cache import default_cache
+    from dpo_recipe.training.base_cache import default_cache
 
     kept = default_cache()
     usage = kept.usage()
@@ -595,7 +597,7 @@ def cache_info() -> None:
 )
 def cache_clear(kinds: tuple[str, ...]) -> None:
     """Remove cached entries; the next run recomputes what it needs (the same numbers, more slowly)."""
-    from dpo_recipe.base_cache import KINDS, default_cache
+    from dpo_recipe.training.base_cache import KINDS, default_cache
 
     kept = default_cache()
     chosen = tuple(KINDS) if "all" in kinds else kinds

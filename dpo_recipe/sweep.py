@@ -19,10 +19,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.atomic import write_file_atomically
-from dpo_recipe.config import load_recipe
+from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.errors import RecipeError
-from dpo_recipe.run_dir import check_output_dir
+from dpo_recipe.training.run_dir import check_output_dir
+from dpo_recipe.utils.files import write_file_atomically
 
 
 def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
@@ -136,7 +136,7 @@ def results_table(ranked: list[dict[str, Any]]) -> str:
 
 def write_results(ranked: list[dict[str, Any]], out: Path) -> None:
     """``sweep.json``, ``sweep.md`` (the table) and ``sweep.png`` (accuracy with its CI, per configuration)."""
-    from dpo_recipe.plots import plot_sweep
+    from dpo_recipe.evaluation.plots import plot_sweep
 
     table = results_table(ranked)
     out.mkdir(parents=True, exist_ok=True)

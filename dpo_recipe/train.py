@@ -19,25 +19,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpo_recipe.artifacts import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
-from dpo_recipe.config import Recipe
-from dpo_recipe.data import load_preference_splits, pin_hub_revision
+from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
+from dpo_recipe.config.schema import Recipe
+from dpo_recipe.data.sources import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
-from dpo_recipe.hardware import check_hardware, check_launch
-from dpo_recipe.model import check_lora_targets, load_model, load_tokenizer, skeleton_model, trainable_token_ids
-from dpo_recipe.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
-from dpo_recipe.run_context import RunContext
-from dpo_recipe.run_dir import (
+from dpo_recipe.models.hardware import check_hardware, check_launch
+from dpo_recipe.models.loading import (
+    check_lora_targets,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+    trainable_token_ids,
+)
+from dpo_recipe.training.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
+from dpo_recipe.training.run_context import RunContext
+from dpo_recipe.training.run_dir import (
     check_output_dir,
     newest_complete_checkpoint,
     prepare_output_dir,
     write_failures_explained,
 )
-from dpo_recipe.stopwatch import Stopwatch
-from dpo_recipe.trl_args import dpo_config, objective_kwargs
+from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
+from dpo_recipe.utils.stopwatch import Stopwatch
 
 if TYPE_CHECKING:
-    from dpo_recipe.base_cache import BaseCache
+    from dpo_recipe.training.base_cache import BaseCache
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +184,7 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     is_main_process = claim_output_dir(context, out)
     with stopwatch.phase("model"):
         model = load_model(recipe.model)
-    from dpo_recipe.base_cache import default_cache
+    from dpo_recipe.training.base_cache import default_cache
 
     cache = default_cache()
     with stopwatch.phase("tokenizing and reference pass"):
@@ -203,7 +209,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     if not context.dry_run:
         check_output_dir(Path(recipe.training.output_dir), resume=context.resume, overwrite=context.overwrite)
     if recipe.hub.push and not context.dry_run:  # a missing or read-only token must not cost a training run
-        from dpo_recipe.hub import writable_token
+        from dpo_recipe.hub.client import writable_token
 
         writable_token(recipe.hub.repo_id)
     recipe.data = pin_hub_revision(recipe.data)
@@ -242,7 +248,7 @@ def claim_output_dir(context: RunContext, out: Path) -> bool:
 def train(training: TrainingRun) -> Any:
     """Run the trainer (from the newest complete checkpoint with ``--resume``); SIGINT / SIGTERM save a
     checkpoint and raise ``RunInterrupted``, a failed write raises ``SaveError``; both say how to resume."""
-    from dpo_recipe.callbacks import signal_callback
+    from dpo_recipe.training.callbacks import signal_callback
 
     trainer, out = training.trainer, training.out
     resume_command = training.context.resume_command(out)
@@ -286,7 +292,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     print(summary_line(metrics, out))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
-        from dpo_recipe.hub import push_dir
+        from dpo_recipe.hub.publish import push_dir
 
         pushed = push_dir(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
         print(f"Pushed and verified {pushed.files} files: {pushed.url} (commit {pushed.commit})")
@@ -304,27 +310,19 @@ def build_trainer(
 ) -> Any:
     """The packed trainer (plain TRL where packing cannot run), its reference log-probs from ``cache``."""
     import datasets
-    from peft import LoraConfig
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
 
-    from dpo_recipe.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
-    from dpo_recipe.losses import is_reference_free
-    from dpo_recipe.perf import keep_freed_memory_in_heap
-    from dpo_recipe.token_rows import use_sparse_token_rows
-    from dpo_recipe.trainer import PackedDPOTrainer, check_packable, packing_limitation
+    from dpo_recipe.config.vocabulary import is_reference_free
+    from dpo_recipe.models.hardware import keep_freed_memory_in_heap
+    from dpo_recipe.models.token_rows import use_sparse_token_rows
+    from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+    from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
         return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
 
-    lora = LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=recipe.lora.target_modules,
-        trainable_token_indices=trainable_token_ids(recipe.lora.trainable_tokens, tokenizer) or None,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer))
     trainer_class, extra = DPOTrainer, {}
     reference_free = is_reference_free(args.loss_type)
     if reference_free and not recipe.training.packing:  # recipe validation says so first; a changed args may not
@@ -352,7 +350,9 @@ def build_trainer(
             "(TRL's DPOTrainer reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks). Set "
             "training.packing: true, or remove lora.trainable_tokens."
         )
-    if trainer_class is DPOTrainer:  # padded batches re-allocate big buffers every step (perf.py); packed rows don't
+    if (
+        trainer_class is DPOTrainer
+    ):  # padded batches re-allocate big buffers every step (models.hardware); packed rows don't
         keep_freed_memory_in_heap()
     trainer = trainer_class(
         model=model,
@@ -375,7 +375,7 @@ def held_out_report(training: TrainingRun) -> dict[str, Any] | None:
 
     It runs inside the trainer's autocast: the unwrapped model keeps accelerate's mixed-precision
     forward, and the cache keys must record the precision the numbers come from."""
-    from dpo_recipe.evaluation import evaluate_adapter
+    from dpo_recipe.evaluation.scoring import evaluate_adapter
 
     if not training.eval_rows:
         return None

@@ -41,7 +41,7 @@ def invoke(runner: CliRunner, *args: str):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init Llama with a tokenizer trained on the generated data, saved like a Hub repo."""
-    from dpo_recipe.tiny import build_tiny_model
+    from dpo_recipe.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -129,7 +129,7 @@ def two_process_launcher() -> list[str]:
     import random
     import sys
 
-    from dpo_recipe.launch import accelerate_launch_args
+    from dpo_recipe.training.launch import accelerate_launch_args
 
     port = str(29500 + random.randrange(1000))
     return [

@@ -114,7 +114,7 @@ def test_chat_as_conversation_renders_a_string_as_one_user_turn(loaded: tuple) -
     as_turn = api.chat(*loaded, question, max_new_tokens=8, as_conversation=True)
     assert as_turn == api.chat(*loaded, [{"role": "user", "content": question}], max_new_tokens=8)
     penalised = api.chat(*loaded, question, max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2)
-    from dpo_recipe.answers import greedy_answer
+    from dpo_recipe.evaluation.answers import greedy_answer
 
     assert penalised == greedy_answer(*loaded, question, 8, repetition_penalty=1.5, no_repeat_ngram_size=2)
 
@@ -130,7 +130,7 @@ API_CALLS = {  # each documented name, called the cheapest way that reaches its 
 }
 
 
-@pytest.mark.parametrize("imported_first", ["", "import dpo_recipe.train, dpo_recipe.export, dpo_recipe.api"])
+@pytest.mark.parametrize("imported_first", ["", "import dpo_recipe.train, dpo_recipe.deploy.export, dpo_recipe.api"])
 def test_every_documented_name_is_its_function(imported_first: str, tmp_path: Path) -> None:
     """In a fresh interpreter, and after the modules named like the functions were imported (a notebook cell
     run twice): ``from dpo_recipe import NAME`` is ``api.NAME``, a function that runs its own checks."""
@@ -158,3 +158,12 @@ def test_every_documented_name_is_its_function(imported_first: str, tmp_path: Pa
     for name, (_, expected) in API_CALLS.items():
         assert expected in said[name], (name, said[name])
     assert sorted(API_CALLS) == sorted(api.__all__)
+
+
+def test_api_train_defaults_to_the_quickstarts_recipe() -> None:
+    import inspect
+
+    from dpo_recipe.cli import quickstart
+
+    option = next(param for param in quickstart.params if param.name == "recipe")
+    assert inspect.signature(api.train).parameters["recipe"].default == option.default == "gemma3-270m-ja"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import invoke, tiny_overrides
 
-from dpo_recipe.launch import accelerate_command
+from dpo_recipe.training.launch import accelerate_command
 
 
 class Exec(Exception):
@@ -54,7 +54,7 @@ def test_train_help_is_the_train_parsers_plus_the_launchers(runner) -> None:
 
 
 def test_eval_help_is_the_evaluation_parsers(runner) -> None:
-    from dpo_recipe.evaluation import build_parser
+    from dpo_recipe.evaluation.command import build_parser
 
     result = invoke(runner, "eval", "--help")
     assert result.exit_code == 0 and result.output.startswith("usage: dpo-recipe eval")
@@ -67,7 +67,7 @@ def test_resume_with_overwrite_is_a_usage_error_before_any_network(runner, monke
     def network(*args: object) -> None:
         raise AssertionError("the Hub was asked before the flags were checked")
 
-    monkeypatch.setattr("dpo_recipe.run_context.recipe_from_hub", network)
+    monkeypatch.setattr("dpo_recipe.training.run_context.recipe_from_hub", network)
     result = invoke(runner, "train", "--from-hub", "alice/run", "--resume", "--overwrite")
     assert result.exit_code == 2 and not execv
     assert "dpo-recipe train: error: --resume and --overwrite contradict each other" in result.output

@@ -27,10 +27,10 @@ from conftest import CANARY, invoke, run_client, subprocess_env, tiny_overrides,
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
-from dpo_recipe.atomic import write_file_atomically
-from dpo_recipe.generate import generate_pairs
-from dpo_recipe.run_dir import newest_complete_checkpoint
+from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.train import run
+from dpo_recipe.training.run_dir import newest_complete_checkpoint
+from dpo_recipe.utils.files import write_file_atomically
 
 # ---------------------------------------------------------------------------- bad input
 
@@ -63,7 +63,7 @@ def bad(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_recipe.tiny import build_tiny_model
+    from dpo_recipe.models.tiny import build_tiny_model
 
     d = tmp_path_factory.mktemp("bad")
     (d / "no-model.yaml").write_text("training: {}\n", encoding="utf-8")
@@ -286,10 +286,13 @@ def test_bad_input_fails_early_and_clearly(
         raise AssertionError("model weights were loaded before the input was checked")
 
     # every module first, then the patch: one imported under the patch would keep the stand-in for good
-    modules = [importlib.import_module(m) for m in ("dpo_recipe.model", "dpo_recipe.adapters", "dpo_recipe.train")]
+    modules = [
+        importlib.import_module(m)
+        for m in ("dpo_recipe.models.loading", "dpo_recipe.models.adapters", "dpo_recipe.train")
+    ]
     for module in modules:
         monkeypatch.setattr(module, "load_model", weights_loaded)
-    monkeypatch.setattr("dpo_recipe.hardware.cpu_has_native_bf16", lambda: False)  # the same on every CI CPU
+    monkeypatch.setattr("dpo_recipe.models.hardware.cpu_has_native_bf16", lambda: False)  # the same on every CI CPU
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
@@ -588,9 +591,9 @@ def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, mo
 
 
 def test_trust_remote_code_is_off_unless_the_recipe_says_and_the_card_tells(record) -> None:
-    from dpo_recipe.cards import render_model_card
-    from dpo_recipe.config import load_recipe, packaged_recipes
-    from dpo_recipe.model import _hub_kwargs
+    from dpo_recipe.artifacts.cards import render_model_card
+    from dpo_recipe.config.loader import load_recipe, packaged_recipes
+    from dpo_recipe.models.loading import _hub_kwargs
 
     with record.case("security"):
         for name in packaged_recipes():

@@ -196,7 +196,7 @@ def test_tensorboard_events_when_the_recipe_asks(tiny_model: Path, tmp_path: Pat
 
 
 def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp_path: Path, capsys) -> None:
-    from dpo_recipe.generate import generate_pairs
+    from dpo_recipe.data.generator import generate_pairs
 
     rows = [
         {
@@ -222,7 +222,7 @@ def test_conversational_pairs_go_through_the_chat_template(tiny_model: Path, tmp
 def test_a_reference_free_objective_trains_end_to_end_without_a_reference_pass(
     tiny_model: Path, tmp_path: Path, loss_type: str
 ) -> None:
-    from dpo_recipe.resources import cache_root
+    from dpo_recipe.utils.files import cache_root
 
     references = cache_root() / "reference_logps"
     before = set(references.glob("*")) if references.exists() else set()

@@ -1,0 +1,240 @@
+"""Dataset and model cards rendered from the templates in ``cards/`` with huggingface_hub's card API.
+
+The model card's hyper-parameter table is ``trl_args``' recipe → ``DPOConfig`` table, so it lists
+exactly what the trainer received, under the recipe's names and TRL's."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.config.vocabulary import is_reference_free
+from dpo_recipe.data.generator import HARD_NEGATIVE_TYPES
+from dpo_recipe.data.sources import is_hub_id
+from dpo_recipe.data.tokens import length_percentiles
+from dpo_recipe.evaluation.report import markdown_summary
+from dpo_recipe.training.trl_args import RECIPE_TO_OBJECTIVE, mapped_hyperparameters, mapped_lora, recipe_value
+from dpo_recipe.utils.files import packaged_dir
+
+ADAPTER_PLACEHOLDER = "./path/to/adapter"  # replaced by the repo id when the adapter is pushed
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
+
+
+def render_dataset_card(
+    splits: dict[str, list[dict[str, Any]]],
+    *,
+    num_pairs: int,
+    seed: int,
+    tokenizer: Any = None,
+    tokenizer_name: str = "",
+    license: str = "apache-2.0",
+) -> DatasetCard:
+    rows = [r for split in splits.values() for r in split]
+    data = DatasetCardData(
+        language=["ja"],
+        license=license,
+        task_categories=["text-generation"],
+        size_categories=[_size_category(len(rows))],
+        pretty_name="Japanese DPO preference pairs (AI / programming / data science)",
+        tags=["dpo", "preference", "synthetic", "japanese"],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"{name}/*.arrow"} for name in splits],
+            }
+        ],
+    )
+    rejection_rows = []
+    for kind, count in sorted(Counter(r["rejection_type"] for r in rows).items()):
+        pairs = [r for r in rows if r["rejection_type"] == kind]
+        ratio = sum(len(r["rejected"]) / len(r["chosen"]) for r in pairs) / len(pairs)
+        rejection_rows.append({"type": kind, "hard": kind in HARD_NEGATIVE_TYPES, "pairs": count, "ratio": ratio})
+    if tokenizer is not None:
+
+        def measure(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        length_note = f"Token counts with the `{tokenizer_name}` tokenizer."
+    else:
+
+        def measure(text: str) -> int:
+            return len(text)
+
+        length_note = "Character counts (no tokenizer was given to `dpo-recipe data generate`)."
+    fields = {
+        "prompt": [measure(r["prompt"]) for r in rows],
+        "chosen": [measure(r["chosen"]) for r in rows],
+        "rejected": [measure(r["rejected"]) for r in rows],
+    }
+    fields["prompt + chosen"] = [p + c for p, c in zip(fields["prompt"], fields["chosen"], strict=True)]
+    return DatasetCard.from_template(
+        data,
+        template_path=str(packaged_dir("cards") / "dataset_card.md"),
+        num_pairs=num_pairs,
+        seed=seed,
+        split_rows=[{"split": n, "pairs": len(s), "topics": len({r["topic"] for r in s})} for n, s in splits.items()],
+        domain_counts=dict(sorted(Counter(r["domain"] for r in rows).items())),
+        rejection_rows=rejection_rows,
+        length_note=length_note,
+        length_rows=[{"field": name, **length_percentiles(values)} for name, values in fields.items()],
+    )
+
+
+def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalResult]:
+    """Held-out figures as ``model-index`` entries; the dataset is named with its pinned commit."""
+    if not overall:
+        return []
+    d = recipe.data
+    dataset = {
+        "dataset_type": d.source if is_hub_id(d.source) else "local",
+        "dataset_name": f"{d.source} (held-out topics)",
+        "dataset_split": d.test_split,
+        "dataset_revision": d.revision,
+    }
+    figures = (
+        ("reward_accuracy", "Reward accuracy (held-out)", overall["reward_accuracy"]),
+        ("reward_margin", "Mean reward margin (held-out)", overall["reward_margin"]),
+    )
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Preference alignment (DPO)",
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(value), 4),
+            **dataset,
+        )
+        for metric, name, value in figures
+    ]
+
+
+def _card_data(model_name: str, base_model: str, **fields: Any) -> ModelCardData:
+    """What every card of a model made from ``base_model`` states; ``base_model`` only when it is a Hub id,
+    the only kind the Hub accepts there."""
+    return ModelCardData(
+        model_name=model_name,
+        base_model=base_model if is_hub_id(base_model) else None,
+        pipeline_tag="text-generation",
+        language=["ja"],
+        **fields,
+    )
+
+
+def _from_template(template: str, data: ModelCardData, **variables: Any) -> ModelCard:
+    return ModelCard.from_template(data, template_path=str(packaged_dir("cards") / template), **variables)
+
+
+def render_model_card(
+    recipe: Recipe,
+    metrics: dict[str, Any],
+    *,
+    recipe_name: str,
+    command: str,
+    plots: list[str],
+    adapter_ref: str = ADAPTER_PLACEHOLDER,
+) -> ModelCard:
+    """The adapter's README.md; ``model-index`` carries the held-out reward accuracy and margin."""
+    model_name = Path(recipe.training.output_dir).name
+    base_model = recipe.model.name_or_path
+    held_out = metrics.get("eval", {})
+    data = _card_data(
+        model_name,
+        base_model,
+        library_name="peft",
+        license=recipe.hub.license,
+        tags=["trl", "dpo", "lora", "dpo-recipe"],
+        datasets=[source for source, *_ in data_table(recipe.data) if is_hub_id(source)] or None,
+        eval_results=_eval_results(recipe, held_out.get("overall")) or None,
+    )
+    lora = recipe.lora
+    hyperparameters = [  # (recipe key, what the trainer received it as, value)
+        *mapped_hyperparameters(recipe),
+        ("training.precision", "bf16 / fp16", recipe.training.precision),
+        *((key, f"LoraConfig {field}", value if value != [] else "none") for key, field, value in mapped_lora(recipe)),
+        ("lora.token_learning_rate", "their optimizer group's lr", lora.token_learning_rate or "as training"),
+        ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
+    ]
+
+    losses = recipe.training.loss_type
+    if is_reference_free([losses] if isinstance(losses, str) else losses):  # SimPO / ORPO read CPOConfig's fields
+        hyperparameters[-1:-1] = [
+            (key, f"CPOConfig {field} (PackedDPOTrainer)", recipe_value(recipe, key))
+            for key, field in RECIPE_TO_OBJECTIVE.items()
+        ]
+    summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
+    return _from_template(
+        "model_card.md",
+        data,
+        model_name=model_name,
+        base_model=base_model,
+        adapter_ref=adapter_ref,
+        recipe_name=recipe_name,
+        eval_summary=summary,
+        plots=plots,
+        hyperparameters=hyperparameters,
+        versions=sorted(metrics.get("versions", {}).items()),
+        command=command,
+        recipe_yaml=recipe.to_yaml(),
+        trust_remote_code=recipe.model.trust_remote_code,
+        data_sources=data_table(recipe.data),
+        mixture=bool(recipe.data.sources),
+    )
+
+
+def data_table(data: DataSection) -> list[tuple[str, str, str, str]]:
+    """(source, form, split, share) of every source the adapter trained on: the card's data table, so a
+    mixture's parts and their weights are read where the model is, not only in the recipe."""
+    if not data.sources:
+        return [(data.source, data.form, data.train_split, "all rows")]
+    rows = []
+    for entry in data.sources:
+        share = (
+            f"weight {entry['weight']:g}"
+            if "weight" in entry
+            else f"fraction {entry['fraction']:g}"
+            if "fraction" in entry
+            else "all rows"
+        )
+        rows.append((entry["source"], entry.get("form", data.form), entry.get("split", data.train_split), share))
+    return rows
+
+
+EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed
+
+
+def render_export_card(manifest: dict[str, Any], model_name: str) -> ModelCard:
+    """An exported model's README.md (``export.json``'s facts): how to run it, and the read-back check.
+
+    A merged model is a ``merge`` of its base; a GGUF of one is listed by the Hub as ``quantized``.
+    """
+    base_model = manifest["base_model"]
+    on_hub = is_hub_id(base_model)
+    gguf = manifest["format"] == "gguf"
+    data = _card_data(
+        model_name,
+        base_model,
+        base_model_relation=("quantized" if gguf else "merge") if on_hub else None,
+        library_name="gguf" if gguf else "transformers",
+        license=manifest["license"],
+        tags=["dpo", "dpo-recipe", "gguf" if gguf else "merged"],
+    )
+    base_link = f"[{base_model}](https://huggingface.co/{base_model})" if on_hub else f"`{base_model}`"
+    return _from_template(
+        "export_card.md",
+        data,
+        model_name=model_name,
+        base_link=base_link,
+        repo_ref=EXPORT_PLACEHOLDER,
+        **{key: manifest[key] for key in ("format", "adapter", "tensor_type", "as_conversation", "files")},
+        check=manifest["logit_check"],
+    )

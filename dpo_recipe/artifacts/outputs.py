@@ -1,0 +1,154 @@
+"""What a finished training run leaves behind: metrics, the adapter and its files, and a one-line summary.
+
+Everything is written into a staging directory and moved into the output directory at the end,
+``metrics.json`` last, so a run that dies while saving never looks finished. The card is rendered
+from the same metrics that ``metrics.json`` holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.config.schema import Recipe
+from dpo_recipe.training.callbacks import EVAL_PREFIX, REWARD_ACCURACY, REWARD_KEYS, REWARD_MARGIN
+from dpo_recipe.training.run_dir import mark_finished
+
+
+def gather_adapter_digests(trainer: Any) -> list[str]:
+    """One digest of the LoRA weights per rank (every rank must call this): DDP must keep them identical."""
+    from accelerate.utils import gather_object
+    from peft import get_peft_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(get_peft_model_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return gather_object([digest.hexdigest()[:16]])
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    import torch
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ("dpo-recipe", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface_hub")
+    return {name: version(name) for name in names}
+
+
+def collect_metrics(
+    recipe: Recipe,
+    trainer: Any,
+    train_output: Any,
+    report: dict[str, Any] | None,
+    n_train: int,
+    digests: list[str],
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds: training curve ends, held-out report, memory, ranks, versions."""
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    last_train = next((h for h in reversed(history) if REWARD_ACCURACY in h), {})
+    runtime = train_output.metrics["train_runtime"]
+    pairs_seen = n_train * recipe.training.num_epochs
+    return {
+        "train": {
+            "pairs": n_train,
+            "steps": trainer.state.global_step,
+            "loss": round(train_output.training_loss, 6),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            **{k: last_train[k] for k in REWARD_KEYS if k in last_train},
+            "runtime_s": round(runtime, 2),
+            "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
+        },
+        "eval": {k: v for k, v in (report or {}).items() if k != "per_pair"},
+        "memory": _peak_memory_mb(),
+        "distributed": {
+            "world_size": trainer.args.world_size,
+            "adapter_digest_by_rank": digests,
+            "ranks_in_sync": len(set(digests)) == 1,
+        },
+        "versions": _versions(),
+    }
+
+
+def save_artifacts(
+    recipe: Recipe,
+    trainer: Any,
+    tokenizer: Any,
+    metrics: dict[str, Any],
+    report: dict[str, Any] | None,
+    out: Path,
+    *,
+    recipe_name: str,
+    command: str,
+) -> None:
+    """Write everything into a staging dir, then move it into ``out`` with metrics.json last.
+
+    ``recipe_name`` and ``command`` (the command that repeats the run) go into the model card."""
+    from dpo_recipe.artifacts.cards import render_model_card
+    from dpo_recipe.evaluation.plots import plot_report, plot_training
+
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    trainer.model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    history = list(trainer.state.log_history)
+    if report:  # the held-out point at the last step, beside the training curves
+        overall = report["overall"]
+        history.append(
+            {
+                "step": trainer.state.global_step,
+                "eval_loss": overall["loss"],
+                EVAL_PREFIX + REWARD_ACCURACY: overall["reward_accuracy"],
+                EVAL_PREFIX + REWARD_MARGIN: overall["reward_margin"],
+            }
+        )
+        (staging / "eval_report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    plots = plot_training(history, staging / "plots")
+    plots += plot_report(report or {}, staging / "plots")
+    card = render_model_card(
+        recipe, metrics, recipe_name=recipe_name, command=command, plots=[str(p.relative_to(staging)) for p in plots]
+    )
+    card.save(staging / "README.md")
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == "metrics.json")
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+    mark_finished(out)
+
+
+def summary_line(metrics: dict[str, Any], out: Path) -> str:
+    """The one line printed when training is done."""
+    t, overall = metrics["train"], metrics["eval"].get("overall")
+    held_out = (
+        f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall['pairs']} pairs"
+        if overall
+        else "no held-out pairs"
+    )
+    return (
+        f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
+        f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
+        f"Adapter: {out}"
+    )

@@ -1,0 +1,106 @@
+"""Keys whose values each pass but say nothing together (a loss mix, a mixture entry, hub.push without a
+repo id): checked after coercion, before any data or model is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from dpo_recipe.config.coercion import build_section
+from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.config.vocabulary import (
+    CHAT_ROLES,
+    LOSS_NAMES,
+    PER_SOURCE_KEYS,
+    SOURCE_KEYS,
+    is_reference_free,
+    mixing_problem,
+    suggest,
+)
+
+
+def cross_checks(recipe: Recipe) -> list[str]:
+    problems = []
+    if not recipe.model.name_or_path and not recipe.model.gguf_file:
+        problems.append("model.name_or_path: required (a Hub id or a local directory)")
+    if isinstance(recipe.lora.target_modules, list) and not recipe.lora.target_modules:
+        problems.append("lora.target_modules: expected at least one module name or 'all-linear'")
+    if not recipe.data.test_split:
+        problems.append("data.test_split: the eval split name must not be empty")
+    problems.extend(data_problems(recipe.data))
+    losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
+    problems.extend(loss_problems(losses, recipe.training.label_smoothing, recipe.training.packing))
+    weights = recipe.training.loss_weights
+    if weights is not None and len(weights) != len(losses):
+        problems.append(
+            f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type entry"
+        )
+    if recipe.hub.push and not recipe.hub.repo_id:
+        problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def data_problems(data: DataSection) -> list[str]:
+    """Data keys whose values each pass but say nothing together: a role mapped onto no chat role, a mixture
+    entry without a source or with both a weight and a fraction. Checked here, before any file is read."""
+    problems = [
+        f"data.roles: {name!r} is mapped to {role!r}; map each name to one of {', '.join(CHAT_ROLES)}"
+        for name, role in data.roles.items()
+        if role not in CHAT_ROLES
+    ]
+    weighted = [("weight" in entry) for entry in data.sources]
+    if any(weighted) and not all(weighted):
+        problems.append("data.sources: give every source a weight, or none (then they are concatenated)")
+    for index, entry in enumerate(data.sources):
+        where = f"data.sources[{index}]"
+        unknown = [k for k in entry if k not in SOURCE_KEYS + PER_SOURCE_KEYS]
+        problems += [
+            f"{where}.{k}: not a per-source key (those are {', '.join(SOURCE_KEYS + PER_SOURCE_KEYS)})" for k in unknown
+        ]
+        if not isinstance(entry.get("source"), str) or not entry["source"]:
+            problems.append(f"{where}.source: required (a file, a dataset directory or a Hub id)")
+        if "weight" in entry and "fraction" in entry:
+            problems.append(f"{where}: give weight or fraction, not both")
+        for key, low, high in (("weight", 0.0, math.inf), ("fraction", 0.0, 1.0)):
+            value = entry.get(key)
+            if key in entry and not (isinstance(value, (int, float)) and low < value <= high):
+                problems.append(f"{where}.{key}: must be a number > {low:g}{'' if high == math.inf else ' and <= 1'}")
+        if "split" in entry and not isinstance(entry["split"], str):
+            problems.append(f"{where}.split: expected a split name")
+        keys = {k: v for k, v in entry.items() if k in PER_SOURCE_KEYS}
+        problems.extend(data_problems(build_section(DataSection, where, keys, problems)))
+    return problems
+
+
+def source_section(data: DataSection, entry: dict[str, Any]) -> DataSection:
+    """The data section one mixture entry is read with: the mixture's keys, then the entry's own."""
+    own = {k: v for k, v in entry.items() if k in PER_SOURCE_KEYS or k == "source"}
+    if "split" in entry:
+        own["train_split"] = entry["split"]
+    return dataclasses.replace(data, sources=[], **own)
+
+
+def loss_problems(losses: list[str], label_smoothing: float, packing: bool = True) -> list[str]:
+    """Unknown loss names, exo_pair without the label_smoothing its target needs (TRL refuses it late), and a
+    reference-free loss (simpo, orpo) mixed with others or without packing (DPOTrainer computes neither)."""
+    known = ", ".join(LOSS_NAMES)
+    problems = [
+        f"training.loss_type: unknown loss {name!r}; known: {known}{suggest(name, LOSS_NAMES)}"
+        for name in losses
+        if name not in LOSS_NAMES
+    ]
+    mixing = mixing_problem(losses)
+    if mixing:
+        problems.append(f"training.loss_type: {mixing}")
+    elif is_reference_free(losses) and not packing:
+        problems.append(
+            f"training.packing: {losses[0]} trains on the packed path only (TRL's DPOTrainer does not compute it); "
+            "set it true"
+        )
+    if not losses:
+        problems.append("training.loss_type: expected at least one loss name")
+    if "exo_pair" in losses and label_smoothing == 0:
+        problems.append("training.label_smoothing: exo_pair needs it > 0 (its target is 1 - eps and eps), got 0.0")
+    return problems

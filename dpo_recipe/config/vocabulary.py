@@ -1,0 +1,82 @@
+"""The words a recipe is checked against: loss names, data forms, chat roles, mixture keys.
+
+Torch-free on purpose: ``dpo-recipe recipes show``, ``data lint`` and a recipe's validation read these
+names without importing torch (``training.losses`` computes the losses under the same names).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+# data.form: how rows hold a pair (dpo_recipe.data.forms)
+DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked", "sharegpt", "openai", "unpaired")
+
+
+CHAT_ROLES = ("system", "user", "assistant")  # the roles of TRL's conversational form, what data.roles maps onto
+
+
+# data.sources entries: where and how one source's rows are read, plus how many of them the mixture takes
+SOURCE_KEYS = ("source", "split", "weight", "fraction")
+
+
+PER_SOURCE_KEYS = (
+    "form",
+    "prompt_column",
+    "chosen_column",
+    "rejected_column",
+    "system_column",
+    "roles",
+    "ranked_column",
+    "ranked_text_field",
+    "ranked_score_field",
+    "ranked_better",
+    "ranked_pairs",
+    "ranked_margin",
+    "revision",
+)
+
+
+def suggest(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# TRL 1.16's loss types, in the order of its documentation; training.losses computes each under its name.
+PAIRWISE_LOSS_NAMES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+# Objectives without a reference model: no reference pass runs for them, and each trains alone.
+REFERENCE_FREE_LOSS_NAMES = ("simpo", "orpo")
+LOSS_NAMES = PAIRWISE_LOSS_NAMES + REFERENCE_FREE_LOSS_NAMES
+
+
+def is_reference_free(names: Sequence[str]) -> bool:
+    """Whether the objective named by ``loss_type`` needs no reference log-probs."""
+    return any(name in REFERENCE_FREE_LOSS_NAMES for name in names)
+
+
+def mixing_problem(names: Sequence[str]) -> str | None:
+    """Why ``names`` cannot be trained together (a reference-free loss beside any other), or None."""
+    free = [name for name in names if name in REFERENCE_FREE_LOSS_NAMES]
+    if free and len(names) > 1:
+        return (
+            f"{free[0]} is reference-free (no reference pass runs for it) and trains alone; got {list(names)}. "
+            f"Name one of {', '.join(REFERENCE_FREE_LOSS_NAMES)} alone, or only reference-based losses"
+        )
+    return None

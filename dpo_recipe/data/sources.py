@@ -1,0 +1,391 @@
+"""Reading preference data from wherever the recipe points, and splitting off held-out pairs.
+
+Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding
+or a null field is reported with its line or row number instead of an Arrow cast error.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.config.schema import DataSection
+from dpo_recipe.data.forms import Conversion, to_standard
+from dpo_recipe.errors import DataError
+from dpo_recipe.data.generator import generate_pairs
+from dpo_recipe.hub.client import http_status
+from dpo_recipe.data.lint import LintReport, lint, lint_unpaired
+
+BUILTIN_SOURCE = "builtin:ja-preferences"
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+Rows = list[dict[str, Any]]
+
+
+def read_source(source: str, *, num_pairs: int = 1000, seed: int = 0, revision: str | None = None) -> dict[str, Rows]:
+    """Rows by split from the builtin generator, a file, a dataset directory or a Hub id."""
+    if source == BUILTIN_SOURCE:
+        return generate_pairs(num_pairs=num_pairs, seed=seed)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_directory(path)
+    if path.is_file():
+        return {"train": read_file(path)}
+    if is_hub_id(source):
+        return _read_hub(source, revision)
+    raise DataError(
+        f"Data source '{source}' does not exist. Give a JSONL / CSV / Parquet file, a dataset directory "
+        f"(e.g. one written by 'dpo-recipe data generate'), a Hub dataset id USER/NAME, or {BUILTIN_SOURCE}."
+    )
+
+
+def is_hub_id(source: str) -> bool:
+    """USER/NAME that is not a local path: what read_source fetches from the Hub."""
+    path = Path(source).expanduser()
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix and not path.exists()
+
+
+def pin_hub_revision(data: DataSection) -> DataSection:
+    """The same section with a Hub dataset's branch or tag replaced by its commit id.
+
+    Training records the resolved recipe, so a run trained on ``main`` today can be reproduced
+    from its card after the dataset has moved on (``dpo-recipe train --from-hub``).
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not is_hub_id(data.source) or constants.HF_HUB_OFFLINE:
+        return data
+    where = f"data.source '{data.source}' (revision {data.revision or 'main'})"
+    try:
+        sha = HfApi().dataset_info(data.source, revision=data.revision).sha
+    except HfHubHTTPError as exc:
+        status = http_status(exc) or "no response"
+        raise DataError(
+            f"{where} cannot be read from the Hub (HTTP {status}). Check the dataset id and revision, "
+            "and log in (HF_TOKEN) if it is private."
+        ) from None
+    except Exception as exc:  # the HTTP client's transport errors: no route, refused, timeout
+        raise DataError(
+            f"{where}: the Hub cannot be reached ({type(exc).__name__}). Check the network, or set "
+            "HF_HUB_OFFLINE=1 to use a cached copy."
+        ) from None
+    return dataclasses.replace(data, revision=sha)
+
+
+def read_file(path: Path) -> Rows:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type '{suffix or '(none)'}'. Use one of {', '.join(FILE_SUFFIXES)} "
+            "with columns prompt / chosen / rejected."
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty. Write at least one prompt / chosen / rejected row.")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+            raise DataError(f"{path}: not a readable Parquet file ({exc}). Re-export it.") from None
+    text = _decode(path)
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if suffix == ".json" and text.lstrip().startswith("["):
+        rows = _parse_json(path, text, line=1)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{path}: a .json file must hold a list of objects (or be JSON Lines).")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            row = _parse_json(path, line, line=number)
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object with prompt / chosen / rejected.")
+            rows.append(row)
+    return rows
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: not valid UTF-8 (byte {exc.start}). Re-save the file as UTF-8, e.g. "
+            f"'iconv -f SHIFT_JIS -t UTF-8 {path.name} > fixed{path.suffix}' for Shift_JIS files."
+        ) from None
+
+
+def _parse_json(path: Path, text: str, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line."
+        ) from None
+
+
+def _read_directory(path: Path) -> dict[str, Rows]:
+    import datasets
+
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except IndexError:  # datasets 5.2 cannot load a saved split that has zero rows
+            return _read_saved_arrow(path)
+    else:
+        try:
+            loaded = datasets.load_dataset(str(path))
+        except Exception as exc:
+            raise DataError(f"{path}: no dataset found in this directory ({exc}).") from None
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": _rows(loaded)}
+    return {name: _rows(split) for name, split in loaded.items()}
+
+
+def _read_saved_arrow(path: Path) -> dict[str, Rows]:
+    """Read a ``save_to_disk`` directory's Arrow files directly (the layout is state.json per split)."""
+    import pyarrow as pa
+
+    names = (
+        json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if (path / "dataset_dict.json").exists()
+        else [""]
+    )
+    splits = {}
+    for name in names:
+        folder = path / name
+        files = json.loads((folder / "state.json").read_text())["_data_files"]
+        rows: Rows = []
+        for entry in files:
+            with pa.memory_map(str(folder / entry["filename"])) as source:
+                rows += pa.ipc.open_stream(source).read_all().to_pylist()
+        splits[name or "train"] = rows
+    return splits
+
+
+def _rows(split: Any) -> Rows:
+    return split.to_list() if len(split) else []  # datasets 5.2 fails on to_list() of an empty split
+
+
+def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
+    import datasets
+
+    loaded = datasets.load_dataset(repo_id, revision=revision)
+    return {name: _rows(split) for name, split in loaded.items()}
+
+
+def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
+    """Split off a test set; whole topics go to one side when the data has a topic column."""
+    if rows and "topic" in rows[0]:
+        topics = sorted({str(r["topic"]) for r in rows})
+        held = set(random.Random(seed).sample(topics, max(1, round(len(topics) * test_size))))
+        return [r for r in rows if str(r["topic"]) not in held], [r for r in rows if str(r["topic"]) in held]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(len(rows) * test_size))
+    test = set(order[:cut])
+    return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
+
+
+def load_preference_splits(data: DataSection, source_name: str | None = None) -> tuple[Rows, Rows, LintReport]:
+    """Train and held-out rows for a recipe in the standard form, linted; raises DataError on lint errors.
+
+    The report's notes say which form the rows were read in and how they were mapped or paired."""
+    name = source_name or (data.source if not data.sources else "data.sources")
+    conversion = converted_source(data)
+    if conversion.findings:
+        raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
+    if conversion.form == "unpaired":
+        raise DataError(
+            f"{name} holds unpaired preference data (prompt / completion / label: one answer a row, judged desirable "
+            "or not), but DPO trains on two answers to one prompt. Unpaired data trains with training.objective: kto "
+            "(TRL's KTOTrainer), which dpo-recipe does not offer yet. To train DPO now, give pairs instead (rows "
+            f"with prompt / chosen / rejected); 'dpo-recipe data lint {name}' shows what the file holds, and "
+            "'dpo-recipe data convert PAIRS --to unpaired' writes pairs in this form for a later KTO run."
+        )
+    with_tools = [n for rows in conversion.splits.values() for n, row in enumerate(rows, 1) if row.get("tools")]
+    if with_tools:
+        raise DataError(
+            f"{name}: {len(with_tools)} rows carry tool definitions (OpenAI input.tools, kept as a tools column), "
+            "but training renders prompt / chosen / rejected through the chat template without them yet, so their "
+            "answers would be trained on without the tools they call. Drop input.tools from those rows (or the rows) "
+            "to train on the rest; 'dpo-recipe data convert' keeps the column for other tools."
+        )
+    splits = conversion.splits
+    if data.train_split not in splits:
+        raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
+    train = splits[data.train_split]
+    if data.test_split in splits:
+        test = splits[data.test_split]
+    elif data.test_size > 0:
+        train, test = hold_out(train, data.test_size, data.seed)
+    else:
+        test = []
+    report = dataclasses.replace(lint({data.train_split: train, data.test_split: test}), notes=conversion.notes)
+    if report.errors:
+        raise DataError(lint_error_message(name, report))
+    if data.max_train_pairs:
+        train = train[: data.max_train_pairs]
+    if data.max_eval_pairs:
+        test = test[: data.max_eval_pairs]
+    if data.as_conversation:
+        train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
+    return train, test, report
+
+
+def converted_source(data: DataSection) -> Conversion:
+    """``data.source`` read and in the standard form, or the mixture ``data.sources`` names."""
+    if data.sources:
+        return mixed_sources(data)
+    raw = read_source(data.source, num_pairs=data.num_pairs, seed=data.seed, revision=data.revision)
+    return to_standard(raw, data)
+
+
+SOURCE_COLUMN = "data_source"  # each row of a mixture: the source it came from (a file, directory or Hub id)
+
+
+def mixed_sources(data: DataSection) -> Conversion:
+    """Every source of ``data.sources`` in its own form, mixed into one training split (and one test split
+    of the sources that have one), each row's source in a ``data_source`` column.
+
+    The rows are mixed by index with ``datasets.interleave_datasets`` (weights: probabilities, seeded, until
+    a source runs out) or ``concatenate_datasets``; ``fraction`` takes a seeded sample of a source's rows,
+    in their order. Sources must agree on text or messages (``data.as_conversation`` makes text messages).
+    """
+    import datasets
+
+    from dpo_recipe.config.checks import source_section
+
+    notes: list[str] = []
+    findings: list[Any] = []
+    parts: list[tuple[str, Rows, Rows]] = []  # (source, training rows, test rows)
+    forms = set()
+    for index, entry in enumerate(data.sources):
+        section = source_section(data, entry)
+        conversion = to_standard(read_source(section.source, revision=section.revision), section)
+        label = f"data.sources[{index}] {section.source}"
+        notes += [f"{label}: {note}" for note in conversion.notes]
+        findings += [dataclasses.replace(f, split=f"{section.source}:{f.split}") for f in conversion.findings]
+        forms.add(conversion.form == "unpaired")
+        if conversion.findings:
+            continue
+        if section.train_split not in conversion.splits:
+            raise DataError(
+                f"{label}: no split '{section.train_split}' (found: {', '.join(conversion.splits)}). Set its "
+                "split key to one of them."
+            )
+        rows = conversion.splits[section.train_split]
+        if "fraction" in entry:
+            keep = sorted(
+                random.Random(data.seed).sample(range(len(rows)), max(1, round(len(rows) * entry["fraction"])))
+            )
+            rows = [rows[i] for i in keep]
+        test = conversion.splits.get(data.test_split, []) if data.test_split != section.train_split else []
+        tagged = [[{**r, SOURCE_COLUMN: section.source} for r in side] for side in (rows, test)]
+        if data.as_conversation:
+            tagged = [[as_conversation(r) for r in side] for side in tagged]
+        parts.append((section.source, *tagged))
+    if findings:
+        return Conversion({}, notes, findings)
+    if len(forms) > 1:
+        raise DataError(
+            "data.sources mixes unpaired sources (prompt / completion / label) with pairs; a mixture holds one kind. "
+            "Remove the unpaired sources, or convert the pairs with 'dpo-recipe data convert PAIRS --to unpaired'."
+        )
+    kinds = {source: isinstance(train[0]["prompt"], str) for source, train, _ in parts if train}
+    if len(set(kinds.values())) > 1:
+        text = ", ".join(source for source, is_text in kinds.items() if is_text)
+        raise DataError(
+            f"data.sources: {text} hold text pairs and the others chat messages; one training set holds one form. "
+            "Set data.as_conversation: true to read text pairs as one user turn and one assistant answer."
+        )
+    weights = [entry.get("weight") for entry in data.sources]
+    indices = [
+        datasets.Dataset.from_dict({"part": [i] * len(train), "row": list(range(len(train)))})
+        for i, (_, train, _) in enumerate(parts)
+    ]
+    if all(w is not None for w in weights):
+        total = sum(weights)
+        order = datasets.interleave_datasets(indices, probabilities=[w / total for w in weights], seed=data.seed)
+        shares = ", ".join(f"{w / total:.2f}" for w in weights)
+        how = f"interleaved with probabilities {shares} (seed {data.seed}) until a source ran out"
+    else:
+        order = datasets.concatenate_datasets(indices)
+        how = "concatenated"
+    train = _aligned([parts[p][1][r] for p, r in zip(order["part"], order["row"], strict=True)])
+    test = _aligned([row for _, _, rows in parts for row in rows])
+    counts = ", ".join(f"{source} {sum(r[SOURCE_COLUMN] == source for r in train)}" for source, _, _ in parts)
+    notes.append(
+        f"mixture: {len(train)} training rows ({counts}), {how}; each row's source is in column {SOURCE_COLUMN}"
+    )
+    splits = {data.train_split: train, **({data.test_split: test} if test else {})}
+    return Conversion(splits, notes, [], "unpaired" if True in forms else "standard")
+
+
+def _aligned(rows: Rows) -> Rows:
+    """Rows of several sources with one set of columns (None where a source lacks one): one Arrow schema."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return [{column: row.get(column) for column in columns} for row in rows]
+
+
+def as_conversation(row: dict[str, Any]) -> dict[str, Any]:
+    """A plain-text pair as messages: the prompt one user turn, each answer one assistant turn."""
+    if not isinstance(row["prompt"], str):
+        return row
+    answer = {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
+    return {**row, "prompt": [{"role": "user", "content": row["prompt"]}], **answer}
+
+
+def standard_splits(raw: dict[str, Rows], data: DataSection) -> tuple[dict[str, Rows], LintReport]:
+    """Every split of ``raw`` in the standard form, and the lint report on them all (the data commands' view).
+
+    Rows the conversion refuses are the report's errors, and the linter's own checks wait until they are
+    fixed: their row numbers would not match the file's. Unpaired rows stay unpaired, linted as such.
+    """
+    conversion = to_standard(raw, data)
+    return conversion.splits, _linted(conversion)
+
+
+def _linted(conversion: Conversion) -> LintReport:
+    """The conversion's findings, or (when there are none) the linter's report on its rows, with its notes."""
+    if conversion.findings:
+        return LintReport(conversion.findings, {}, conversion.notes, conversion.form)
+    check = lint_unpaired if conversion.form == "unpaired" else lint
+    return dataclasses.replace(check(conversion.splits), notes=conversion.notes, form=conversion.form)
+
+
+def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = False) -> Path:
+    """``rows`` as JSON Lines or Parquet at ``out``, whole or not at all; an existing file only with ``overwrite``."""
+    from dpo_recipe.utils.files import write_file_atomically
+
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists. Choose another --out or pass --overwrite.")
+
+    def write(staging: Path) -> None:
+        if file_format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), staging)
+        else:
+            staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+    return write_file_atomically(out, write)
+
+
+def lint_error_message(name: str, report: LintReport) -> str:
+    parts = [f"{f.check} in split '{f.split}' rows {f.rows_text(5)}: {f.message}" for f in report.errors]
+    return (
+        f"{name}: the data failed the linter: "
+        + "; ".join(parts)
+        + f". Run 'dpo-recipe data lint {name}' for the full table."
+    )

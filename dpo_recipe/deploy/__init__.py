@@ -1,0 +1,1 @@
+"""After training: a merged model, GGUF files and an Ollama Modelfile."""

@@ -1,0 +1,3 @@
+from dpo_recipe.evaluation.command import main
+
+main()

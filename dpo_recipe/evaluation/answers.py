@@ -1,0 +1,157 @@
+"""Greedy answers from a tuned model, for people to read beside the numbers.
+
+Reward accuracy says whether the adapter prefers the chosen answers; reading what it writes says
+whether that preference shows. ``dpo-recipe chat`` (``api.chat``) and the held-out report's
+base-versus-tuned table both answer prompts here, greedily, so the same prompt gives the same text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dpo_recipe.training.base_cache import BaseCache
+
+
+def prompt_text(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """A prompt as training showed it to the model: plain text as is, messages through the chat template.
+
+    TRL tokenizes a plain-text prompt raw (no template), so answering a bare question in the same
+    form is what the adapter learned; conversational data was rendered with the template.
+    """
+    from dpo_recipe.data.tokens import render_text
+
+    return render_text(tokenizer, prompt, generation_prompt=True)
+
+
+def turn_end_ids(tokenizer: Any) -> list[int]:
+    """EOS, plus the token that closes an assistant turn in the chat template (Gemma's ``<end_of_turn>``).
+
+    A chat model ends its answer with the turn marker it was trained on, which is often not EOS;
+    without stopping there, generation runs on into an imagined next turn.
+    """
+    stop = [tokenizer.eos_token_id]
+    if tokenizer.chat_template:
+        marker = "\u2063ANSWER\u2063"  # an invisible separator no template adds by itself
+        turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+        rendered = tokenizer.apply_chat_template(turn, tokenize=False)
+        tail = rendered.split(marker, 1)[-1].strip() if marker in rendered else ""
+        ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        if ids and ids[0] in tokenizer.added_tokens_decoder and ids[0] not in stop:  # a marker, not a stray "<"
+            stop.append(ids[0])
+    return stop
+
+
+def greedy_answer(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    max_new_tokens: int,
+    *,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> str:
+    """The model's greedy (deterministic) continuation of ``text``, without the prompt.
+
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` are transformers' own decoding options: a
+    model this small loops under pure greedy decoding, and these are what keeps it from doing so.
+    The penalty counts the answer's tokens only, not the question's (``greedy_batch``).
+    """
+    decoding = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
+    return greedy_batch(model, tokenizer, [text], max_new_tokens, **decoding)[0]
+
+
+def greedy_batch(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_new_tokens: int,
+    *,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> list[str]:
+    """``greedy_answer`` for several prompts in one ``generate`` call, left-padded.
+
+    Decoding one token costs about the same for one prompt as for twelve on a CPU (the weights and
+    the LM head are read once a step either way), so the held-out answers are generated together.
+    """
+    import torch
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    encoded, pad_id = prompt_ids(tokenizer, texts), padding_id(tokenizer)
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "pad_token_id": pad_id,
+        "eos_token_id": turn_end_ids(tokenizer),
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+    }
+    if repetition_penalty != 1.0:
+        # transformers' processor, counting only the answer's tokens: a penalty on the question's own words
+        # made the model shorten the topic it was asked about (「主成分分析」 -> 「主成分とは」)
+        penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width)
+        settings["logits_processor"] = LogitsProcessorList([penalty])
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **settings
+        )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+
+
+def prompt_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids as ``generate`` is given them.
+
+    A rendered chat prompt already holds its BOS; plain text gets the tokenizer's specials, as in training.
+    """
+    return [tokenizer(text, add_special_tokens=not _starts_with_bos(tokenizer, text))["input_ids"] for text in texts]
+
+
+def padding_id(tokenizer: Any) -> int:
+    """The id a batch is left-padded with: the tokenizer's pad token, else EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _starts_with_bos(tokenizer: Any, text: str) -> bool:
+    return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
+
+
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_new_tokens: int,
+    cache: BaseCache | None = None,
+    **decoding: Any,
+) -> list[dict[str, str]]:
+    """Each row's prompt answered by the base (adapter off) and the tuned model: ``prompt``, ``base``, ``tuned``.
+
+    The base's answers are the same every run on that base: ``cache`` keeps them. Call it inside the
+    autocast the model's forward runs in (the key records it).
+    """
+    from dpo_recipe.training.base_cache import BaseCache
+
+    model.eval()
+    cache = cache or BaseCache(None)
+    texts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
+    tuned = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
+    generation_config = model.get_base_model().generation_config.to_diff_dict()
+    for given in ("transformers_version", "pad_token_id", "eos_token_id"):  # the call passes pad and stop ids
+        generation_config.pop(given, None)
+    key = cache.key(  # what generate is given, not the prompt strings: a tokenizer edit must miss
+        model,
+        prompt_ids(tokenizer, texts),
+        pad=padding_id(tokenizer),
+        stop=turn_end_ids(tokenizer),
+        generation_config=generation_config,
+        max_new_tokens=max_new_tokens,
+        **decoding,
+    )
+    base = cache.read_answers(key)
+    if base is None:
+        with model.disable_adapter():
+            base = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
+        cache.write_answers(key, base)
+    return [{"prompt": text, "base": b, "tuned": t} for text, b, t in zip(texts, base, tuned, strict=True)]

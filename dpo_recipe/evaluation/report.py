@@ -1,0 +1,73 @@
+"""The held-out report as Markdown: what ``dpo-recipe eval`` prints and the model card embeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpo_recipe.evaluation.scoring import BREAKDOWNS
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """A report as Markdown: headline numbers, a table per breakdown, base-versus-tuned answers."""
+    overall = report["overall"]
+    low, high = overall["reward_accuracy_ci95"]
+    lines = [
+        f"Held-out reward accuracy **{_pct(overall['reward_accuracy'])}** (95% CI {_pct(low)}–{_pct(high)}) on "
+        f"{overall['pairs']} pairs; mean reward margin {overall['reward_margin']:.4f}; ties {overall['reward_ties']}.",
+        "Log-likelihood preference accuracy (length-normalised): base "
+        f"{_pct(overall['base_loglik_accuracy_normalized'])} → tuned "
+        f"{_pct(overall['policy_loglik_accuracy_normalized'])}.",
+        "",
+    ]
+    if report.get("reward", "").split(":")[0] not in ("", "dpo"):  # say so where it is not DPO's reward
+        lines[1:1] = [f"Implicit reward: {report['reward']} (the objective trained without a reference)."]
+    for key in BREAKDOWNS:
+        groups = report.get(f"by_{key}")
+        if not groups:
+            continue
+        lines += [
+            f"| {key} | pairs | reward acc. (95% CI) | margin | base LL acc. (sum / norm.) "
+            "| tuned LL acc. (sum / norm.) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, m in groups.items():
+            lo, hi = m["reward_accuracy_ci95"]
+            lines.append(
+                f"| {name} | {m['pairs']} | {_pct(m['reward_accuracy'])} ({_pct(lo)}–{_pct(hi)}) | "
+                f"{m['reward_margin']:.4f} | {_pct(m['base_loglik_accuracy'])} / "
+                f"{_pct(m['base_loglik_accuracy_normalized'])} | {_pct(m['policy_loglik_accuracy'])} / "
+                f"{_pct(m['policy_loglik_accuracy_normalized'])} |"
+            )
+        lines.append("")
+    if report.get("answer_checks"):
+        lines += answer_checks_table(report["answer_checks"]) + [""]
+    if report.get("generations"):
+        lines += ["| prompt | base | tuned |", "| --- | --- | --- |"]
+        for g in report["generations"]:
+            cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def answer_checks_table(checks: dict[str, Any]) -> list[str]:
+    """Base beside tuned on the answer checks, with the decoding both answered under."""
+    used = ", ".join(f"{k} {v}" for k, v in checks["decoding"].items() if k != "greedy")
+    lines = [
+        f"Answers to {checks['tuned']['answers']} held-out prompts (greedy; {used}):",
+        "",
+        "| model | Japanese share | names the topic | repetition | mostly a loop | distinct-2 | ends a sentence "
+        "| length |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for side in ("base", "tuned"):
+        c = checks[side]
+        named = "n/a" if c["names_topic"] is None else _pct(c["names_topic"])
+        lines.append(
+            f"| {side} | {_pct(c['japanese_share'])} | {named} | {_pct(c['repetition'])} | {_pct(c['mostly_loop'])} | "
+            f"{c['distinct_2']:.2f} | {_pct(c['ends_sentence'])} | {c['length']:.0f} |"
+        )
+    return lines

@@ -1,0 +1,146 @@
+"""The dry run: what training would see, measured in seconds before any weights load.
+
+A tokenizer can spend more than one token per character on text it was not trained on (Japanese
+on an English-centred vocabulary), so a max_length that looks generous in characters can silently
+cut most answers before their EOS. This report counts the real tokens to make that visible and
+refuses pairs whose prompt alone fills max_length (TRL would drop them without a word).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpo_recipe.config.schema import Recipe
+from dpo_recipe.data.tokens import RenderedPair, encode_pair, length_percentiles, render_pair
+from dpo_recipe.errors import DataError
+from dpo_recipe.models.loading import linear_module_names
+
+
+@dataclass
+class TokenReport:
+    pairs: int
+    prompt_lengths: list[int] = field(default_factory=list)
+    completion_lengths: list[int] = field(default_factory=list)  # chosen and rejected, EOS included
+    truncated_pairs: int = 0
+    emptied_pairs: list[int] = field(default_factory=list)  # 1-based rows whose prompt fills max_length
+    not_prefix_pairs: int = 0
+    double_bos_pairs: int = 0
+    missing_eos_pairs: int = 0
+    template_not_prefix_rows: list[int] = field(default_factory=list)  # 1-based rows; see tokens.render_pair
+    first_pair: RenderedPair | None = None  # printed, so a reader sees what the chat template made of the data
+
+
+def _percentiles(values: list[int]) -> str:
+    return " / ".join(f"{name} {value}" for name, value in length_percentiles(values).items())
+
+
+def measure_tokens(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> TokenReport:
+    """Tokenize every pair the way TRL does: prompt, then prompt + completion + EOS."""
+    report = TokenReport(pairs=len(rows))
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    for number, row in enumerate(rows, start=1):
+        pair = encode_pair(tokenizer, row)
+        report.prompt_lengths.append(len(pair.prompt_ids))
+        report.completion_lengths += [len(pair.chosen_ids), len(pair.rejected_ids)]
+        longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+        report.truncated_pairs += longest > max_length
+        report.not_prefix_pairs += not pair.prompt_is_prefix
+        full = pair.prompt_ids + pair.chosen_ids
+        report.double_bos_pairs += bos is not None and full[:2] == [bos, bos]
+        report.missing_eos_pairs += eos not in pair.chosen_ids
+        if len(pair.prompt_ids) >= max_length:
+            report.emptied_pairs.append(number)
+        rendered = render_pair(tokenizer, row)
+        report.first_pair = report.first_pair or rendered
+        if not rendered.prompt_is_prefix:
+            report.template_not_prefix_rows.append(number)
+    return report
+
+
+def refuse_emptied_completions(report: TokenReport, max_length: int) -> None:
+    if report.emptied_pairs:
+        rows = ", ".join(str(r) for r in report.emptied_pairs[:8])
+        longest = max(report.prompt_lengths)
+        raise DataError(
+            f"training.max_length {max_length} leaves no room for the answer in {len(report.emptied_pairs)} of "
+            f"{report.pairs} training pairs (rows {rows}): their prompts alone are {max_length}+ tokens (longest "
+            f"{longest}). Raise training.max_length to at least {longest + 32} or shorten those prompts."
+        )
+
+
+def lora_summary(skeleton: Any, recipe: Recipe) -> tuple[Counter, int]:
+    """Matched module names with counts, and the exact number of trainable LoRA parameters."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    targets = recipe.lora.target_modules
+    all_linear = targets == "all-linear"
+    names = set(linear_module_names(skeleton)) if all_linear else set(targets)
+    matched: Counter = Counter()
+    trainable = 0
+    for name, module in skeleton.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in names or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        if isinstance(module, Conv1D):
+            fan_in, fan_out = module.weight.shape
+        else:
+            fan_out, fan_in = module.weight.shape
+        matched[leaf] += 1
+        trainable += recipe.lora.r * (fan_in + fan_out)
+    return matched, trainable
+
+
+def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: int) -> float:
+    """Weights + LoRA weights/grads/Adam state + activations of one micro-batch (a rough bound)."""
+    import torch
+
+    config = skeleton.config
+    params = sum(p.numel() for p in skeleton.parameters())
+    weight_bytes = params * torch.finfo(getattr(torch, recipe.model.dtype)).bits // 8
+    lora_bytes = trainable * (4 + 4 + 8)
+    hidden = getattr(config, "hidden_size", getattr(config, "n_embd", 768))
+    layers = getattr(config, "num_hidden_layers", getattr(config, "n_layer", 12))
+    sequences = 2 * recipe.training.per_device_batch_size  # chosen + rejected
+    per_token_layer = 34 * hidden * 4  # activations kept for backward, fp32 (Korthikanti et al. rule of thumb)
+    if recipe.training.activation_checkpointing:
+        per_token_layer = hidden * 4 * 2
+    activation_bytes = sequences * seq_len * layers * per_token_layer
+    return (weight_bytes + lora_bytes + activation_bytes) / 2**20
+
+
+def _shown(text: str, limit: int = 300) -> str:
+    """A rendered string with its newlines and markers visible, its middle cut when long."""
+    return repr(text) if len(text) <= limit else f"{text[: limit // 2]!r} ... {text[-limit // 2 :]!r}"
+
+
+def dry_run_report(
+    recipe: Recipe, report: TokenReport, skeleton: Any, lint_warnings: int, data_notes: list[str] = ()
+) -> str:
+    matched, trainable = lora_summary(skeleton, recipe)
+    total_params = sum(p.numel() for p in skeleton.parameters())
+    memory_mb = memory_estimate_mb(skeleton, recipe, trainable, recipe.training.max_length)
+    modules = ", ".join(f"{name} x{count}" for name, count in sorted(matched.items()))
+    not_prefix = report.template_not_prefix_rows
+    where = f" (rows {', '.join(map(str, not_prefix[:8]))}: the template renders the prompt differently)"
+    lines = [
+        *data_notes,
+        f"pairs kept: {report.pairs} (lint warnings: {lint_warnings})",
+        f"prompt tokens: {_percentiles(report.prompt_lengths)}",
+        f"completion tokens (chosen and rejected, EOS included): {_percentiles(report.completion_lengths)}",
+        f"pairs truncated at max_length {recipe.training.max_length}: {report.truncated_pairs} of {report.pairs}",
+        f"pairs whose whole completion would be cut: {len(report.emptied_pairs)}",
+        f"prompt not a token prefix of prompt+answer (TRL cuts the prompt tail): {report.not_prefix_pairs}",
+        f"chat template round trip: double BOS {report.double_bos_pairs}, missing EOS {report.missing_eos_pairs}, "
+        f"rendered prompt not a prefix of prompt + answer {len(not_prefix)}{where if not_prefix else ''}",
+        f"LoRA target modules found: {modules}",
+        f"trainable parameters: {trainable:,} of {total_params:,} ({100 * trainable / max(1, total_params):.2f}%)",
+        f"memory estimate per process: {memory_mb:,.0f} MB",
+    ]
+    if report.first_pair:
+        pair = report.first_pair
+        lines.append("the first training pair as the model reads it:")
+        lines += [f"  {name}: {_shown(getattr(pair, name))}" for name in ("prompt", "chosen", "rejected")]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""What one ``dpo_recipe.train`` invocation asked for, in one value instead of loose flag lists.
+
+The recipe source (a recipe name or path, or a pushed run on the Hub), the ``--set`` items and the
+output-directory flags travel together from the command line (or the Python API) to the places that
+need them: loading the recipe, the resume hint of an interrupted run, and the model card's name and
+reproduce command. The context renders those commands itself, so they always match the flags that
+``dpo_recipe.train`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_recipe.config.loader import load_recipe
+from dpo_recipe.config.schema import Recipe
+from dpo_recipe.errors import RecipeError
+from dpo_recipe.hub.client import recipe_from_hub
+from dpo_recipe.training.launch import launch_command
+
+TRAIN_MODULE = "dpo_recipe.train"
+RESUME_AND_OVERWRITE = "--resume and --overwrite contradict each other: resume continues a run, overwrite starts over."
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One training run's flags. Exactly one of ``recipe`` (packaged name or YAML path) and ``from_hub``
+    (``USER/NAME[@REVISION]`` of an adapter pushed by dpo-recipe) is set."""
+
+    recipe: str | None = None
+    from_hub: str | None = None
+    overrides: tuple[str, ...] = ()
+    output_dir: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.recipe is None) == (self.from_hub is None):
+            raise RecipeError("Give exactly one of a recipe (--recipe NAME_OR_PATH) and --from-hub USER/NAME.")
+        if self.resume and self.overwrite:
+            raise RecipeError(RESUME_AND_OVERWRITE)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunContext:
+        """From ``dpo_recipe.train.build_parser``'s namespace (extra attributes, e.g. launcher options, are ignored)."""
+        return cls(
+            recipe=args.recipe,
+            from_hub=args.from_hub,
+            overrides=tuple(args.overrides),
+            output_dir=args.output_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+        )
+
+    @property
+    def recipe_name(self) -> str:
+        """What the model card calls the recipe: the packaged name or path, or the Hub run it repeats."""
+        return self.from_hub or str(self.recipe)
+
+    def load_recipe(self) -> Recipe:
+        """The validated recipe with ``--set`` items and ``--output-dir`` applied.
+
+        ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false``
+        and ``training.output_dir=outputs/NAME`` unless the user sets those keys."""
+        user_settings = [*self.overrides, *([f"training.output_dir={self.output_dir}"] if self.output_dir else [])]
+        if self.from_hub is None:
+            return load_recipe(str(self.recipe), user_settings)
+        repo_name = self.from_hub.split("@")[0].split("/")[-1]
+        implied = ["hub.push=false", f"training.output_dir=outputs/{repo_name}"]
+        given = {item.partition("=")[0].strip() for item in user_settings}
+        settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings
+        return load_recipe(str(recipe_from_hub(self.from_hub)), settings)
+
+    def rerun_command(self) -> str:
+        """The command that repeats this run (the model card's "Reproduce")."""
+        return launch_command(TRAIN_MODULE, self._source_and_overrides())
+
+    def resume_command(self, output_dir: str | Path) -> str:
+        """The command that continues this run in ``output_dir`` from its newest checkpoint."""
+        return launch_command(
+            TRAIN_MODULE, [*self._source_and_overrides(), "--output-dir", str(output_dir), "--resume"]
+        )
+
+    def _source_and_overrides(self) -> list[str]:
+        source = ["--from-hub", self.from_hub] if self.from_hub else ["--recipe", str(self.recipe)]
+        return [*source, *[arg for item in self.overrides for arg in ("--set", item)]]

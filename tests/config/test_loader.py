@@ -1,0 +1,186 @@
+from pathlib import Path
+
+import pytest
+
+from dpo_recipe.config.coercion import describe_keys
+from dpo_recipe.config.loader import data_section, load_recipe, packaged_recipes
+from dpo_recipe.errors import RecipeError
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(packaged_recipes()))
+def test_every_packaged_recipe_loads_and_says_what_it_is_for(name: str) -> None:
+    recipe = load_recipe(name)
+    assert recipe.model.name_or_path
+    assert packaged_recipes()[name].read_text(encoding="utf-8").startswith("# ")
+
+
+def test_guide_recipe_keeps_the_guide_settings() -> None:
+    t = load_recipe("dialogpt-small-ja").training
+    assert (t.num_epochs, t.per_device_batch_size, t.gradient_accumulation_steps) == (1, 1, 4)
+    assert (t.learning_rate, t.max_length) == (5e-6, 128)
+    assert load_recipe("dialogpt-small-ja").model.name_or_path == "microsoft/DialoGPT-small"
+
+
+def test_unknown_key_names_file_dotted_key_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {name_or_path: m}\ntraining:\n  learnig_rate: 1e-5\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+    assert "training.learnig_rate: unknown key; did you mean learning_rate?" in str(err.value)
+
+
+def test_unknown_section_is_suggested(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="trainig: unknown section; did you mean training"):
+        load_recipe(write(tmp_path, "model: {name_or_path: m}\ntrainig: {}\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("training: {learning_rate: -1}", "training.learning_rate: must be > 0.0, got -1"),
+        ("lora: {r: 0}", "lora.r: must be >= 1, got 0"),
+        ("training: {max_length: 8}", "training.max_length: must be >= 16, got 8"),
+        ("data: {test_split: ''}", "data.test_split: the eval split name must not be empty"),
+        ("training: {per_device_batch_size: two}", "training.per_device_batch_size: expected an integer, got 'two'"),
+        ("training: {activation_checkpointing: 3}", "training.activation_checkpointing: expected true or false"),
+        ("lora: {target_modules: 3}", "lora.target_modules: expected a list of strings or a string"),
+        ("training: {precision: fp8}", "training.precision: expected one of auto, fp32, bf16, fp16"),
+        ("hub: {push: true}", "hub.repo_id: required when hub.push is true"),
+    ],
+)
+def test_wrong_types_and_impossible_values(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "model: {name_or_path: m}\n" + text + "\n"))
+    assert expected in str(err.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "model: {name_or_path: m}\nlora: {r: 0}\ntraining: {max_length: 1}\n"))
+    assert "lora.r" in str(err.value) and "training.max_length" in str(err.value)
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    with pytest.raises(
+        RecipeError, match=r"YAML syntax error at line 3, column 11: mapping values are not allowed here"
+    ):
+        load_recipe(write(tmp_path, "model:\n  name_or_path: m\n  dtype: a: b\n"))
+
+
+def test_missing_model_section_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="model: required section is missing"):
+        load_recipe(write(tmp_path, "training: {}\n"))
+    with pytest.raises(RecipeError, match="neither an existing file nor a packaged recipe"):
+        load_recipe(str(tmp_path / "nope.yaml"))
+
+
+def test_overrides_apply_and_validate_the_same_way() -> None:
+    recipe = load_recipe(
+        "tiny-ja", ["training.learning_rate=1e-5", "lora.target_modules=all-linear", "data.max_train_pairs=8"]
+    )
+    assert recipe.training.learning_rate == 1e-5
+    assert recipe.lora.target_modules == "all-linear"
+    assert recipe.data.max_train_pairs == 8
+    with pytest.raises(RecipeError, match="training.learning_rate: must be > 0.0"):
+        load_recipe("tiny-ja", ["training.learning_rate=-1e-5"])
+    with pytest.raises(RecipeError, match="training.learnig_rate: unknown key; did you mean learning_rate"):
+        load_recipe("tiny-ja", ["training.learnig_rate=1e-5"])
+    with pytest.raises(RecipeError, match="expected SECTION.KEY=VALUE"):
+        load_recipe("tiny-ja", ["learning_rate=1e-5"])
+    with pytest.raises(RecipeError, match="given twice with different values"):
+        load_recipe("tiny-ja", ["training.beta=0.1", "training.beta=0.2"])
+
+
+def test_every_key_is_documented() -> None:
+    rows = describe_keys()
+    assert {"training.learning_rate", "lora.r", "model.gguf_file", "data.source"} <= {r[0] for r in rows}
+    assert all(help_text for *_, help_text in rows)
+
+
+def test_resolved_recipe_round_trips_through_yaml(tmp_path: Path) -> None:
+    recipe = load_recipe("smollm2-135m-ja", ["training.beta=0.3"])
+    again = load_recipe(write(tmp_path, recipe.to_yaml()))
+    assert again == recipe
+
+
+FLOAT_KEYS = [key for key, kind, _, _ in describe_keys() if "finite number" in kind]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_refuses_nan_and_infinity(key: str, value: str) -> None:
+    # YAML reads these as floats, and NaN slips past every range check; each must be named before loading
+    written = f"[{value}]" if "list" in dict((k, kind) for k, kind, _, _ in describe_keys())[key] else value
+    with pytest.raises(RecipeError, match=f"{key}: expected .*finite number"):
+        load_recipe("tiny-ja", [f"{key}={written}"])
+
+
+def test_float_keys_are_the_ones_the_objective_and_optimizer_read() -> None:
+    assert {"training.learning_rate", "training.beta", "training.max_grad_norm", "training.loss_weights"} <= set(
+        FLOAT_KEYS
+    )
+
+
+def test_loss_type_names_are_checked_with_a_suggestion() -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["training.loss_type=[sigmoid, ipoo]"])
+    message = str(err.value)
+    assert "training.loss_type: unknown loss 'ipoo'; known: sigmoid, hinge, ipo," in message
+    assert "sigmoid_norm, simpo, orpo; did you mean ipo?" in message
+    with pytest.raises(RecipeError, match="training.loss_type: unknown loss 'kto'"):
+        load_recipe("tiny-ja", ["training.loss_type=kto"])  # unpaired: TRL's KTOTrainer, not a pair loss
+    with pytest.raises(RecipeError, match="training.loss_type: expected at least one loss name"):
+        load_recipe("tiny-ja", ["training.loss_type=[]"])
+    assert load_recipe("tiny-ja", ["training.loss_type=[ipo, sft]"]).training.loss_type == ["ipo", "sft"]
+
+
+def test_reference_free_losses_train_alone_packed_with_their_own_keys() -> None:
+    recipe = load_recipe("tiny-ja", ["training.loss_type=simpo", "training.simpo_gamma=1.2", "training.beta=2.5"])
+    assert (recipe.training.loss_type, recipe.training.simpo_gamma, recipe.training.cpo_alpha) == ("simpo", 1.2, 0.0)
+    assert load_recipe("tiny-ja", ["training.loss_type=[orpo]"]).training.loss_type == ["orpo"]
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["training.loss_type=[sigmoid, orpo]"])
+    assert "training.loss_type: orpo is reference-free (no reference pass runs for it) and trains alone" in (
+        message := str(err.value)
+    )
+    assert "Name one of simpo, orpo alone" in message
+    with pytest.raises(RecipeError, match="training.packing: simpo trains on the packed path only"):
+        load_recipe("tiny-ja", ["training.loss_type=simpo", "training.packing=false"])
+    with pytest.raises(RecipeError, match=r"training.simpo_gamma: must be >= 0.0, got -0.5"):
+        load_recipe("tiny-ja", ["training.simpo_gamma=-0.5"])
+    with pytest.raises(RecipeError, match=r"training.cpo_alpha: must be >= 0.0, got -1"):
+        load_recipe("tiny-ja", ["training.cpo_alpha=-1"])
+    keys = {key: help_text for key, _, _, help_text in describe_keys()}
+    assert "simpo_gamma" in keys["training.simpo_gamma"] and "CPO-SimPO" in keys["training.cpo_alpha"]
+    assert "simpo" in keys["training.loss_type"] and "orpo" in keys["training.loss_type"]
+    assert {"training.simpo_gamma", "training.cpo_alpha"} <= set(FLOAT_KEYS)
+
+
+def test_label_smoothing_is_a_share_below_one_half_and_exo_pair_needs_it() -> None:
+    assert load_recipe("tiny-ja").training.label_smoothing == 0.0
+    with pytest.raises(RecipeError, match=r"training.label_smoothing: must be < 0.5, got 0.5"):
+        load_recipe("tiny-ja", ["training.label_smoothing=0.5"])
+    with pytest.raises(RecipeError, match=r"training.label_smoothing: must be >= 0.0, got -0.1"):
+        load_recipe("tiny-ja", ["training.label_smoothing=-0.1"])
+    with pytest.raises(RecipeError, match="training.label_smoothing: exo_pair needs it > 0"):
+        load_recipe("tiny-ja", ["training.loss_type=exo_pair"])
+    recipe = load_recipe("tiny-ja", ["training.loss_type=exo_pair", "training.label_smoothing=0.1"])
+    assert recipe.training.label_smoothing == 0.1
+
+
+def test_a_data_command_checks_its_data_keys_as_a_recipe_does() -> None:
+    section = data_section({"source": "se.jsonl", "form": "standard"}, ["data.prompt_column=[instruction, input]"])
+    assert (section.source, section.form, section.prompt_column) == ("se.jsonl", "standard", ["instruction", "input"])
+    with pytest.raises(RecipeError) as err:
+        data_section({"source": "x", "form": "hf"}, ["data.ranked_margin=0", "training.seed=1"])
+    assert str(err.value) == (
+        "training: a data command takes data.KEY=VALUE only; data.form: expected one of auto, standard, implicit, "
+        "hh, ranked, sharegpt, openai, unpaired, got 'hf'; data.ranked_margin: must be > 0.0, got 0. See "
+        "'dpo-recipe recipes keys' for every key and its form."
+    )

@@ -1,0 +1,54 @@
+"""dpo_recipe.training.run_context: one run's flags, the commands it renders, and --from-hub's implied settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_recipe.config.loader import resolve_recipe_path
+from dpo_recipe.errors import RecipeError
+from dpo_recipe.train import build_parser
+from dpo_recipe.training.run_context import RunContext
+
+
+def test_commands_repeat_and_resume_the_run() -> None:
+    context = RunContext(recipe="tiny-ja", overrides=("training.seed=3", "data.source=my data.jsonl"))
+    assert context.recipe_name == "tiny-ja"
+    assert context.rerun_command() == (
+        "accelerate launch -m dpo_recipe.train --recipe tiny-ja --set training.seed=3 --set 'data.source=my data.jsonl'"
+    )
+    assert context.resume_command("outputs/x") == context.rerun_command() + " --output-dir outputs/x --resume"
+    hub = RunContext(from_hub="alice/run@v2")
+    assert hub.recipe_name == "alice/run@v2"
+    assert hub.rerun_command() == "accelerate launch -m dpo_recipe.train --from-hub alice/run@v2"
+
+
+def test_the_parsers_namespace_becomes_a_context() -> None:
+    args = build_parser().parse_args(["--recipe", "r", "--set", "a.b=1", "--set", "c.d=2", "--resume", "--dry-run"])
+    context = RunContext.from_args(args)
+    assert context == RunContext(recipe="r", overrides=("a.b=1", "c.d=2"), resume=True, dry_run=True)
+
+
+def test_contradictions_are_refused_when_the_context_is_made() -> None:
+    with pytest.raises(RecipeError, match="--resume and --overwrite contradict each other"):
+        RunContext(recipe="tiny-ja", resume=True, overwrite=True)
+    with pytest.raises(RecipeError, match="exactly one of"):
+        RunContext(recipe="tiny-ja", from_hub="alice/run")
+    with pytest.raises(RecipeError, match="exactly one of"):
+        RunContext()
+
+
+def test_from_hub_implies_no_push_and_an_output_dir_named_after_the_repo(monkeypatch) -> None:
+    asked = []
+
+    def downloaded(repo: str):
+        asked.append(repo)
+        return resolve_recipe_path("tiny-ja")
+
+    monkeypatch.setattr("dpo_recipe.training.run_context.recipe_from_hub", downloaded)
+    recipe = RunContext(from_hub="alice/tuned@v2").load_recipe()
+    assert asked == ["alice/tuned@v2"]
+    assert recipe.hub.push is False and recipe.training.output_dir == "outputs/tuned"
+    mine = RunContext(from_hub="alice/tuned", overrides=("training.seed=5",), output_dir="elsewhere").load_recipe()
+    assert mine.training.output_dir == "elsewhere" and mine.training.seed == 5
+    local = RunContext(recipe="tiny-ja", output_dir="o").load_recipe()
+    assert local.training.output_dir == "o"

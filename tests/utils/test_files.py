@@ -1,0 +1,93 @@
+"""dpo_recipe.utils.files: directories and files that appear whole or not at all, and where the packaged
+recipes, cards and the cache are found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from dpo_recipe.errors import DataError
+from dpo_recipe.utils.files import cache_root, packaged_dir, write_dir_atomically, write_file_atomically
+
+
+def fill(text: str):
+    def write(staging: Path) -> None:
+        (staging / "part.txt").write_text(text)
+
+    return write
+
+
+def fail_halfway(staging: Path) -> None:
+    (staging / "part.txt").write_text("half")
+    raise OSError("disk full")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_new_directory_appears_whole_and_readable(tmp_path: Path) -> None:
+    target = write_dir_atomically(tmp_path / "nested" / "d", fill("new"))
+    assert (target / "part.txt").read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert leftovers(target.parent) == []
+
+
+def test_a_failed_write_leaves_the_old_directory_and_no_staging(tmp_path: Path) -> None:
+    target = write_dir_atomically(tmp_path / "d", fill("old"))
+    with pytest.raises(OSError, match="disk full"):
+        write_dir_atomically(target, fail_halfway)
+    assert (target / "part.txt").read_text() == "old"
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_directory_replaced_kept_or_refused(tmp_path: Path) -> None:
+    target = write_dir_atomically(tmp_path / "d", fill("first"))
+    write_dir_atomically(target, fill("second"))
+    assert (target / "part.txt").read_text() == "second"
+    write_dir_atomically(target, fill("third"), if_exists="keep")  # a cache entry: the first one filled wins
+    assert (target / "part.txt").read_text() == "second"
+    with pytest.raises(DataError) as err:
+        write_dir_atomically(target, fill("fourth"), if_exists="refuse")
+    assert str(err.value) == f"{target} already exists and is not empty. Choose another --out or pass --overwrite."
+    assert (target / "part.txt").read_text() == "second"
+    assert leftovers(tmp_path) == []
+
+
+def test_refuse_still_fills_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    write_dir_atomically(tmp_path / "d", fill("new"), if_exists="refuse")
+    assert (tmp_path / "d" / "part.txt").read_text() == "new"
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    write_file_atomically(target, lambda staging: staging.write_text("{}"))
+    assert target.read_text() == "{}" and target.stat().st_mode & 0o777 == 0o644
+
+    def fail(staging: Path) -> None:
+        staging.write_text('{"half":')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_file_atomically(target, fail)
+    assert target.read_text() == "{}"
+    assert leftovers(tmp_path) == []
+
+
+def test_packaged_dirs_resolve_in_a_source_checkout() -> None:
+    assert packaged_dir("recipes") == REPO / "recipes"
+    assert (packaged_dir("recipes") / "tiny-ja.yaml").is_file()
+    assert packaged_dir("cards") == REPO / "cards"
+    with pytest.raises(FileNotFoundError, match="missing its 'nothing-here/' directory: reinstall"):
+        packaged_dir("nothing-here")
+
+
+def test_cache_root_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("DPO_RECIPE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "dpo_recipe"
