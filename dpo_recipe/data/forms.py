@@ -37,10 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpo_recipe.config.vocabulary import CHAT_ROLES
 from dpo_recipe.config.schema import DataSection
-from dpo_recipe.errors import DataError
+from dpo_recipe.config.vocabulary import CHAT_ROLES
 from dpo_recipe.data.lint import TEXT_COLUMNS, Finding
+from dpo_recipe.errors import DataError
 
 Row = dict[str, Any]
 Rows = list[Row]

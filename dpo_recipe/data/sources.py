@@ -16,10 +16,10 @@ from typing import Any
 
 from dpo_recipe.config.schema import DataSection
 from dpo_recipe.data.forms import Conversion, to_standard
-from dpo_recipe.errors import DataError
 from dpo_recipe.data.generator import generate_pairs
-from dpo_recipe.hub.client import http_status
 from dpo_recipe.data.lint import LintReport, lint, lint_unpaired
+from dpo_recipe.errors import DataError
+from dpo_recipe.hub.client import http_status
 
 BUILTIN_SOURCE = "builtin:ja-preferences"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

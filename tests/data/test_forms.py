@@ -349,7 +349,9 @@ def test_openai_tools_are_carried_as_json_and_training_refuses_them_before_weigh
         ("message-without-content", (1,)): "preferred_output has a message without text content (role assistant)"
     }
 
-    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(
+        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+    )
     source = write_jsonl(tmp_path / "tools.jsonl", rows)
     with pytest.raises(DataError, match=r"tools.jsonl: 1 rows carry tool definitions \(OpenAI input.tools, kept as "):
         run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
@@ -438,7 +440,9 @@ def test_unpaired_data_on_the_dpo_path_says_it_needs_kto_before_weights_load(
 ) -> None:
     from dpo_recipe.train import run
 
-    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(
+        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+    )
     source = FORM_FIXTURES / "unpaired.jsonl"
     with pytest.raises(DataError) as err:
         run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
