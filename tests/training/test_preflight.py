@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import invoke, tiny_overrides
+from conftest import tiny_overrides
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection
@@ -81,14 +81,3 @@ def test_lora_parameter_count_is_rank_times_fan_in_plus_fan_out(tiny_model: Path
     assert dict(matched) == {"q_proj": 2, "v_proj": 2}
     # per layer: q_proj 64 -> 64 and v_proj 64 -> 32 (two KV heads of 16); two layers
     assert trainable == 2 * (4 * (64 + 64) + 4 * (64 + 32))
-
-
-def test_cli_train_dry_run_and_recipe_errors(runner, tiny_model: Path, tmp_path: Path, capsys) -> None:
-    args = ["train", "--recipe", "tiny-ja", "--dry-run", "--output-dir", tmp_path / "o"]
-    for item in tiny_overrides(tiny_model):
-        args += ["--set", item]
-    result = invoke(runner, *args)
-    assert result.exit_code == 0, result.output
-    assert "pairs kept: 64" in capsys.readouterr().out + result.output
-    bad = invoke(runner, "train", "--recipe", "tiny-ja", "--set", "training.learnig_rate=1")
-    assert bad.exit_code == 1 and "did you mean learning_rate" in bad.output
