@@ -1,2 +1,2 @@
 """One DPO run: the packed trainer and its losses, packing, the base cache, callbacks, the run directory, launch,
-sweeps, preflight checks, and the artifacts a finished run leaves."""
+the dry run, and the recipe → TRL / PEFT argument tables."""
