@@ -1,12 +1,13 @@
-"""Train a LoRA adapter with DPO from a recipe: setup → train → evaluate and save.
+"""Train a LoRA adapter with DPO (or KTO, ``training.objective: kto``) from a recipe: setup → train → evaluate
+and save.
 
     accelerate launch [accelerate args] -m dpo_recipe.train --recipe NAME_OR_PATH [--set k=v ...]
     python -m dpo_recipe.train --recipe NAME_OR_PATH --dry-run
 
 Everything that can be wrong with the flags, the recipe, the data or the hardware is checked before
 the model's weights load. The output directory's life cycle (INCOMPLETE file, checkpoints, resume)
-is in ``run_dir``, the recipe → ``DPOConfig`` mapping in ``trl_args``, and what a finished run
-writes in ``artifacts``; this module orders those steps.
+is in ``run_dir``, the recipe → ``DPOConfig`` mapping in ``trl_args``, what KTO does differently in
+``training.kto``, and what a finished run writes in ``artifacts``; this module orders those steps.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from dpo_recipe.config.schema import Recipe
 from dpo_recipe.data.sources import load_preference_splits, pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.hardware import check_hardware, check_launch
-from dpo_recipe.models.loading import (
-    check_lora_targets,
-    load_model,
-    load_tokenizer,
-    skeleton_model,
-    trainable_token_ids,
+from dpo_recipe.models.loading import load_model, trainable_token_ids
+from dpo_recipe.training import kto
+from dpo_recipe.training.preflight import (
+    checked_architecture,
+    dry_run_report,
+    measure_tokens,
+    refuse_emptied_completions,
 )
-from dpo_recipe.training.preflight import dry_run_report, measure_tokens, refuse_emptied_completions
 from dpo_recipe.training.run_context import RunContext
 from dpo_recipe.training.run_dir import (
     check_output_dir,
@@ -222,11 +223,10 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict]
 
     With ``report`` (a dry run), prints what training would see, before refusing pairs whose answers
     ``training.max_length`` would cut away entirely, so the numbers behind a refusal are shown."""
+    if recipe.training.objective == "kto":  # unpaired rows, pairs split into them
+        return kto.load_inputs(recipe, report=report)
     train_rows, eval_rows, lint_report = load_preference_splits(recipe.data)
-    tokenizer = load_tokenizer(recipe.model)
-    skeleton = skeleton_model(recipe.model)
-    check_lora_targets(recipe.lora.target_modules, skeleton)
-    trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
+    tokenizer, skeleton = checked_architecture(recipe)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if report:
         print(dry_run_report(recipe, tokens, skeleton, len(lint_report.findings), lint_report.notes))
@@ -276,6 +276,8 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     if not training.is_main_process:
         return None
     metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
+    if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
+        metrics["train"].update(kto.training_metrics(training.train_rows, trainer.state.log_history))
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
     with write_failures_explained(out, context.resume_command(out)), training.stopwatch.phase("saving"):
@@ -308,7 +310,10 @@ def build_trainer(
     out: Path,
     cache: BaseCache | None = None,
 ) -> Any:
-    """The packed trainer (plain TRL where packing cannot run), its reference log-probs from ``cache``."""
+    """The packed trainer (plain TRL where packing cannot run), its reference log-probs from ``cache``;
+    TRL's KTOTrainer for ``training.objective: kto`` (``dpo_recipe.training.kto``)."""
+    if recipe.training.objective == "kto":
+        return kto.build_kto_trainer(recipe, args, model, tokenizer, train_rows, out)
     import datasets
     from transformers.trainer_callback import ProgressCallback
     from trl import DPOTrainer
@@ -380,6 +385,17 @@ def held_out_report(training: TrainingRun) -> dict[str, Any] | None:
     if not training.eval_rows:
         return None
     recipe, accelerator = training.recipe, training.trainer.accelerator
+    if recipe.training.objective == "kto":  # unpaired rows: KTO's own held-out numbers, on the main process
+        from dpo_recipe.evaluation.kto_scoring import evaluate_kto_adapter
+
+        return evaluate_kto_adapter(
+            training.trainer,
+            training.tokenizer,
+            training.eval_rows,
+            settings=recipe.eval,
+            cache=training.cache,
+            stopwatch=training.stopwatch,
+        )
     with accelerator.autocast():
         return evaluate_adapter(
             accelerator.unwrap_model(training.trainer.model),

@@ -108,13 +108,14 @@ def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalRe
     return [
         EvalResult(
             task_type="text-generation",
-            task_name="Preference alignment (DPO)",
+            task_name=f"Preference alignment ({recipe.training.objective.upper()})",
             metric_type=metric,
             metric_name=name,
             metric_value=round(float(value), 4),
             **dataset,
         )
         for metric, name, value in figures
+        if value is not None  # a KTO held-out split of one label has no margin
     ]
 
 
@@ -152,7 +153,7 @@ def render_model_card(
         base_model,
         library_name="peft",
         license=recipe.hub.license,
-        tags=["trl", "dpo", "lora", "dpo-recipe"],
+        tags=["trl", recipe.training.objective, "lora", "dpo-recipe"],
         datasets=[source for source, *_ in data_table(recipe.data) if is_hub_id(source)] or None,
         eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
@@ -164,6 +165,9 @@ def render_model_card(
         ("lora.token_learning_rate", "their optimizer group's lr", lora.token_learning_rate or "as training"),
         ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
     ]
+    kto = recipe.training.objective == "kto"
+    if kto:  # KTOTrainer trains on unpaired rows
+        hyperparameters[-1] = ("training rows", "train_dataset (unpaired)", metrics.get("train", {}).get("rows"))
 
     losses = recipe.training.loss_type
     if is_reference_free([losses] if isinstance(losses, str) else losses):  # SimPO / ORPO read CPOConfig's fields
@@ -188,6 +192,30 @@ def render_model_card(
         trust_remote_code=recipe.model.trust_remote_code,
         data_sources=data_table(recipe.data),
         mixture=bool(recipe.data.sources),
+        objective=recipe.training.objective,
+        objective_note=_kto_note(recipe, metrics) if kto else "",
+    )
+
+
+def _kto_note(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    """The model card's sentences on how a KTO run read its data (pairs split, or unpaired rows) and weighed its
+    rows: what a reader needs to compare it with a DPO adapter trained on the same pairs."""
+    t, train = recipe.training, metrics.get("train", {})
+    rows = train.get("rows")
+    counts = (
+        f" ({train['desirable_rows']} desirable and {train['undesirable_rows']} undesirable training rows)"
+        if rows is not None
+        else ""
+    )
+    split = (
+        " The training data were pairs, split automatically into unpaired rows (each chosen answer desirable, each "
+        "rejected one undesirable; TRL's `unpair_preference_dataset`)."
+        if train.get("split_from_pairs")
+        else ""
+    )
+    return (
+        f"Trained with TRL's `KTOTrainer`: beta {t.beta}, desirable_weight {t.desirable_weight}, "
+        f"undesirable_weight {t.undesirable_weight}{counts}.{split}"
     )
 
 

@@ -74,7 +74,7 @@ def collect_metrics(
             "runtime_s": round(runtime, 2),
             "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
         },
-        "eval": {k: v for k, v in (report or {}).items() if k != "per_pair"},
+        "eval": {k: v for k, v in (report or {}).items() if k not in ("per_pair", "per_row")},
         "memory": _peak_memory_mb(),
         "distributed": {
             "world_size": trainer.args.world_size,
@@ -142,13 +142,14 @@ def save_artifacts(
 def summary_line(metrics: dict[str, Any], out: Path) -> str:
     """The one line printed when training is done."""
     t, overall = metrics["train"], metrics["eval"].get("overall")
+    unit = "rows" if "rows" in t else "pairs"  # training.objective kto trains on unpaired rows
     held_out = (
-        f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall['pairs']} pairs"
+        f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall[unit]} {unit}"
         if overall
-        else "no held-out pairs"
+        else f"no held-out {unit}"
     )
     return (
-        f"Done: {t['pairs']} pairs, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
+        f"Done: {t[unit]} {unit}, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
         f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
         f"Adapter: {out}"
     )

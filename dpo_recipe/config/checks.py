@@ -1,5 +1,5 @@
 """Keys whose values each pass but say nothing together (a loss mix, a mixture entry, hub.push without a
-repo id): checked after coercion, before any data or model is touched.
+repo id, a DPO key under objective kto): checked after coercion, before any data or model is touched.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import math
 from typing import Any
 
 from dpo_recipe.config.coercion import build_section
-from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.config.schema import DataSection, Recipe, TrainingSection
 from dpo_recipe.config.vocabulary import (
     CHAT_ROLES,
+    KTO_LOSS_NAMES,
     LOSS_NAMES,
     PER_SOURCE_KEYS,
     SOURCE_KEYS,
@@ -30,13 +31,18 @@ def cross_checks(recipe: Recipe) -> list[str]:
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
     problems.extend(data_problems(recipe.data))
-    losses = [recipe.training.loss_type] if isinstance(recipe.training.loss_type, str) else recipe.training.loss_type
-    problems.extend(loss_problems(losses, recipe.training.label_smoothing, recipe.training.packing))
-    weights = recipe.training.loss_weights
-    if weights is not None and len(weights) != len(losses):
-        problems.append(
-            f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type entry"
-        )
+    t = recipe.training
+    if t.objective == "kto":  # TRL's KTOTrainer: its own keys and limits
+        problems.extend(kto_problems(recipe))
+    else:
+        losses = [t.loss_type] if isinstance(t.loss_type, str) else t.loss_type
+        problems.extend(loss_problems(losses, t.label_smoothing, t.packing))
+        weights = t.loss_weights
+        if weights is not None and len(weights) != len(losses):
+            problems.append(
+                f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type "
+                "entry"
+            )
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
     return problems
@@ -103,4 +109,36 @@ def loss_problems(losses: list[str], label_smoothing: float, packing: bool = Tru
         problems.append("training.loss_type: expected at least one loss name")
     if "exo_pair" in losses and label_smoothing == 0:
         problems.append("training.label_smoothing: exo_pair needs it > 0 (its target is 1 - eps and eps), got 0.0")
+    return problems
+
+
+def kto_problems(recipe: Recipe) -> list[str]:
+    """What a recipe with ``training.objective: kto`` sets that TRL's KTOTrainer would not read or cannot run, each
+    with its fix: refused with the other keys, before any data or weights, rather than silently ignored."""
+    t, defaults = recipe.training, TrainingSection()
+    losses = [t.loss_type] if isinstance(t.loss_type, str) else list(t.loss_type)
+    problems = []
+    if losses not in ([name] for name in KTO_LOSS_NAMES):
+        problems.append(
+            f"training.loss_type: {t.loss_type!r} names DPO pair losses; training.objective kto trains KTO's own loss "
+            "(TRL KTOConfig loss_type kto): remove training.loss_type"
+        )
+    for key in ("loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha"):
+        if getattr(t, key) != getattr(defaults, key):
+            problems.append(f"training.{key}: read by the DPO losses only, not by objective kto; remove it")
+    if t.packing:
+        problems.append(
+            "training.packing: the packed path computes DPO's losses; objective kto trains with TRL's KTOTrainer "
+            "on padded rows: set training.packing: false"
+        )
+    if recipe.lora.token_learning_rate is not None:
+        problems.append(
+            "lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective kto the "
+            "lora.trainable_tokens rows train at training.learning_rate: remove it"
+        )
+    if t.per_device_batch_size < 2:
+        problems.append(
+            "training.per_device_batch_size: KTO estimates its KL term from the other rows of a batch, so TRL's "
+            f"KTOTrainer needs at least 2 rows a batch, got {t.per_device_batch_size}: set it to 2 or more"
+        )
     return problems

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dpo_recipe.config.vocabulary import DATA_FORMS
+from dpo_recipe.config.vocabulary import DATA_FORMS, OBJECTIVES
 
 
 def recipe_key(default: Any, help: str, **kwargs: Any) -> Any:
@@ -88,7 +88,7 @@ class DataSection:
         "(several scored answers per prompt, paired by ranked_pairs), sharegpt (a conversations / messages column of "
         "{from, value} or {role, content} turns with chosen / rejected answers as text, one message or a list), "
         "openai (OpenAI's preference fine-tuning JSONL: input.messages, preferred_output, non_preferred_output), "
-        "unpaired (prompt / completion / label, one judged answer a row: linted and converted, not trained by DPO), "
+        "unpaired (prompt / completion / label, one judged answer a row: trained with training.objective kto), "
         "or auto (detected from the columns and values, and printed).",
         choices=DATA_FORMS,
     )
@@ -161,6 +161,24 @@ class TrainingSection:
     lr_scheduler: str = recipe_key("linear", "Learning-rate schedule (transformers name).")
     warmup_steps: int = recipe_key(0, "Linear warm-up steps.", min=0)
     max_grad_norm: float = recipe_key(1.0, "Gradient clipping norm.", min_exclusive=0.0)
+    objective: str = recipe_key(
+        "dpo",
+        "dpo: pairs (prompt / chosen / rejected) with one of the loss_type losses. kto: TRL's KTOTrainer on unpaired "
+        "rows (prompt / completion / label, the unpaired form), pairs split into such rows automatically; reads "
+        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2 and packing: false "
+        "(dpo_recipe.training.kto).",
+        choices=OBJECTIVES,
+    )
+    desirable_weight: float = recipe_key(
+        1.0, "TRL desirable_weight (KTOConfig, objective kto): weight of the desirable rows' loss.", min_exclusive=0.0
+    )
+    undesirable_weight: float = recipe_key(
+        1.0,
+        "TRL undesirable_weight (KTOConfig, objective kto): weight of the undesirable rows' loss. With unequal "
+        "counts KTO's paper keeps desirable_weight x desirable rows / (undesirable_weight x undesirable rows) "
+        "in [1, 4/3].",
+        min_exclusive=0.0,
+    )
     beta: float = recipe_key(
         0.1,
         "DPO temperature: how far the policy may move from the reference. For simpo it scales the mean "

@@ -1,4 +1,4 @@
-"""The words a recipe is checked against: loss names, data forms, chat roles, mixture keys.
+"""The words a recipe is checked against: objectives, loss names, data forms, chat roles, mixture keys.
 
 Torch-free on purpose: ``dpo-recipe recipes show``, ``data lint`` and a recipe's validation read these
 names without importing torch (``training.losses`` computes the losses under the same names).
@@ -61,6 +61,11 @@ PAIRWISE_LOSS_NAMES = (
     "sft",
     "sigmoid_norm",
 )
+# training.objective: dpo trains pairs with the loss_type losses below; kto trains unpaired rows with TRL's
+# KTOTrainer (dpo_recipe.training.kto), whose loss_type is its own name, not one of these
+OBJECTIVES = ("dpo", "kto")
+KTO_LOSS_NAMES = ("sigmoid", "kto")  # training.loss_type under kto: its default (left unset) or KTO's own name
+
 # Objectives without a reference model: no reference pass runs for them, and each trains alone.
 REFERENCE_FREE_LOSS_NAMES = ("simpo", "orpo")
 LOSS_NAMES = PAIRWISE_LOSS_NAMES + REFERENCE_FREE_LOSS_NAMES

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,21 +197,24 @@ def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 
-def load_preference_splits(data: DataSection, source_name: str | None = None) -> tuple[Rows, Rows, LintReport]:
+def load_preference_splits(
+    data: DataSection, source_name: str | None = None, conversion: Conversion | None = None
+) -> tuple[Rows, Rows, LintReport]:
     """Train and held-out rows for a recipe in the standard form, linted; raises DataError on lint errors.
 
-    The report's notes say which form the rows were read in and how they were mapped or paired."""
+    The report's notes say which form the rows were read in and how they were mapped or paired.
+    ``conversion``: the source already read (``converted_source``), so it is not read twice."""
     name = source_name or (data.source if not data.sources else "data.sources")
-    conversion = converted_source(data)
+    conversion = conversion or converted_source(data)
     if conversion.findings:
         raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
     if conversion.form == "unpaired":
         raise DataError(
             f"{name} holds unpaired preference data (prompt / completion / label: one answer a row, judged desirable "
-            "or not), but DPO trains on two answers to one prompt. Unpaired data trains with training.objective: kto "
-            "(TRL's KTOTrainer), which dpo-recipe does not offer yet. To train DPO now, give pairs instead (rows "
-            f"with prompt / chosen / rejected); 'dpo-recipe data lint {name}' shows what the file holds, and "
-            "'dpo-recipe data convert PAIRS --to unpaired' writes pairs in this form for a later KTO run."
+            "or not), but DPO trains on two answers to one prompt. Train it with training.objective: kto (TRL's "
+            "KTOTrainer; e.g. --set training.objective=kto --set training.packing=false, or the tiny-ja-kto / "
+            "gemma3-270m-ja-kto recipes), or give pairs (rows with prompt / chosen / rejected) for DPO; "
+            f"'dpo-recipe data lint {name}' shows what the file holds."
         )
     with_tools = [n for rows in conversion.splits.values() for n, row in enumerate(rows, 1) if row.get("tools")]
     if with_tools:
@@ -220,16 +224,7 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
             "answers would be trained on without the tools they call. Drop input.tools from those rows (or the rows) "
             "to train on the rest; 'dpo-recipe data convert' keeps the column for other tools."
         )
-    splits = conversion.splits
-    if data.train_split not in splits:
-        raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
-    train = splits[data.train_split]
-    if data.test_split in splits:
-        test = splits[data.test_split]
-    elif data.test_size > 0:
-        train, test = hold_out(train, data.test_size, data.seed)
-    else:
-        test = []
+    train, test = train_and_held_out(conversion, data, name)
     report = dataclasses.replace(lint({data.train_split: train, data.test_split: test}), notes=conversion.notes)
     if report.errors:
         raise DataError(lint_error_message(name, report))
@@ -240,6 +235,26 @@ def load_preference_splits(data: DataSection, source_name: str | None = None) ->
     if data.as_conversation:
         train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
     return train, test, report
+
+
+def train_and_held_out(
+    conversion: Conversion,
+    data: DataSection,
+    name: str,
+    hold: Callable[[Rows, float, int], tuple[Rows, Rows]] = hold_out,
+) -> tuple[Rows, Rows]:
+    """The rows of ``data.train_split`` and the held-out ones: the source's ``data.test_split`` where it has one,
+    else ``data.test_size`` of the training rows split off by ``hold`` (KTO's keeps a prompt's rows together),
+    else none."""
+    splits = conversion.splits
+    if data.train_split not in splits:
+        raise DataError(f"{name}: no split '{data.train_split}' (found: {', '.join(splits)}). Set data.train_split.")
+    train = splits[data.train_split]
+    if data.test_split in splits:
+        return train, splits[data.test_split]
+    if data.test_size > 0:
+        return hold(train, data.test_size, data.seed)
+    return train, []
 
 
 def converted_source(data: DataSection) -> Conversion:
@@ -338,10 +353,11 @@ def _aligned(rows: Rows) -> Rows:
 
 
 def as_conversation(row: dict[str, Any]) -> dict[str, Any]:
-    """A plain-text pair as messages: the prompt one user turn, each answer one assistant turn."""
+    """A plain-text pair (or unpaired row, for KTO) as messages: the prompt one user turn, each answer (the
+    completion) one assistant turn."""
     if not isinstance(row["prompt"], str):
         return row
-    answer = {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected")}
+    answer = {k: [{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected", "completion") if k in row}
     return {**row, "prompt": [{"role": "user", "content": row["prompt"]}], **answer}
 
 

@@ -1,4 +1,5 @@
-"""The held-out report as Markdown: what ``dpo-recipe eval`` prints and the model card embeds."""
+"""The held-out report as Markdown: what ``dpo-recipe eval`` prints and the model card embeds, for a DPO
+report (``scoring``) or a KTO one (``kto_scoring``, ``"objective": "kto"``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,30 @@ from typing import Any
 from dpo_recipe.evaluation.scoring import BREAKDOWNS
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
-    """A report as Markdown: headline numbers, a table per breakdown, base-versus-tuned answers."""
+    """A report as Markdown: headline numbers, a table per breakdown (KTO's: per rejection kind), then the
+    base-versus-tuned answers."""
+    lines = _kto_lines(report) if report.get("objective") == "kto" else _dpo_lines(report)
+    if report.get("answer_checks"):
+        lines += answer_checks_table(report["answer_checks"]) + [""]
+    if report.get("generations"):
+        lines += ["| prompt | base | tuned |", "| --- | --- | --- |"]
+        for g in report["generations"]:
+            cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _dpo_lines(report: dict[str, Any]) -> list[str]:
+    """Reward accuracy with its interval, log-likelihood accuracy, and a table per breakdown."""
     overall = report["overall"]
     low, high = overall["reward_accuracy_ci95"]
     lines = [
@@ -43,14 +62,27 @@ def markdown_summary(report: dict[str, Any]) -> str:
                 f"{_pct(m['policy_loglik_accuracy_normalized'])} |"
             )
         lines.append("")
-    if report.get("answer_checks"):
-        lines += answer_checks_table(report["answer_checks"]) + [""]
-    if report.get("generations"):
-        lines += ["| prompt | base | tuned |", "| --- | --- | --- |"]
-        for g in report["generations"]:
-            cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
+
+
+def _kto_lines(report: dict[str, Any]) -> list[str]:
+    """KL-adjusted reward accuracy on desirable and undesirable rows, mean rewards, KL and loss, and which kinds
+    of wrong answer the adapter now rejects (rows split from pairs with a rejection_type)."""
+    o = report["overall"]
+    lines = [
+        f"Held-out KL-adjusted reward accuracy **{_pct(o['reward_accuracy'])}** on {o['rows']} rows: desirable "
+        f"{_pct(o['desirable_accuracy'])} of {o['desirable_rows']} (reward > 0), undesirable "
+        f"{_pct(o['undesirable_accuracy'])} of {o['undesirable_rows']} (reward < 0).",
+        f"Mean reward desirable {_num(o['chosen_reward'])}, undesirable {_num(o['rejected_reward'])} (margin "
+        f"{_num(o['reward_margin'])}); KL estimate {_num(o['kl'])}; KTO loss {_num(o['loss'])}.",
+        "",
+    ]
+    groups = report.get("undesirable_by_rejection_type")
+    if groups:
+        lines += ["| rejection_type | undesirable rows | rejected (reward < 0) |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {g['rows']} | {_pct(g['accuracy'])} |" for name, g in groups.items()]
+        lines.append("")
+    return lines
 
 
 def answer_checks_table(checks: dict[str, Any]) -> list[str]:

@@ -15,7 +15,13 @@ from typing import Any
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.data.tokens import RenderedPair, encode_pair, length_percentiles, render_pair
 from dpo_recipe.errors import DataError
-from dpo_recipe.models.loading import linear_module_names
+from dpo_recipe.models.loading import (
+    check_lora_targets,
+    linear_module_names,
+    load_tokenizer,
+    skeleton_model,
+    trainable_token_ids,
+)
 
 
 @dataclass
@@ -32,7 +38,8 @@ class TokenReport:
     first_pair: RenderedPair | None = None  # printed, so a reader sees what the chat template made of the data
 
 
-def _percentiles(values: list[int]) -> str:
+def percentiles(values: list[int]) -> str:
+    """Token lengths as the dry run prints them, ``p50 N / p95 N / max N``: what a reader picks max_length by."""
     return " / ".join(f"{name} {value}" for name, value in length_percentiles(values).items())
 
 
@@ -59,15 +66,27 @@ def measure_tokens(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) 
     return report
 
 
-def refuse_emptied_completions(report: TokenReport, max_length: int) -> None:
+def refuse_emptied_completions(report: TokenReport, max_length: int, unit: str = "pairs", order: str = "") -> None:
+    """Refuse, with the numbers, training ``unit`` (pairs, or KTO's rows) whose prompt alone fills ``max_length``;
+    ``order`` says where the row numbers count from when it is not the file's order."""
     if report.emptied_pairs:
         rows = ", ".join(str(r) for r in report.emptied_pairs[:8])
         longest = max(report.prompt_lengths)
         raise DataError(
             f"training.max_length {max_length} leaves no room for the answer in {len(report.emptied_pairs)} of "
-            f"{report.pairs} training pairs (rows {rows}): their prompts alone are {max_length}+ tokens (longest "
-            f"{longest}). Raise training.max_length to at least {longest + 32} or shorten those prompts."
+            f"{report.pairs} training {unit} (rows {rows}{order}): their prompts alone are {max_length}+ tokens "
+            f"(longest {longest}). Raise training.max_length to at least {longest + 32} or shorten those prompts."
         )
+
+
+def checked_architecture(recipe: Recipe) -> tuple[Any, Any]:
+    """``(tokenizer, skeleton)``: the tokenizer and the model without weights, once LoRA's target modules and
+    ``lora.trainable_tokens`` are found in them, so a misspelt module or token costs seconds, not a weights load."""
+    tokenizer = load_tokenizer(recipe.model)
+    skeleton = skeleton_model(recipe.model)
+    check_lora_targets(recipe.lora.target_modules, skeleton)
+    trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
+    return tokenizer, skeleton
 
 
 def lora_summary(skeleton: Any, recipe: Recipe) -> tuple[Counter, int]:
@@ -128,8 +147,8 @@ def dry_run_report(
     lines = [
         *data_notes,
         f"pairs kept: {report.pairs} (lint warnings: {lint_warnings})",
-        f"prompt tokens: {_percentiles(report.prompt_lengths)}",
-        f"completion tokens (chosen and rejected, EOS included): {_percentiles(report.completion_lengths)}",
+        f"prompt tokens: {percentiles(report.prompt_lengths)}",
+        f"completion tokens (chosen and rejected, EOS included): {percentiles(report.completion_lengths)}",
         f"pairs truncated at max_length {recipe.training.max_length}: {report.truncated_pairs} of {report.pairs}",
         f"pairs whose whole completion would be cut: {len(report.emptied_pairs)}",
         f"prompt not a token prefix of prompt+answer (TRL cuts the prompt tail): {report.not_prefix_pairs}",

@@ -1,4 +1,5 @@
-"""The recipe keys that become TRL ``DPOConfig`` and PEFT ``LoraConfig`` arguments, in one table each.
+"""The recipe keys that become TRL ``DPOConfig`` (``KTOConfig`` under ``training.objective: kto``) and PEFT
+``LoraConfig`` arguments, in one table each.
 
 ``dpo_config`` / ``lora_config`` build the trainer's arguments from these tables and the model card
 lists the same tables, so the card shows exactly the hyper-parameters the trainer received, under
@@ -38,6 +39,14 @@ RECIPE_TO_DPO_CONFIG: dict[str, str] = {
     "training.save_steps": "save_steps",
     "training.save_total_limit": "save_total_limit",
 }
+# recipe key -> KTOConfig field (training.objective kto): DPOConfig's, less its pair losses, plus KTO's weights
+DPO_ONLY_FIELDS = ("loss_type", "loss_weights", "label_smoothing")
+RECIPE_TO_KTO_CONFIG: dict[str, str] = {
+    **{key: field for key, field in RECIPE_TO_DPO_CONFIG.items() if field not in DPO_ONLY_FIELDS},
+    "training.objective": "loss_type",
+    "training.desirable_weight": "desirable_weight",
+    "training.undesirable_weight": "undesirable_weight",
+}
 LIST_FIELDS = {"loss_type"}  # TRL takes a list of losses to mix; a recipe may name just one
 # recipe key -> the TRL CPOConfig field of the same meaning, which DPOConfig lacks: read by the
 # reference-free losses (dpo_recipe.training.losses.simpo), passed to PackedDPOTrainer as keyword arguments.
@@ -65,8 +74,10 @@ def recipe_value(recipe: Recipe, key: str) -> Any:
 
 
 def mapped_hyperparameters(recipe: Recipe) -> list[tuple[str, str, Any]]:
-    """``(recipe key, DPOConfig field, value)`` for every mapped key, in table order."""
-    return [(key, field, recipe_value(recipe, key)) for key, field in RECIPE_TO_DPO_CONFIG.items()]
+    """``(recipe key, DPOConfig field, value)`` for every mapped key, in table order (``KTOConfig``'s fields
+    under ``training.objective: kto``)."""
+    table = RECIPE_TO_KTO_CONFIG if recipe.training.objective == "kto" else RECIPE_TO_DPO_CONFIG
+    return [(key, field, recipe_value(recipe, key)) for key, field in table.items()]
 
 
 def mapped_lora(recipe: Recipe) -> list[tuple[str, str, Any]]:
@@ -101,17 +112,22 @@ def precision_flags(precision: str) -> dict[str, bool]:
 
 def dpo_config(recipe: Recipe, out: Path) -> Any:
     """The trainer's arguments; checkpoints go to ``out/checkpoints``. Creating it starts accelerate's
-    process state, so code after this call is rank-aware."""
-    from trl import DPOConfig
+    process state, so code after this call is rank-aware.
+
+    ``training.objective: kto`` gets a ``KTOConfig`` from ``RECIPE_TO_KTO_CONFIG`` and the same fixed
+    settings; TRL's ``train_sampling_strategy="sequential"`` stays, as the rows are shuffled once
+    (``dpo_recipe.training.kto``)."""
+    from trl import DPOConfig, KTOConfig
 
     t = recipe.training
+    config_class = KTOConfig if t.objective == "kto" else DPOConfig
     if t.tensorboard:  # transformers 5 reads the TensorBoard directory from the environment only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
-    mapped = {
-        field: [value] if field in LIST_FIELDS and isinstance(value, str) else value
+    mapped = {  # KTOConfig's loss_type is the one name "kto", not a list
+        field: [value] if field in LIST_FIELDS and isinstance(value, str) and t.objective == "dpo" else value
         for _, field, value in mapped_hyperparameters(recipe)
     }
-    return DPOConfig(
+    return config_class(
         output_dir=str(out / CHECKPOINTS),
         **mapped,
         logging_first_step=True,

@@ -8,6 +8,7 @@ from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import TrainingSection
 from dpo_recipe.training.trl_args import (
     RECIPE_TO_DPO_CONFIG,
+    RECIPE_TO_KTO_CONFIG,
     RECIPE_TO_LORA_CONFIG,
     RECIPE_TO_OBJECTIVE,
     dpo_config,
@@ -43,7 +44,8 @@ def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
 
 
 def test_the_table_covers_every_training_key_but_those_handled_elsewhere() -> None:
-    mapped = {key.split(".")[1] for key in RECIPE_TO_DPO_CONFIG if key.startswith("training.")}
+    tables = (RECIPE_TO_DPO_CONFIG, RECIPE_TO_KTO_CONFIG)  # training.objective kto: KTOConfig's
+    mapped = {key.split(".")[1] for table in tables for key in table if key.startswith("training.")}
     # run_dir, precision_flags, report_to; CPOConfig's SimPO fields go to PackedDPOTrainer (objective_kwargs)
     handled_elsewhere = {"output_dir", "precision", "tensorboard", "packing"}
     handled_elsewhere |= {key.split(".")[1] for key in RECIPE_TO_OBJECTIVE}
@@ -76,3 +78,16 @@ def test_every_lora_key_arrives_in_lora_config() -> None:
     handled_elsewhere = {"token_learning_rate"}  # an optimizer group's lr, not a LoraConfig field
     mapped = {key.split(".")[1] for key in RECIPE_TO_LORA_CONFIG}
     assert mapped | handled_elsewhere == set(LoraSection.__dataclass_fields__)
+
+
+def test_kto_objective_gets_a_ktoconfig_without_the_pair_losses(tmp_path: Path) -> None:
+    from trl import KTOConfig
+
+    settings = ["training.objective=kto", "training.packing=false", "training.undesirable_weight=1.4"]
+    recipe = load_recipe("tiny-ja", [*settings, "training.beta=0.2"])
+    args = dpo_config(recipe, tmp_path)
+    assert isinstance(args, KTOConfig) and args.loss_type == "kto" and args.train_sampling_strategy == "sequential"
+    assert (args.desirable_weight, args.undesirable_weight, args.beta) == (1.0, 1.4, 0.2)
+    fields = [field for _, field, _ in mapped_hyperparameters(recipe)]
+    assert "desirable_weight" in fields and "label_smoothing" not in fields and "loss_weights" not in fields
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.use_cpu and not args.bf16

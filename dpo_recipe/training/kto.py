@@ -1,0 +1,201 @@
+"""Unpaired preference data trained with TRL's KTOTrainer: ``training.objective: kto``.
+
+KTO (Kahneman-Tversky Optimization, arXiv:2402.01306) learns from one judged answer a row
+(``prompt`` / ``completion`` / ``label``: the ``unpaired`` form of ``dpo_recipe.data.forms``) instead
+of two answers to one prompt. The recipe, LoRA, run directory, artifacts, card and Hub push are the
+DPO path's; this module holds what training does differently, called from ``dpo_recipe.train``
+(``load_inputs``, ``build_kto_trainer``, ``training_metrics``). The rest of KTO lives in its stage:
+the refusals of DPO-only keys in ``config.checks.kto_problems``, ``KTOConfig`` in ``trl_args``
+(``RECIPE_TO_KTO_CONFIG``), the held-out report in ``evaluation.kto_scoring`` and its Markdown in
+``evaluation.report``.
+
+- **Data.** Unpaired rows are read, held out (whole prompts, or whole topics where the rows have
+  a topic column) and linted as unpaired. Pairs are held out and linted as pairs, then split
+  into rows by TRL's ``unpair_preference_dataset`` (each chosen answer desirable, each rejected
+  one undesirable). KTOTrainer reads its rows in order, because it estimates the KL term of a
+  batch from its rows' completions rotated by one within the batch; so the rows are shuffled once
+  with ``training.seed``: a batch then mixes labels and prompts, as the random sampler of the DPO
+  path would.
+- **Training.** ``KTOConfig`` gets DPOConfig's mapped keys less the pair losses, plus
+  ``desirable_weight`` / ``undesirable_weight``. The reference is the base with the adapter
+  disabled, computed by TRL in every step (no base cache).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.data.forms import Conversion, unpaired_rows
+from dpo_recipe.data.lint import LintReport, lint_unpaired
+from dpo_recipe.data.sources import (
+    as_conversation,
+    converted_source,
+    hold_out,
+    lint_error_message,
+    load_preference_splits,
+    train_and_held_out,
+)
+from dpo_recipe.errors import DataError, RecipeError
+from dpo_recipe.training.preflight import (
+    checked_architecture,
+    lora_summary,
+    measure_tokens,
+    percentiles,
+    refuse_emptied_completions,
+)
+from dpo_recipe.training.trl_args import lora_config
+
+Rows = list[dict[str, Any]]
+PAIR_COLUMN = "pair"  # rows split from pairs: the index of the pair they came from (its chosen and rejected rows)
+
+
+def unpaired_splits(data: DataSection, seed: int) -> tuple[Rows, Rows, list[str]]:
+    """``(training rows, held-out rows, notes)`` in the unpaired form, from unpaired data or from pairs.
+
+    ``data.max_train_pairs`` / ``max_eval_pairs`` count rows of unpaired data, and pairs (before they are
+    split) of pairs. Both sides are shuffled with ``seed`` (see the module's docstring)."""
+    name = data.source if not data.sources else "data.sources"
+    conversion = converted_source(data)
+    if conversion.form != "unpaired":  # pairs: held out and linted as pairs, then split
+        train_pairs, test_pairs, report = load_preference_splits(data, conversion=conversion)
+        train, test = (
+            unpaired_rows([{**row, PAIR_COLUMN: index} for index, row in enumerate(pairs)])
+            for pairs in (train_pairs, test_pairs)
+        )
+        notes = [
+            *report.notes,
+            f"objective kto: {len(train_pairs)} training pairs split into {len(train)} unpaired rows and "
+            f"{len(test_pairs)} held-out pairs into {len(test)} (each chosen answer desirable, each rejected one "
+            "undesirable: TRL's unpair_preference_dataset)",
+        ]
+    else:
+        train, test, notes = _unpaired_rows(conversion, data, name)
+    for rows in (train, test):
+        random.Random(seed).shuffle(rows)
+    notes.append(f"objective kto: rows shuffled once with training.seed {seed} (KTOTrainer reads them in order)")
+    return train, test, notes
+
+
+def _unpaired_rows(conversion: Conversion, data: DataSection, name: str) -> tuple[Rows, Rows, list[str]]:
+    """Training and held-out rows of unpaired data, linted; whole prompts (or topics) are held out, so that no
+    prompt is judged on both sides."""
+    if conversion.findings:
+        raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
+    train, test = train_and_held_out(conversion, data, name, hold=_hold_out_prompts)
+    report = lint_unpaired({data.train_split: train, **({data.test_split: test} if test else {})})
+    if report.errors:
+        raise DataError(lint_error_message(name, report))
+    train, test = train[: data.max_train_pairs], test[: data.max_eval_pairs]
+    if data.as_conversation:
+        train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
+    return train, test, list(conversion.notes)
+
+
+def _hold_out_prompts(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
+    """``hold_out`` by topic, or by prompt where the rows have no topic column: a prompt's desirable and
+    undesirable answers stay on one side, so no held-out prompt was trained on."""
+    keyed = [{**row, "topic": row.get("topic", json.dumps(row["prompt"], ensure_ascii=False))} for row in rows]
+    train, test = hold_out(keyed, test_size, seed)
+    if rows and "topic" in rows[0]:
+        return train, test
+    return [_without_topic(r) for r in train], [_without_topic(r) for r in test]
+
+
+def _without_topic(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "topic"}
+
+
+def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[str]]:
+    """``train.load_inputs`` for KTO: rows, tokenizer and the architecture checks (no weights); a dry run prints
+    what training would see. Rows whose prompt alone fills ``training.max_length`` are refused (TRL drops them)."""
+    train, test, notes = unpaired_splits(recipe.data, recipe.training.seed)
+    tokenizer, skeleton = checked_architecture(recipe)
+    if recipe.lora.trainable_tokens and skeleton.config.get_text_config().tie_word_embeddings:
+        raise RecipeError(
+            "lora.trainable_tokens: on a model with tied embeddings TRL's KTOTrainer cannot train these rows (its "
+            "fused LM head reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks, and would skip their "
+            "LM-head rows). Remove lora.trainable_tokens under training.objective kto."
+        )
+    max_length = recipe.training.max_length
+    as_pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": r["completion"]} for r in train]
+    tokens = measure_tokens(as_pairs, tokenizer, max_length)
+    if report:
+        matched, trainable = lora_summary(skeleton, recipe)
+        desirable = sum(r["label"] is True for r in train)
+        lines = [
+            *notes,
+            f"rows kept: {len(train)} ({desirable} desirable, {len(train) - desirable} undesirable); "
+            f"held-out rows: {len(test)}",
+            f"prompt tokens: {percentiles(tokens.prompt_lengths)}",
+            f"completion tokens (EOS included): {percentiles(tokens.completion_lengths[::2])}",
+            f"rows truncated at max_length {max_length}: {tokens.truncated_pairs} of {len(train)}",
+            f"LoRA target modules found: {', '.join(f'{n} x{c}' for n, c in sorted(matched.items()))}",
+            f"trainable parameters: {trainable:,}",
+            f"objective kto: TRL's KTOTrainer, desirable_weight {recipe.training.desirable_weight}, "
+            f"undesirable_weight {recipe.training.undesirable_weight}, beta {recipe.training.beta}",
+        ]
+        print("\n".join(lines))
+    refuse_emptied_completions(tokens, max_length, unit="rows", order=" after shuffling")
+    return train, test, tokenizer, notes
+
+
+def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: Rows, out: Path) -> Any:
+    """TRL's ``KTOTrainer`` with the recipe's LoRA (``trl_args.lora_config``, as for DPO), the run's callbacks and
+    progress bar."""
+    import datasets
+    from transformers.trainer_callback import ProgressCallback
+    from trl import KTOTrainer
+
+    from dpo_recipe.models.hardware import keep_freed_memory_in_heap
+    from dpo_recipe.models.loading import trainable_token_ids
+    from dpo_recipe.models.token_rows import use_sparse_token_rows
+    from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+
+    keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
+    rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in train_rows]
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),  # held-out rows are scored by evaluation.kto_scoring
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)),
+        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
+    )
+    use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LiveMetricsProgress())
+    return trainer
+
+
+def training_metrics(train_rows: Rows, log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``metrics.json``'s training additions: row counts, the pairs they were split from (None for unpaired data),
+    and KTO's last logged numbers (TRL logs each reward only when its batch held such a row)."""
+    from dpo_recipe.training.callbacks import (
+        LOGPS_CHOSEN,
+        LOGPS_REJECTED,
+        REWARD_CHOSEN,
+        REWARD_MARGIN,
+        REWARD_REJECTED,
+    )
+
+    desirable = sum(r["label"] is True for r in train_rows)
+    last: dict[str, Any] = {}
+    for key in ("kl", REWARD_CHOSEN, REWARD_REJECTED, REWARD_MARGIN, LOGPS_CHOSEN, LOGPS_REJECTED):
+        value = next((h[key] for h in reversed(log_history) if key in h), None)
+        if value is not None:
+            last[key] = value
+    from_pairs = bool(train_rows) and PAIR_COLUMN in train_rows[0]
+    return {
+        "objective": "kto",
+        "pairs": len({r[PAIR_COLUMN] for r in train_rows}) if from_pairs else None,  # before the split
+        "rows": len(train_rows),
+        "desirable_rows": desirable,
+        "undesirable_rows": len(train_rows) - desirable,
+        "split_from_pairs": from_pairs,
+        **last,
+    }
