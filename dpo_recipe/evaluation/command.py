@@ -7,7 +7,9 @@ accelerate launch --multi_gpu --num_processes 2 -m dpo_recipe.evaluation --adapt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +89,13 @@ def run_eval(
     max_pairs: int | None = None,
     out: Path = Path("eval_report.json"),
 ) -> dict[str, Any] | None:
-    """Everything that can be wrong is checked before the base model's weights load."""
-    import dataclasses
-
+    """Everything that can be wrong is checked before the base model's weights load. A KTO adapter
+    (``training.objective: kto`` in its recipe) is scored on unpaired rows, as training scored it."""
     from dpo_recipe.data.sources import load_preference_splits
+    from dpo_recipe.evaluation.kto_scoring import evaluate_kto_adapter
     from dpo_recipe.evaluation.plots import plot_report
     from dpo_recipe.models.adapters import adapter_base, load_adapter_model
+    from dpo_recipe.training.kto import scoring_trainer, unpaired_splits
 
     stopwatch, cache = Stopwatch(), default_cache()
     with stopwatch.phase("checks and data"):
@@ -105,22 +108,36 @@ def run_eval(
             max_train_pairs=None,
             max_eval_pairs=max_pairs,
         )
-        _, rows, _ = load_preference_splits(data_section)
+        kto_adapter = recipe.training.objective == "kto"
+        if kto_adapter:  # held-out rows exactly as training held them out (pairs split, shuffled with the seed)
+            _, rows, _ = unpaired_splits(data_section, recipe.training.seed)
+        else:
+            _, rows, _ = load_preference_splits(data_section)
         if not rows:
-            raise DpoRecipeError(f"{data_section.source}: split '{split}' has no pairs to score.")
+            unit = "rows" if kto_adapter else "pairs"
+            raise DpoRecipeError(f"{data_section.source}: split '{split}' has no {unit} to score.")
     with stopwatch.phase("model"):
         model, tokenizer = load_adapter_model(adapter_dir, model_section)
-    report = evaluate_adapter(
-        model,
-        tokenizer,
-        rows,
-        beta=beta or recipe.training.beta,
-        max_length=recipe.training.max_length,
-        settings=recipe.eval,
-        loss_type=recipe.training.loss_type,
-        cache=cache,
-        stopwatch=stopwatch,
-    )
+    if kto_adapter:  # KTO's own numbers, as training's held-out report computed them
+        training = dataclasses.replace(recipe.training, beta=beta or recipe.training.beta)
+        recipe = dataclasses.replace(recipe, training=training)
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer = scoring_trainer(recipe, model, tokenizer, rows, Path(scratch))
+            report = evaluate_kto_adapter(
+                trainer, tokenizer, rows, settings=recipe.eval, cache=cache, stopwatch=stopwatch
+            )
+    else:
+        report = evaluate_adapter(
+            model,
+            tokenizer,
+            rows,
+            beta=beta or recipe.training.beta,
+            max_length=recipe.training.max_length,
+            settings=recipe.eval,
+            loss_type=recipe.training.loss_type,
+            cache=cache,
+            stopwatch=stopwatch,
+        )
     if report is None:
         return None
     report["adapter"] = adapter

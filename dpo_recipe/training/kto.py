@@ -4,7 +4,8 @@ KTO (Kahneman-Tversky Optimization, arXiv:2402.01306) learns from one judged ans
 (``prompt`` / ``completion`` / ``label``: the ``unpaired`` form of ``dpo_recipe.data.forms``) instead
 of two answers to one prompt. The recipe, LoRA, run directory, artifacts, card and Hub push are the
 DPO path's; this module holds what training does differently, called from ``dpo_recipe.train``
-(``load_inputs``, ``build_kto_trainer``, ``training_metrics``). The rest of KTO lives in its stage:
+(``load_inputs``, ``build_kto_trainer``, ``training_metrics``) and from ``dpo-recipe eval``
+(``unpaired_splits``, ``scoring_trainer``). The rest of KTO lives in its stage:
 the refusals of DPO-only keys in ``config.checks.kto_problems``, ``KTOConfig`` in ``trl_args``
 (``RECIPE_TO_KTO_CONFIG``), the held-out report in ``evaluation.kto_scoring`` and its Markdown in
 ``evaluation.report``.
@@ -169,6 +170,32 @@ def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, tra
     use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LiveMetricsProgress())
+    return trainer
+
+
+def scoring_trainer(recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, out: Path) -> Any:
+    """A ``KTOTrainer`` around an adapter already trained (``dpo-recipe eval``): its dataset preparation,
+    collator and reference pass are what ``evaluation.kto_scoring`` scores with, so a re-evaluation gives the
+    numbers training's held-out report gave. Nothing is trained or written (checkpoints would go to ``out``)."""
+    import datasets
+    from trl import KTOTrainer
+
+    from dpo_recipe.training.trl_args import dpo_config
+
+    rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=None,
+        args=dpo_config(recipe, out),
+        train_dataset=datasets.Dataset.from_list(rows),  # KTOTrainer needs one; only evaluation reads it
+        processing_class=tokenizer,
+    )
+    # Given a trained PeftModel, KTOTrainer copies its adapter into a "ref" adapter to continue training
+    # against it; the reference of the adapter's own training was the base with the adapter disabled, which
+    # is what compute_ref_log_probs uses once "ref" is gone.
+    if "ref" in trainer.model.peft_config:
+        trainer.model.delete_adapter("ref")
+        trainer.model.set_adapter("default")
     return trainer
 
 

@@ -47,6 +47,13 @@ def test_kto_recipe_on_the_tiny_model_writes_adapter_card_and_held_out_report(ti
     assert "| training.desirable_weight | desirable_weight | 1.5 |" in card
     assert "| training.objective | loss_type | kto |" in card and "loss_weights" not in card.split("## Reproduce")[0]
 
+    from dpo_recipe.evaluation.command import run_eval
+
+    again = run_eval(str(out), max_pairs=8, out=tmp_path / "again.json")  # `dpo-recipe eval`, the 8 pairs held out
+    assert again["objective"] == "kto" and again["overall"] == pytest.approx(overall, rel=1e-5)
+    assert [r["row"] for r in again["per_row"]] == [r["row"] for r in report["per_row"]]
+    assert json.loads((tmp_path / "again.json").read_text())["overall"] == again["overall"]
+
 
 def _unpaired_dataset(directory: Path) -> tuple[Path, list[dict], list[dict]]:
     """Unpaired rows of the builtin pairs, saved with a train and a test split (rows in file order)."""
