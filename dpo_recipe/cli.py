@@ -360,7 +360,7 @@ def train_command(args: tuple[str, ...]) -> None:
     show_default=True,
     type=click.IntRange(min=8),
     help="CPU-sized slice of the training split (the held-out split is evaluated whole). 192 pairs on 2 CPU "
-    "cores keep the whole job near 10 minutes; more pairs raise held-out accuracy (recipes/README.md).",
+    "cores keep the whole job near 10 minutes; more pairs raise held-out accuracy (docs/evaluation.md).",
 )
 @set_option
 def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[str, ...]) -> None:

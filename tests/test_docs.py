@@ -110,3 +110,26 @@ def test_named_repository_paths_exist() -> None:
         if not (REPO / path).exists()
     ]
     assert not missing, missing
+
+
+_IMPORT = re.compile(r"^\s*(from dpo_recipe[\w.]* import [\w, ]+|import dpo_recipe[\w.]*)\s*(?:#.*)?$", re.MULTILINE)
+_DOTTED = re.compile(r"`(dpo_recipe(?:\.\w+)+)`")
+
+
+def test_documented_imports_and_names_resolve() -> None:
+    """Every ``from dpo_recipe... import ...`` in the pages' code runs, and every dotted ``dpo_recipe.x.y`` they
+    name is a module or an attribute of one: a module moved without its docs fails here."""
+    import importlib
+
+    pages = [README, *sorted((REPO / "docs").glob("**/*.md"))]
+    statements = {s.strip() for page in pages for s in _IMPORT.findall(page.read_text(encoding="utf-8"))}
+    assert "from dpo_recipe import chat, evaluate, export, generate_dataset, load_adapter, push, train" in statements
+    for statement in statements:
+        exec(statement, {})  # noqa: S102 - the statement is an import line taken from our own docs
+    for page in pages:
+        for dotted in _DOTTED.findall(page.read_text(encoding="utf-8")):
+            module, _, attribute = dotted.rpartition(".")
+            try:
+                importlib.import_module(dotted)
+            except ModuleNotFoundError:
+                assert hasattr(importlib.import_module(module), attribute), f"{page.name}: {dotted}"

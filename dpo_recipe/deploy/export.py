@@ -33,7 +33,7 @@ DEFAULT_DTYPE = {"safetensors": "f32", "gguf": "f16"}
 GGUF_NAME = "model.gguf"
 MANIFEST = "export.json"
 # Largest |logit difference| on the probe, as a share of the largest |logit|, that a read-back may show:
-# rounding alone for the float types, the quantization error for the others (measured in README "Export").
+# rounding alone for the float types, the quantization error for the others (measured in docs/export.md).
 TOLERANCES = {
     "f32": 1e-5,
     "f16": 5e-3,
