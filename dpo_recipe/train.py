@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config.schema import Recipe
-from dpo_recipe.data.sources import load_preference_splits, pin_hub_revision
+from dpo_recipe.data.sources import converted_source, load_preference_splits, pin_hub_revision, provenance
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.hardware import check_hardware, check_launch
 from dpo_recipe.models.loading import load_model, trainable_token_ids
@@ -160,6 +160,7 @@ class TrainingRun:
     is_main_process: bool
     stopwatch: Stopwatch
     cache: BaseCache  # the base's reference log-probs and answers, shared by every run on that base
+    data_sources: list[dict]  # each source's form and row counts (``data.sources.provenance``): the card's table
 
 
 def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRun | None:
@@ -175,7 +176,7 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     stopwatch = stopwatch or Stopwatch()
     with stopwatch.phase("checks and data"):
         recipe = checked_recipe(context)
-        train_rows, eval_rows, tokenizer, data_notes = load_inputs(recipe, report=context.dry_run)
+        train_rows, eval_rows, tokenizer, data_notes, data_sources = load_inputs(recipe, report=context.dry_run)
     if context.dry_run:
         return None
     out = Path(recipe.training.output_dir)
@@ -191,7 +192,7 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     with stopwatch.phase("tokenizing and reference pass"):
         trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
     return TrainingRun(
-        context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch, cache
+        context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch, cache, data_sources
     )
 
 
@@ -217,21 +218,24 @@ def checked_recipe(context: RunContext) -> Recipe:
     return recipe
 
 
-def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict], Any, list[str]]:
-    """``(train rows, held-out rows, tokenizer, data notes)``, checked against the model's architecture (no
-    weights); the notes say which form the rows were read in and how they were mapped or paired.
+def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict], Any, list[str], list[dict]]:
+    """``(train rows, held-out rows, tokenizer, data notes, sources)``, checked against the model's architecture
+    (no weights); the notes say which form the rows were read in and how they were mapped or paired, the
+    sources (``provenance``) how many rows each gave.
 
     With ``report`` (a dry run), prints what training would see, before refusing pairs whose answers
     ``training.max_length`` would cut away entirely, so the numbers behind a refusal are shown."""
     if recipe.training.objective == "kto":  # unpaired rows, pairs split into them
         return kto.load_inputs(recipe, report=report)
-    train_rows, eval_rows, lint_report = load_preference_splits(recipe.data)
+    conversion = converted_source(recipe.data)
+    train_rows, eval_rows, lint_report = load_preference_splits(recipe.data, conversion=conversion)
     tokenizer, skeleton = checked_architecture(recipe)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if report:
         print(dry_run_report(recipe, tokens, skeleton, len(lint_report.findings), lint_report.notes))
     refuse_emptied_completions(tokens, recipe.training.max_length)
-    return train_rows, eval_rows, tokenizer, lint_report.notes
+    sources = provenance(recipe.data, conversion, train_rows, eval_rows)
+    return train_rows, eval_rows, tokenizer, lint_report.notes, sources
 
 
 def claim_output_dir(context: RunContext, out: Path) -> bool:
@@ -278,6 +282,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
     if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
         metrics["train"].update(kto.training_metrics(training.train_rows, trainer.state.log_history))
+    metrics["data"] = {"sources": training.data_sources}
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
     with write_failures_explained(out, context.resume_command(out)), training.stopwatch.phase("saving"):

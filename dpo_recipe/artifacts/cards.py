@@ -11,10 +11,10 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.vocabulary import is_reference_free
 from dpo_recipe.data.generator import HARD_NEGATIVE_TYPES
-from dpo_recipe.data.sources import is_hub_id
+from dpo_recipe.data.sources import is_hub_id, source_entries
 from dpo_recipe.data.tokens import length_percentiles
 from dpo_recipe.evaluation.report import markdown_summary
 from dpo_recipe.training.trl_args import RECIPE_TO_OBJECTIVE, mapped_hyperparameters, mapped_lora, recipe_value
@@ -154,7 +154,7 @@ def render_model_card(
         library_name="peft",
         license=recipe.hub.license,
         tags=["trl", recipe.training.objective, "lora", "dpo-recipe"],
-        datasets=[source for source, *_ in data_table(recipe.data) if is_hub_id(source)] or None,
+        datasets=[e["source"] for e in source_entries(recipe.data) if is_hub_id(e["source"])] or None,
         eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
     lora = recipe.lora
@@ -190,7 +190,7 @@ def render_model_card(
         command=command,
         recipe_yaml=recipe.to_yaml(),
         trust_remote_code=recipe.model.trust_remote_code,
-        data_sources=data_table(recipe.data),
+        data_sources=metrics.get("data", {}).get("sources") or source_entries(recipe.data),
         mixture=bool(recipe.data.sources),
         objective=recipe.training.objective,
         objective_note=_kto_note(recipe, metrics) if kto else "",
@@ -217,24 +217,6 @@ def _kto_note(recipe: Recipe, metrics: dict[str, Any]) -> str:
         f"Trained with TRL's `KTOTrainer`: beta {t.beta}, desirable_weight {t.desirable_weight}, "
         f"undesirable_weight {t.undesirable_weight}{counts}.{split}"
     )
-
-
-def data_table(data: DataSection) -> list[tuple[str, str, str, str]]:
-    """(source, form, split, share) of every source the adapter trained on: the card's data table, so a
-    mixture's parts and their weights are read where the model is, not only in the recipe."""
-    if not data.sources:
-        return [(data.source, data.form, data.train_split, "all rows")]
-    rows = []
-    for entry in data.sources:
-        share = (
-            f"weight {entry['weight']:g}"
-            if "weight" in entry
-            else f"fraction {entry['fraction']:g}"
-            if "fraction" in entry
-            else "all rows"
-        )
-        rows.append((entry["source"], entry.get("form", data.form), entry.get("split", data.train_split), share))
-    return rows
 
 
 EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed

@@ -88,6 +88,7 @@ class Conversion:
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)  # errors only; rows numbered as in the source
     form: str | None = None  # the form read (None: none fits); 'unpaired' rows hold prompt / completion / label
+    source_forms: dict[str, str] = field(default_factory=dict)  # a mixture: the form each source was read in
 
 
 class _RowProblem(Exception):

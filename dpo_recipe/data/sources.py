@@ -283,7 +283,7 @@ def mixed_sources(data: DataSection) -> Conversion:
     notes: list[str] = []
     findings: list[Any] = []
     parts: list[tuple[str, Rows, Rows]] = []  # (source, training rows, test rows)
-    forms = set()
+    forms, source_forms = set(), {}
     for index, entry in enumerate(data.sources):
         section = source_section(data, entry)
         conversion = to_standard(read_source(section.source, revision=section.revision), section)
@@ -291,6 +291,7 @@ def mixed_sources(data: DataSection) -> Conversion:
         notes += [f"{label}: {note}" for note in conversion.notes]
         findings += [dataclasses.replace(f, split=f"{section.source}:{f.split}") for f in conversion.findings]
         forms.add(conversion.form == "unpaired")
+        source_forms[section.source] = conversion.form
         if conversion.findings:
             continue
         if section.train_split not in conversion.splits:
@@ -343,7 +344,44 @@ def mixed_sources(data: DataSection) -> Conversion:
         f"mixture: {len(train)} training rows ({counts}), {how}; each row's source is in column {SOURCE_COLUMN}"
     )
     splits = {data.train_split: train, **({data.test_split: test} if test else {})}
-    return Conversion(splits, notes, [], "unpaired" if True in forms else "standard")
+    return Conversion(splits, notes, [], "unpaired" if True in forms else "standard", source_forms)
+
+
+def source_entries(data: DataSection) -> list[dict[str, Any]]:
+    """The sources a recipe names, as it names them: source, form (``auto`` until read), split and share."""
+    if not data.sources:
+        return [{"source": data.source, "form": data.form, "split": data.train_split, "share": "all rows"}]
+    return [
+        {
+            "source": entry["source"],
+            "form": entry.get("form", data.form),
+            "split": entry.get("split", data.train_split),
+            "share": f"weight {entry['weight']:g}"
+            if "weight" in entry
+            else f"fraction {entry['fraction']:g}"
+            if "fraction" in entry
+            else "all rows",
+        }
+        for entry in data.sources
+    ]
+
+
+def provenance(data: DataSection, conversion: Conversion, train: Rows, held_out: Rows) -> list[dict[str, Any]]:
+    """``source_entries`` once read: each source's form as read (detected or named) and how many of the rows
+    that trained and that were held out are its own (``data_source`` in a mixture). The model card's data
+    table, so what an adapter learned from is read where the model is, not only in the recipe."""
+    if not data.sources:
+        (entry,) = source_entries(data)
+        return [{**entry, "form": conversion.form, "training_rows": len(train), "held_out_rows": len(held_out)}]
+    return [
+        {
+            **entry,
+            "form": conversion.source_forms.get(entry["source"], entry["form"]),
+            "training_rows": sum(row.get(SOURCE_COLUMN) == entry["source"] for row in train),
+            "held_out_rows": sum(row.get(SOURCE_COLUMN) == entry["source"] for row in held_out),
+        }
+        for entry in source_entries(data)
+    ]
 
 
 def _aligned(rows: Rows) -> Rows:

@@ -38,6 +38,7 @@ from dpo_recipe.data.sources import (
     hold_out,
     lint_error_message,
     load_preference_splits,
+    provenance,
     train_and_held_out,
 )
 from dpo_recipe.errors import DataError, RecipeError
@@ -54,13 +55,13 @@ Rows = list[dict[str, Any]]
 PAIR_COLUMN = "pair"  # rows split from pairs: the index of the pair they came from (its chosen and rejected rows)
 
 
-def unpaired_splits(data: DataSection, seed: int) -> tuple[Rows, Rows, list[str]]:
+def unpaired_splits(data: DataSection, seed: int, conversion: Conversion | None = None) -> tuple[Rows, Rows, list[str]]:
     """``(training rows, held-out rows, notes)`` in the unpaired form, from unpaired data or from pairs.
 
     ``data.max_train_pairs`` / ``max_eval_pairs`` count rows of unpaired data, and pairs (before they are
     split) of pairs. Both sides are shuffled with ``seed`` (see the module's docstring)."""
     name = data.source if not data.sources else "data.sources"
-    conversion = converted_source(data)
+    conversion = conversion or converted_source(data)
     if conversion.form != "unpaired":  # pairs: held out and linted as pairs, then split
         train_pairs, test_pairs, report = load_preference_splits(data, conversion=conversion)
         train, test = (
@@ -110,10 +111,11 @@ def _without_topic(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "topic"}
 
 
-def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[str]]:
+def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[str], list[dict[str, Any]]]:
     """``train.load_inputs`` for KTO: rows, tokenizer and the architecture checks (no weights); a dry run prints
     what training would see. Rows whose prompt alone fills ``training.max_length`` are refused (TRL drops them)."""
-    train, test, notes = unpaired_splits(recipe.data, recipe.training.seed)
+    conversion = converted_source(recipe.data)
+    train, test, notes = unpaired_splits(recipe.data, recipe.training.seed, conversion)
     tokenizer, skeleton = checked_architecture(recipe)
     if recipe.lora.trainable_tokens and skeleton.config.get_text_config().tie_word_embeddings:
         raise RecipeError(
@@ -141,7 +143,7 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[
         ]
         print("\n".join(lines))
     refuse_emptied_completions(tokens, max_length, unit="rows", order=" after shuffling")
-    return train, test, tokenizer, notes
+    return train, test, tokenizer, notes, provenance(recipe.data, conversion, train, test)
 
 
 def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, train_rows: Rows, out: Path) -> Any:

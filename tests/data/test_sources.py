@@ -207,13 +207,17 @@ def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Pa
 
 
 def test_a_mixture_trains_and_the_model_card_lists_its_sources(tiny_model: Path, tmp_path: Path) -> None:
+    """Three differently shaped files (ShareGPT, OpenAI preference JSONL, a system column under another prompt
+    name) train as one set; the card lists each source with the form it was read in and its row counts."""
     from conftest import tiny_overrides
 
     from dpo_recipe.train import run
 
     openai = str(FORM_FIXTURES / "openai.jsonl")
+    orca = ORCA["source"]
     settings = [
-        f"data.sources=[{{source: {SHAREGPT['source']}, fraction: 0.5}}, {{source: {openai}}}]",
+        f"data.sources=[{{source: {SHAREGPT['source']}, fraction: 0.5}}, {{source: {openai}}}, "
+        f"{{source: {orca}, prompt_column: question}}]",
         "data.test_size=0.25",
         "data.max_train_pairs=null",
         "data.max_eval_pairs=null",
@@ -223,9 +227,19 @@ def test_a_mixture_trains_and_the_model_card_lists_its_sources(tiny_model: Path,
     ]
     out = tmp_path / "run"
     metrics = run("tiny-ja", tiny_overrides(tiny_model, *settings), output_dir=str(out))
-    assert metrics["train"]["pairs"] == 7 and metrics["eval"]["overall"]["pairs"] == 2  # 3 + 6 rows, a quarter held out
+    sources = metrics["data"]["sources"]
+    assert [(s["source"], s["form"], s["share"]) for s in sources] == [
+        (SHAREGPT["source"], "sharegpt", "fraction 0.5"),
+        (openai, "openai", "all rows"),
+        (orca, "standard", "all rows"),
+    ]
+    given = [3, 6, 6]  # half of ShareGPT's six rows, all of the others
+    assert [s["training_rows"] + s["held_out_rows"] for s in sources] == given
+    assert sum(s["training_rows"] for s in sources) == metrics["train"]["pairs"]
+    assert sum(s["held_out_rows"] for s in sources) == metrics["eval"]["overall"]["pairs"] > 0
     card = (out / "README.md").read_text(encoding="utf-8")
     table = card.split("## Training data")[1].split("##")[0]
-    assert f"| {SHAREGPT['source']} | auto | train | fraction 0.5 |" in table
-    assert f"| {openai} | auto | train | all rows |" in table
+    for s in sources:
+        row = f"| {s['source']} | {s['form']} | train | {s['share']} | {s['training_rows']} | {s['held_out_rows']} |"
+        assert row in table, table
     assert "each row keeps its source in the `data_source` column" in table
