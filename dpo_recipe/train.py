@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.data.sources import converted_source, load_preference_splits, pin_hub_revision, provenance
+from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.hardware import check_hardware, check_launch
 from dpo_recipe.models.loading import load_model, trainable_token_ids
@@ -32,6 +33,7 @@ from dpo_recipe.training.preflight import (
     dry_run_report,
     measure_tokens,
     refuse_emptied_completions,
+    refuse_tools_the_template_ignores,
 )
 from dpo_recipe.training.run_context import RunContext
 from dpo_recipe.training.run_dir import (
@@ -230,6 +232,7 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict]
     conversion = converted_source(recipe.data)
     train_rows, eval_rows, lint_report = load_preference_splits(recipe.data, conversion=conversion)
     tokenizer, skeleton = checked_architecture(recipe)
+    refuse_tools_the_template_ignores(train_rows + eval_rows, tokenizer, recipe)
     tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
     if report:
         print(dry_run_report(recipe, tokens, skeleton, len(lint_report.findings), lint_report.notes))
@@ -330,7 +333,7 @@ def build_trainer(
     from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
-        return datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+        return datasets.Dataset.from_list(trainer_rows(rows, ("prompt", "chosen", "rejected")))
 
     lora = lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer))
     trainer_class, extra = DPOTrainer, {}

@@ -216,14 +216,6 @@ def load_preference_splits(
             "gemma3-270m-ja-kto recipes), or give pairs (rows with prompt / chosen / rejected) for DPO; "
             f"'dpo-recipe data lint {name}' shows what the file holds."
         )
-    with_tools = [n for rows in conversion.splits.values() for n, row in enumerate(rows, 1) if row.get("tools")]
-    if with_tools:
-        raise DataError(
-            f"{name}: {len(with_tools)} rows carry tool definitions (OpenAI input.tools, kept as a tools column), "
-            "but training renders prompt / chosen / rejected through the chat template without them yet, so their "
-            "answers would be trained on without the tools they call. Drop input.tools from those rows (or the rows) "
-            "to train on the rest; 'dpo-recipe data convert' keeps the column for other tools."
-        )
     train, test = train_and_held_out(conversion, data, name)
     report = dataclasses.replace(lint({data.train_split: train, data.test_split: test}), notes=conversion.notes)
     if report.errors:

@@ -7,6 +7,7 @@ the evaluation's log-probs against TRL's own).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,21 +22,39 @@ class EncodedPair:
     prompt_is_prefix: bool  # False when TRL would cut the prompt's tail
 
 
-def render_ids(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -> list[int]:
-    """Token ids of plain text (tokenized raw) or of messages (through the chat template)."""
+def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's tool definitions as TRL's DPOTrainer reads its ``tools`` column: JSON text or a list; none when
+    empty (an empty list makes some templates, Llama's, render tool boilerplate)."""
+    tools = row.get("tools")
+    return (json.loads(tools) if isinstance(tools, str) else tools) or None
+
+
+def trainer_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows cut to the ``columns`` a TRL trainer reads, and ``tools`` where any row has some (TRL gives them to
+    the chat template; a row without has None), so tool definitions reach training as they reach scoring."""
+    keep = (*columns, "tools") if any(row_tools(row) for row in rows) else columns
+    return [{k: row.get(k) for k in keep} for row in rows]
+
+
+def render_ids(
+    tokenizer: Any, value: Any, *, generation_prompt: bool = False, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """Token ids of plain text (tokenized raw) or of messages (through the chat template, with ``tools``)."""
     if isinstance(value, str):
         return tokenizer(value)["input_ids"]
     rendered = tokenizer.apply_chat_template(
-        value, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
+        value, tools=tools, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
     )
     return list(rendered["input_ids"])
 
 
-def render_text(tokenizer: Any, value: Any, *, generation_prompt: bool = False) -> str:
-    """Plain text as is, messages through the chat template: the text the model reads."""
+def render_text(
+    tokenizer: Any, value: Any, *, generation_prompt: bool = False, tools: list[dict[str, Any]] | None = None
+) -> str:
+    """Plain text as is, messages through the chat template (with ``tools``): the text the model reads."""
     if isinstance(value, str):
         return value
-    return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(value, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def _pair_as_trl_sees_it(tokenizer: Any, row: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -61,8 +80,9 @@ def render_pair(tokenizer: Any, row: dict[str, Any]) -> RenderedPair:
     generation prompt) must be a prefix of the rendered prompt + answer, or the answer's first tokens are not
     the ones training scores (a template that rewrites earlier turns, e.g. strips reasoning, breaks this)."""
     prompt, chosen, rejected = _pair_as_trl_sees_it(tokenizer, row)
-    head = render_text(tokenizer, prompt, generation_prompt=True)
-    whole = [render_text(tokenizer, prompt + answer) for answer in (chosen, rejected)]
+    tools = row_tools(row)
+    head = render_text(tokenizer, prompt, generation_prompt=True, tools=tools)
+    whole = [render_text(tokenizer, prompt + answer, tools=tools) for answer in (chosen, rejected)]
     is_prefix = all(text.startswith(head) for text in whole)
     answers = [text[len(head) :] if text.startswith(head) else text for text in whole]
     return RenderedPair(head, answers[0], answers[1], is_prefix)
@@ -72,12 +92,13 @@ def encode_pair(tokenizer: Any, row: dict[str, Any]) -> EncodedPair:
     """A ``prompt`` / ``chosen`` / ``rejected`` row as TRL's DPOTrainer tokenizes it.
 
     Each of ``prompt + chosen`` and ``prompt + rejected`` is tokenized whole and split where it
-    stops agreeing with the prompt.
+    stops agreeing with the prompt; a ``tools`` column goes to the chat template, as TRL passes it.
     """
     prompt, chosen, rejected = _pair_as_trl_sees_it(tokenizer, row)
-    prompt_ids = render_ids(tokenizer, prompt, generation_prompt=True)
-    prompt_chosen = render_ids(tokenizer, prompt + chosen)
-    prompt_rejected = render_ids(tokenizer, prompt + rejected)
+    tools = row_tools(row)
+    prompt_ids = render_ids(tokenizer, prompt, generation_prompt=True, tools=tools)
+    prompt_chosen = render_ids(tokenizer, prompt + chosen, tools=tools)
+    prompt_rejected = render_ids(tokenizer, prompt + rejected, tools=tools)
     prompt_len = min(common_prefix_length(prompt_ids, prompt_chosen), common_prefix_length(prompt_ids, prompt_rejected))
     return EncodedPair(
         prompt_ids=prompt_ids[:prompt_len],

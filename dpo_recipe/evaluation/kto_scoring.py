@@ -16,6 +16,8 @@ from collections import defaultdict
 from typing import Any
 
 from dpo_recipe.config.schema import EvalSection
+from dpo_recipe.data.forms import UNPAIRED_COLUMNS
+from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.evaluation.scoring import checked_answers
 from dpo_recipe.training.base_cache import BaseCache
 from dpo_recipe.utils.stopwatch import Stopwatch
@@ -35,10 +37,7 @@ def score_rows(trainer: Any, model: Any, rows: Rows) -> list[dict[str, Any]]:
     from torch.utils.data import DataLoader
 
     args = trainer.args
-    indexed = [
-        {"prompt": r["prompt"], "completion": r["completion"], "label": r["label"], "row": i}
-        for i, r in enumerate(rows)
-    ]
+    indexed = [{**r, "row": i} for i, r in enumerate(trainer_rows(rows, UNPAIRED_COLUMNS))]
     prepared = trainer._prepare_dataset(datasets.Dataset.from_list(indexed), trainer.processing_class, args, "eval")
     loader = DataLoader(prepared, batch_size=args.per_device_train_batch_size, collate_fn=trainer.data_collator)
     beta, device = args.beta, trainer.accelerator.device

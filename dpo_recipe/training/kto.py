@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import DataSection, Recipe
-from dpo_recipe.data.forms import Conversion, unpaired_rows
+from dpo_recipe.data.forms import UNPAIRED_COLUMNS, Conversion, unpaired_rows
 from dpo_recipe.data.lint import LintReport, lint_unpaired
 from dpo_recipe.data.sources import (
     as_conversation,
@@ -41,6 +41,7 @@ from dpo_recipe.data.sources import (
     provenance,
     train_and_held_out,
 )
+from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.errors import DataError, RecipeError
 from dpo_recipe.training.preflight import (
     checked_architecture,
@@ -48,6 +49,7 @@ from dpo_recipe.training.preflight import (
     measure_tokens,
     percentiles,
     refuse_emptied_completions,
+    refuse_tools_the_template_ignores,
 )
 from dpo_recipe.training.trl_args import lora_config
 
@@ -123,6 +125,7 @@ def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[
             "fused LM head reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks, and would skip their "
             "LM-head rows). Remove lora.trainable_tokens under training.objective kto."
         )
+    refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
     max_length = recipe.training.max_length
     as_pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": r["completion"]} for r in train]
     tokens = measure_tokens(as_pairs, tokenizer, max_length)
@@ -159,7 +162,7 @@ def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, tra
     from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
 
     keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
-    rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in train_rows]
+    rows = trainer_rows(train_rows, UNPAIRED_COLUMNS)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
@@ -184,7 +187,7 @@ def scoring_trainer(recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, out:
 
     from dpo_recipe.training.trl_args import dpo_config
 
-    rows = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
+    rows = trainer_rows(rows, UNPAIRED_COLUMNS)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,

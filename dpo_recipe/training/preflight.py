@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpo_recipe.config.schema import Recipe
-from dpo_recipe.data.tokens import RenderedPair, encode_pair, length_percentiles, render_pair
+from dpo_recipe.data.tokens import RenderedPair, encode_pair, length_percentiles, render_pair, render_text, row_tools
 from dpo_recipe.errors import DataError
 from dpo_recipe.models.loading import (
     check_lora_targets,
@@ -77,6 +77,28 @@ def refuse_emptied_completions(report: TokenReport, max_length: int, unit: str =
             f"{report.pairs} training {unit} (rows {rows}{order}): their prompts alone are {max_length}+ tokens "
             f"(longest {longest}). Raise training.max_length to at least {longest + 32} or shorten those prompts."
         )
+
+
+def refuse_tools_the_template_ignores(rows: list[dict[str, Any]], tokenizer: Any, recipe: Recipe) -> None:
+    """Rows with tool definitions (OpenAI's ``input.tools``, kept as a ``tools`` column) train only where the chat
+    template renders them: TRL passes them to it, and a template without tool support drops them silently, which
+    would train answers that call tools the prompt never showed. Checked on the first such row: rendering its
+    prompt with and without its tools must differ."""
+    with_tools = [n for n, row in enumerate(rows, 1) if row_tools(row)]
+    if not with_tools:
+        return
+    row = rows[with_tools[0] - 1]
+    plain = render_text(tokenizer, row["prompt"], generation_prompt=True)
+    if render_text(tokenizer, row["prompt"], generation_prompt=True, tools=row_tools(row)) != plain:
+        return
+    template = recipe.model.chat_template or f"{recipe.model.name_or_path}'s own"
+    source = recipe.data.source if not recipe.data.sources else "data.sources"
+    raise DataError(
+        f"{source}: {len(with_tools)} rows carry tool definitions (a tools column, e.g. OpenAI input.tools), but "
+        f"the chat template ({template}) does not render tools, so their answers would be "
+        "trained without the tools they call. Use a model (or model.chat_template) whose template renders a tools "
+        "argument, or drop the tools from those rows (or the rows) to train on the rest."
+    )
 
 
 def checked_architecture(recipe: Recipe) -> tuple[Any, Any]:

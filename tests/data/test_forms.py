@@ -333,10 +333,19 @@ def test_a_conversation_named_by_prompt_column_is_read_as_sharegpt_not_refused()
     assert converted == [{"prompt": [USER], "chosen": [answer("合わせすぎです。")], "rejected": [answer("不明。")]}]
 
 
-def test_openai_tools_are_carried_as_json_and_training_refuses_them_before_weights_load(
-    tiny_model: Path, tmp_path: Path, monkeypatch
+TOOLS_TEMPLATE = (  # the tiny model's template, with the tools a prompt may call listed first, as tool-aware ones do
+    "{% if tools %}{{ '<|im_start|>system\\n' }}{% for tool in tools %}{{ tool['function']['name'] + '\\n' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_openai_tools_train_where_the_chat_template_renders_them_and_are_refused_where_it_does_not(
+    tiny_model: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    from dpo_recipe.train import run
+    from dpo_recipe.data.tokens import encode_pair
+    from dpo_recipe.train import evaluate_and_save, setup, train
 
     tool = {"type": "function", "function": {"name": "検索", "parameters": {"type": "object", "properties": {}}}}
     rows = read_file(FORM_FIXTURES / "openai.jsonl")
@@ -348,14 +357,32 @@ def test_openai_tools_are_carried_as_json_and_training_refuses_them_before_weigh
     assert convert(bad)[1] == {
         ("message-without-content", (1,)): "preferred_output has a message without text content (role assistant)"
     }
-
-    monkeypatch.setattr(
-        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
-    )
     source = write_jsonl(tmp_path / "tools.jsonl", rows)
-    with pytest.raises(DataError, match=r"tools.jsonl: 1 rows carry tool definitions \(OpenAI input.tools, kept as "):
-        run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()
+
+    train_module = importlib.import_module("dpo_recipe.train")
+    load_model = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", lambda *a: pytest.fail("weights loaded"))
+    refused = training_context(source, tmp_path / "refused", tiny_model, ())
+    with pytest.raises(DataError, match=r"tools.jsonl: 1 rows carry tool definitions .* does not render tools"):
+        setup(refused)
+    assert not (tmp_path / "refused").exists()
+
+    monkeypatch.setattr(train_module, "load_model", load_model)
+    template = tmp_path / "tools.jinja"
+    template.write_text(TOOLS_TEMPLATE, encoding="utf-8")
+    run = setup(training_context(source, tmp_path / "tools", tiny_model, (f"model.chat_template={template}",)))
+    capsys.readouterr()
+    dataset = run.trainer.train_dataset
+    with_tools = [n for n, row in enumerate(run.train_rows) if row.get("tools")]
+    assert len(with_tools) == 1 and len(dataset) == 4
+    tokenizer = run.tokenizer
+    for n, row in enumerate(run.train_rows):  # TRL's ids (tools given to the template) are encode_pair's
+        pair = encode_pair(tokenizer, row)
+        assert (dataset["prompt_ids"][n], dataset["chosen_ids"][n]) == (pair.prompt_ids, pair.chosen_ids)
+    shown = tokenizer.decode(dataset["prompt_ids"][with_tools[0]])
+    assert shown.startswith("<|im_start|>system\n検索\n<|im_end|>\n<|im_start|>user\n"), shown
+    metrics = evaluate_and_save(run, train(run), 0.0)
+    assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3) and metrics["train"]["steps"] == 2
 
 
 def test_bad_data_config_is_one_paragraph_naming_the_key_before_any_data_is_read(tmp_path: Path) -> None:
