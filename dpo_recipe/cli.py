@@ -378,21 +378,33 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
     metrics = train(recipe, settings, output_dir=out_dir / "adapter", overwrite=True)
     assert metrics is not None
     held_out = metrics["eval"]
-    overall = held_out["overall"]
     if held_out.get("answer_checks"):
         from dpo_recipe.evaluation.report import answer_checks_table
 
         click.echo("\n" + "\n".join(answer_checks_table(held_out["answer_checks"])))
     for answer in held_out.get("generations", [])[:3]:
         click.echo(f"\nQ: {answer['question']}\n  base:  {answer['base']}\n  tuned: {answer['tuned']}")
-    low, high = overall["reward_accuracy_ci95"]
     click.echo(
         f"\nQuickstart finished in {time.perf_counter() - started:.0f} s.\n"
         f"  dataset:  {data_dir}\n"
         f"  adapter:  {out_dir / 'adapter'} (metrics.json, eval_report.json, plots/, README.md)\n"
-        f"  held-out reward accuracy: {overall['reward_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on "
-        f"{overall['pairs']} pairs "
-        f"(base log-likelihood accuracy {overall['base_loglik_accuracy_normalized']:.3f} -> "
+        f"  {held_out_line(held_out)}"
+    )
+
+
+def held_out_line(report: dict) -> str:
+    """The quickstart's last line: the held-out numbers of a DPO report (pairs) or a KTO one (unpaired rows)."""
+    overall = report["overall"]
+    if report.get("objective") == "kto":
+        return (
+            f"held-out KL-adjusted reward accuracy: {overall['reward_accuracy']:.3f} on {overall['rows']} rows "
+            f"(desirable {overall['desirable_accuracy']:.3f}, undesirable {overall['undesirable_accuracy']:.3f}; "
+            f"reward margin {overall['reward_margin']:.3f})"
+        )
+    low, high = overall["reward_accuracy_ci95"]
+    return (
+        f"held-out reward accuracy: {overall['reward_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on "
+        f"{overall['pairs']} pairs (base log-likelihood accuracy {overall['base_loglik_accuracy_normalized']:.3f} -> "
         f"tuned {overall['policy_loglik_accuracy_normalized']:.3f}, length-normalised)"
     )
 

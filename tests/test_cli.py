@@ -93,3 +93,17 @@ def test_eval_over_processes_launches_the_evaluation_module(runner, execv, tmp_p
     assert isinstance(result.exception, Exec), result.output
     eval_args = ["--adapter", "a", "--out", str(tmp_path / "r.json")]
     assert execv == [accelerate_command("dpo_recipe.evaluation", eval_args, None, 2)]
+
+
+def test_quickstart_with_a_kto_recipe_ends_with_kto_numbers(runner, tiny_model: Path, tmp_path: Path) -> None:
+    """The quickstart's last line reads the report it got: a KTO run has rows and KL-adjusted accuracy, no pairs
+    (it once failed there with a KeyError after training the Gemma KTO recipe for 21 minutes)."""
+    import json
+
+    settings = [item for s in tiny_overrides(tiny_model, "eval.num_generations=0") for item in ("--set", s)]
+    out = tmp_path / "quick"
+    result = invoke(runner, "quickstart", "--recipe", "tiny-ja-kto", "--train-pairs", "8", "--out", str(out), *settings)
+    assert result.exit_code == 0, result.output
+    overall = json.loads((out / "adapter" / "eval_report.json").read_text())["overall"]
+    expected = f"held-out KL-adjusted reward accuracy: {overall['reward_accuracy']:.3f} on {overall['rows']} rows"
+    assert expected in result.output
