@@ -51,7 +51,7 @@ from dpo_recipe.training.preflight import (
     refuse_emptied_completions,
     refuse_tools_the_template_ignores,
 )
-from dpo_recipe.training.trl_args import lora_config
+from dpo_recipe.training.trl_args import dpo_config, lora_config
 
 Rows = list[dict[str, Any]]
 PAIR_COLUMN = "pair"  # rows split from pairs: the index of the pair they came from (its chosen and rejected rows)
@@ -184,8 +184,6 @@ def scoring_trainer(recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, out:
     numbers training's held-out report gave. Nothing is trained or written (checkpoints would go to ``out``)."""
     import datasets
     from trl import KTOTrainer
-
-    from dpo_recipe.training.trl_args import dpo_config
 
     rows = trainer_rows(rows, UNPAIRED_COLUMNS)
     trainer = KTOTrainer(
