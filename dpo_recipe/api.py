@@ -115,6 +115,7 @@ def evaluate(
     beta: float | None = None,
     max_pairs: int | None = None,
     out: str | Path = "eval_report.json",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any] | None:
     """Score an adapter (directory or Hub id) on held-out pairs: reward accuracy, before / after, by failure type.
 
@@ -125,7 +126,16 @@ def evaluate(
     """
     from dpo_recipe.evaluation.command import run_eval
 
-    return run_eval(str(adapter), base=base, data=data, split=split, beta=beta, max_pairs=max_pairs, out=Path(out))
+    return run_eval(
+        str(adapter),
+        base=base,
+        data=data,
+        split=split,
+        beta=beta,
+        max_pairs=max_pairs,
+        out=Path(out),
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def push(
@@ -149,16 +159,17 @@ def push(
     return push_dir(Path(output_dir), repo_id, private=private, revision=revision, commit_message=commit_message)
 
 
-def load_adapter(adapter: str | Path, base: str | None = None) -> tuple[Any, Any]:
+def load_adapter(adapter: str | Path, base: str | None = None, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the base model recorded in the adapter's ``recipe.yaml`` with the LoRA adapter on.
 
     ``adapter`` is a training output directory or a Hub id; ``base`` overrides the recorded base
-    (a Hub id or directory). The adapter's shapes are checked against the base before weights
+    (a Hub id or directory); ``trust_remote_code`` allows the base repo's own code (the adapter's recipe
+    cannot). The adapter's shapes are checked against the base before weights
     load, and the tokenizer is the one saved with the adapter. The model is in eval mode.
     """
     from dpo_recipe.models.adapters import adapter_base, load_adapter_model
 
-    adapter_dir, _, model_section = adapter_base(str(adapter), base)
+    adapter_dir, _, model_section = adapter_base(str(adapter), base, trust_remote_code=trust_remote_code)
     return load_adapter_model(adapter_dir, model_section)
 
 

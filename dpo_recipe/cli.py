@@ -22,6 +22,11 @@ set_option = click.option(
 )
 private_option = click.option("--private", is_flag=True, help="Create the repo private.")
 revision_option = click.option("--revision", help="Branch to push to (default main).")
+trust_option = click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow the base model repo's own Python code. An adapter's recipe.yaml cannot turn this on by itself.",
+)
 
 
 class _Group(click.Group):
@@ -102,7 +107,9 @@ def data() -> None:
 
 @data.command("generate")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
-@click.option("--num-pairs", default=1000, show_default=True, type=click.IntRange(min=10), help="Pairs in total.")
+@click.option(
+    "--num-pairs", default=1000, show_default=True, type=click.IntRange(min=10, max=1_000_000), help="Pairs in total."
+)
 @click.option("--seed", default=0, show_default=True, help="Same seed, byte-identical files.")
 @click.option(
     "--tokenizer",
@@ -362,9 +369,15 @@ def train_command(args: tuple[str, ...]) -> None:
     help="CPU-sized slice of the training split (the held-out split is evaluated whole). 192 pairs on 2 CPU "
     "cores keep the whole job near 10 minutes; more pairs raise held-out accuracy (docs/evaluation.md).",
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the run already in OUT/adapter (a folder of other files never is)."
+)
 @set_option
-def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[str, ...]) -> None:
-    """The main job, offline: generate the dataset, train, evaluate on held-out topics, save."""
+def quickstart(out_dir: Path, recipe: str, train_pairs: int, overwrite: bool, overrides: tuple[str, ...]) -> None:
+    """The main job, offline: generate the dataset, train, evaluate on held-out topics, save.
+
+    OUT/adapter follows training's rules: a finished run there is kept unless --overwrite, and a folder
+    that holds no dpo-recipe run is never written into. The dataset in OUT/data is reused when present."""
     import time
 
     from dpo_recipe.api import train
@@ -375,7 +388,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overrides: tuple[st
         ctx = click.get_current_context()
         ctx.invoke(data_generate, out_dir=data_dir, num_pairs=1000, seed=0, tokenizer=recipe, overwrite=False)
     settings = [f"data.source={data_dir}", f"data.max_train_pairs={train_pairs}", *overrides]
-    metrics = train(recipe, settings, output_dir=out_dir / "adapter", overwrite=True)
+    metrics = train(recipe, settings, output_dir=out_dir / "adapter", overwrite=overwrite)
     assert metrics is not None
     held_out = metrics["eval"]
     if held_out.get("answer_checks"):
@@ -466,7 +479,10 @@ def eval_command(args: tuple[str, ...]) -> None:
     "--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1), help="Longest answer, in tokens."
 )
 @click.option("--prompt", help="Answer this one prompt and exit. Without it, prompts are read from stdin.")
-def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: str | None) -> None:
+@trust_option
+def chat_command(
+    adapter: str, base: str | None, max_new_tokens: int, prompt: str | None, trust_remote_code: bool
+) -> None:
     """Ask the tuned model (base + adapter) questions; greedy, deterministic answers.
 
     The same question always gets the same answer. A prompt is used as written, the way the
@@ -484,7 +500,7 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
 
     if prompt is not None and not prompt.strip():
         raise click.BadParameter("must not be empty.", param_hint="--prompt")
-    adapter_dir, recipe, model_section = adapter_base(adapter, base)
+    adapter_dir, recipe, model_section = adapter_base(adapter, base, trust_remote_code=trust_remote_code)
     model, tokenizer = load_adapter_model(adapter_dir, model_section)
     answer = functools.partial(  # the prompt form and decoding the adapter was trained and evaluated with
         chat,
@@ -520,8 +536,16 @@ def chat_command(adapter: str, base: str | None, max_new_tokens: int, prompt: st
 @click.option("--quant", help="GGUF only: quantize the weight matrices (q8_0, q5_1, q5_0, q4_1, q4_0).")
 @click.option("--base", help="Base model; default: the one the adapter's recipe recorded.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@trust_option
 def export_command(
-    adapter: str, out_dir: Path, fmt: str, dtype: str | None, quant: str | None, base: str | None, overwrite: bool
+    adapter: str,
+    out_dir: Path,
+    fmt: str,
+    dtype: str | None,
+    quant: str | None,
+    base: str | None,
+    overwrite: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Merge an adapter into its base and write it to run without PEFT: GGUF or safetensors.
 
@@ -535,7 +559,16 @@ def export_command(
     """
     from dpo_recipe.api import export
 
-    result = export(adapter, out_dir, fmt=fmt, dtype=dtype, quant=quant, base=base, overwrite=overwrite)
+    result = export(
+        adapter,
+        out_dir,
+        fmt=fmt,
+        dtype=dtype,
+        quant=quant,
+        base=base,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+    )
     check = result.check
     weights = [(name, size) for name, size in result.files.items() if name.endswith((".gguf", ".safetensors"))]
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in weights)

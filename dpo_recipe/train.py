@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config.schema import Recipe
+from dpo_recipe.config.trust import fetched_summary
 from dpo_recipe.data.sources import converted_source, load_preference_splits, pin_hub_revision, provenance
 from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.hardware import check_hardware, check_launch
 from dpo_recipe.models.loading import load_model, trainable_token_ids
 from dpo_recipe.training import kto
+from dpo_recipe.training.launch import first_process
 from dpo_recipe.training.preflight import (
     checked_architecture,
     dry_run_report,
@@ -37,9 +39,11 @@ from dpo_recipe.training.preflight import (
 )
 from dpo_recipe.training.run_context import RunContext
 from dpo_recipe.training.run_dir import (
+    CHECKPOINTS,
     check_output_dir,
     newest_complete_checkpoint,
     prepare_output_dir,
+    release_lock,
     write_failures_explained,
 )
 from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="Replace a finished or interrupted run in the output dir."
     )
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Allow the model repo's own Python code (transformers' trust_remote_code). A recipe fetched with "
+        "--from-hub cannot turn this on by itself: only this flag (or your own --set) can.",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="Check recipe, data, tokenization and LoRA targets; report and exit before training.",
@@ -110,6 +120,7 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     dry_run: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any] | None:
     """Train from a recipe (or from a pushed run's recipe, ``from_hub``); returns metrics on the main process."""
     context = RunContext(
@@ -120,6 +131,7 @@ def run(
         resume=resume,
         overwrite=overwrite,
         dry_run=dry_run,
+        trust_remote_code=trust_remote_code,
     )
     return recipe_main(context)
 
@@ -131,8 +143,11 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
     if training is None:
         print(f"dry run finished in {time.perf_counter() - started:.1f} s")
         return None
-    train_output = train(training)
-    metrics = evaluate_and_save(training, train_output, started)
+    try:
+        train_output = train(training)
+        metrics = evaluate_and_save(training, train_output, started)
+    finally:  # finished, failed or stopped: the folder is free for the next run (or --resume)
+        release_lock(training.out)
     cleanup()
     return metrics
 
@@ -186,13 +201,17 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     if args.process_index == 0:
         print("\n".join(data_notes))  # the form the rows were read in, detected or named
     is_main_process = claim_output_dir(context, out)
-    with stopwatch.phase("model"):
-        model = load_model(recipe.model)
     from dpo_recipe.training.base_cache import default_cache
 
     cache = default_cache()
-    with stopwatch.phase("tokenizing and reference pass"):
-        trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+    try:
+        with stopwatch.phase("model"):
+            model = load_model(recipe.model)
+        with stopwatch.phase("tokenizing and reference pass"):
+            trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+    except BaseException:  # the folder is the next run's (or --resume's) again
+        release_lock(out)
+        raise
     return TrainingRun(
         context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch, cache, data_sources
     )
@@ -203,6 +222,8 @@ def checked_recipe(context: RunContext) -> Recipe:
     download with ``--from-hub``), the network calls (the Hub token, pinning the dataset commit) come
     after the local checks."""
     recipe = context.load_recipe()
+    if context.from_hub and first_process():  # what a stranger's recipe will load, before it loads
+        print(fetched_summary(recipe, f"--from-hub {context.from_hub}"))
     check_hardware(recipe.model, recipe.training.precision)
     check_launch()
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -211,7 +232,8 @@ def checked_recipe(context: RunContext) -> Recipe:
             "pip install 'dpo-recipe[tensorboard]' (or set training.tensorboard: false)."
         )
     if not context.dry_run:
-        check_output_dir(Path(recipe.training.output_dir), resume=context.resume, overwrite=context.overwrite)
+        out = Path(recipe.training.output_dir)
+        check_output_dir(out, resume=context.resume, overwrite=context.overwrite, first=first_process())
     if recipe.hub.push and not context.dry_run:  # a missing or read-only token must not cost a training run
         from dpo_recipe.hub.client import writable_token
 
@@ -260,6 +282,8 @@ def train(training: TrainingRun) -> Any:
     trainer, out = training.trainer, training.out
     resume_command = training.context.resume_command(out)
     checkpoint = newest_complete_checkpoint(out) if training.context.resume else None
+    if training.context.resume and checkpoint is None and training.is_main_process:
+        print(f"--resume: no complete checkpoint in {out / CHECKPOINTS} yet; training from the first step.")
     stop = signal_callback(trainer)
     try:
         with write_failures_explained(out, resume_command), training.stopwatch.phase("training"):

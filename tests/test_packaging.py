@@ -60,6 +60,15 @@ def test_github_workflows_pass_actionlint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_github_workflows_have_no_zizmor_findings() -> None:
+    """Actions pinned to commits, no persisted checkout credentials: CI's own supply chain (offline audits)."""
+    zizmor = shutil.which("zizmor")
+    if zizmor is None:
+        pytest.fail("zizmor is not installed: pip install -e '.[dev]'")
+    result = subprocess.run([zizmor, "--offline", str(REPO / ".github" / "workflows")], capture_output=True, text=True)
+    assert result.returncode == 0 and "No findings to report" in result.stdout, result.stdout + result.stderr
+
+
 def test_shell_scripts_pass_shellcheck() -> None:
     """benchmarks/gpu_check.sh runs only where a GPU is lent: a slip in it must show here, on CPU."""
     shellcheck = shutil.which("shellcheck")

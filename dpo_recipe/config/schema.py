@@ -72,7 +72,8 @@ class DataSection:
         "Where pairs come from: 'builtin:ja-preferences' (generated in memory), a JSONL / CSV / "
         "Parquet file, a saved dataset directory, or a Hub dataset id.",
     )
-    num_pairs: int = recipe_key(1000, "Pairs to generate for the builtin source.", min=10)
+    # the generator keeps every pair in memory: a bound stops a typo (1e9) from exhausting it in a dry run
+    num_pairs: int = recipe_key(1000, "Pairs to generate for the builtin source.", min=10, max=1_000_000)
     seed: int = recipe_key(0, "Generator seed for the builtin source.")
     train_split: str = recipe_key("train", "Split to train on.")
     test_split: str = recipe_key("test", "Held-out split to evaluate on (created with test_size if absent).")

@@ -96,6 +96,7 @@ def export(
     quant: str | None = None,
     base: str | None = None,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> ExportResult:
     """Merge an adapter (directory or Hub id) into its base and write it to ``out_dir`` to run without PEFT.
 
@@ -104,7 +105,8 @@ def export(
     ``quant`` (``"q8_0"``, ``"q5_1"``, ``"q5_0"``, ``"q4_1"``, ``"q4_0"``). A base that came from a
     GGUF file keeps that file's metadata; a Hub or local base must be Llama, Gemma 3 or GPT-2.
     ``fmt="safetensors"``: a transformers model directory in ``dtype`` (``"f32"`` default).
-    ``base`` overrides the base recorded in the adapter's ``recipe.yaml``.
+    ``base`` overrides the base recorded in the adapter's ``recipe.yaml``; ``trust_remote_code`` allows
+    the base repo's own code (the recipe cannot).
 
     The written model is loaded back and its logits compared with the merged model's (the result's
     ``check``); the directory, with ``export.json`` and a model card, appears only when that passed.
@@ -121,7 +123,7 @@ def export(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"--out {out_dir} already exists: choose another directory, or --overwrite to replace it.")
-    adapter_dir, recipe, section = adapter_base(str(adapter), base)
+    adapter_dir, recipe, section = adapter_base(str(adapter), base, trust_remote_code=trust_remote_code)
     section = dataclasses.replace(section, dtype="float32", load_in_4bit=False)  # merge at full precision
     source_gguf = resolve_gguf_path(section.gguf_file) if section.gguf_file else None
     if fmt == "gguf":

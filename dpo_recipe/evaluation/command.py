@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pairs", type=positive_int, metavar="N", help="Score only the first N pairs of the split (default: all)."
     )
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Allow the base model repo's own Python code; an adapter's recipe.yaml cannot turn this on by itself.",
+    )
+    parser.add_argument(
         "--out",
         default="eval_report.json",
         metavar="PATH",
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         beta=args.beta,
         max_pairs=args.max_pairs,
         out=Path(args.out),
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -88,6 +94,7 @@ def run_eval(
     beta: float | None = None,
     max_pairs: int | None = None,
     out: Path = Path("eval_report.json"),
+    trust_remote_code: bool = False,
 ) -> dict[str, Any] | None:
     """Everything that can be wrong is checked before the base model's weights load. A KTO adapter
     (``training.objective: kto`` in its recipe) is scored on unpaired rows, as training scored it."""
@@ -99,7 +106,7 @@ def run_eval(
 
     stopwatch, cache = Stopwatch(), default_cache()
     with stopwatch.phase("checks and data"):
-        adapter_dir, recipe, model_section = adapter_base(adapter, base)
+        adapter_dir, recipe, model_section = adapter_base(adapter, base, trust_remote_code=trust_remote_code, data=data)
         data_section = dataclasses.replace(
             recipe.data,
             source=data or recipe.data.source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,8 +104,29 @@ def adapter_files(output_dir: Path) -> dict[str, Path]:
         raise HubError(f"{output_dir} holds no adapter_model.safetensors: give a finished training output directory.")
     if not (output_dir / "metrics.json").exists():
         raise HubError(f"{output_dir} is an unfinished run (no metrics.json): resume it before pushing.")
-    files = {name: output_dir / name for name in ADAPTER_FILES if (output_dir / name).is_file()}
+    files = {name: output_dir / name for name in ADAPTER_FILES}
     files.update({f"plots/{p.name}": p for p in sorted((output_dir / "plots").glob("*.png"))})
+    return {name: path for name, path in files.items() if path.is_file() and not path.is_symlink()}  # no links out
+
+
+def export_files(export_dir: Path) -> dict[str, Path]:
+    """What ``dpo-recipe export`` wrote in ``export_dir``: the files its ``export.json`` lists, with the manifest
+    and the card, each a name an export writes; a ``.env`` or a key left in the folder stays behind."""
+    from dpo_recipe.deploy.export import MANIFEST
+
+    try:
+        listed = json.loads((export_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+        names = [*listed, MANIFEST, "README.md"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HubError(
+            f"{export_dir / MANIFEST} cannot be read as dpo-recipe export's manifest; export again with "
+            "'dpo-recipe export --overwrite'."
+        ) from None
+    files = {}
+    for name in names:
+        path = export_dir / str(name)
+        if _export_managed(str(name)) and "/" not in str(name) and path.is_file() and not path.is_symlink():
+            files[str(name)] = path
     return files
 
 
@@ -131,8 +153,7 @@ def push_dir(
 
     directory = Path(directory)
     if (directory / MANIFEST).exists():
-        files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
-        managed, placeholder = _export_managed, EXPORT_PLACEHOLDER
+        files, managed, placeholder = export_files(directory), _export_managed, EXPORT_PLACEHOLDER
     else:
         files, managed, placeholder = adapter_files(directory), _adapter_managed, ADAPTER_PLACEHOLDER
     bound_waits()

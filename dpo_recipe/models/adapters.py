@@ -12,6 +12,7 @@ from typing import Any
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection, Recipe
+from dpo_recipe.config.trust import FetchedRecipe, refuse_untrusted
 from dpo_recipe.errors import ModelError
 from dpo_recipe.models.loading import load_model, load_tokenizer, skeleton_model
 
@@ -73,15 +74,30 @@ def _refuse_pickle_only(where: Path, names: list[str]) -> None:
     )
 
 
-def adapter_base(adapter: str, base: str | None = None) -> tuple[Path, Recipe, ModelSection]:
+def adapter_base(
+    adapter: str, base: str | None = None, *, trust_remote_code: bool = False, data: str | None = None
+) -> tuple[Path, Recipe, ModelSection]:
     """The adapter's directory, the recipe it was trained with, and the base model to load it onto.
 
     An adapter is only usable on the base it was trained on, and training records that base in
-    ``recipe.yaml`` beside the adapter; ``base`` overrides it (a plain Hub id or directory).
+    ``recipe.yaml`` beside the adapter; ``base`` overrides it (a plain Hub id or directory). That file
+    is a record of someone's run, not the user's command (``config.trust``): the model repo's code runs
+    only with ``trust_remote_code`` (``--trust-remote-code``), and the local paths of an adapter from the
+    Hub are refused unless the user gives them (``base``, ``data``: eval's ``--data``).
     """
     adapter_dir = resolve_adapter_dir(adapter)
     recipe = load_recipe(str(adapter_dir / "recipe.yaml")) if (adapter_dir / "recipe.yaml").exists() else Recipe()
-    model_section = recipe.model
+    given = {"model.name_or_path", "model.gguf_file"} if base else set()
+    fetched = FetchedRecipe(
+        f"adapter {adapter}",
+        frozenset(given | ({"data.source"} if data else set())),
+        trust_remote_code=trust_remote_code,
+        hints=(("model.", "--base MODEL"), ("data.", "--data SOURCE")),
+        local_paths=Path(adapter).expanduser().is_dir(),
+    )
+    refuse_untrusted(recipe, fetched)
+    # the tokenizer saved beside the adapter carries the chat template training used: no file is read for it
+    model_section = dataclasses.replace(recipe.model, trust_remote_code=trust_remote_code, chat_template=None)
     if base:
         model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
     if not model_section.name_or_path:

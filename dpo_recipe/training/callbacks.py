@@ -10,6 +10,7 @@ importing the names makes it an error.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+
+from dpo_recipe.utils.files import write_file_atomically
 
 REWARD_CHOSEN = "rewards/chosen"  # beta * (policy - reference) log-prob of chosen (simpo/orpo: mean log-prob)
 
@@ -69,12 +72,15 @@ class JsonlLogger(TrainerCallback):
             for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line)["step"] <= state.global_step
         ]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        text = "".join(line + "\n" for line in kept)
+        write_file_atomically(self.path, lambda staging: staging.write_text(text, encoding="utf-8"))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             record = {"step": state.global_step, "epoch": state.epoch, **logs}
-            with self.path.open("a", encoding="utf-8") as handle:
+            # O_NOFOLLOW: a link put in the run folder never makes the log land in the file it points to
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(self.path, flags, 0o644), "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
 

@@ -9,10 +9,17 @@ prints) cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def first_process() -> bool:
+    """Whether this is the launch's first process (``RANK`` 0, or no launcher), before accelerate's state
+    exists: what is printed once, or checked once, happens here."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def positive_int(text: str) -> int:

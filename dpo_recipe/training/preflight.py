@@ -14,7 +14,7 @@ from typing import Any
 
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.data.tokens import RenderedPair, encode_pair, length_percentiles, render_pair, render_text, row_tools
-from dpo_recipe.errors import DataError
+from dpo_recipe.errors import DataError, RecipeError
 from dpo_recipe.models.loading import (
     check_lora_targets,
     linear_module_names,
@@ -108,7 +108,38 @@ def checked_architecture(recipe: Recipe) -> tuple[Any, Any]:
     skeleton = skeleton_model(recipe.model)
     check_lora_targets(recipe.lora.target_modules, skeleton)
     trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
+    refuse_what_cannot_fit(skeleton, recipe)
     return tokenizer, skeleton
+
+
+# The estimate is a rough bound, so only settings far past the machine are refused: a typo (lora.r 1e6, a batch
+# of 1e5) rather than a run that might just fit.
+OVERSIZE_FACTOR = 2
+
+
+def refuse_what_cannot_fit(skeleton: Any, recipe: Recipe) -> None:
+    """Refuse, before any weights load, settings whose memory estimate is far past this machine's memory,
+    naming the keys behind the largest part of the estimate."""
+    from dpo_recipe.models.hardware import machine_memory_mb
+
+    _, trainable = lora_summary(skeleton, recipe)
+    parts = memory_estimate_parts(skeleton, recipe, trainable, recipe.training.max_length)
+    available, where = machine_memory_mb()
+    total = sum(parts.values())
+    if total <= OVERSIZE_FACTOR * available:
+        return
+    keys = {
+        "weights": "model.dtype or a smaller model.name_or_path",
+        "LoRA": "lora.r or lora.target_modules",
+        "activations": "training.per_device_batch_size or training.max_length (or turn on "
+        "training.activation_checkpointing)",
+    }
+    largest = max(parts, key=parts.__getitem__)
+    shown = ", ".join(f"{name} {mb:,.0f} MB" for name, mb in parts.items())
+    raise RecipeError(
+        f"These settings need about {total:,.0f} MB per process ({shown}), more than {OVERSIZE_FACTOR}x the "
+        f"{available:,.0f} MB of {where}. Lower {keys[largest]}. Nothing was loaded."
+    )
 
 
 def lora_summary(skeleton: Any, recipe: Recipe) -> tuple[Counter, int]:
@@ -136,6 +167,11 @@ def lora_summary(skeleton: Any, recipe: Recipe) -> tuple[Counter, int]:
 
 def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: int) -> float:
     """Weights + LoRA weights/grads/Adam state + activations of one micro-batch (a rough bound)."""
+    return sum(memory_estimate_parts(skeleton, recipe, trainable, seq_len).values())
+
+
+def memory_estimate_parts(skeleton: Any, recipe: Recipe, trainable: int, seq_len: int) -> dict[str, float]:
+    """``memory_estimate_mb`` in its parts (MB): weights, LoRA (weights, grads, Adam state), activations."""
     import torch
 
     config = skeleton.config
@@ -149,7 +185,7 @@ def memory_estimate_mb(skeleton: Any, recipe: Recipe, trainable: int, seq_len: i
     if recipe.training.activation_checkpointing:
         per_token_layer = hidden * 4 * 2
     activation_bytes = sequences * seq_len * layers * per_token_layer
-    return (weight_bytes + lora_bytes + activation_bytes) / 2**20
+    return {"weights": weight_bytes / 2**20, "LoRA": lora_bytes / 2**20, "activations": activation_bytes / 2**20}
 
 
 def _shown(text: str, limit: int = 300) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import Recipe
+from dpo_recipe.config.trust import TRUST_REMOTE_CODE_FLAG, FetchedRecipe, refuse_untrusted, user_keys
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.hub.client import recipe_from_hub
 from dpo_recipe.training.launch import launch_command
@@ -35,6 +36,7 @@ class RunContext:
     resume: bool = False
     overwrite: bool = False
     dry_run: bool = False
+    trust_remote_code: bool = False  # --trust-remote-code: the user allows the model repo's own code
 
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.from_hub is None):
@@ -53,6 +55,7 @@ class RunContext:
             resume=args.resume,
             overwrite=args.overwrite,
             dry_run=args.dry_run,
+            trust_remote_code=args.trust_remote_code,
         )
 
     @property
@@ -61,18 +64,25 @@ class RunContext:
         return self.from_hub or str(self.recipe)
 
     def load_recipe(self) -> Recipe:
-        """The validated recipe with ``--set`` items and ``--output-dir`` applied.
+        """The validated recipe with ``--set`` items, ``--output-dir`` and ``--trust-remote-code`` applied.
 
         ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false``
-        and ``training.output_dir=outputs/NAME`` unless the user sets those keys."""
+        and ``training.output_dir=outputs/NAME`` unless the user sets those keys. That file was written
+        by someone else: it passes ``config.trust`` (no remote code, no local paths unless the user gives
+        them) before anything else reads it."""
         user_settings = [*self.overrides, *([f"training.output_dir={self.output_dir}"] if self.output_dir else [])]
+        if self.trust_remote_code:
+            user_settings.append("model.trust_remote_code=true")
         if self.from_hub is None:
             return load_recipe(str(self.recipe), user_settings)
         repo_name = self.from_hub.split("@")[0].split("/")[-1]
         implied = ["hub.push=false", f"training.output_dir=outputs/{repo_name}"]
-        given = {item.partition("=")[0].strip() for item in user_settings}
+        given = user_keys(user_settings)
         settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings
-        return load_recipe(str(recipe_from_hub(self.from_hub)), settings)
+        recipe = load_recipe(str(recipe_from_hub(self.from_hub)), settings)
+        fetched = FetchedRecipe(f"--from-hub {self.from_hub}", given, trust_remote_code=self.trust_remote_code)
+        refuse_untrusted(recipe, fetched)
+        return recipe
 
     def rerun_command(self) -> str:
         """The command that repeats this run (the model card's "Reproduce")."""
@@ -86,4 +96,5 @@ class RunContext:
 
     def _source_and_overrides(self) -> list[str]:
         source = ["--from-hub", self.from_hub] if self.from_hub else ["--recipe", str(self.recipe)]
-        return [*source, *[arg for item in self.overrides for arg in ("--set", item)]]
+        trust = [TRUST_REMOTE_CODE_FLAG] if self.trust_remote_code else []
+        return [*source, *trust, *[arg for item in self.overrides for arg in ("--set", item)]]

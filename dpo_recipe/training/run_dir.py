@@ -1,4 +1,11 @@
-"""The output directory's life cycle: refuse to clobber a run, mark it unfinished, find where to resume.
+"""The output directory's life cycle: whose folder it is, who writes it now, whether it finished, where to resume.
+
+A folder becomes a run folder when a run claims it: the run writes ``.dpo-recipe-run`` there first
+and never touches a non-empty folder without that marker (a user's folder given by mistake to
+``--output-dir`` keeps every file; ``--overwrite`` empties only a run folder). One run writes a
+folder at a time: ``.dpo-recipe-lock``, created exclusively, names the process that holds it; a
+second run is refused at once, and the lock of a process that died (SIGKILL, power loss) is taken
+over with a message. Writes inside never follow symbolic links (a run folder holding one is refused).
 
 A run writes checkpoints to ``OUTPUT_DIR/checkpoints`` and keeps an ``INCOMPLETE`` file (which says
 how to resume) until its artifacts are in place, so an interrupted run never looks finished. A
@@ -12,14 +19,19 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dpo_recipe.errors import RecipeError, SaveError
+from dpo_recipe.utils.files import write_file_atomically
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINTS = "checkpoints"
+RUN_MARKER = ".dpo-recipe-run"  # written when a run claims the folder: what makes it a run folder
+LOCK = ".dpo-recipe-lock"  # created exclusively by the run writing the folder now, removed when it ends
 
 
 def newest_complete_checkpoint(out: Path) -> Path | None:
@@ -38,35 +50,138 @@ def newest_complete_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a directory that cannot be written, or that holds a run the flags do not say what to do with."""
-    existing = next(p for p in (out, *out.parents) if p.exists())
+def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` was claimed by a run (its marker), or is a run folder of a version before markers."""
+    if (out / RUN_MARKER).is_file() and not (out / RUN_MARKER).is_symlink():
+        return True
+    return (out / INCOMPLETE).is_file() or (
+        (out / "metrics.json").is_file() and (out / "adapter_config.json").is_file()
+    )
+
+
+def _listing(paths: list[Path], out: Path) -> str:
+    names = [str(p.relative_to(out)) for p in paths[:5]]
+    return ", ".join(names) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _lock_holder(out: Path) -> dict | None:
+    """Who holds ``out``'s lock: ``{"pid", "host", "started"}``, or None when nobody (or a dead process) does."""
+    try:
+        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?", "started": "?"}  # half-written by a process starting now: treat as held
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, ValueError, KeyError):
+            pass
+    return holder
+
+
+def _held_error(out: Path, holder: dict) -> RecipeError:
+    return RecipeError(
+        f"{out} is being written by another run (pid {holder.get('pid')} on {holder.get('host')}, started "
+        f"{holder.get('started')}). Wait for it to end, or choose another --output-dir; if that process is gone "
+        f"(another machine), delete {out / LOCK}."
+    )
+
+
+def check_output_dir(out: Path, *, resume: bool, overwrite: bool, first: bool = True) -> None:
+    """Refuse, before anything is read or written, a directory that cannot be written, that is not a run
+    folder, that another run is writing, or that holds a run the flags do not say what to do with.
+
+    ``first``: this is the launch's first process, the one that will hold the lock (the others would see it)."""
+    existing = next(p for p in (out, *out.parents) if p.exists() or p.is_symlink())
+    if out.is_symlink():
+        raise RecipeError(
+            f"training.output_dir {out} is a symbolic link; a run writes only into a real folder. Give the "
+            f"folder it points to ({os.path.realpath(out)}) or another --output-dir."
+        )
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
         raise RecipeError(
             f"training.output_dir {out}: {existing} {problem}, so nothing could be saved. "
             "Choose another --output-dir (or fix its permissions)."
         )
-    has_checkpoints = any((out / CHECKPOINTS).glob("checkpoint-*"))
-    if resume and newest_complete_checkpoint(out) is None:
-        raise RecipeError(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; start without --resume.")
-    if resume or overwrite or not out.exists():
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not is_run_folder(out):
+        entries = sorted(out.iterdir())
+        raise RecipeError(
+            f"{out} is not empty and holds no dpo-recipe run ({_listing(entries, out)}); a run never writes into "
+            "or deletes a folder of other files, with or without --overwrite. Choose a new or empty --output-dir."
+        )
+    holder = _lock_holder(out) if first else None
+    if holder is not None:
+        raise _held_error(out, holder)
+    links = sorted(p for p in out.rglob("*") if p.is_symlink())
+    if links:
+        raise RecipeError(
+            f"{out} holds symbolic links ({_listing(links, out)}); a run never writes through a link. Remove "
+            "them, or choose another --output-dir."
+        )
+    if resume or overwrite:
         return
     if (out / "metrics.json").exists():
         raise RecipeError(f"{out} holds a finished run. Pass --overwrite to replace it or choose another --output-dir.")
-    if has_checkpoints or (out / INCOMPLETE).exists():
+    if any((out / CHECKPOINTS).glob("checkpoint-*")) or (out / INCOMPLETE).exists():
         raise RecipeError(f"{out} holds an interrupted run. Pass --resume to continue it or --overwrite to start over.")
 
 
-def prepare_output_dir(out: Path, resume_command: str, *, overwrite: bool) -> None:
-    """Create (or empty, with ``overwrite``) ``out`` and mark it unfinished until ``mark_finished``."""
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)  # a resumed run is not finished until it says so again
-    (out / INCOMPLETE).write_text(
-        f"This run has not finished. Continue it with:\n  {resume_command}\n", encoding="utf-8"
+def _take_lock(out: Path) -> None:
+    """Create ``out``'s lock exclusively; a dead holder's lock is taken over, a live one's refused."""
+    record = json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     )
+    for _ in range(2):
+        try:
+            fd = os.open(out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            holder = _lock_holder(out)
+            if holder is not None:
+                raise _held_error(out, holder) from None
+            print(f"{out}: the run that held this folder is gone (its process ended without cleaning up); taking over.")
+            (out / LOCK).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(record)
+        return
+    raise _held_error(out, _lock_holder(out) or {})
+
+
+def release_lock(out: Path) -> None:
+    """Give ``out`` back, if this process holds it (every exit of a run: finished, failed or stopped)."""
+    try:
+        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        (out / LOCK).unlink(missing_ok=True)
+
+
+def prepare_output_dir(out: Path, resume_command: str, *, overwrite: bool) -> None:
+    """Claim ``out`` (lock, then marker), empty it with ``overwrite``, and mark it unfinished until
+    ``mark_finished``. ``check_output_dir`` has refused a folder that is not a run folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    _take_lock(out)
+    if overwrite:  # the lock stays: a second run cannot slip in while the old run's files go
+        for entry in out.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    marker = {"tool": "dpo-recipe", "claimed": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not (out / RUN_MARKER).is_file():
+        write_file_atomically(out / RUN_MARKER, lambda p: p.write_text(json.dumps(marker) + "\n", encoding="utf-8"))
+    (out / "metrics.json").unlink(missing_ok=True)  # a resumed run is not finished until it says so again
+    note = f"This run has not finished. Continue it with:\n  {resume_command}\n"
+    write_file_atomically(out / INCOMPLETE, lambda p: p.write_text(note, encoding="utf-8"))
 
 
 def mark_finished(out: Path) -> None:

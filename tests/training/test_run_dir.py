@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dpo_recipe.errors import RecipeError, SaveError
 from dpo_recipe.training.run_dir import (
+    INCOMPLETE,
+    LOCK,
+    RUN_MARKER,
     check_output_dir,
     mark_finished,
     newest_complete_checkpoint,
     os_error_behind,
     prepare_output_dir,
+    release_lock,
     write_failures_explained,
 )
 
@@ -37,37 +45,108 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path: Path) -> None:
     assert newest_complete_checkpoint(tmp_path / "elsewhere") is None
 
 
+def run_folder(out: Path, *names: str) -> Path:
+    """A folder a run claimed (its marker), holding ``names``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).write_text("{}")
+    for name in names:
+        (out / name).write_text("{}")
+    return out
+
+
 def test_check_output_dir_refuses_what_the_flags_do_not_cover(tmp_path: Path) -> None:
     check_output_dir(tmp_path / "new", resume=False, overwrite=False)
-    finished = tmp_path / "finished"
-    finished.mkdir()
-    (finished / "metrics.json").write_text("{}")
+    finished = run_folder(tmp_path / "finished", "metrics.json")
     with pytest.raises(RecipeError, match="holds a finished run. Pass --overwrite"):
         check_output_dir(finished, resume=False, overwrite=False)
     check_output_dir(finished, resume=False, overwrite=True)
-    interrupted = tmp_path / "interrupted"
+    interrupted = run_folder(tmp_path / "interrupted", "INCOMPLETE")
     checkpoint(interrupted, 2)
     with pytest.raises(RecipeError, match="holds an interrupted run. Pass --resume"):
         check_output_dir(interrupted, resume=False, overwrite=False)
     check_output_dir(interrupted, resume=True, overwrite=False)
-    with pytest.raises(RecipeError, match="--resume: no complete checkpoint in .*new/checkpoints"):
-        check_output_dir(tmp_path / "new", resume=True, overwrite=False)
+    check_output_dir(tmp_path / "new", resume=True, overwrite=False)  # nothing to resume: training starts at step 0
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(RecipeError, match="a-file is a file, not a directory"):
         check_output_dir(tmp_path / "a-file" / "run", resume=False, overwrite=False)
+    legacy = tmp_path / "legacy"  # a run folder written before markers: INCOMPLETE, or metrics + adapter
+    legacy.mkdir()
+    (legacy / "metrics.json").write_text("{}")
+    (legacy / "adapter_config.json").write_text("{}")
+    check_output_dir(legacy, resume=False, overwrite=True)
+
+
+def user_folder(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
+    """A folder of the user's own files, with a link out of it and a dangling link, and what each holds."""
+    folder, outside = tmp_path / "thesis", tmp_path / "outside.txt"
+    (folder / "plots").mkdir(parents=True)
+    outside.write_text("the user's file outside the folder")
+    (folder / "README.md").write_text("# my notes")
+    (folder / "thesis.tex").write_text("\\section{Results}")
+    (folder / "plots" / "figure.png").write_bytes(b"\x89PNG")
+    (folder / "train_log.jsonl").symlink_to(outside)
+    (folder / "INCOMPLETE").symlink_to(tmp_path / "nowhere")  # dangling
+    kept = {p: p.read_bytes() for p in [*folder.rglob("*"), outside] if p.is_file()}
+    return folder, kept
+
+
+@pytest.mark.parametrize(("resume", "overwrite"), [(False, False), (False, True), (True, False)])
+def test_a_folder_of_the_users_files_is_never_a_run_folder(tmp_path: Path, resume: bool, overwrite: bool) -> None:
+    folder, kept = user_folder(tmp_path)
+    with pytest.raises(RecipeError) as refused:
+        check_output_dir(folder, resume=resume, overwrite=overwrite)
+    assert f"{folder} is not empty and holds no dpo-recipe run (INCOMPLETE, README.md, plots," in str(refused.value)
+    assert "with or without --overwrite" in str(refused.value)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not (tmp_path / "nowhere").exists() and (folder / "INCOMPLETE").is_symlink()
+
+
+def test_links_are_never_written_through(tmp_path: Path) -> None:
+    target = run_folder(tmp_path / "real", "metrics.json")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(RecipeError, match="is a symbolic link; a run writes only into a real folder"):
+        check_output_dir(link, resume=False, overwrite=True)
+    (target / "train_log.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(RecipeError, match=r"holds symbolic links \(train_log.jsonl\); a run never writes through"):
+        check_output_dir(target, resume=True, overwrite=False)
+
+
+def test_one_run_writes_a_folder_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    prepare_output_dir(out, RESUME, overwrite=False)
+    holder = json.loads((out / LOCK).read_text())
+    assert holder["pid"] == os.getpid()
+    with pytest.raises(RecipeError, match=rf"is being written by another run \(pid {os.getpid()} on "):
+        check_output_dir(out, resume=True, overwrite=False)
+    with pytest.raises(RecipeError, match="is being written by another run"):
+        prepare_output_dir(out, RESUME, overwrite=True)
+    assert (out / INCOMPLETE).exists() and (out / LOCK).exists()  # the second run deleted nothing
+    check_output_dir(out, resume=True, overwrite=False, first=False)  # the same launch's other processes
+    release_lock(out)
+    assert not (out / LOCK).exists()
+    check_output_dir(out, resume=True, overwrite=False)
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "x"}))
+    check_output_dir(out, resume=True, overwrite=False)  # killed with -9: its lock holds nobody back
+    prepare_output_dir(out, RESUME, overwrite=False)
+    assert "the run that held this folder is gone" in capsys.readouterr().out
+    assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
 
 
 def test_prepare_marks_the_run_unfinished_until_mark_finished(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out = run_folder(tmp_path / "out", "metrics.json")
     checkpoint(out, 2)
-    (out / "metrics.json").write_text("{}")
     prepare_output_dir(out, RESUME, overwrite=False)
     assert (out / "INCOMPLETE").read_text() == f"This run has not finished. Continue it with:\n  {RESUME}\n"
     assert not (out / "metrics.json").exists() and newest_complete_checkpoint(out) is not None  # resume keeps these
+    release_lock(out)
     prepare_output_dir(out, RESUME, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["INCOMPLETE"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, RUN_MARKER, "INCOMPLETE"]
     mark_finished(out)
-    assert not any(out.iterdir())
+    release_lock(out)
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]
 
 
 def test_os_error_behind_the_three_ways_a_write_fails() -> None:
