@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import pickle
 import signal
 import time
 from dataclasses import dataclass
@@ -288,6 +289,12 @@ def train(training: TrainingRun) -> Any:
     try:
         with write_failures_explained(out, resume_command), training.stopwatch.phase("training"):
             train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a file that would run code
+        raise RecipeError(
+            f"--resume: a file in {checkpoint} is not a plain checkpoint and was not loaded, because unpickling it "
+            f"could run code ({str(exc).splitlines()[0]}). Delete {checkpoint} to resume from the checkpoint "
+            "before it, or start over with --overwrite."
+        ) from None
     finally:
         stop.restore()
     if stop.received is not None:

@@ -95,6 +95,32 @@ def test_eval_over_processes_launches_the_evaluation_module(runner, execv, tmp_p
     assert execv == [accelerate_command("dpo_recipe.evaluation", eval_args, None, 2)]
 
 
+def test_quickstart_keeps_a_finished_adapter_folder_unless_told(runner, tiny_model: Path, tmp_path: Path) -> None:
+    """OUT/adapter follows training's rules: a finished run there stays without --overwrite, files and all."""
+    from dpo_recipe.training.run_dir import RUN_MARKER
+
+    adapter = tmp_path / "qs" / "adapter"
+    adapter.mkdir(parents=True)
+    for name, text in {
+        RUN_MARKER: "{}",
+        "metrics.json": "{}",
+        "adapter_model.safetensors": "weights",
+        "notes.txt": "mine",
+    }.items():
+        (adapter / name).write_text(text)
+    settings = ["--set", f"model.name_or_path={tiny_model}", "--set", "eval.num_generations=0"]
+    result = invoke(
+        runner, "quickstart", "--recipe", "tiny-ja", "--train-pairs", 8, "--out", tmp_path / "qs", *settings
+    )
+    assert result.exit_code == 1 and "holds a finished run. Pass --overwrite" in result.output, result.output
+    assert sorted(p.name for p in adapter.iterdir()) == sorted(
+        [RUN_MARKER, "metrics.json", "adapter_model.safetensors", "notes.txt"]
+    )
+    assert (adapter / "notes.txt").read_text() == "mine" and (
+        adapter / "adapter_model.safetensors"
+    ).read_text() == "weights"
+
+
 def test_quickstart_with_a_kto_recipe_ends_with_kto_numbers(runner, tiny_model: Path, tmp_path: Path) -> None:
     """The quickstart's last line reads the report it got: a KTO run has rows and KL-adjusted accuracy, no pairs
     (it once failed there with a KeyError after training the Gemma KTO recipe for 21 minutes)."""

@@ -380,6 +380,38 @@ def finish_and_compare(tiny_model: Path, out: Path, reference: Path, record) -> 
     assert not (out / "INCOMPLETE").exists()
 
 
+class _RunsCode:
+    """Pickled, this object asks the unpickler to call ``touch`` on a marker: a checkpoint file from a stranger."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_poisoned_checkpoint_on_resume_is_refused_in_one_paragraph(
+    uninterrupted: Path, tiny_model: Path, tmp_path: Path, record
+) -> None:
+    import pickle
+    import shutil
+
+    from dpo_recipe.errors import RecipeError
+
+    out, marker = tmp_path / "poisoned", tmp_path / "code-ran"
+    shutil.copytree(uninterrupted, out)
+    (out / "metrics.json").unlink()
+    newest = newest_complete_checkpoint(out)
+    (newest / "optimizer.pt").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with record.case("security"), pytest.raises(RecipeError) as refused:
+        run("tiny-ja", tiny_overrides(tiny_model, *FAULT_SETTINGS), output_dir=str(out), resume=True)
+    assert f"--resume: a file in {newest} is not a plain checkpoint and was not loaded" in str(refused.value)
+    assert f"Delete {newest} to resume from the checkpoint before it" in str(refused.value)
+    assert not marker.exists()
+
+
 def test_sigkill_three_times_then_resume_matches_uninterrupted(
     uninterrupted: Path, tiny_model: Path, tmp_path: Path, record
 ) -> None:

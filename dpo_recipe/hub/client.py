@@ -89,11 +89,29 @@ def retrying(call: Callable[[], Any], what: str) -> Any:
     raise AssertionError("unreachable")
 
 
+def checked_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is a Hub repo id ``USER/NAME``; a ``HubError`` naming the rule otherwise."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if repo_id.count("/") != 1:
+            raise HFValidationError(repo_id)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(
+            f"--repo-id {repo_id!r} is not a Hub repo id: give USER/NAME (or ORG/NAME), letters, digits, '-', '_' "
+            "and '.', at most 96 characters, not starting or ending with '-' or '.'."
+        ) from None
+    return repo_id
+
+
 def writable_token(repo_id: str) -> str:
     """The user's token, checked for write access to ``repo_id``'s namespace, or a clear error."""
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
+    checked_repo_id(repo_id)
     token = get_token()
     if not token:
         raise HubError(

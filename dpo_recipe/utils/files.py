@@ -54,7 +54,10 @@ def write_dir_atomically(
             retired = staging.with_name(staging.name + ".old")
             os.rename(target, retired)
             os.rename(staging, target)
-            shutil.rmtree(retired)
+            if retired.is_symlink():  # the link is replaced by the folder; what it pointed to is not ours
+                retired.unlink()
+            else:
+                shutil.rmtree(retired)
         else:
             os.rename(staging, target)
     finally:

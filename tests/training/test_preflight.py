@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection
-from dpo_recipe.errors import DataError
+from dpo_recipe.errors import DataError, RecipeError
 from dpo_recipe.models.loading import skeleton_model
 from dpo_recipe.training.preflight import lora_summary, measure_tokens, refuse_emptied_completions
 
@@ -81,3 +81,27 @@ def test_lora_parameter_count_is_rank_times_fan_in_plus_fan_out(tiny_model: Path
     assert dict(matched) == {"q_proj": 2, "v_proj": 2}
     # per layer: q_proj 64 -> 64 and v_proj 64 -> 32 (two KV heads of 16); two layers
     assert trainable == 2 * (4 * (64 + 64) + 4 * (64 + 32))
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("training.per_device_batch_size=1000000", "training.per_device_batch_size or training.max_length"),
+        ("training.max_length=1000000000", "training.per_device_batch_size or training.max_length"),
+        ("lora.r=100000000", "lora.r or lora.target_modules"),
+    ],
+)
+def test_sizes_far_past_the_machine_are_refused_before_weights_load(
+    tiny_model: Path, tmp_path: Path, setting: str, named: str
+) -> None:
+    from dpo_recipe.train import run
+
+    with pytest.raises(RecipeError) as refused:
+        run("tiny-ja", [f"model.name_or_path={tiny_model}", setting], output_dir=str(tmp_path / "x"), dry_run=True)
+    assert f"Lower {named}" in str(refused.value) and "of RAM on this machine (no GPU)" in str(refused.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_builtin_generator_is_bounded() -> None:
+    with pytest.raises(RecipeError, match=r"data.num_pairs: must be <= 1000000, got 1000000000"):
+        load_recipe("tiny-ja", ["data.num_pairs=1000000000"])

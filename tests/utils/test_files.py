@@ -91,3 +91,15 @@ def test_cache_root_follows_the_environment(tmp_path: Path, monkeypatch) -> None
     monkeypatch.delenv("DPO_RECIPE_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "dpo_recipe"
+
+
+def test_replacing_a_link_replaces_the_link_and_leaves_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "users-folder"
+    target.mkdir()
+    (target / "thesis.tex").write_text("mine")
+    link = tmp_path / "export"
+    link.symlink_to(target)
+    write_dir_atomically(link, lambda staging: (staging / "model.gguf").write_text("new"), if_exists="replace")
+    assert not link.is_symlink() and (link / "model.gguf").read_text() == "new"
+    assert (target / "thesis.tex").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "users-folder"]  # no .old left behind
