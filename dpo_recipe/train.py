@@ -41,10 +41,13 @@ from dpo_recipe.training.preflight import (
 from dpo_recipe.training.run_context import RunContext
 from dpo_recipe.training.run_dir import (
     CHECKPOINTS,
+    Terminated,
     check_output_dir,
+    interrupted,
     newest_complete_checkpoint,
     prepare_output_dir,
     release_lock,
+    stops_raise,
     write_failures_explained,
 )
 from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
@@ -140,15 +143,22 @@ def run(
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
     """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks."""
     started, stopwatch = time.perf_counter(), Stopwatch()
-    training = setup(context, stopwatch)
-    if training is None:
-        print(f"dry run finished in {time.perf_counter() - started:.1f} s")
-        return None
-    try:
-        train_output = train(training)
-        metrics = evaluate_and_save(training, train_output, started)
-    finally:  # finished, failed or stopped: the folder is free for the next run (or --resume)
-        release_lock(training.out)
+    out = None
+    with stops_raise():
+        try:
+            training = setup(context, stopwatch)
+            if training is None:
+                print(f"dry run finished in {time.perf_counter() - started:.1f} s")
+                return None
+            out = training.out
+            try:
+                train_output = train(training)
+                metrics = evaluate_and_save(training, train_output, started)
+            finally:  # finished, failed or stopped: the folder is free for the next run (or --resume)
+                release_lock(training.out)
+        except (KeyboardInterrupt, Terminated) as stop:  # outside the steps: data, scoring, answers, saving
+            resume = context.resume_command(out) if out else ""
+            raise interrupted(stop, out, resume, stopwatch.current) from None
     cleanup()
     return metrics
 
@@ -210,6 +220,9 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
             model = load_model(recipe.model)
         with stopwatch.phase("tokenizing and reference pass"):
             trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+    except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on
+        release_lock(out)
+        raise interrupted(stop, out, context.resume_command(out), stopwatch.current) from None
     except BaseException:  # the folder is the next run's (or --resume's) again
         release_lock(out)
         raise

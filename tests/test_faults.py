@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import random
 import re
 import resource
@@ -29,7 +30,7 @@ from safetensors.torch import load_file
 
 from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.train import run
-from dpo_recipe.training.run_dir import newest_complete_checkpoint
+from dpo_recipe.training.run_dir import LOCK, newest_complete_checkpoint
 from dpo_recipe.utils.files import write_file_atomically
 
 # ---------------------------------------------------------------------------- bad input
@@ -446,6 +447,44 @@ def test_sigint_and_sigterm_save_the_step_and_say_how_to_resume(
             assert command.startswith("accelerate launch -m dpo_recipe.train --recipe tiny-ja")
             assert f"--output-dir {out} --resume" in command and command in (out / "INCOMPLETE").read_text()
         finish_and_compare(tiny_model, out, uninterrupted, record)
+
+
+@pytest.mark.parametrize(
+    ("phase", "patched", "signum", "status"),
+    [
+        (
+            "tokenizing and reference pass",
+            "dpo_recipe.training.trainer.PackedDPOTrainer._compute_reference",
+            "INT",
+            130,
+        ),
+        ("held-out scoring", "dpo_recipe.evaluation.scoring.score_pairs", "TERM", 143),
+    ],
+)
+def test_a_stop_outside_the_steps_says_how_to_continue_and_continue_works(
+    tiny_model: Path, tmp_path: Path, monkeypatch, capsys, record, phase: str, patched: str, signum: str, status: int
+) -> None:
+    """A real SIGINT / SIGTERM delivered in the reference pass or in held-out scoring: exit 130 / 143 with the one
+    command that continues, no traceback; that command completes the run."""
+    from dpo_recipe.train import main
+
+    out = tmp_path / "stopped"
+    argv = train_cmd(tiny_model, out, *FAULT_SETTINGS)[3:]  # the module's own arguments
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path / "cache"))  # cold: the reference pass runs
+    with record.case("fault"):
+        with monkeypatch.context() as patch:
+            patch.setattr(patched, lambda *a, **k: os.kill(os.getpid(), getattr(signal, f"SIG{signum}")))
+            with pytest.raises(SystemExit) as stopped:
+                main(argv)
+        stderr = capsys.readouterr().err
+        assert stopped.value.code == status and "Traceback" not in stderr
+        message = re.search(r"Error: (.*)", stderr)[1]
+        assert message.startswith(f"Stopped on SIG{signum} during {phase}; ")
+        assert message.endswith(f"--output-dir {out} --resume") and "--resume" in (out / "INCOMPLETE").read_text()
+        assert not (out / LOCK).exists()
+        main([*argv, "--resume"])
+        assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == FAULT_STEPS
+        assert not (out / "INCOMPLETE").exists()
 
 
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_path: Path, record) -> None:

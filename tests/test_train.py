@@ -113,22 +113,23 @@ def test_finished_run_is_not_overwritten_by_accident(finished_run, tiny_model: P
         run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(out), resume=True, overwrite=True)
 
 
-def test_a_folder_of_the_users_files_is_never_trained_into(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_folder_of_the_users_files_is_never_trained_into(tiny_model: Path, tmp_path: Path, record) -> None:
     """--output-dir on a folder of the user's files, with a link out of it: refused with and without --overwrite;
     every file and every link target intact."""
-    folder, outside = tmp_path / "thesis", tmp_path / "id_rsa"
-    (folder / "plots").mkdir(parents=True)
-    outside.write_text("PRIVATE KEY")
-    (folder / "README.md").write_text("# notes")
-    (folder / "plots" / "figure.png").write_bytes(b"png")
-    (folder / "train_log.jsonl").symlink_to(outside)
-    (folder / "INCOMPLETE").symlink_to(tmp_path / "dangling")
-    before = {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
-    for overwrite in (False, True):
-        with pytest.raises(RecipeError, match="is not empty and holds no dpo-recipe run"):
-            run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(folder), overwrite=overwrite)
-    assert {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")} == before
-    assert outside.read_text() == "PRIVATE KEY" and not (tmp_path / "dangling").exists()
+    with record.case("security"):
+        folder, outside = tmp_path / "thesis", tmp_path / "id_rsa"
+        (folder / "plots").mkdir(parents=True)
+        outside.write_text("PRIVATE KEY")
+        (folder / "README.md").write_text("# notes")
+        (folder / "plots" / "figure.png").write_bytes(b"png")
+        (folder / "train_log.jsonl").symlink_to(outside)
+        (folder / "INCOMPLETE").symlink_to(tmp_path / "dangling")
+        before = {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+        for overwrite in (False, True):
+            with pytest.raises(RecipeError, match="is not empty and holds no dpo-recipe run"):
+                run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(folder), overwrite=overwrite)
+        assert {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")} == before
+        assert outside.read_text() == "PRIVATE KEY" and not (tmp_path / "dangling").exists()
 
 
 def test_dry_run_reports_and_refuses_emptied_completions(tiny_model: Path, tmp_path: Path, capsys) -> None:

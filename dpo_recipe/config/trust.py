@@ -140,12 +140,14 @@ def fetched_summary(recipe: Recipe, origin: str) -> str:
     weights = f" (weights {model.gguf_file})" if model.gguf_file else ""
     sources = [str(s.get("source")) for s in data.sources if isinstance(s, dict)] or [data.source]
     revision = f"@{data.revision}" if data.revision else ""
+    loss = recipe.training.loss_type
+    loss = " + ".join(loss) if isinstance(loss, list) else loss
     lines = [
         f"Recipe from {origin}:",
         f"  model: {model.name_or_path}@{model.revision}{weights}; remote code: "
         f"{'yes (' + TRUST_REMOTE_CODE_FLAG + ')' if model.trust_remote_code else 'no'}",
         f"  data: {', '.join(sources)}{revision}; objective {recipe.training.objective}, "
-        f"loss {recipe.training.loss_type}",
+        f"loss {loss}",
     ]
     packaged = {name: load_recipe(str(path)) for name, path in packaged_recipes().items()}
     if packaged:

