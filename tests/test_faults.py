@@ -607,6 +607,59 @@ def test_push_survives_hub_faults_and_lands_whole_or_not_at_all(
         assert remote_run(repo, two_runs) == seed1
 
 
+def test_every_push_failure_ends_in_one_paragraph(
+    hub, runner, two_runs: dict[str, Path], monkeypatch, capfd, record
+) -> None:
+    """LFS uploads that always fail, a Hub that stores a truncated card, HF_HUB_OFFLINE left set: each a message
+    that says what happened and what to do, exit 1, no traceback."""
+    import functools
+
+    import huggingface_hub.constants
+    import huggingface_hub.lfs
+    from hub_server import git_blob_oid
+
+    monkeypatch.setenv("DPO_RECIPE_HUB_BACKOFF", "0.01")
+    # huggingface_hub retries each LFS upload 5 times, waiting 1-8 s: the same retries, without the waits
+    quick = functools.partial(huggingface_hub.lfs.http_backoff, base_wait_time=0.01, max_wait_time=0.01)
+    monkeypatch.setattr(huggingface_hub.lfs, "http_backoff", quick)
+    (_, out), repo = next(iter(two_runs.items())), "alice/failing"
+    with record.case("fault"):
+        hub.faults.fail("/_lfs/", status=500, times=10_000, method="PUT")
+        result = invoke(runner, "push", out, "--repo-id", repo)
+        hub.faults.clear()
+        assert result.exit_code == 1, result.output
+        assert f"Pushing to '{repo}' failed 4 times (last: HTTP 500). Nothing was committed" in result.output
+        assert "Traceback" not in result.output + capfd.readouterr().err
+
+    with record.case("fault"):
+        store, apply = hub.store, hub.store.apply
+
+        def truncating(kind: str, repo_id: str, branch: str, title: str, parent, ops: list) -> str:
+            def cut(op: tuple) -> tuple:
+                if op[0] != "add" or op[1] != "README.md":
+                    return op
+                data = store.blob_path(op[2]["sha256"]).read_bytes()[:200]
+                return (
+                    "add",
+                    "README.md",
+                    {"sha256": store.put_blob(data), "size": len(data), "lfs": False, "oid": git_blob_oid(data)},
+                )
+
+            return apply(kind, repo_id, branch, title, parent, [cut(op) for op in ops])
+
+        monkeypatch.setattr(store, "apply", truncating)
+        result = invoke(runner, "push", out, "--repo-id", repo)
+        monkeypatch.setattr(store, "apply", apply)
+        assert result.exit_code == 1 and "did not verify: README.md has 200 bytes, expected" in result.output
+
+    with record.case("bad-input"):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        result = invoke(runner, "push", out, "--repo-id", repo)
+        assert result.exit_code == 1 and "HF_HUB_OFFLINE=1 is set" in result.output
+        result = invoke(runner, "push", out, "--repo-id", "not a repo id")
+        assert result.exit_code == 1 and "--repo-id 'not a repo id' is not a Hub repo id" in result.output
+
+
 def test_two_pushes_at_once_leave_one_whole_run(hub, two_runs: dict[str, Path], record) -> None:
     with record.case("fault"):
         pushes = [

@@ -60,16 +60,25 @@ def http_status(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from: huggingface_hub wraps a failed LFS upload's HTTP error in a
+    ``RuntimeError("Error while uploading ...")``."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
 def _transient(exc: BaseException) -> bool:
     """A failure a later try may not see: a dropped or timed-out connection, or 408 / 429 / 5xx."""
     import httpx2
 
-    return isinstance(exc, httpx2.TransportError) or http_status(exc) in TRANSIENT_STATUS
+    return any(isinstance(e, httpx2.TransportError) or http_status(e) in TRANSIENT_STATUS for e in _causes(exc))
 
 
 def _describe_failure(exc: BaseException) -> str:
-    status = http_status(exc)
-    return f"HTTP {status}" if status else type(exc).__name__
+    status = next((http_status(e) for e in _causes(exc) if http_status(e)), None)
+    return f"HTTP {status}" if status else type(_causes(exc)[-1]).__name__
 
 
 def retrying(call: Callable[[], Any], what: str) -> Any:
@@ -108,7 +117,7 @@ def checked_repo_id(repo_id: str) -> str:
 
 def writable_token(repo_id: str) -> str:
     """The user's token, checked for write access to ``repo_id``'s namespace, or a clear error."""
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
     checked_repo_id(repo_id)
@@ -117,6 +126,11 @@ def writable_token(repo_id: str) -> str:
         raise HubError(
             f"Pushing to '{repo_id}' needs a Hugging Face token with write access: set HF_TOKEN or run "
             "'hf auth login' (create one at https://huggingface.co/settings/tokens)."
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(
+            f"Pushing to '{repo_id}' needs the Hub, but HF_HUB_OFFLINE=1 is set (often left from offline training). "
+            "Run the command with HF_HUB_OFFLINE=0 (or unset it)."
         )
     try:
         who = retrying(lambda: HfApi().whoami(token=token), "Checking the Hugging Face token")

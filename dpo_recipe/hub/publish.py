@@ -66,8 +66,11 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _differences(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path], token: str) -> list:
-    """What differs between the local files and the repo at ``commit`` (size, sha256 or git blob id)."""
+def _differences(
+    api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path | bytes], token: str
+) -> list:
+    """What differs between what was sent (a file, or the bytes sent for it) and the repo at ``commit``
+    (size, sha256 or git blob id)."""
     remote = {
         f.path: f
         for f in retrying(
@@ -78,8 +81,8 @@ def _differences(api: Any, repo_id: str, repo_type: str, commit: str, local: dic
         )
     }
     problems = []
-    for path_in_repo, path in local.items():
-        data = path.read_bytes()
+    for path_in_repo, sent in local.items():
+        data = sent if isinstance(sent, bytes) else sent.read_bytes()
         entry = remote.get(path_in_repo)
         if entry is None:
             problems.append(f"{path_in_repo} is missing")
@@ -92,7 +95,7 @@ def _differences(api: Any, repo_id: str, repo_type: str, commit: str, local: dic
     return problems
 
 
-def _verify(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path], token: str) -> None:
+def _verify(api: Any, repo_id: str, repo_type: str, commit: str, local: dict[str, Path | bytes], token: str) -> None:
     problems = _differences(api, repo_id, repo_type, commit, local, token)
     if problems:
         raise HubError(f"The push to '{repo_id}' at {commit} did not verify: {'; '.join(problems)}. Push again.")
@@ -165,18 +168,18 @@ def push_dir(
             lambda: api.create_branch(repo_id, branch=revision, exist_ok=True, token=token),
             f"Creating branch '{revision}' of '{repo_id}'",
         )
-    operations = []
+    operations: list = []
+    sent: dict[str, Path | bytes] = dict(files)
     for path_in_repo, path in files.items():
         content: Any = str(path)
         if path_in_repo == "README.md":
             card = ModelCard(path.read_text(encoding="utf-8").replace(placeholder, repo_id))
             card.data.model_name = repo_id.split("/")[-1]
-            content = str(card).encode("utf-8")
+            content = sent[path_in_repo] = str(card).encode("utf-8")  # read back as sent, the card included
         operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=content))
-    verify_paths = {p: files[p] for p in files if p != "README.md"}
     message = commit_message or f"Upload {directory.name}"
-    commit = _retrying_commit(api, repo_id, operations, set(files), managed, verify_paths, message, revision, token)
-    _verify(api, repo_id, "model", commit, verify_paths, token)
+    commit = _retrying_commit(api, repo_id, operations, set(files), managed, sent, message, revision, token)
+    _verify(api, repo_id, "model", commit, sent, token)
     return PushResult(url=f"{api.endpoint}/{repo_id}", commit=commit, files=len(operations))
 
 
@@ -196,7 +199,7 @@ def _retrying_commit(
     additions: list,
     paths: set[str],
     managed: Callable[[str], bool],
-    verify_paths: dict[str, Path],
+    sent: dict[str, Path | bytes],
     message: str,
     revision: str | None,
     token: str,
@@ -233,8 +236,15 @@ def _retrying_commit(
             if not (conflict or _transient(exc)):
                 raise
             failure = _describe_failure(exc)
-        now = retrying(lambda: api.repo_info(repo_id, revision=branch, token=token).sha, f"Reading '{repo_id}'")
-        if now != head and not _differences(api, repo_id, "model", now, verify_paths, token):
+        try:
+            now = retrying(lambda: api.repo_info(repo_id, revision=branch, token=token).sha, f"Reading '{repo_id}'")
+        except HubError:
+            raise HubError(
+                f"Pushing to '{repo_id}' failed ({failure}) and the Hub then stopped answering, so whether the commit "
+                "landed is unknown; a commit is whole or absent, never half. Re-run the same push command: it "
+                "commits only if needed and verifies every file."
+            ) from None
+        if now != head and not _differences(api, repo_id, "model", now, sent, token):
             return now
         if attempt < HUB_ATTEMPTS:
             time.sleep(_backoff_s(attempt))
