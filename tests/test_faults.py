@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.train import run
-from dpo_recipe.training.run_dir import LOCK, newest_complete_checkpoint
+from dpo_recipe.training.run_dir import LOCK, RUN_MARKER, newest_complete_checkpoint
 from dpo_recipe.utils.files import write_file_atomically
 
 # ---------------------------------------------------------------------------- bad input
@@ -103,7 +103,10 @@ def bad(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(d / "adapter" / "adapter_config.json", d / "pickled")
     torch.save(load_file(d / "adapter" / "adapter_model.safetensors"), d / "pickled" / "adapter_model.bin")
     (d / "finished").mkdir()
+    (d / "finished" / RUN_MARKER).write_text("{}")
     (d / "finished" / "metrics.json").write_text("{}")
+    (d / "mine").mkdir()
+    (d / "mine" / "thesis.tex").write_text("the user's own file")
     (d / "interrupted").mkdir()
     (d / "interrupted" / "INCOMPLETE").write_text("resume me")
     (d / "a-file").write_text("not a directory")
@@ -160,7 +163,13 @@ BAD_INPUT = [
     ("push-without-repo", train("hub.push=true"), ["hub.repo_id: required when hub.push is true"], 2),
     ("finished-output-dir", train(args=("--output-dir", "{bad}/finished")), ["holds a finished run", "--overwrite"], 2),
     ("interrupted-output-dir", train(args=("--output-dir", "{bad}/interrupted")), ["interrupted run", "--resume"], 2),
-    ("resume-nothing", train(args=("--resume",)), ["--resume: no complete checkpoint", "without --resume"], 2),
+    ("users-folder", train(args=("--output-dir", "{bad}/mine")), ["holds no dpo-recipe run (thesis.tex)"], 2),
+    (
+        "users-folder-overwrite",
+        train(args=("--output-dir", "{bad}/mine", "--overwrite")),
+        ["holds no dpo-recipe run", "with or without --overwrite"],
+        2,
+    ),
     ("resume-and-overwrite", train(args=("--resume", "--overwrite")), ["contradict each other"], 2),
     (
         "output-dir-under-file",
@@ -697,7 +706,22 @@ def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, mo
         )
         run("tiny-ja", settings, output_dir=str(tmp_path / "out"))
         report = tmp_path / "eval" / "report.json"
-        outputs.append(invoke(runner, "eval", "--adapter", "alice/canary", "--max-pairs", 4, "--out", report).output)
+        outputs.append(
+            invoke(
+                runner,
+                "eval",
+                "--adapter",
+                "alice/canary",
+                "--base",
+                tiny_model,
+                "--data",
+                data,
+                "--max-pairs",
+                4,
+                "--out",
+                report,
+            ).output
+        )
         outputs.append(invoke(runner, "push", tmp_path / "out", "--repo-id", "alice/canary-2", "--private").output)
         refused = invoke(runner, "push", tmp_path / "out", "--repo-id", "bob/not-yours")
         assert refused.exit_code == 1 and "cannot write to 'bob/not-yours'" in refused.output

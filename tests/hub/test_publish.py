@@ -252,10 +252,13 @@ def test_card_pins_the_dataset_commit_and_from_hub_repeats_the_run(hub, runner, 
     assert "--from-hub alice/pinned" in (tmp_path / "again" / "README.md").read_text()
 
 
-def test_eval_scores_an_adapter_straight_from_the_hub(hub, runner, finished: Path, tmp_path: Path) -> None:
+def test_eval_scores_an_adapter_straight_from_the_hub(
+    hub, runner, finished: Path, tiny_model: Path, tmp_path: Path
+) -> None:
     assert invoke(runner, "push", finished, "--repo-id", "alice/to-score").exit_code == 0
     out = tmp_path / "report.json"
-    result = invoke(runner, "eval", "--adapter", "alice/to-score", "--max-pairs", 8, "--out", out)
+    # the recipe recorded a local base; from the Hub a local path is the user's to give (--base)
+    result = invoke(runner, "eval", "--adapter", "alice/to-score", "--base", tiny_model, "--max-pairs", 8, "--out", out)
     assert result.exit_code == 0, result.output
     local = json.loads((finished / "metrics.json").read_text())["eval"]["overall"]
     remote = json.loads(out.read_text())["overall"]

