@@ -434,9 +434,19 @@ def held_out_line(report: dict) -> str:
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the runs.")
 @click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a stopped sweep: finished runs are kept and ranked, an interrupted one continues, the rest train.",
+)
 @set_option
 def sweep_command(
-    recipe: str, grid_items: tuple[str, ...], out_dir: Path, overwrite: bool, overrides: tuple[str, ...]
+    recipe: str,
+    grid_items: tuple[str, ...],
+    out_dir: Path,
+    overwrite: bool,
+    resume: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """Train every combination of --grid values, one after another in this process, and rank them.
 
@@ -447,7 +457,7 @@ def sweep_command(
     """
     from dpo_recipe.sweep import parse_grid, run_sweep
 
-    run_sweep(recipe, parse_grid(grid_items), list(overrides), out_dir, overwrite=overwrite)
+    run_sweep(recipe, parse_grid(grid_items), list(overrides), out_dir, overwrite=overwrite, resume=resume)
 
 
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)

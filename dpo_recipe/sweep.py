@@ -21,7 +21,8 @@ from typing import Any
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.errors import RecipeError
-from dpo_recipe.training.run_dir import check_output_dir
+from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE
+from dpo_recipe.training.run_dir import check_output_dir, is_finished
 from dpo_recipe.utils.files import write_file_atomically
 
 
@@ -66,11 +67,22 @@ def run_name(index: int, point: dict[str, str]) -> str:
 
 
 def run_sweep(
-    recipe: str, grid: dict[str, list[str]], overrides: list[str], out: Path, *, overwrite: bool = False
+    recipe: str,
+    grid: dict[str, list[str]],
+    overrides: list[str],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train every grid point of ``recipe`` (plus ``overrides``) under ``out``; write and return the ranking."""
+    """Train every grid point of ``recipe`` (plus ``overrides``) under ``out``; write and return the ranking.
+
+    ``resume`` continues a sweep that was stopped: finished runs are read back, not retrained; an
+    interrupted one continues from its newest checkpoint; one never started trains."""
     from dpo_recipe.train import run
 
+    if resume and overwrite:
+        raise RecipeError(RESUME_AND_OVERWRITE)
     points = grid_points(grid)
     runs = [
         (point, out / run_name(i, point), [*overrides, *(f"{k}={v}" for k, v in point.items())])
@@ -81,11 +93,15 @@ def run_sweep(
             load_recipe(recipe, settings)
         except RecipeError as exc:
             raise RecipeError(f"sweep configuration {run_dir.name}: {exc}") from None
-        check_output_dir(run_dir, resume=False, overwrite=overwrite)
+        check_output_dir(run_dir, resume=resume, overwrite=overwrite)
     results = []
     for number, (point, run_dir, settings) in enumerate(runs, 1):
-        print(f"\n=== sweep {number}/{len(runs)}: {run_dir.name}", flush=True)
-        metrics = run(recipe, settings, output_dir=str(run_dir), overwrite=overwrite)
+        if resume and is_finished(run_dir):
+            print(f"\n=== sweep {number}/{len(runs)}: {run_dir.name} finished earlier; its metrics.json is read back")
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            print(f"\n=== sweep {number}/{len(runs)}: {run_dir.name}", flush=True)
+            metrics = run(recipe, settings, output_dir=str(run_dir), overwrite=overwrite, resume=resume)
         if metrics is not None:
             results.append(_result(point, run_dir, metrics))
     ranked = sorted(results, key=lambda r: (-_or_minus_inf(r["reward_accuracy"]), -_or_minus_inf(r["reward_margin"])))

@@ -496,6 +496,37 @@ def test_a_stop_outside_the_steps_says_how_to_continue_and_continue_works(
         assert not (out / "INCOMPLETE").exists()
 
 
+def test_two_runs_into_one_folder_one_is_refused_before_writing(tiny_model: Path, tmp_path: Path, record) -> None:
+    """Started together: the lock lets one in; the other stops at once, naming it; the folder holds one whole run."""
+    import hashlib
+
+    out = tmp_path / "shared"
+    with record.case("fault"):
+        runs = [
+            subprocess.Popen(
+                train_cmd(tiny_model, out, *FAULT_SETTINGS, f"training.seed={seed}"),
+                env=subprocess_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (1, 2)
+        ]
+        errors = [p.communicate(timeout=300)[1] for p in runs]
+        codes = sorted(p.returncode for p in runs)
+        assert codes == [0, 2], errors
+        refused = errors[[p.returncode for p in runs].index(2)]
+        assert re.search(rf"Error: {out} is being written by another run \(pid \d+ on ", refused), refused[-2000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        weights = load_file(out / "adapter_model.safetensors")
+        digest = hashlib.sha256()
+        for name in sorted(weights):
+            digest.update(name.encode())
+            digest.update(weights[name].float().numpy().tobytes())
+        assert metrics["distributed"]["adapter_digest_by_rank"] == [digest.hexdigest()[:16]]
+        assert not (out / LOCK).exists() and not (out / "INCOMPLETE").exists()
+
+
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_path: Path, record) -> None:
     out = tmp_path / "full"
     with record.case("fault"):

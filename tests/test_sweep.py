@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import invoke, tiny_overrides
+from conftest import invoke, subprocess_env, tiny_overrides
 
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.sweep import grid_points, parse_grid, results_table, run_name, run_sweep
+from dpo_recipe.training.run_dir import is_finished
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -76,3 +80,34 @@ def test_a_sweep_trains_each_point_shares_the_reference_and_ranks(
     assert (out / "sweep.png").read_bytes().startswith(PNG_MAGIC)
     again = invoke(runner, *args)  # a second sweep into the same directory is refused before it trains
     assert again.exit_code == 1 and "01-training.learning_rate=1e-5 holds a finished run" in again.output
+
+
+def test_a_killed_sweep_continues_with_resume_without_retraining_finished_runs(
+    tiny_model: Path, tmp_path: Path, runner
+) -> None:
+    out = tmp_path / "sweep"
+    settings = ["data.max_train_pairs=32", "data.max_eval_pairs=4", "eval.num_generations=0", "training.save_steps=1"]
+    args = ["sweep", "--recipe", "tiny-ja", "--grid", "training.learning_rate=1e-5,5e-3", "--out", str(out)]
+    for item in tiny_overrides(tiny_model, *settings):
+        args += ["--set", item]
+    first, second = out / "01-training.learning_rate=1e-5", out / "02-training.learning_rate=5e-3"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dpo_recipe", *args], env=subprocess_env(), stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not any((second / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "the second run never saved a checkpoint"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert is_finished(first) and not is_finished(second) and not (out / "sweep.json").exists()
+    kept = (first / "adapter_model.safetensors").stat().st_mtime_ns
+
+    refused = invoke(runner, *args)
+    assert refused.exit_code == 1 and "01-training.learning_rate=1e-5 holds a finished run" in refused.output
+    result = invoke(runner, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "01-training.learning_rate=1e-5 finished earlier; its metrics.json is read back" in result.output
+    assert (first / "adapter_model.safetensors").stat().st_mtime_ns == kept  # not retrained
+    ranked = json.loads((out / "sweep.json").read_text())
+    assert sorted(Path(r["output_dir"]).name for r in ranked) == [first.name, second.name] and is_finished(second)

@@ -146,8 +146,7 @@ def fetched_summary(recipe: Recipe, origin: str) -> str:
         f"Recipe from {origin}:",
         f"  model: {model.name_or_path}@{model.revision}{weights}; remote code: "
         f"{'yes (' + TRUST_REMOTE_CODE_FLAG + ')' if model.trust_remote_code else 'no'}",
-        f"  data: {', '.join(sources)}{revision}; objective {recipe.training.objective}, "
-        f"loss {loss}",
+        f"  data: {', '.join(sources)}{revision}; objective {recipe.training.objective}, loss {loss}",
     ]
     packaged = {name: load_recipe(str(path)) for name, path in packaged_recipes().items()}
     if packaged:

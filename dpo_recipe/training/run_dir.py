@@ -59,6 +59,11 @@ def is_run_folder(out: Path) -> bool:
     )
 
 
+def is_finished(out: Path) -> bool:
+    """Whether ``out`` holds a whole run: ``metrics.json`` is written last, ``INCOMPLETE`` removed after it."""
+    return (out / "metrics.json").is_file() and not (out / INCOMPLETE).exists()
+
+
 def _listing(paths: list[Path], out: Path) -> str:
     names = [str(p.relative_to(out)) for p in paths[:5]]
     return ", ".join(names) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")

@@ -40,7 +40,8 @@ def write_dir_atomically(
     if if_exists == "refuse" and target.exists() and any(target.iterdir()):
         raise DataError(f"{target} already exists and is not empty. Choose another --out or pass --overwrite.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_abandoned_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         write(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; datasets and caches are meant to be read
@@ -63,6 +64,23 @@ def write_dir_atomically(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def remove_abandoned_staging(target: Path) -> None:
+    """Delete the staging folders of ``target`` that a killed process left (their names carry its pid).
+
+    A kill -9 mid-write skips every ``finally``: the half-written folder stays, hidden, beside ``target``.
+    Another live process's staging is left alone."""
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        pid = leftover.name[len(target.name) + 2 :].split(".")[0]
+        if not pid.isdigit() or not leftover.is_dir() or leftover.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:

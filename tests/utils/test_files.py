@@ -3,6 +3,7 @@ recipes, cards and the cache are found."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,18 @@ def test_replacing_a_link_replaces_the_link_and_leaves_its_target(tmp_path: Path
     assert not link.is_symlink() and (link / "model.gguf").read_text() == "new"
     assert (target / "thesis.tex").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "users-folder"]  # no .old left behind
+
+
+def test_a_killed_writers_staging_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    abandoned = tmp_path / f".export.{dead}.abc123"
+    (abandoned / "model.gguf").parent.mkdir()
+    (abandoned / "model.gguf").write_bytes(b"a whole-looking model")
+    alive = tmp_path / f".export.{os.getpid()}.def456"  # a live writer's: kept
+    alive.mkdir()
+    write_dir_atomically(tmp_path / "export", lambda staging: (staging / "model.gguf").write_text("new"))
+    assert not abandoned.exists() and alive.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "export"]
