@@ -26,7 +26,7 @@ from typing import Any
 
 from dpo_recipe.config.loader import DEFAULT_RECIPE
 from dpo_recipe.deploy.export import export  # the function itself: it imports torch only when called
-from dpo_recipe.errors import DpoRecipeError
+from dpo_recipe.errors import DataError, DpoRecipeError
 from dpo_recipe.hub.publish import PushResult
 
 __all__ = ["chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train"]
@@ -48,8 +48,14 @@ def generate_dataset(
     from dpo_recipe.artifacts.cards import render_dataset_card
     from dpo_recipe.data.generator import generate_pairs
     from dpo_recipe.data.lint import lint
-    from dpo_recipe.utils.files import write_dir_atomically
+    from dpo_recipe.utils.files import foreign_entries, write_dir_atomically
 
+    foreign = foreign_entries(Path(out_dir), "dataset_dict.json") if overwrite else []
+    if foreign:
+        raise DataError(
+            f"--out {out_dir} holds files 'data generate' did not write ({', '.join(p.name for p in foreign[:5])}); "
+            "--overwrite replaces only a dataset it wrote. Choose another --out."
+        )
     splits = generate_pairs(num_pairs=num_pairs, seed=seed)
     report = lint(splits)
     if report.findings:

@@ -381,8 +381,10 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overwrite: bool, ov
     import time
 
     from dpo_recipe.api import train
+    from dpo_recipe.training.run_dir import check_output_dir
 
     started = time.perf_counter()
+    check_output_dir(out_dir / "adapter", resume=False, overwrite=overwrite)  # before the dataset is generated
     data_dir = out_dir / "data"
     if not (data_dir / "dataset_dict.json").exists():
         ctx = click.get_current_context()

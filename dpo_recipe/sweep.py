@@ -22,7 +22,7 @@ from typing import Any
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE
-from dpo_recipe.training.run_dir import check_output_dir, is_finished
+from dpo_recipe.training.run_dir import check_output_dir, is_finished, is_run_folder
 from dpo_recipe.utils.files import write_file_atomically
 
 
@@ -84,6 +84,7 @@ def run_sweep(
     if resume and overwrite:
         raise RecipeError(RESUME_AND_OVERWRITE)
     points = grid_points(grid)
+    refuse_foreign_sweep_dir(out)
     runs = [
         (point, out / run_name(i, point), [*overrides, *(f"{k}={v}" for k, v in point.items())])
         for i, point in enumerate(points, 1)
@@ -107,6 +108,27 @@ def run_sweep(
     ranked = sorted(results, key=lambda r: (-_or_minus_inf(r["reward_accuracy"]), -_or_minus_inf(r["reward_margin"])))
     write_results(ranked, out)
     return ranked
+
+
+SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
+
+
+def refuse_foreign_sweep_dir(out: Path) -> None:
+    """``--out`` holds nothing but a sweep's files and its run folders (or is new or empty): a sweep never
+    replaces a user's ``sweep.md`` or writes through a link there."""
+    if not out.is_dir():
+        return
+    foreign = [
+        entry
+        for entry in sorted(out.iterdir())
+        if entry.is_symlink()
+        or not (entry.name in SWEEP_FILES and entry.is_file() or entry.is_dir() and is_run_folder(entry))
+    ]
+    if foreign:
+        raise RecipeError(
+            f"sweep --out {out} holds what a sweep did not write ({', '.join(e.name for e in foreign[:5])}); a "
+            "sweep writes only into a new or empty folder or an earlier sweep's. Choose another --out."
+        )
 
 
 def _or_minus_inf(value: float | None) -> float:

@@ -211,11 +211,11 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     args = dpo_config(recipe, out)
     if args.process_index == 0:
         print("\n".join(data_notes))  # the form the rows were read in, detected or named
-    is_main_process = claim_output_dir(context, out)
     from dpo_recipe.training.base_cache import default_cache
 
     cache = default_cache()
     try:
+        is_main_process = claim_output_dir(context, out)
         with stopwatch.phase("model"):
             model = load_model(recipe.model)
         with stopwatch.phase("tokenizing and reference pass"):
@@ -236,6 +236,8 @@ def checked_recipe(context: RunContext) -> Recipe:
     download with ``--from-hub``), the network calls (the Hub token, pinning the dataset commit) come
     after the local checks."""
     recipe = context.load_recipe()
+    # one folder: transformers would expand "~" for the checkpoints while the artifacts went to a literal "./~"
+    recipe.training.output_dir = str(Path(recipe.training.output_dir).expanduser())
     if context.from_hub and first_process():  # what a stranger's recipe will load, before it loads
         print(fetched_summary(recipe, f"--from-hub {context.from_hub}"))
     check_hardware(recipe.model, recipe.training.precision)

@@ -113,6 +113,7 @@ def test_quickstart_keeps_a_finished_adapter_folder_unless_told(runner, tiny_mod
         runner, "quickstart", "--recipe", "tiny-ja", "--train-pairs", 8, "--out", tmp_path / "qs", *settings
     )
     assert result.exit_code == 1 and "holds a finished run. Pass --overwrite" in result.output, result.output
+    assert not (tmp_path / "qs" / "data").exists()  # refused before the dataset was generated
     assert sorted(p.name for p in adapter.iterdir()) == sorted(
         [RUN_MARKER, "metrics.json", "adapter_model.safetensors", "notes.txt"]
     )

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.train import run
-from dpo_recipe.training.run_dir import LOCK, RUN_MARKER, newest_complete_checkpoint
+from dpo_recipe.training.run_dir import RUN_MARKER, check_output_dir, newest_complete_checkpoint
 from dpo_recipe.utils.files import write_file_atomically
 
 # ---------------------------------------------------------------------------- bad input
@@ -108,6 +108,7 @@ def bad(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "mine").mkdir()
     (d / "mine" / "thesis.tex").write_text("the user's own file")
     (d / "interrupted").mkdir()
+    (d / "interrupted" / RUN_MARKER).write_text("{}")
     (d / "interrupted" / "INCOMPLETE").write_text("resume me")
     (d / "a-file").write_text("not a directory")
     return d
@@ -490,7 +491,7 @@ def test_a_stop_outside_the_steps_says_how_to_continue_and_continue_works(
         message = re.search(r"Error: (.*)", stderr)[1]
         assert message.startswith(f"Stopped on SIG{signum} during {phase}; ")
         assert message.endswith(f"--output-dir {out} --resume") and "--resume" in (out / "INCOMPLETE").read_text()
-        assert not (out / LOCK).exists()
+        check_output_dir(out, resume=True, overwrite=False)  # the lock was given back
         main([*argv, "--resume"])
         assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == FAULT_STEPS
         assert not (out / "INCOMPLETE").exists()
@@ -524,7 +525,8 @@ def test_two_runs_into_one_folder_one_is_refused_before_writing(tiny_model: Path
             digest.update(name.encode())
             digest.update(weights[name].float().numpy().tobytes())
         assert metrics["distributed"]["adapter_digest_by_rank"] == [digest.hexdigest()[:16]]
-        assert not (out / LOCK).exists() and not (out / "INCOMPLETE").exists()
+        assert not (out / "INCOMPLETE").exists()
+        check_output_dir(out, resume=True, overwrite=False)  # the lock was given back
 
 
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_path: Path, record) -> None:

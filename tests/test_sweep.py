@@ -111,3 +111,18 @@ def test_a_killed_sweep_continues_with_resume_without_retraining_finished_runs(
     assert (first / "adapter_model.safetensors").stat().st_mtime_ns == kept  # not retrained
     ranked = json.loads((out / "sweep.json").read_text())
     assert sorted(Path(r["output_dir"]).name for r in ranked) == [first.name, second.name] and is_finished(second)
+
+
+def test_a_sweep_never_writes_into_a_folder_of_other_files(tiny_model: Path, tmp_path: Path) -> None:
+    out, outside = tmp_path / "notes", tmp_path / "target.png"
+    out.mkdir()
+    outside.write_bytes(b"the user's picture")
+    (out / "sweep.md").write_text("my own notes")
+    (out / "sweep.png").symlink_to(outside)
+    with pytest.raises(RecipeError, match=r"sweep --out .* holds what a sweep did not write \(sweep.png\)"):
+        run_sweep("tiny-ja", {"training.beta": ["0.1"]}, tiny_overrides(tiny_model), out)
+    (out / "sweep.png").unlink()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(RecipeError, match=r"holds what a sweep did not write \(thesis.tex\)"):
+        run_sweep("tiny-ja", {"training.beta": ["0.1"]}, tiny_overrides(tiny_model), out)
+    assert (out / "sweep.md").read_text() == "my own notes" and outside.read_bytes() == b"the user's picture"

@@ -132,6 +132,19 @@ def test_a_folder_of_the_users_files_is_never_trained_into(tiny_model: Path, tmp
         assert outside.read_text() == "PRIVATE KEY" and not (tmp_path / "dangling").exists()
 
 
+def test_a_tilde_output_dir_is_one_folder(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """transformers expands "~" for the checkpoints; the artifacts must land in the same folder, not in "./~"."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    settings = tiny_overrides(tiny_model, "data.max_train_pairs=8", "data.max_eval_pairs=4", "eval.num_generations=0")
+    run("tiny-ja", settings, output_dir="~/run")
+    assert (home / "run" / "adapter_model.safetensors").is_file() and (home / "run" / "checkpoints").is_dir()
+    assert not any(cwd.iterdir())
+
+
 def test_dry_run_reports_and_refuses_emptied_completions(tiny_model: Path, tmp_path: Path, capsys) -> None:
     run("tiny-ja", tiny_overrides(tiny_model), output_dir=str(tmp_path / "x"), dry_run=True)
     report = capsys.readouterr().out

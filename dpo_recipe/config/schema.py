@@ -155,7 +155,8 @@ class DataSection:
 @dataclass
 class TrainingSection:
     output_dir: str = recipe_key("outputs/run", "Where the adapter, metrics, plots and card are written.")
-    num_epochs: float = recipe_key(1.0, "Passes over the training pairs.", min_exclusive=0.0)
+    # bounded so that a typo, or a fetched recipe, cannot ask for a run that never ends
+    num_epochs: float = recipe_key(1.0, "Passes over the training pairs.", min_exclusive=0.0, max=1000.0)
     per_device_batch_size: int = recipe_key(1, "Pairs per device per forward pass.", min=1)
     gradient_accumulation_steps: int = recipe_key(4, "Forward passes per optimizer step.", min=1)
     learning_rate: float = recipe_key(5e-6, "Peak learning rate.", min_exclusive=0.0)
@@ -251,7 +252,7 @@ class EvalSection:
         "answer checks (Japanese share, topic named, repetition, sentence end).",
         min=0,
     )
-    max_new_tokens: int = recipe_key(64, "Token budget of those answers.", min=1)
+    max_new_tokens: int = recipe_key(64, "Token budget of those answers.", min=1, max=32768)
     repetition_penalty: float = recipe_key(
         1.0,
         "Decoding: divide the logits of tokens the answer already wrote (transformers' repetition_penalty, "

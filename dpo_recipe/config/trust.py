@@ -30,6 +30,9 @@ from dpo_recipe.errors import RecipeError
 from dpo_recipe.utils.files import packaged_dir
 
 TRUST_REMOTE_CODE_FLAG = "--trust-remote-code"
+# written by a run into the folder it claims and never pushed: a folder holding it is the user's own run, whose
+# recorded paths are theirs (a downloaded copy of a pushed run lacks it)
+RUN_MARKER = ".dpo-recipe-run"
 _NOT_PATHS = ("builtin:", "package:", "assemble:")  # values that name something installed, not a file
 # a Hub id may hold dots ("Qwen/Qwen2.5-0.5B"); these endings name files
 _FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".gguf", ".jinja", ".txt", ".yaml", ".yml", ".bin")

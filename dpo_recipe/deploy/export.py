@@ -116,13 +116,20 @@ def export(
     from dpo_recipe.models.adapters import adapter_base, load_adapter_model
     from dpo_recipe.models.gguf import resolve_gguf_path
     from dpo_recipe.training.run_dir import os_error_behind
-    from dpo_recipe.utils.files import write_dir_atomically
+    from dpo_recipe.utils.files import foreign_entries, write_dir_atomically
 
     started = time.perf_counter()
     type_name = export_options(fmt, dtype, quant)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"--out {out_dir} already exists: choose another directory, or --overwrite to replace it.")
+    foreign = foreign_entries(out_dir, MANIFEST)
+    if foreign:
+        raise ExportError(
+            f"--out {out_dir} holds files 'dpo-recipe export' did not write "
+            f"({', '.join(p.name for p in foreign[:5])}); --overwrite replaces only an earlier export. "
+            "Choose another --out."
+        )
     adapter_dir, recipe, section = adapter_base(str(adapter), base, trust_remote_code=trust_remote_code)
     section = dataclasses.replace(section, dtype="float32", load_in_4bit=False)  # merge at full precision
     source_gguf = resolve_gguf_path(section.gguf_file) if section.gguf_file else None

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dpo_recipe.config.schema import DataSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.evaluation.report import markdown_summary
 from dpo_recipe.evaluation.scoring import evaluate_adapter
@@ -85,6 +86,20 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def held_out_data(recorded: DataSection, data: str | None, split: str, max_pairs: int | None) -> DataSection:
+    """The data section to score: the adapter's recorded data (its dataset commit included), or ``data``, which
+    replaces the recorded source or mixture whole."""
+    return dataclasses.replace(
+        recorded,
+        source=data or recorded.source,
+        sources=[] if data else recorded.sources,
+        revision=None if data else recorded.revision,  # the recorded commit belongs to the recorded source
+        test_split=split,
+        max_train_pairs=None,
+        max_eval_pairs=max_pairs,
+    )
+
+
 def run_eval(
     adapter: str,
     *,
@@ -107,14 +122,7 @@ def run_eval(
     stopwatch, cache = Stopwatch(), default_cache()
     with stopwatch.phase("checks and data"):
         adapter_dir, recipe, model_section = adapter_base(adapter, base, trust_remote_code=trust_remote_code, data=data)
-        data_section = dataclasses.replace(
-            recipe.data,
-            source=data or recipe.data.source,
-            revision=None if data else recipe.data.revision,  # the recorded commit belongs to the recorded source
-            test_split=split,
-            max_train_pairs=None,
-            max_eval_pairs=max_pairs,
-        )
+        data_section = held_out_data(recipe.data, data, split, max_pairs)
         kto_adapter = recipe.training.objective == "kto"
         if kto_adapter:  # held-out rows exactly as training held them out (pairs split, shuffled with the seed)
             _, rows, _ = unpaired_splits(data_section, recipe.training.seed)

@@ -98,8 +98,8 @@ def retrying(call: Callable[[], Any], what: str) -> Any:
     raise AssertionError("unreachable")
 
 
-def checked_repo_id(repo_id: str) -> str:
-    """``repo_id`` when it is a Hub repo id ``USER/NAME``; a ``HubError`` naming the rule otherwise."""
+def checked_repo_id(repo_id: str, option: str = "--repo-id") -> str:
+    """``repo_id`` when it is a Hub repo id ``USER/NAME``; a ``HubError`` naming ``option`` and the rule otherwise."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -109,7 +109,7 @@ def checked_repo_id(repo_id: str) -> str:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise HubError(
-            f"--repo-id {repo_id!r} is not a Hub repo id: give USER/NAME (or ORG/NAME), letters, digits, '-', '_' "
+            f"{option} {repo_id!r} is not a Hub repo id: give USER/NAME (or ORG/NAME), letters, digits, '-', '_' "
             "and '.', at most 96 characters, not starting or ending with '-' or '.'."
         ) from None
     return repo_id
@@ -162,6 +162,7 @@ def recipe_from_hub(repo: str) -> Path:
     )
 
     repo_id, _, revision = repo.partition("@")
+    checked_repo_id(repo_id, option="--from-hub")
     try:
         return Path(hf_hub_download(repo_id, "recipe.yaml", revision=revision or None))
     except LocalEntryNotFoundError:

@@ -21,17 +21,7 @@ from dpo_recipe.hub.client import (
     retrying,
     writable_token,
 )
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
-
+from dpo_recipe.models.loading import TOKENIZER_FILES
 
 ADAPTER_FILES = (
     "adapter_model.safetensors",
@@ -108,8 +98,15 @@ def adapter_files(output_dir: Path) -> dict[str, Path]:
     if not (output_dir / "metrics.json").exists():
         raise HubError(f"{output_dir} is an unfinished run (no metrics.json): resume it before pushing.")
     files = {name: output_dir / name for name in ADAPTER_FILES}
-    files.update({f"plots/{p.name}": p for p in sorted((output_dir / "plots").glob("*.png"))})
-    return {name: path for name, path in files.items() if path.is_file() and not path.is_symlink()}  # no links out
+    plots = output_dir / "plots"
+    if plots.is_dir() and not plots.is_symlink():
+        files.update({f"plots/{p.name}": p for p in sorted(plots.glob("*.png"))})
+    return {name: path for name, path in files.items() if _own_file(path)}
+
+
+def _own_file(path: Path) -> bool:
+    """A regular file of the folder's own: not a link out of it, nor a hard link to a file elsewhere."""
+    return path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1
 
 
 def export_files(export_dir: Path) -> dict[str, Path]:
@@ -128,7 +125,7 @@ def export_files(export_dir: Path) -> dict[str, Path]:
     files = {}
     for name in names:
         path = export_dir / str(name)
-        if _export_managed(str(name)) and "/" not in str(name) and path.is_file() and not path.is_symlink():
+        if _export_managed(str(name)) and "/" not in str(name) and _own_file(path):
             files[str(name)] = path
     return files
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection, Recipe
-from dpo_recipe.config.trust import FetchedRecipe, refuse_untrusted
+from dpo_recipe.config.trust import RUN_MARKER, FetchedRecipe, refuse_untrusted
 from dpo_recipe.errors import ModelError
 from dpo_recipe.models.loading import load_model, load_tokenizer, skeleton_model
 
@@ -82,8 +82,9 @@ def adapter_base(
     An adapter is only usable on the base it was trained on, and training records that base in
     ``recipe.yaml`` beside the adapter; ``base`` overrides it (a plain Hub id or directory). That file
     is a record of someone's run, not the user's command (``config.trust``): the model repo's code runs
-    only with ``trust_remote_code`` (``--trust-remote-code``), and the local paths of an adapter from the
-    Hub are refused unless the user gives them (``base``, ``data``: eval's ``--data``).
+    only with ``trust_remote_code`` (``--trust-remote-code``), and its local paths are refused unless the
+    user gives them (``base``, ``data``: eval's ``--data``) or the folder is the user's own run (it holds the
+    run marker, which a push never sends: a downloaded adapter does not).
     """
     adapter_dir = resolve_adapter_dir(adapter)
     recipe = load_recipe(str(adapter_dir / "recipe.yaml")) if (adapter_dir / "recipe.yaml").exists() else Recipe()
@@ -93,7 +94,7 @@ def adapter_base(
         frozenset(given | ({"data.source"} if data else set())),
         trust_remote_code=trust_remote_code,
         hints=(("model.", "--base MODEL"), ("data.", "--data SOURCE")),
-        local_paths=Path(adapter).expanduser().is_dir(),
+        local_paths=(Path(adapter).expanduser() / RUN_MARKER).is_file(),  # the user's own run, not a download
     )
     refuse_untrusted(recipe, fetched)
     # the tokenizer saved beside the adapter carries the chat template training used: no file is read for it

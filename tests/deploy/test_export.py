@@ -160,8 +160,12 @@ def test_bad_options_and_outputs_fail_in_one_line_before_loading(
     with pytest.raises(ExportError, match="--format onnx: choose one of safetensors, gguf"):
         export(tiny_adapter, tmp_path / "x", fmt="onnx")
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "thesis.tex").write_text("mine")
     with pytest.raises(ExportError, match="already exists: choose another directory, or --overwrite"):
         export(tiny_adapter, tmp_path / "taken")
+    with pytest.raises(ExportError, match=r"holds files 'dpo-recipe export' did not write \(thesis.tex\)"):
+        export(tiny_adapter, tmp_path / "taken", overwrite=True)
+    assert (tmp_path / "taken" / "thesis.tex").read_text() == "mine"
     orphan = tmp_path / "orphan"
     orphan.mkdir()
     shutil.copy(tiny_adapter / "adapter_config.json", orphan)

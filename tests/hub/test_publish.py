@@ -321,3 +321,24 @@ def test_http_status_is_read_from_hub_and_client_errors() -> None:
     assert http_status(httpx2.HTTPStatusError("gone", request=response.request, response=response)) == 503
     assert http_status(httpx2.ConnectError("refused")) is None  # no answer at all: no status
     assert http_status(ValueError("not an HTTP error")) is None
+
+
+def test_a_push_sends_the_folders_own_files_only(finished: Path, tmp_path: Path) -> None:
+    """A plots/ that is a link out of the folder, or a hard link to a file elsewhere, stays behind."""
+    import os
+    import shutil
+
+    from dpo_recipe.hub.publish import adapter_files
+
+    run, private = tmp_path / "run", tmp_path / "private"
+    shutil.copytree(finished, run, symlinks=True)
+    private.mkdir()
+    (private / "family.png").write_bytes(b"\x89PNG private")
+    shutil.rmtree(run / "plots")
+    (run / "plots").symlink_to(private)
+    os.link(private / "family.png", tmp_path / "elsewhere.png")
+    (run / "eval_report.json").unlink()
+    os.link(private / "family.png", run / "eval_report.json")  # a hard link under a name a push sends
+    sent = adapter_files(run)
+    assert not any(name.startswith("plots/") for name in sent) and "eval_report.json" not in sent
+    assert {"adapter_model.safetensors", "metrics.json", "README.md"} <= set(sent)

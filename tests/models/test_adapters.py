@@ -91,3 +91,27 @@ def test_adapter_shapes_are_checked_against_the_base(tmp_path: Path, tiny_model:
 def test_a_mistyped_path_is_not_sent_to_the_hub(typed: str) -> None:
     with pytest.raises(ModelError, match=r"is neither a directory nor a Hub id USER/NAME\. Give the output directory"):
         resolve_adapter_dir(typed)
+
+
+def test_only_the_users_own_run_folder_keeps_its_recorded_local_paths(tmp_path: Path) -> None:
+    """A pushed adapter downloaded to a folder (hf download --local-dir) carries a stranger's recipe.yaml: its local
+    paths are refused as on the Hub; a run folder the user trained (it holds the run marker) keeps them."""
+    import yaml
+
+    from dpo_recipe.config.trust import RUN_MARKER
+    from dpo_recipe.errors import RecipeError
+
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    recipe = {"model": {"name_or_path": "/home/bob/tiny"}, "data": {"source": "/home/bob/private.jsonl"}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError) as refused:
+        adapter_base(str(folder))
+    assert "model.name_or_path is a local path ('/home/bob/tiny'); give it yourself (--base MODEL)" in str(
+        refused.value
+    )
+    assert "data.source is a local path" in str(refused.value)
+    (folder / RUN_MARKER).write_text("{}")
+    _, _, section = adapter_base(str(folder))
+    assert section.name_or_path == "/home/bob/tiny" and section.trust_remote_code is False

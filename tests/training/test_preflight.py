@@ -105,3 +105,7 @@ def test_sizes_far_past_the_machine_are_refused_before_weights_load(
 def test_the_builtin_generator_is_bounded() -> None:
     with pytest.raises(RecipeError, match=r"data.num_pairs: must be <= 1000000, got 1000000000"):
         load_recipe("tiny-ja", ["data.num_pairs=1000000000"])
+    with pytest.raises(RecipeError, match=r"training.num_epochs: must be <= 1000.0, got 1000000000000.0"):
+        load_recipe("tiny-ja", ["training.num_epochs=1000000000000.0"])
+    with pytest.raises(RecipeError, match=r"eval.max_new_tokens: must be <= 32768, got 1000000000"):
+        load_recipe("tiny-ja", ["eval.max_new_tokens=1000000000"])

@@ -52,3 +52,36 @@ def test_from_hub_implies_no_push_and_an_output_dir_named_after_the_repo(monkeyp
     assert mine.training.output_dir == "elsewhere" and mine.training.seed == 5
     local = RunContext(recipe="tiny-ja", output_dir="o").load_recipe()
     assert local.training.output_dir == "o"
+
+
+def test_a_fetched_recipe_never_chooses_where_the_users_push_goes(monkeypatch, tmp_path) -> None:
+    """A stranger's recipe naming the user's own repo, branch and privacy: none of it is kept; the user who turns
+    push on names the repo themselves."""
+    recipe = tmp_path / "recipe.yaml"
+    text = resolve_recipe_path("tiny-ja").read_text()
+    recipe.write_text(text + "hub:\n  push: true\n  repo_id: alice/precious\n  revision: main\n  private: false\n")
+    monkeypatch.setattr("dpo_recipe.training.run_context.recipe_from_hub", lambda repo: recipe)
+    fetched = RunContext(from_hub="bob/x").load_recipe()
+    assert (fetched.hub.push, fetched.hub.repo_id, fetched.hub.revision, fetched.hub.private) == (
+        False,
+        None,
+        None,
+        False,
+    )
+    with pytest.raises(RecipeError, match="hub.repo_id: required when hub.push is true"):
+        RunContext(from_hub="bob/x", overrides=("hub.push=true",)).load_recipe()
+    mine = RunContext(from_hub="bob/x", overrides=("hub.push=true", "hub.repo_id=alice/mine")).load_recipe()
+    assert mine.hub.repo_id == "alice/mine"
+
+
+@pytest.mark.parametrize("repo", ["/etc/passwd", "bob/x/y", "../bob/x", "https://huggingface.co/bob/x", "bob"])
+def test_from_hub_takes_a_repo_id_only(repo: str) -> None:
+    from dpo_recipe.hub.client import HubError
+
+    with pytest.raises(HubError, match=f"--from-hub '{repo}' is not a Hub repo id: give USER/NAME"):
+        RunContext(from_hub=repo).load_recipe()
+
+
+def test_an_empty_output_dir_is_refused() -> None:
+    with pytest.raises(RecipeError, match="--output-dir is empty"):
+        RunContext(recipe="tiny-ja", output_dir="")

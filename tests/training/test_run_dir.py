@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from dpo_recipe.errors import RecipeError, SaveError
 from dpo_recipe.training.run_dir import (
     INCOMPLETE,
+    INCOMPLETE_TEXT,
     LOCK,
     RUN_MARKER,
     check_output_dir,
@@ -69,11 +69,22 @@ def test_check_output_dir_refuses_what_the_flags_do_not_cover(tmp_path: Path) ->
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(RecipeError, match="a-file is a file, not a directory"):
         check_output_dir(tmp_path / "a-file" / "run", resume=False, overwrite=False)
-    legacy = tmp_path / "legacy"  # a run folder written before markers: INCOMPLETE, or metrics + adapter
+    legacy = tmp_path / "legacy"  # a run folder written before markers: metrics, adapter and the training log
     legacy.mkdir()
-    (legacy / "metrics.json").write_text("{}")
-    (legacy / "adapter_config.json").write_text("{}")
+    for name in ("metrics.json", "adapter_config.json", "train_log.jsonl"):
+        (legacy / name).write_text("{}")
     check_output_dir(legacy, resume=False, overwrite=True)
+    (legacy / "train_log.jsonl").unlink()  # a downloaded copy of a pushed run (no training log): not a run folder
+    with pytest.raises(RecipeError, match="holds no dpo-recipe run"):
+        check_output_dir(legacy, resume=False, overwrite=True)
+    todo = tmp_path / "todo"  # a file that happens to be called INCOMPLETE is no run's
+    todo.mkdir()
+    (todo / "INCOMPLETE").write_text("todo list")
+    (todo / "thesis.tex").write_text("mine")
+    with pytest.raises(RecipeError, match="holds no dpo-recipe run"):
+        check_output_dir(todo, resume=False, overwrite=True)
+    (todo / "INCOMPLETE").write_text(INCOMPLETE_TEXT.format(command=RESUME))  # an older version's interrupted run
+    check_output_dir(todo, resume=True, overwrite=False)
 
 
 def user_folder(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
@@ -112,27 +123,48 @@ def test_links_are_never_written_through(tmp_path: Path) -> None:
         check_output_dir(target, resume=True, overwrite=False)
 
 
-def test_one_run_writes_a_folder_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_run_writes_a_folder_at_a_time(tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare_output_dir(out, RESUME, overwrite=False)
-    holder = json.loads((out / LOCK).read_text())
-    assert holder["pid"] == os.getpid()
+    assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
     with pytest.raises(RecipeError, match=rf"is being written by another run \(pid {os.getpid()} on "):
         check_output_dir(out, resume=True, overwrite=False)
     with pytest.raises(RecipeError, match="is being written by another run"):
         prepare_output_dir(out, RESUME, overwrite=True)
-    assert (out / INCOMPLETE).exists() and (out / LOCK).exists()  # the second run deleted nothing
+    assert (out / INCOMPLETE).exists() and (out / RUN_MARKER).exists()  # the second claim deleted nothing
     check_output_dir(out, resume=True, overwrite=False, first=False)  # the same launch's other processes
     release_lock(out)
-    assert not (out / LOCK).exists()
     check_output_dir(out, resume=True, overwrite=False)
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "x"}))
-    check_output_dir(out, resume=True, overwrite=False)  # killed with -9: its lock holds nobody back
-    prepare_output_dir(out, RESUME, overwrite=False)
-    assert "the run that held this folder is gone" in capsys.readouterr().out
-    assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
+
+def test_a_killed_run_holds_nothing_and_a_lock_file_says_only_who(tmp_path: Path) -> None:
+    """The lock is an flock: the kernel drops it with the process, whatever the file says."""
+    out = run_folder(tmp_path / "out", "INCOMPLETE")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from dpo_recipe.training.run_dir import prepare_output_dir; "
+            f"prepare_output_dir(Path({str(out)!r}), 'x', overwrite=False); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RecipeError, match=rf"being written by another run \(pid {holder.pid} on "):
+            check_output_dir(out, resume=True, overwrite=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    check_output_dir(out, resume=True, overwrite=False)  # killed with -9: it holds nobody back
+    for garbage in ("[1, 2]", "null", '{"pid": 1e300}', "", '{"pid": "x"}'):
+        (out / LOCK).write_text(garbage)
+        check_output_dir(out, resume=True, overwrite=False)
+        prepare_output_dir(out, RESUME, overwrite=False)
+        assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
+        release_lock(out)
 
 
 def test_prepare_marks_the_run_unfinished_until_mark_finished(tmp_path: Path) -> None:
@@ -142,11 +174,12 @@ def test_prepare_marks_the_run_unfinished_until_mark_finished(tmp_path: Path) ->
     assert (out / "INCOMPLETE").read_text() == f"This run has not finished. Continue it with:\n  {RESUME}\n"
     assert not (out / "metrics.json").exists() and newest_complete_checkpoint(out) is not None  # resume keeps these
     release_lock(out)
+    (out / "notes.txt").write_text("the user's")  # put into a run folder later: not a run's, so it stays
     prepare_output_dir(out, RESUME, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [LOCK, RUN_MARKER, "INCOMPLETE"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, RUN_MARKER, "INCOMPLETE", "notes.txt"]
     mark_finished(out)
     release_lock(out)
-    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, RUN_MARKER, "notes.txt"]
 
 
 def test_os_error_behind_the_three_ways_a_write_fails() -> None:
