@@ -166,7 +166,8 @@ def test_bad_rows_are_findings_naming_row_and_field() -> None:
         {"prompt": "q", "chosen": "a", "rejected": "b"},
     ]
     assert convert(standard)[1] == {
-        ("no-assistant-turn", (1,)): "rejected has no assistant turn, so there is no answer to train on",
+        ("answer-not-assistant", (1,)): "rejected holds a turn that is not the assistant's (a user or system turn "
+        "inside an answer would be trained as the answer); an answer is the assistant's text, message or messages",
         ("mixed-forms", (2,)): "these rows are standard (text), but the data's first row is standard (messages); "
         "one dataset holds one form: convert these rows or move them to another file",
     }
@@ -304,8 +305,8 @@ def test_chat_form_rows_that_cannot_be_read_are_findings_naming_row_and_field() 
         ("prompt-ends-with-answer", (3,)): "conversations ends with an assistant turn; the answers to compare go in "
         "the answer columns, not in the conversation",
         ("no-user-turn", (4,)): "conversations has no user turn, so there is no question to answer",
-        ("answer-not-assistant", (5,)): "chosen holds a turn that is not the assistant's; an answer is the "
-        "assistant's text, message or messages",
+        ("answer-not-assistant", (5,)): "chosen holds a turn that is not the assistant's (a user or system turn "
+        "inside an answer would be trained as the answer); an answer is the assistant's text, message or messages",
         ("not-an-answer", (6,)): "rejected must be the answer: text, one {from, value} / {role, content} message, "
         "or a list",
         ("two-system-prompts", (7,)): "system / prompt both hold a system prompt; keep one (data.system_column: "
