@@ -479,3 +479,310 @@ def test_unpaired_data_on_the_dpo_path_says_it_needs_kto_before_weights_load(
     assert "Train it with training.objective: kto (TRL's KTOTrainer; e.g. --set training.objective=kto" in message
     assert "does not offer" not in message and "\n" not in message
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- the corpus of published shapes
+
+Q1, Q2 = "過学習とは何ですか？", "正則化とは何ですか？"
+GOOD1, BAD1 = "訓練データに合わせすぎる現象です。", "学習不足です。"
+GOOD2, BAD2 = "重みに罰則を加える方法です。", "データを増やすことです。"
+SYSTEM = "丁寧に答えてください。"
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def system(text: str) -> dict[str, str]:
+    return {"role": "system", "content": text}
+
+
+# Each shape users bring, as published (two small Japanese rows), the line its form is printed with and the
+# standard rows it must convert to, all written out by hand: adding a form must keep every one of them.
+CORPUS = {
+    "HuggingFaceH4/ultrafeedback_binarized": (
+        [
+            {
+                "prompt": Q1,
+                "prompt_id": "p1",
+                "chosen": [user(Q1), answer(GOOD1)],
+                "rejected": [user(Q1), answer(BAD1)],
+                "messages": [user(Q1), answer(GOOD1)],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            },
+            {
+                "prompt": Q2,
+                "prompt_id": "p2",
+                "chosen": [user(Q2), answer(GOOD2)],
+                "rejected": [user(Q2), answer(BAD2)],
+                "messages": [user(Q2), answer(GOOD2)],
+                "score_chosen": 7.5,
+                "score_rejected": 2.0,
+            },
+        ],
+        "form: implicit, messages (detected; not sharegpt: messages ends with an assistant turn",
+        [
+            {
+                "prompt": [user(Q1)],
+                "chosen": [answer(GOOD1)],
+                "rejected": [answer(BAD1)],
+                "prompt_id": "p1",
+                "messages": [user(Q1), answer(GOOD1)],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            },
+            {
+                "prompt": [user(Q2)],
+                "chosen": [answer(GOOD2)],
+                "rejected": [answer(BAD2)],
+                "prompt_id": "p2",
+                "messages": [user(Q2), answer(GOOD2)],
+                "score_chosen": 7.5,
+                "score_rejected": 2.0,
+            },
+        ],
+    ),
+    "Anthropic/hh-rlhf": (
+        [
+            {
+                "chosen": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}",
+                "rejected": f"\n\nHuman: {Q1}\n\nAssistant: {BAD1}",
+            },
+            {
+                "chosen": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}\n\nHuman: {Q2}\n\nAssistant: {GOOD2}",
+                "rejected": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}\n\nHuman: {Q2}\n\nAssistant: {BAD2}",
+            },
+        ],
+        "form: hh, text (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q1), answer(GOOD1), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "llm-jp/hh-rlhf-12k-ja": (
+        [
+            {"conversations": [{"from": "human", "value": Q1}], "chosen": GOOD1, "rejected": BAD1},
+            {
+                "conversations": [
+                    {"from": "human", "value": Q1},
+                    {"from": "gpt", "value": GOOD1},
+                    {"from": "human", "value": Q2},
+                ],
+                "chosen": GOOD2,
+                "rejected": BAD2,
+            },
+        ],
+        "form: sharegpt (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q1), answer(GOOD1), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "argilla/distilabel-intel-orca-dpo-pairs": (
+        [
+            {
+                "system": SYSTEM,
+                "input": Q1,
+                "chosen": GOOD1,
+                "rejected": BAD1,
+                "generations": [GOOD1, BAD1],
+                "order": ["chosen", "rejected"],
+                "rating": [9.0, 3.0],
+                "status": "tie",
+                "chosen_score": 9.0,
+                "in_gsm8k_train": False,
+            },
+            {
+                "system": "",
+                "input": Q2,
+                "chosen": GOOD2,
+                "rejected": BAD2,
+                "generations": [BAD2, GOOD2],
+                "order": ["rejected", "chosen"],
+                "rating": [2.0, 8.0],
+                "status": "swapped",
+                "chosen_score": 8.0,
+                "in_gsm8k_train": False,
+            },
+        ],
+        "recognised by name (set the key to read another): data.prompt_column input",
+        [
+            {
+                "prompt": [system(SYSTEM), user(Q1)],
+                "chosen": [answer(GOOD1)],
+                "rejected": [answer(BAD1)],
+                "generations": [GOOD1, BAD1],
+                "order": ["chosen", "rejected"],
+                "rating": [9.0, 3.0],
+                "status": "tie",
+                "chosen_score": 9.0,
+                "in_gsm8k_train": False,
+            },
+            {
+                "prompt": [user(Q2)],
+                "chosen": [answer(GOOD2)],
+                "rejected": [answer(BAD2)],
+                "generations": [BAD2, GOOD2],
+                "order": ["rejected", "chosen"],
+                "rating": [2.0, 8.0],
+                "status": "swapped",
+                "chosen_score": 8.0,
+                "in_gsm8k_train": False,
+            },
+        ],
+    ),
+    "Intel/orca_dpo_pairs": (
+        [
+            {"system": SYSTEM, "question": Q1, "chosen": GOOD1, "rejected": BAD1},
+            {"system": "", "question": Q2, "chosen": GOOD2, "rejected": BAD2},
+        ],
+        "recognised by name (set the key to read another): data.prompt_column question",
+        [
+            {"prompt": [system(SYSTEM), user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "OpenAI preference fine-tuning JSONL": (
+        [
+            {
+                "input": {"messages": [user(Q1)], "tools": [], "parallel_tool_calls": True},
+                "preferred_output": [answer(GOOD1)],
+                "non_preferred_output": [answer(BAD1)],
+            },
+            {
+                "input": {"messages": [{"role": "developer", "content": SYSTEM}, user(Q2)]},
+                "preferred_output": [answer(GOOD2)],
+                "non_preferred_output": [answer(BAD2)],
+            },
+        ],
+        "form: openai (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "TRL standard": (
+        [{"prompt": Q1, "chosen": GOOD1, "rejected": BAD1}, {"prompt": Q2, "chosen": GOOD2, "rejected": BAD2}],
+        "form: standard, text (detected)",
+        [{"prompt": Q1, "chosen": GOOD1, "rejected": BAD1}, {"prompt": Q2, "chosen": GOOD2, "rejected": BAD2}],
+    ),
+    "TRL conversational": (
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+        "form: standard, messages (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "TRL implicit prompt": (
+        [
+            {"chosen": f"質問：{Q1}\n回答：{GOOD1}", "rejected": f"質問：{Q1}\n回答：{BAD1}"},
+            {"chosen": f"質問：{Q2}\n回答：{GOOD2}", "rejected": f"質問：{Q2}\n回答：{BAD2}"},
+        ],
+        "form: implicit, text (detected)",
+        [
+            {"prompt": f"質問：{Q1}\n回答：", "chosen": GOOD1, "rejected": BAD1},
+            {"prompt": f"質問：{Q2}\n回答：", "chosen": GOOD2, "rejected": BAD2},
+        ],
+    ),
+    "openbmb/UltraFeedback (ranked)": (
+        [
+            {
+                "source": "evol_instruct",
+                "instruction": Q1,
+                "models": ["a", "b"],
+                "completions": [
+                    {"model": "a", "response": BAD1, "overall_score": 3.0, "custom_system_prompt": ""},
+                    {"model": "b", "response": GOOD1, "overall_score": 8.5, "custom_system_prompt": ""},
+                ],
+            },
+            {
+                "source": "evol_instruct",
+                "instruction": Q2,
+                "models": ["a", "b", "c"],
+                "completions": [
+                    {"model": "a", "response": GOOD2, "overall_score": 9.0, "custom_system_prompt": ""},
+                    {"model": "b", "response": "罰則です。", "overall_score": 5.0, "custom_system_prompt": ""},
+                    {"model": "c", "response": BAD2, "overall_score": 1.0, "custom_system_prompt": ""},
+                ],
+            },
+        ],
+        "recognised by name (set the key to read another): data.ranked_column completions, data.ranked_text_field "
+        "response, data.ranked_score_field overall_score, data.prompt_column instruction",
+        [
+            {
+                "prompt": Q1,
+                "chosen": GOOD1,
+                "rejected": BAD1,
+                "source": "evol_instruct",
+                "models": ["a", "b"],
+                "chosen_score": 8.5,
+                "rejected_score": 3.0,
+            },
+            {
+                "prompt": Q2,
+                "chosen": GOOD2,
+                "rejected": BAD2,
+                "source": "evol_instruct",
+                "models": ["a", "b", "c"],
+                "chosen_score": 9.0,
+                "rejected_score": 1.0,
+            },
+        ],
+    ),
+    "TRL unpaired (KTO)": (
+        [{"prompt": Q1, "completion": GOOD1, "label": True}, {"prompt": Q1, "completion": BAD1, "label": False}],
+        "form: unpaired, text (detected)",
+        [{"prompt": Q1, "completion": GOOD1, "label": True}, {"prompt": Q1, "completion": BAD1, "label": False}],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", CORPUS)
+def test_a_published_shape_is_read_as_it_is_meant_and_its_conversion_reads_back(
+    shape: str, runner, tmp_path: Path
+) -> None:
+    rows, first_line, expected = CORPUS[shape]
+    source = write_jsonl(tmp_path / "published.jsonl", rows)
+    linted = invoke(runner, "data", "lint", source)
+    assert linted.exit_code == 0 and linted.output.startswith(first_line), linted.output
+    assert "No findings." in linted.output
+    converted, _ = standard_splits(read_source(str(source)), DataSection(source=str(source)))
+    assert converted == {"train": expected}
+    out = tmp_path / "standard.jsonl"  # issue 38: every form's output reads back through lint as the same rows
+    assert invoke(runner, "data", "convert", source, "--out", out).exit_code == 0
+    again, report = standard_splits(read_source(str(out)), DataSection(source=str(out)))
+    assert again == {"train": expected} and report.form in ("standard", "unpaired") and not report.findings
+
+
+def test_form_forces_a_reading_and_an_ambiguous_file_names_its_candidates(runner, tmp_path: Path) -> None:
+    ultrafeedback = write_jsonl(tmp_path / "uf.jsonl", CORPUS["HuggingFaceH4/ultrafeedback_binarized"][0])
+    forced = invoke(runner, "data", "lint", ultrafeedback, "--form", "sharegpt")
+    assert forced.exit_code == 1 and forced.output.startswith("form: sharegpt (data.form): ")
+    assert "prompt-ends-with-answer | train | 1, 2 | messages ends with an assistant turn" in forced.output
+
+    two_prompts = write_jsonl(
+        tmp_path / "two.jsonl", [{"instruction": "説明して。", "input": Q1, "chosen": GOOD1, "rejected": BAD1}]
+    )
+    ambiguous = invoke(runner, "data", "lint", two_prompts)
+    assert ambiguous.exit_code == 1
+    assert (
+        "ambiguous-form | train | - | columns input and instruction could each be the prompt; set data.prompt_column "
+        "to the one meant, or to a list of them to join them (e.g. [input, instruction])" in ambiguous.output
+    )
+    joined = invoke(runner, "data", "lint", two_prompts, "--set", "data.prompt_column=[instruction, input]")
+    assert joined.exit_code == 0, joined.output
+
+    # a conversation column and a prompt column, each a prompt of its own: two readings, two different pairs
+    both = {"conversations": [user(Q1)], "prompt": Q2, "chosen": GOOD1, "rejected": BAD1}
+    rows, found, _ = convert([both])
+    assert rows == [] and found == {
+        ("ambiguous-form", ()): "the rows read as sharegpt and as standard give different pairs; set data.form "
+        "(--form) to the one the data means"
+    }
+    rows, found, notes = convert([both], form="standard")
+    assert found == {} and rows[0]["prompt"] == Q2 and notes[0].startswith("form: standard, text (data.form)")
