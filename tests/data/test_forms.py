@@ -429,7 +429,8 @@ def test_unpaired_rows_are_a_form_linted_and_converted_and_pairs_unpair_as_trl_d
     assert "train: 7 unpaired rows; Japanese rows: prompt 100%, completion 100%; desirable (label true) 57%" in (
         lint.output
     )
-    refused = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", out, "--to", "standard")
+    pairs = tmp_path / "pairs.jsonl"
+    refused = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", pairs, "--to", "standard")
     assert refused.exit_code == 2 and "holds unpaired rows (prompt / completion / label); they have no pairs" in (
         refused.output
     )

@@ -60,8 +60,11 @@ def test_recipe_split_without_a_test_split_is_held_out_and_sliced(tmp_path: Path
     train, test, report = load_preference_splits(data)
     assert (len(train), len(test)) == (7, 3)
     expected_train, expected_test = hold_out(numbered(40), 0.25, seed=1)
-    assert train == expected_train[:7] and test == expected_test[:3]
+    for kept, rows in ((train, expected_train), (test, expected_test)):  # a seeded sample of each side, in order
+        assert kept == [row for row in rows if row in kept] and kept != rows[: len(kept)]
+    assert load_preference_splits(data)[:2] == (train, test)  # the same seed, the same rows
     assert not report.errors
+    assert "data.max_train_pairs 7: 7 of 30 training rows, chosen after a shuffle seeded by data.seed 1" in report.notes
 
 
 def test_an_unreadable_hub_dataset_names_the_http_status(hub) -> None:
@@ -198,7 +201,7 @@ def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Pa
         "data.sources: give every source a weight, or none",
         "data.sources[0]: give weight or fraction, not both",
         "data.sources[1].source: required (a file, a dataset directory or a Hub id)",
-        "data.sources[1].weight: must be a number > 0",
+        "data.sources[1].weight: must be a finite number > 0",
         "data.sources[1].form: expected one of auto, standard, implicit, hh, ranked, sharegpt, openai, unpaired",
         "data.sources[2].mix: not a per-source key",
     ):
