@@ -726,7 +726,8 @@ def _ranked_groups(
         except RowProblem as problem:
             problems[(split, problem.check, problem.column, problem.detail)].append(number)
             continue
-        key = json.dumps(row.get("prompt"), ensure_ascii=False, sort_keys=True, default=str)
+        asked = [row.get("prompt"), row.get(data.system_column) if data.system_column else None]  # one prompt
+        key = json.dumps(asked, ensure_ascii=False, sort_keys=True, default=str)
         extra = {k: v for k, v in row.items() if k not in (column, score_field, "prompt")}
         group = groups.setdefault(key, _RankedGroup(prompt, [], extra))
         group.answers.append(answer)

@@ -787,3 +787,44 @@ def test_form_forces_a_reading_and_an_ambiguous_file_names_its_candidates(runner
     }
     rows, found, notes = convert([both], form="standard")
     assert found == {} and rows[0]["prompt"] == Q2 and notes[0].startswith("form: standard, text (data.form)")
+
+
+def test_a_system_column_on_ranked_rows_becomes_each_pairs_system_turn() -> None:
+    rows = [
+        {
+            "system": SYSTEM,
+            "prompt": Q1,
+            "responses": [{"text": BAD1, "score": 2}, {"text": GOOD1, "score": 8}],
+        },
+        {"system": "", "prompt": Q2, "responses": [{"text": GOOD2, "score": 9}, {"text": BAD2, "score": 1}]},
+    ]
+    converted, found, notes = convert(rows)
+    assert found == {} and notes[1].startswith("system: column 'system' becomes the prompt's first message")
+    assert converted == [
+        {
+            "prompt": [system(SYSTEM), user(Q1)],
+            "chosen": [answer(GOOD1)],
+            "rejected": [answer(BAD1)],
+            "chosen_score": 8.0,
+            "rejected_score": 2.0,
+        },
+        {
+            "prompt": [user(Q2)],
+            "chosen": [answer(GOOD2)],
+            "rejected": [answer(BAD2)],
+            "chosen_score": 9.0,
+            "rejected_score": 1.0,
+        },
+    ]
+    per_row = [  # one answer a row: rows of one prompt under two system prompts are two prompts
+        {"system": SYSTEM, "prompt": Q1, "answer": GOOD1, "rank": 1},
+        {"system": SYSTEM, "prompt": Q1, "answer": BAD1, "rank": 2},
+        {"system": "短く。", "prompt": Q1, "answer": BAD1, "rank": 1},
+        {"system": "短く。", "prompt": Q1, "answer": GOOD1, "rank": 2},
+    ]
+    keys = {"form": "ranked", "ranked_column": "answer", "ranked_score_field": "rank", "ranked_better": "lower"}
+    converted, found, _ = convert(per_row, **keys)
+    assert found == {} and [(row["prompt"][0]["content"], row["chosen"]) for row in converted] == [
+        (SYSTEM, [answer(GOOD1)]),
+        ("短く。", [answer(BAD1)]),
+    ]
