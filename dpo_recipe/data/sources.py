@@ -178,6 +178,11 @@ def _parse_json(path: Path, text: str, line: int) -> Any:
         raise DataError(
             f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line."
         ) from None
+    except RecursionError:
+        raise DataError(
+            f"{path}, line {line}: nested too deeply to read (lists or objects inside each other thousands of levels "
+            "down). Flatten the row or remove it."
+        ) from None
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")

@@ -828,3 +828,125 @@ def test_a_system_column_on_ranked_rows_becomes_each_pairs_system_turn() -> None
         (SYSTEM, [answer(GOOD1)]),
         ("短く。", [answer(BAD1)]),
     ]
+
+
+# ---------------------------------------------------------------------------- every reader on random Unicode
+
+SPECIAL = "\u2028\u2029\u0085\x00\x1c\r\n\t\u200b\u200f\u202e\ufeff\ud800\udfff"  # separators, controls, RTL, halves
+
+
+def message(role: str, text: str) -> dict[str, str]:
+    return {"role": role, "content": text}
+
+
+# form: (the published row(s) built from system, question, good and bad text; the texts each must convert to)
+SHAPES = {
+    "standard text": lambda s, q, a, b: ([{"prompt": q, "chosen": a, "rejected": b}], [[q], [a], [b]]),
+    "standard messages": lambda s, q, a, b: (
+        [
+            {
+                "prompt": [message("system", s), message("user", q)],
+                "chosen": [message("assistant", a)],
+                "rejected": [message("assistant", b)],
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "sharegpt": lambda s, q, a, b: (
+        [
+            {
+                "conversations": [{"from": "system", "value": s}, {"from": "human", "value": q}],
+                "chosen": a,
+                "rejected": b,
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "openai": lambda s, q, a, b: (
+        [
+            {
+                "input": {"messages": [message("developer", s), message("user", q)]},
+                "preferred_output": [message("assistant", a)],
+                "non_preferred_output": [message("assistant", b)],
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "orca": lambda s, q, a, b: (
+        [{"system": s, "question": q, "chosen": a, "rejected": b}],
+        [[s, q] if s.strip() else [q], [a], [b]],
+    ),
+    "ultrafeedback": lambda s, q, a, b: (
+        [
+            {
+                "prompt": q,
+                "chosen": [message("user", q), message("assistant", a)],
+                "rejected": [message("user", q), message("assistant", b)],
+                "messages": [message("user", q), message("assistant", a)],
+            }
+        ],
+        [[q], [a], [b]],
+    ),
+    "hh": lambda s, q, a, b: (
+        [{"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}", "rejected": f"\n\nHuman: {q}\n\nAssistant: {b}"}],
+        [[q.strip()], [a.strip()], [b.strip()]],  # HH's turns are cut at their blank lines and trimmed
+    ),
+    "ranked": lambda s, q, a, b: (
+        [{"prompt": q, "responses": [{"text": b, "score": 1}, {"text": a, "score": 2}]}],
+        [[q], [a], [b]],
+    ),
+    "unpaired": lambda s, q, a, b: (
+        [{"prompt": q, "completion": a, "label": True}, {"prompt": q, "completion": b, "label": False}],
+        [[q], [a], [q], [b]],
+    ),
+}
+
+
+def texts(rows: list[dict]) -> list[list[str]]:
+    """Every text field of converted rows, in order: a string as itself, messages as their contents."""
+    columns = ("prompt", "completion") if "completion" in rows[0] else ("prompt", "chosen", "rejected")
+    return [
+        [value] if isinstance(value, str) else [m["content"] for m in value]
+        for row in rows
+        for value in (row[c] for c in columns)
+    ]
+
+
+def read_as_published(rows: list[dict]) -> list[dict] | None:
+    """``rows`` written as JSON Lines (raw Unicode where UTF-8 can hold it, escaped where not: a lone surrogate)
+    and read back by ``data lint``'s path: the converted rows, or None when a clear error refused them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rows.jsonl"
+        try:
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        except UnicodeEncodeError:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        try:
+            splits, report = standard_splits(read_source(str(path)), DataSection(source=str(path)))
+        except DataError as err:
+            assert str(path) in str(err)  # names the file (and its line)
+            return None
+        if report.errors:
+            assert all(f.rows or f.check in ("empty-split", "unknown-form", "ambiguous-form") for f in report.errors)
+            return None
+        return splits["train"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_reader_keeps_random_unicode_exactly_or_refuses_it_clearly(shape: str) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    field = st.text(alphabet=st.characters(exclude_categories=()) | st.sampled_from(SPECIAL), max_size=12)
+
+    @settings(max_examples=30, derandomize=True, deadline=None)
+    @given(field, field, field, field)
+    def check(s: str, q: str, a: str, b: str) -> None:
+        rows, expected = SHAPES[shape](s, q, a, b)
+        converted = read_as_published(rows)
+        if converted is not None:
+            assert texts(converted) == expected
+
+    check()
