@@ -461,6 +461,7 @@ def test_lint_warnings_are_printed_by_the_dry_run_with_kind_count_and_rows(tiny_
 
 def test_a_row_nested_thousands_of_levels_deep_is_a_clear_error(tmp_path: Path) -> None:
     source = tmp_path / "deep.jsonl"
-    source.write_text('{"prompt": "質問", "chosen": "a", "rejected": "b", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    deep = "[" * 100_000 + "]" * 100_000
+    source.write_text('{"prompt": "質問", "chosen": "a", "rejected": "b", "x": ' + deep + "}\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"deep.jsonl, line 1: nested too deeply to read"):
         read_file(source)
