@@ -20,7 +20,12 @@ TRL conversational messages, so that the linter, the dry run and the trainer see
   form): linted and converted here, but no pairs for DPO; ``unpaired_rows`` turns pairs into it.
 
 Role names the chat forms use (human, gpt, model, …) are mapped onto TRL's system / user / assistant, with
-``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message.
+``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message, in
+every form. Every form's turns pass the same shape rules (``dpo_recipe.data.turns``).
+
+The form is detected from the first row: of the forms its columns could be, the first that reads it; a
+column no form needs (ultrafeedback_binarized's ``messages``) never decides it, and prompt and ranked
+columns under the names published sets use are recognised without keys (``recognised_names``).
 
 A row that cannot be converted is a lint finding naming its row and field, not an exception, so one
 run of ``dpo-recipe data lint`` lists them all, before any model loads.

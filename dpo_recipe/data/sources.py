@@ -1,7 +1,10 @@
-"""Reading preference data from wherever the recipe points, and splitting off held-out pairs.
+"""Reading preference data from wherever the recipe points, splitting off held-out pairs, and choosing which
+rows train.
 
-Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding
-or a null field is reported with its line or row number instead of an Arrow cast error.
+Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding, a CSV row
+with a field too many or a null field is reported with its line or row number instead of an Arrow cast
+error. Every decision that changes which rows train (``max_train_pairs``, a mixture's ``fraction``) is made
+by ``sample_rows``, after a seeded shuffle, and printed with the counts that train.
 """
 
 from __future__ import annotations
