@@ -125,9 +125,11 @@ def test_training_report_holds_breakdowns_and_generations(trained: Path) -> None
 
 
 def test_trained_model_beats_its_base_on_training_pairs(trained: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from dpo_recipe.data.generator import generate_pairs
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.data.sources import load_preference_splits
 
-    train_rows = generate_pairs(200, seed=0)["train"][:64]  # the pairs tiny-ja trained on
+    train_rows, _, _ = load_preference_splits(load_recipe("tiny-ja").data)  # the 64 pairs tiny-ja trained on
+    assert len(train_rows) == 64
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows), encoding="utf-8")
     report = run_eval(str(trained), data=str(data), split="train", out=tmp_path / "r.json")
