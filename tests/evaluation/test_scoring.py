@@ -201,12 +201,12 @@ def test_eval_logps_match_trl(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_eval_bad_inputs_fail_before_weights_load(runner, trained: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    bad.write_text(json.dumps({"frage": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
     result = invoke(runner, "eval", "--adapter", trained, "--data", bad, "--out", tmp_path / "x.json")
     assert result.exit_code == 2 and "no-shared-prompt in split 'train' rows 1: chosen / rejected share no" in (
         result.output
     )
-    with pytest.raises(DpoRecipeError, match=r"columns: question, chosen, rejected\), name it with data.prompt_column"):
+    with pytest.raises(DpoRecipeError, match=r"columns: frage, chosen, rejected\), name it with data.prompt_column"):
         run_eval(str(trained), data=str(bad), out=tmp_path / "x.json")
     from dpo_recipe.models.tiny import build_tiny_model
 
