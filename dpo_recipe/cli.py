@@ -233,13 +233,14 @@ def data_convert(
     Nothing is written when the rows fail the linter; the file appears whole or not at all.
     """
     from dpo_recipe.data.forms import unpaired_rows
-    from dpo_recipe.data.sources import read_source, standard_splits, write_rows
+    from dpo_recipe.data.sources import checked_out, read_source, standard_splits, write_rows
 
     by_suffix = {".jsonl": "jsonl", ".parquet": "parquet"}.get(out.suffix.lower())
     if file_format and by_suffix and file_format != by_suffix:
         raise click.BadParameter(
             f"{file_format} does not fit --out {out.name}; name the file *.{file_format}.", param_hint="--format"
         )
+    out = checked_out(out, section.source, overwrite=overwrite)
     splits, report = standard_splits(read_source(section.source, revision=section.revision), section)
     _echo_notes(report)
     if report.errors:
@@ -259,7 +260,7 @@ def data_convert(
         )
     rows = unpaired_rows(splits[name]) if target == "unpaired" and not unpaired else splits[name]
     file_format = file_format or by_suffix or "jsonl"
-    write_rows(rows, out, file_format, overwrite=overwrite)
+    write_rows(rows, out, file_format)
     others = ", ".join(n for n in splits if n != name)
     rest = f"; other splits: {others} (--split NAME)" if others else ""
     what = f"{len(rows)} unpaired rows" if unpaired or target == "unpaired" else f"{len(rows)} pairs"

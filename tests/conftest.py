@@ -90,6 +90,8 @@ RANKED_ROWS = (
 PUBLISHED_FORMS = {  # fixture: (data keys it needs, the line the data commands, the dry run and training print)
     "implicit_text": ((), "form: implicit, text (detected)"),
     "implicit_messages": ((), "form: implicit, messages (detected)"),
+    # HuggingFaceH4/ultrafeedback_binarized: prompt text, chosen / rejected whole conversations, messages, scores
+    "ultrafeedback_binarized": ((), "form: implicit, messages (detected; not sharegpt: messages ends with"),
     "hh": ((), "form: hh, text (detected)"),
     "stack_exchange": (
         ("data.prompt_column=question", "data.chosen_column=response_j", "data.rejected_column=response_k"),

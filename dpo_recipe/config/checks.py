@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.coercion import build_section
@@ -59,6 +60,10 @@ def data_problems(data: DataSection) -> list[str]:
     weighted = [("weight" in entry) for entry in data.sources]
     if any(weighted) and not all(weighted):
         problems.append("data.sources: give every source a weight, or none (then they are concatenated)")
+    weights = [entry.get("weight") for entry in data.sources]
+    if all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights) and not math.isfinite(sum(weights)):
+        problems.append("data.sources: the weights add up past the largest number; give them on a smaller scale")
+    problems.extend(_listed_twice(data.sources))
     for index, entry in enumerate(data.sources):
         where = f"data.sources[{index}]"
         unknown = [k for k in entry if k not in SOURCE_KEYS + PER_SOURCE_KEYS]
@@ -69,14 +74,36 @@ def data_problems(data: DataSection) -> list[str]:
             problems.append(f"{where}.source: required (a file, a dataset directory or a Hub id)")
         if "weight" in entry and "fraction" in entry:
             problems.append(f"{where}: give weight or fraction, not both")
-        for key, low, high in (("weight", 0.0, math.inf), ("fraction", 0.0, 1.0)):
+        for key, high in (("weight", math.inf), ("fraction", 1.0)):
             value = entry.get(key)
-            if key in entry and not (isinstance(value, (int, float)) and low < value <= high):
-                problems.append(f"{where}.{key}: must be a number > {low:g}{'' if high == math.inf else ' and <= 1'}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key in entry and not (number and math.isfinite(value) and 0 < value <= high):
+                problems.append(f"{where}.{key}: must be a finite number > 0{'' if high == math.inf else ' and <= 1'}")
         if "split" in entry and not isinstance(entry["split"], str):
             problems.append(f"{where}.split: expected a split name")
         keys = {k: v for k, v in entry.items() if k in PER_SOURCE_KEYS}
         problems.extend(data_problems(build_section(DataSection, where, keys, problems)))
+    return problems
+
+
+def _listed_twice(sources: list[dict[str, Any]]) -> list[str]:
+    """A source named twice (the same file by any path, or the same Hub id, and split): its rows would train
+    twice, and the held-out copy of a pair would be trained on through the other copy."""
+    seen: dict[tuple[str, Any], int] = {}
+    problems = []
+    for index, entry in enumerate(sources):
+        source = entry.get("source")
+        if not isinstance(source, str) or not source:
+            continue
+        path = Path(source).expanduser()
+        key = (str(path.resolve()) if path.exists() else source, entry.get("split"))
+        if key in seen:
+            problems.append(
+                f"data.sources[{index}]: the same source as data.sources[{seen[key]}] ({source}); listed twice, its "
+                "rows would train twice and its held-out pairs would train too. List it once (weight or fraction "
+                "sets its share)"
+            )
+        seen.setdefault(key, index)
     return problems
 
 

@@ -78,8 +78,12 @@ class DataSection:
     train_split: str = recipe_key("train", "Split to train on.")
     test_split: str = recipe_key("test", "Held-out split to evaluate on (created with test_size if absent).")
     test_size: float = recipe_key(0.1, "Share held out when the source has no test split.", min=0.0, max=0.9)
-    max_train_pairs: int | None = recipe_key(None, "Train on the first N pairs only (CPU-sized slices).", min=1)
-    max_eval_pairs: int | None = recipe_key(None, "Evaluate on the first N held-out pairs only.", min=1)
+    max_train_pairs: int | None = recipe_key(
+        None, "Train on N pairs only, chosen after a shuffle seeded by data.seed (CPU-sized slices).", min=1
+    )
+    max_eval_pairs: int | None = recipe_key(
+        None, "Evaluate on N held-out pairs only, chosen after a shuffle seeded by data.seed.", min=1
+    )
     form: str = recipe_key(
         "auto",
         "How the rows hold a pair (dpo_recipe.data.forms): standard (prompt / chosen / rejected, text or messages), "

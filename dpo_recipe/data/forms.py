@@ -20,7 +20,12 @@ TRL conversational messages, so that the linter, the dry run and the trainer see
   form): linted and converted here, but no pairs for DPO; ``unpaired_rows`` turns pairs into it.
 
 Role names the chat forms use (human, gpt, model, …) are mapped onto TRL's system / user / assistant, with
-``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message.
+``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message, in
+every form. Every form's turns pass the same shape rules (``dpo_recipe.data.turns``).
+
+The form is detected from the first row: of the forms its columns could be, the first that reads it; a
+column no form needs (ultrafeedback_binarized's ``messages``) never decides it, and prompt and ranked
+columns under the names published sets use are recognised without keys (``recognised_names``).
 
 A row that cannot be converted is a lint finding naming its row and field, not an exception, so one
 run of ``dpo-recipe data lint`` lists them all, before any model loads.
@@ -28,7 +33,7 @@ run of ``dpo-recipe data lint`` lists them all, before any model loads.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import math
 import re
@@ -38,27 +43,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpo_recipe.config.schema import DataSection
-from dpo_recipe.config.vocabulary import CHAT_ROLES
 from dpo_recipe.data.lint import TEXT_COLUMNS, Finding
+from dpo_recipe.data.turns import (
+    RowProblem,
+    answer_turns,
+    checked_answer,
+    checked_messages,
+    checked_prompt,
+    last_assistant_turn,
+    prompt_turns,
+    role_names,
+)
 from dpo_recipe.errors import DataError
 
 Row = dict[str, Any]
 Rows = list[Row]
 Numbered = list[tuple[int, Row]]  # rows with their 1-based number in the source split
 
-ROLES = CHAT_ROLES
-ROLE_NAMES = {  # role names published chat data uses, onto TRL's (data.roles adds the data's own)
-    "system": "system",
-    "developer": "system",  # OpenAI's newer name for it
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-}
 CONVERSATION_COLUMNS = ("conversations", "messages")  # ShareGPT's and ChatML's names for a prompt's turns
 OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+PROMPT_NAMES = ("prompt", "question", "input", "instruction", "query")  # a prompt column as published sets name it
+RANKED_NAMES = ("responses", "completions")  # a column of scored answers (UltraFeedback: completions)
+RANKED_TEXT_NAMES = ("text", "response")  # an answer object's text
+RANKED_SCORE_NAMES = ("score", "overall_score", "rating")  # an answer object's score
 CHAT_FORMS = ("sharegpt", "openai")  # forms whose rows are always read as chat messages
 LABELS = {"true": True, "1": True, "false": False, "0": False}  # a label as CSV and other text files hold it
 PROMPT_JOINER = "\n\n"  # between the columns of a list-valued data.prompt_column (Alpaca's instruction, input)
@@ -91,50 +99,60 @@ class Conversion:
     source_forms: dict[str, str] = field(default_factory=dict)  # a mixture: the form each source was read in
 
 
-class _RowProblem(Exception):
-    """Why one row cannot be converted: a lint check name, the field, and what is wrong with it."""
-
-    def __init__(self, check: str, column: str, detail: str) -> None:
-        super().__init__(detail)
-        self.check, self.column, self.detail = check, column, detail
-
-
 def to_standard(splits: dict[str, Rows], data: DataSection) -> Conversion:
-    """``splits`` as prompt / chosen / rejected rows, in the form ``data.form`` names or the one detected."""
+    """``splits`` as prompt / chosen / rejected rows, in the form ``data.form`` names or the one detected.
+
+    Detection reads the first row: of the forms its columns could be (``_candidates``), the first that reads
+    it without a problem wins, and one that reads it into other pairs makes the file ambiguous (an error
+    naming both, settled by ``data.form``). Columns the chosen form does not read are kept as they are and
+    named in the form's line, so that a column never decides the form by merely being there."""
+    data, named, unclear = recognised_names(splits, data)
+    if unclear:
+        return Conversion({}, named, unclear)
     mapped, mapping_note = map_columns(splits, data)
-    notes = [mapping_note] if mapping_note else []
-    kinds = {name: [_row_form(row, data) for row in rows] for name, rows in mapped.items()}
-    if data.form == "auto":  # the first row decides; rows of another form are errors
-        first = next((found for forms in kinds.values() for found in forms if found), None)
-        if first is None:
-            return Conversion({}, notes, [_no_form_fits(mapped, data)])
-        form, kind = first
-    else:
-        form = data.form
-        kind = next((found[1] for forms in kinds.values() for found in forms if found and found[1]), None)
+    notes = named + ([mapping_note] if mapping_note else [])
+    has_system = any(data.system_column in row for rows in mapped.values() for row in rows)
+    system = data.system_column if data.system_column and has_system else None
+    candidates = {name: [_candidates(row, data) for row in rows] for name, rows in mapped.items()}
+    first = next(
+        (
+            (name, row, found)
+            for name, rows in mapped.items()
+            for row, found in zip(rows, candidates[name], strict=True)
+            if found
+        ),
+        None,
+    )
+    if first is None:
+        return Conversion({}, notes, [_no_form_fits(mapped, data)])
+    (form, kind), why, rivals = _detected(*first, data)
     how = "detected" if data.form == "auto" else "data.form"
-    notes.append(f"form: {form}{f', {kind}' if kind else ''} ({how}): {FORM_EXPLAINED[form]}")
-    ambiguous = _ambiguous(mapped, data)
+    unread = [c for c in first[1] if c not in _read_columns(form, first[1], data, system)]
+    aside = f"; other columns, kept but not trained on: {', '.join(unread)}" if unread else ""
+    notes.append(f"form: {form}{f', {kind}' if kind else ''} ({how}{why}): {FORM_EXPLAINED[form]}{aside}")
+    ambiguous = rivals or _ambiguous(mapped, data)
     if ambiguous:
         return Conversion({}, notes, ambiguous)
-    mixed = _mixed_forms(kinds, form, kind)
+    mixed = _mixed_forms(candidates, form, kind)
     elsewhere = {(f.split, number) for f in mixed for number in f.rows}  # reported once, as mixed, not converted
     numbered = {
         name: [(n, row) for n, row in enumerate(rows, start=1) if (name, n) not in elsewhere]
         for name, rows in mapped.items()
     }
+    if system:
+        notes.append(
+            f"system: column '{system}' becomes the prompt's first message (role system); text pairs become "
+            "messages, so the chat template renders it"
+        )
     if form == "ranked":
-        converted, findings, counts = _pair_ranked(numbered, data)
+        pairs, findings, counts = _pair_ranked(numbered, data)
         notes.append(counts)
-    else:
-        has_system = any(data.system_column in row for rows in mapped.values() for row in rows)
-        system = data.system_column if data.system_column and has_system else None
-        if system:
-            notes.append(
-                f"system: column '{system}' becomes the prompt's first message (role system); text pairs become "
-                "messages, so the chat template renders it"
-            )
-        converted, findings = _convert_rows(numbered, _row_converter(form, data, system))
+        if system:  # numbered as the pairs made, as the ranked form's other findings are
+            numbered_pairs = {name: list(enumerate(rows, start=1)) for name, rows in pairs.items()}
+            pairs, refused = _convert_rows(numbered_pairs, lambda row: _with_system(row, system))
+            findings += refused
+        return Conversion(pairs, notes, mixed + findings, form)
+    converted, findings = _convert_rows(numbered, _row_converter(form, data, system))
     return Conversion(converted, notes, mixed + findings, form)
 
 
@@ -221,21 +239,25 @@ def _is_hh(text: Any) -> bool:
     return isinstance(text, str) and re.match(r"\s*Human:", text) is not None
 
 
-def _row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
-    """``(form, kind)`` of one row, kind 'text' or 'messages' (None when its values are neither); None when no
-    form fits its columns. With ``data.form`` set, the form is that one and only the kind is read."""
-    pair = "chosen" in row and "rejected" in row
+def _candidates(row: Row, data: DataSection) -> list[tuple[str, str | None]]:
+    """The forms one row's columns could be, in the order detection tries them, each as ``(form, kind)``: kind
+    'text' or 'messages' (None when its values are neither). With ``data.form`` set, only that form."""
     kind = _kind_of(row.get("chosen")) or _kind_of(row.get("rejected"))
-    if data.form == "ranked" or (data.form == "auto" and not pair and data.ranked_column in row):
-        return "ranked", _kind_of(row.get("prompt"))
+    if data.form == "ranked":
+        return [("ranked", _kind_of(row.get("prompt")))]
     if data.form != "auto":
-        return data.form, _form_kind(data.form, row, kind)
+        return [(data.form, _form_kind(data.form, row, kind))]
+    found: list[tuple[str, str | None]] = []
     if all(column in row for column in OPENAI_COLUMNS):
-        return "openai", None
-    if not pair:
-        return ("unpaired", _kind_of(row.get("prompt"))) if all(c in row for c in UNPAIRED_COLUMNS) else None
+        found.append(("openai", None))
+    if "chosen" not in row or "rejected" not in row:
+        if data.ranked_column in row:
+            found.append(("ranked", _kind_of(row.get("prompt"))))
+        if all(column in row for column in UNPAIRED_COLUMNS):
+            found.append(("unpaired", _kind_of(row.get("prompt"))))
+        return found
     if _conversation_column(row) is not None:
-        return "sharegpt", None
+        found.append(("sharegpt", None))
     prompt = _kind_of(row.get("prompt"))
     # TRL's maybe_extract_prompt: a prompt column counts when it is text with text answers, or messages with messages
     form = "standard" if "prompt" in row and (prompt == kind or None in (prompt, kind)) else "implicit"
@@ -243,7 +265,94 @@ def _row_form(row: Row, data: DataSection) -> tuple[str, str | None] | None:
         _is_hh(row["chosen"]) or _is_hh(row["rejected"]) or (form == "standard" and _is_hh(row["prompt"]))
     ):
         form = "hh"
-    return form, kind
+    return [*found, (form, kind)]
+
+
+def _detected(
+    split: str, row: Row, found: list[tuple[str, str | None]], data: DataSection
+) -> tuple[tuple[str, str | None], str, list[Finding]]:
+    """The file's form from its first row: the first candidate that reads the row, why those before it did not,
+    and an 'ambiguous-form' error when a later candidate reads it into other pairs."""
+    read: dict[tuple[str, str | None], Any] = {}
+    refused: dict[tuple[str, str | None], RowProblem] = {}
+    for candidate in found:
+        if candidate[0] not in CONVERTERS or len(found) == 1:  # ranked pairs are made across rows
+            read[candidate] = None
+            continue
+        try:
+            converted = CONVERTERS[candidate[0]](row, data)
+            read[candidate] = {column: converted.get(column) for column in TEXT_COLUMNS}
+        except RowProblem as problem:
+            refused[candidate] = problem
+    if not read:
+        return found[0], "", []  # the first candidate's findings say what to fix
+    chosen = next(iter(read))
+    why = "".join(
+        f"; not {form}: {refused[(form, kind)].column} {refused[(form, kind)].detail}"
+        for form, kind in found[: found.index(chosen)]
+    )
+    others = [candidate[0] for candidate in read if read[candidate] != read[chosen]]
+    if not others:
+        return chosen, why, []
+    message = (
+        f"the rows read as {chosen[0]} and as {' and as '.join(others)} give different pairs; set data.form (--form) "
+        "to the one the data means"
+    )
+    return chosen, why, [Finding("error", "ambiguous-form", split, [], message)]
+
+
+def _read_columns(form: str, row: Row, data: DataSection, system: str | None) -> set[str]:
+    """The columns ``form`` reads from ``row``: the others are kept as they are and not trained on."""
+    if form == "sharegpt":
+        columns: tuple[str, ...] = (_conversation_column(row) or CONVERSATION_COLUMNS[0], "chosen", "rejected")
+    elif form == "ranked":
+        columns = ("prompt", data.ranked_column, data.ranked_score_field)
+    else:
+        columns = {"openai": OPENAI_COLUMNS, "unpaired": UNPAIRED_COLUMNS}.get(form, TEXT_COLUMNS)
+    return {*columns, *([system] if system else [])}
+
+
+def recognised_names(splits: dict[str, Rows], data: DataSection) -> tuple[DataSection, list[str], list[Finding]]:
+    """``data`` with the keys left at their defaults set from the names published data uses, a line saying so,
+    and an 'ambiguous-form' error when two columns could each be the prompt.
+
+    The prompt under ``PROMPT_NAMES`` (orca_dpo_pairs' question, distilabel's input, UltraFeedback's
+    instruction), ranked answers under ``RANKED_NAMES`` with their text and score under the field names
+    UltraFeedback uses. Read from the first row; the recipe's own keys always win."""
+    split, row = next(((name, rows[0]) for name, rows in splits.items() if rows), ("train", {}))
+    default = DataSection()
+    changes: dict[str, str] = {}
+    if data.ranked_column == default.ranked_column and data.ranked_column not in row:
+        column = next((name for name in RANKED_NAMES if _answer_objects(row.get(name))), None)
+        if column:
+            changes["ranked_column"] = column
+    answers = row.get(changes.get("ranked_column", data.ranked_column))
+    if _answer_objects(answers):
+        for key, names in (("ranked_text_field", RANKED_TEXT_NAMES), ("ranked_score_field", RANKED_SCORE_NAMES)):
+            if getattr(data, key) == getattr(default, key) and getattr(data, key) not in answers[0]:
+                name = next((name for name in names if name in answers[0]), None)
+                if name:
+                    changes[key] = name
+    answered = {data.chosen_column, data.rejected_column} <= row.keys() or _answer_objects(answers)
+    if data.prompt_column == default.prompt_column and "prompt" not in row and answered:
+        names = [name for name in PROMPT_NAMES if isinstance(row.get(name), str)]
+        if len(names) > 1:
+            message = (
+                f"columns {' and '.join(names)} could each be the prompt; set data.prompt_column to the one meant, "
+                f"or to a list of them to join them (e.g. [{', '.join(names)}])"
+            )
+            return data, [], [Finding("error", "ambiguous-form", split, [], message)]
+        if names:
+            changes["prompt_column"] = names[0]
+    if not changes:
+        return data, [], []
+    listed = ", ".join(f"data.{key} {value}" for key, value in changes.items())
+    return dataclasses.replace(data, **changes), [f"recognised by name (set the key to read another): {listed}"], []
+
+
+def _answer_objects(value: Any) -> bool:
+    """A list of answer objects, as a ranked column holds them."""
+    return isinstance(value, list) and bool(value) and all(isinstance(answer, dict) for answer in value)
 
 
 def _form_kind(form: str, row: Row, kind: str | None) -> str | None:
@@ -275,22 +384,22 @@ def _conversation_column(row: Row) -> str | None:
     return "prompt" if sharegpt_turns or not all(isinstance(a, list) for a in answers) else None
 
 
-def _mixed_forms(kinds: dict[str, list[Any]], form: str, kind: str | None) -> list[Finding]:
-    """Rows of another form (or kind) than the file's first row: one file holds one form."""
+def _mixed_forms(candidates: dict[str, list[Any]], form: str, kind: str | None) -> list[Finding]:
+    """Rows that cannot be the file's form (and kind), read from its first row: one file holds one form."""
     findings = []
-    for split, forms in kinds.items():
+    for split, rows in candidates.items():
         others: dict[Any, list[int]] = defaultdict(list)
-        for number, found in enumerate(forms, start=1):
-            if found is None or found[0] != form or (None not in (found[1], kind) and found[1] != kind):
-                others[found].append(number)
-        for found, rows in others.items():
+        for number, found in enumerate(rows, start=1):
+            if not any(f == form and (None in (k, kind) or k == kind) for f, k in found):
+                others[found[0] if found else None].append(number)
+        for found, numbers in others.items():
             what = "fit no form (their columns lack chosen / rejected)" if found is None else _describe(*found)
             findings.append(
                 Finding(
                     "error",
                     "mixed-forms",
                     split,
-                    rows,
+                    numbers,
                     f"these rows are {what}, but the data's first row is {_describe(form, kind)}; one dataset holds "
                     "one form: convert these rows or move them to another file",
                 )
@@ -350,7 +459,7 @@ def _convert_rows(splits: dict[str, Numbered], convert: Any) -> tuple[dict[str, 
         for number, row in rows:
             try:
                 converted[name].append(convert(row))
-            except _RowProblem as problem:
+            except RowProblem as problem:
                 problems[(name, problem.check, problem.column, problem.detail)].append(number)
     return converted, _findings(problems)
 
@@ -377,15 +486,15 @@ def _standard(row: Row, data: DataSection) -> Row:
     """A standard row; messages are checked (roles, content, an assistant answer), text is left to the linter."""
     values = [row.get(column) for column in TEXT_COLUMNS]
     if len({_kind_of(v) for v in values} - {None}) > 1:  # TRL would quietly take the prompt from the answers
-        raise _RowProblem(
+        raise RowProblem(
             "mixed-forms", "prompt / chosen / rejected", "mix text and messages; give all three in one form"
         )
     if all(_kind_of(v) == "messages" for v in values):
-        names = _role_names(data, aliases=False)
-        prompt = _messages(values[0], "prompt", names)
-        chosen, rejected = (_messages(v, c, names) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True))
-        for answer, column in ((chosen, "chosen"), (rejected, "rejected")):
-            _last_assistant_turn(answer, column)
+        names = role_names(data, aliases=False)
+        prompt = checked_prompt(checked_messages(values[0], "prompt", names), "prompt")
+        chosen, rejected = (
+            checked_answer(checked_messages(v, c, names), c) for v, c in zip(values[1:], TEXT_COLUMNS[1:], strict=True)
+        )
         return _standard_pair(row, prompt, chosen, rejected)
     return row
 
@@ -396,43 +505,56 @@ def _implicit(row: Row, data: DataSection) -> Row:
     kinds = (_kind_of(chosen), _kind_of(rejected))
     for kind, column in zip(kinds, ("chosen", "rejected"), strict=True):
         if kind is None:
-            raise _RowProblem("not-a-string", column, "must be text or a list of chat messages")
+            raise RowProblem("not-a-string", column, "must be text or a list of chat messages")
     if kinds[0] != kinds[1]:
-        raise _RowProblem("mixed-forms", "chosen / rejected", f"are {kinds[0]} and {kinds[1]}; give both in one form")
+        raise RowProblem("mixed-forms", "chosen / rejected", f"are {kinds[0]} and {kinds[1]}; give both in one form")
     if kinds[0] == "text":
         for value, column in ((chosen, "chosen"), (rejected, "rejected")):
             if not value.strip():
-                raise _RowProblem("empty-field", column, "is empty; fill it in or drop these rows")
+                raise RowProblem("empty-field", column, "is empty; fill it in or drop these rows")
         # extract_prompt needs a shared first character: without one it takes a trailing space as the prompt's end
         pair = _trl_extract_prompt(chosen, rejected) if chosen[0] == rejected[0] else {"prompt": ""}
         if not pair["prompt"].strip():
-            raise _RowProblem(
+            raise RowProblem(
                 "no-shared-prompt",
                 "chosen / rejected",
                 f"share no prefix to take as the prompt; if a column holds the prompt (columns: {', '.join(row)}), "
                 "name it with data.prompt_column",
             )
         return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
-    names = _role_names(data, aliases=False)
-    return _split_conversations(row, _messages(chosen, "chosen", names), _messages(rejected, "rejected", names))
+    names = role_names(data, aliases=False)
+    pair = _split_conversations(
+        row, checked_messages(chosen, "chosen", names), checked_messages(rejected, "rejected", names)
+    )
+    given = row.get("prompt")  # ultrafeedback_binarized: the question again as text, beside the conversations
+    if isinstance(given, str) and given.strip() != pair["prompt"][-1]["content"].strip():
+        raise RowProblem(
+            "prompt-differs",
+            "prompt",
+            "is not the conversations' last user turn before the answer, so it is unclear which prompt the answers "
+            "answer; make them agree, or drop the prompt column",
+        )
+    return pair
 
 
 def _split_conversations(row: Row, chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> Row:
     """Two whole conversations → the prompt (turns before the last assistant turn) and the two answers."""
-    cuts = (_last_assistant_turn(chosen, "chosen"), _last_assistant_turn(rejected, "rejected"))
+    cuts = (last_assistant_turn(chosen, "chosen"), last_assistant_turn(rejected, "rejected"))
     if 0 in cuts:
-        raise _RowProblem(
+        raise RowProblem(
             "no-shared-prompt", "chosen / rejected", "open with the answer: there is no turn before it to be the prompt"
         )
     pair = _trl_extract_prompt(chosen, rejected)  # TRL's semantics: the shared leading turns
     if not len(pair["prompt"]) == cuts[0] == cuts[1]:
-        raise _RowProblem(
+        raise RowProblem(
             "differs-before-answer",
             "chosen / rejected",
             "differ before the last assistant turn; only the last answer may differ (the turns before it are "
             "the prompt)",
         )
-    return _standard_pair(row, pair["prompt"], pair["chosen"], pair["rejected"])
+    prompt = checked_prompt(pair["prompt"], "chosen / rejected")
+    answers = (checked_answer(pair[column], column) for column in ("chosen", "rejected"))
+    return _standard_pair(row, prompt, *answers)
 
 
 def _trl_extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:
@@ -449,7 +571,7 @@ def _hh(row: Row, data: DataSection) -> Row:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for value, column in ((chosen, "chosen"), (rejected, "rejected")):
         if not isinstance(value, str):
-            raise _RowProblem("not-a-string", column, "must be HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …')")
+            raise RowProblem("not-a-string", column, "must be HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …')")
     prompt = row.get("prompt")
     # A prompt column holding the transcript up to the last "Assistant:" (the full-hh-rlhf layout) goes in front
     head = prompt if isinstance(prompt, str) and not _is_hh(chosen) else ""
@@ -460,7 +582,7 @@ def _hh_messages(text: str, column: str) -> list[dict[str, str]]:
     """An HH-RLHF transcript as messages: Human turns are the user's, Assistant turns the assistant's."""
     parts = HH_TURN.split(text.lstrip())
     if parts[0].strip() or len(parts) < 3:
-        raise _RowProblem("hh-turns", column, "does not open with a '\\n\\nHuman:' turn")
+        raise RowProblem("hh-turns", column, "does not open with a '\\n\\nHuman:' turn")
     return [
         {"role": HH_ROLES[speaker], "content": content.strip()}
         for speaker, content in zip(parts[1::2], parts[2::2], strict=True)
@@ -470,8 +592,8 @@ def _hh_messages(text: str, column: str) -> list[dict[str, str]]:
 def _sharegpt(row: Row, data: DataSection) -> Row:
     """A conversation column and its two answers → prompt messages and assistant answers."""
     column = _conversation_column(row) or CONVERSATION_COLUMNS[0]
-    prompt = _prompt_turns(row.get(column), column, data)
-    chosen, rejected = (_answer(row.get(c), c, data) for c in ("chosen", "rejected"))
+    prompt = prompt_turns(row.get(column), column, data)
+    chosen, rejected = (answer_turns(row.get(c), c, data) for c in ("chosen", "rejected"))
     return _standard_pair({k: v for k, v in row.items() if k != column}, prompt, chosen, rejected)
 
 
@@ -481,10 +603,10 @@ def _openai(row: Row, data: DataSection) -> Row:
     training refuses such rows until it passes them on (``data.load_preference_splits``)."""
     given = row.get("input")
     if not isinstance(given, dict):
-        raise _RowProblem("not-messages", "input", "must be an object with a messages list (OpenAI's preference form)")
-    prompt = _prompt_turns(given.get("messages"), "input.messages", data)
-    chosen = _answer(row.get("preferred_output"), "preferred_output", data)
-    rejected = _answer(row.get("non_preferred_output"), "non_preferred_output", data)
+        raise RowProblem("not-messages", "input", "must be an object with a messages list (OpenAI's preference form)")
+    prompt = prompt_turns(given.get("messages"), "input.messages", data)
+    chosen = answer_turns(row.get("preferred_output"), "preferred_output", data)
+    rejected = answer_turns(row.get("non_preferred_output"), "non_preferred_output", data)
     rest = {k: v for k, v in row.items() if k not in OPENAI_COLUMNS}
     if given.get("tools"):
         rest["tools"] = json.dumps(given["tools"], ensure_ascii=False)
@@ -496,16 +618,16 @@ def _unpaired(row: Row, data: DataSection) -> Row:
     prompt, completion = row.get("prompt"), row.get("completion")
     kinds = {_kind_of(prompt), _kind_of(completion)} - {None}
     if len(kinds) > 1:
-        raise _RowProblem("mixed-forms", "prompt / completion", "mix text and messages; give both in one form")
+        raise RowProblem("mixed-forms", "prompt / completion", "mix text and messages; give both in one form")
     if kinds == {"messages"}:
-        names = _role_names(data, aliases=False)
-        prompt, completion = _messages(prompt, "prompt", names), _messages(completion, "completion", names)
-        _last_assistant_turn(completion, "completion")
+        names = role_names(data, aliases=False)
+        prompt = checked_prompt(checked_messages(prompt, "prompt", names), "prompt")
+        completion = checked_answer(checked_messages(completion, "completion", names), "completion")
     label = row.get("label")
     if not isinstance(label, bool):
         label = LABELS.get(str(label).strip().lower()) if isinstance(label, (str, int)) else None
     if label is None:
-        raise _RowProblem("not-a-label", "label", "must be true (a desirable answer) or false (an undesirable one)")
+        raise RowProblem("not-a-label", "label", "must be true (a desirable answer) or false (an undesirable one)")
     rest = {k: v for k, v in row.items() if k not in UNPAIRED_COLUMNS}
     return {"prompt": prompt, "completion": completion, "label": label, **rest}
 
@@ -520,56 +642,6 @@ CONVERTERS: dict[str, Callable[[Row, DataSection], Row]] = {
 }
 
 
-def _role_names(data: DataSection, *, aliases: bool) -> dict[str, str]:
-    """Role names a form reads, onto TRL's: the chat forms know the usual aliases; every form takes data.roles."""
-    known = ROLE_NAMES if aliases else {role: role for role in ROLES}
-    return {**known, **data.roles}
-
-
-def _chat_turns(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
-    """ShareGPT ``{from, value}`` or ChatML ``{role, content}`` turns as checked messages, roles mapped.
-
-    TRL's ``maybe_convert_to_chatml`` renames the keys (on a copy: it edits in place)."""
-    from trl.data_utils import maybe_convert_to_chatml
-
-    if not isinstance(value, list) or not value or not all(isinstance(turn, dict) for turn in value):
-        raise _RowProblem("not-messages", column, "must be a non-empty list of {from, value} or {role, content} turns")
-    chatml = maybe_convert_to_chatml({"messages": copy.deepcopy(value)})["messages"]
-    return _messages(chatml, column, _role_names(data, aliases=True))
-
-
-def _prompt_turns(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
-    """The turns before the answers: they must hold a question and must not end with an answer."""
-    turns = _chat_turns(value, column, data)
-    if not any(turn["role"] == "user" for turn in turns):
-        raise _RowProblem("no-user-turn", column, "has no user turn, so there is no question to answer")
-    if turns[-1]["role"] == "assistant":
-        raise _RowProblem(
-            "prompt-ends-with-answer",
-            column,
-            "ends with an assistant turn; the answers to compare go in the answer columns, not in the conversation",
-        )
-    return turns
-
-
-def _answer(value: Any, column: str, data: DataSection) -> list[dict[str, str]]:
-    """An answer as assistant messages, whether given as text, one message or a list of messages."""
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": value}]
-    if not isinstance(value, (dict, list)):
-        raise _RowProblem(
-            "not-an-answer", column, "must be the answer: text, one {from, value} / {role, content} message, or a list"
-        )
-    messages = _chat_turns([value] if isinstance(value, dict) else value, column, data)
-    if any(message["role"] != "assistant" for message in messages):
-        raise _RowProblem(
-            "answer-not-assistant",
-            column,
-            "holds a turn that is not the assistant's; an answer is the assistant's text, message or messages",
-        )
-    return messages
-
-
 def _with_system(row: Row, column: str) -> Row:
     """The system column's text as the prompt's first message, the column itself dropped.
 
@@ -577,7 +649,7 @@ def _with_system(row: Row, column: str) -> Row:
     system = row.get(column)
     rest = {k: v for k, v in row.items() if k != column}
     if system is not None and not isinstance(system, str):
-        raise _RowProblem("not-a-string", column, "must be text: the system prompt")
+        raise RowProblem("not-a-string", column, "must be text: the system prompt")
     turn = [{"role": "system", "content": system}] if system and system.strip() else []
     prompt = rest.get("prompt")
     if isinstance(prompt, str):
@@ -587,7 +659,7 @@ def _with_system(row: Row, column: str) -> Row:
         return {**rest, "prompt": turn + [{"role": "user", "content": prompt}], **answers}
     if isinstance(prompt, list):
         if turn and prompt and prompt[0].get("role") == "system":
-            raise _RowProblem(
+            raise RowProblem(
                 "two-system-prompts",
                 f"{column} / prompt",
                 "both hold a system prompt; keep one (data.system_column: null ignores the column)",
@@ -597,39 +669,6 @@ def _with_system(row: Row, column: str) -> Row:
 
 
 ANSWER_COLUMNS = ("chosen", "rejected", "completion")
-
-
-def _messages(value: Any, column: str, names: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """A checked conversation, each message reduced to role and content (one Arrow type for every row), its
-    roles mapped by ``names`` (default: TRL's own role names only)."""
-    names = {role: role for role in ROLES} if names is None else names
-    if not isinstance(value, list) or not value:
-        raise _RowProblem("not-messages", column, "must be a non-empty list of {role, content} messages")
-    for message in value:
-        if not isinstance(message, dict):
-            raise _RowProblem("not-messages", column, "holds an item that is not a {role, content} message")
-        role = message.get("role")
-        if (names.get(role) if isinstance(role, str) else None) not in ROLES:
-            what = "a message without a role" if role is None else f"a message with role {role!r}"
-            others = sorted(set(names) - set(ROLES))
-            also = f" (also read: {', '.join(others)})" if others else ""
-            raise _RowProblem(
-                "unknown-role",
-                column,
-                f"has {what}; roles are {', '.join(ROLES)}{also}; map other names with data.roles, e.g. "
-                f"{{{role or 'NAME'}: user}}",
-            )
-        if not isinstance(message.get("content"), str):
-            raise _RowProblem("message-without-content", column, f"has a message without text content (role {role})")
-    return [{"role": names[m["role"]], "content": m["content"]} for m in value]
-
-
-def _last_assistant_turn(conversation: list[dict[str, str]], column: str) -> int:
-    """Index of the conversation's last assistant message: where its answer starts."""
-    for index in range(len(conversation) - 1, -1, -1):
-        if conversation[index]["role"] == "assistant":
-            return index
-    raise _RowProblem("no-assistant-turn", column, "has no assistant turn, so there is no answer to train on")
 
 
 # ---------------------------------------------------------------------------- ranked answers
@@ -679,9 +718,9 @@ def _ranked_groups(
     groups: dict[str, _RankedGroup] = {}
     for number, row in rows:
         try:
-            prompt = (
-                _messages(row["prompt"], "prompt") if _kind_of(row.get("prompt")) == "messages" else row.get("prompt")
-            )
+            prompt = row.get("prompt")
+            if _kind_of(prompt) == "messages":
+                prompt = checked_prompt(checked_messages(prompt, "prompt"), "prompt")
             value = row.get(column)
             if isinstance(value, list):
                 answers = [_scored(a, data, f"{column}[{i}]") for i, a in enumerate(value)]
@@ -689,10 +728,11 @@ def _ranked_groups(
                 groups[f"row {number}"] = _RankedGroup(prompt, answers, extra)
                 continue
             answer = _scored({data.ranked_text_field: value, score_field: row.get(score_field)}, data, column)
-        except _RowProblem as problem:
+        except RowProblem as problem:
             problems[(split, problem.check, problem.column, problem.detail)].append(number)
             continue
-        key = json.dumps(row.get("prompt"), ensure_ascii=False, sort_keys=True, default=str)
+        asked = [row.get("prompt"), row.get(data.system_column) if data.system_column else None]  # one prompt
+        key = json.dumps(asked, ensure_ascii=False, sort_keys=True, default=str)
         extra = {k: v for k, v in row.items() if k not in (column, score_field, "prompt")}
         group = groups.setdefault(key, _RankedGroup(prompt, [], extra))
         group.answers.append(answer)
@@ -704,16 +744,16 @@ def _scored(answer: Any, data: DataSection, where: str) -> tuple[str, float]:
     """(text, score) of one answer; the score as a number whatever the file stored it as (CSV holds text)."""
     text_field, score_field = data.ranked_text_field, data.ranked_score_field
     if not isinstance(answer, dict):
-        raise _RowProblem("ranked-answer", where, f"must be an object with '{text_field}' and '{score_field}'")
+        raise RowProblem("ranked-answer", where, f"must be an object with '{text_field}' and '{score_field}'")
     text, score = answer.get(text_field), answer.get(score_field)
     if not isinstance(text, str) or not text.strip():
-        raise _RowProblem("ranked-answer", where, f"has no text in '{text_field}' (data.ranked_text_field)")
+        raise RowProblem("ranked-answer", where, f"has no text in '{text_field}' (data.ranked_text_field)")
     try:
         number = float(score) if not isinstance(score, bool) else math.nan
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number):
-        raise _RowProblem("ranked-answer", where, f"has no numeric '{score_field}' (data.ranked_score_field)")
+        raise RowProblem("ranked-answer", where, f"has no numeric '{score_field}' (data.ranked_score_field)")
     return text, number
 
 

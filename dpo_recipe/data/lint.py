@@ -166,6 +166,17 @@ def lint_unpaired(splits: dict[str, list[dict[str, Any]]]) -> LintReport:
                 )
             )
         labels = [rows[n - 1].get("label") is True for n in texts]
+        if labels and len(set(labels)) == 1:
+            findings.append(
+                Finding(
+                    "warning",
+                    "one-label",
+                    split,
+                    [],
+                    f"every row is labelled {str(labels[0]).lower()}; KTO learns from desirable and undesirable "
+                    "answers together, so training refuses a training split of one label",
+                )
+            )
         stats[split] = {
             "rows": len(texts),
             "desirable_share": sum(labels) / max(1, len(labels)),

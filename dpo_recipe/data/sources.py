@@ -1,16 +1,22 @@
-"""Reading preference data from wherever the recipe points, and splitting off held-out pairs.
+"""Reading preference data from wherever the recipe points, splitting off held-out pairs, and choosing which
+rows train.
 
-Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding
-or a null field is reported with its line or row number instead of an Arrow cast error.
+Files are read by this module rather than by ``datasets`` so that a bad line, a wrong encoding, a CSV row
+with a field too many or a null field is reported with its line or row number instead of an Arrow cast
+error. Every decision that changes which rows train (``max_train_pairs``, a mixture's ``fraction``) is made
+by ``sample_rows``, after a seeded shuffle, and printed with the counts that train.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import io
 import json
+import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,16 +45,29 @@ def read_source(source: str, *, num_pairs: int = 1000, seed: int = 0, revision: 
         return {"train": read_file(path)}
     if is_hub_id(source):
         return _read_hub(source, revision)
+    nearby = (
+        difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1)
+        if path.parent.is_dir()
+        else []
+    )
+    hint = f" Did you mean '{path.parent / nearby[0]}'?" if nearby else ""
     raise DataError(
-        f"Data source '{source}' does not exist. Give a JSONL / CSV / Parquet file, a dataset directory "
+        f"Data source '{source}' does not exist.{hint} Give a JSONL / CSV / Parquet file, a dataset directory "
         f"(e.g. one written by 'dpo-recipe data generate'), a Hub dataset id USER/NAME, or {BUILTIN_SOURCE}."
     )
 
 
 def is_hub_id(source: str) -> bool:
-    """USER/NAME that is not a local path: what read_source fetches from the Hub."""
+    """USER/NAME that is not a local path: what read_source fetches from the Hub. A USER that is a local folder
+    (``data/ja-preferencs``) makes it a path: a misspelt folder is named as missing, not fetched."""
     path = Path(source).expanduser()
-    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix and not path.exists()
+    return (
+        source.count("/") == 1
+        and not source.startswith((".", "/", "~"))
+        and not path.suffix
+        and not path.exists()
+        and not path.parent.is_dir()
+    )
 
 
 def pin_hub_revision(data: DataSection) -> DataSection:
@@ -97,19 +116,47 @@ def read_file(path: Path) -> Rows:
             raise DataError(f"{path}: not a readable Parquet file ({exc}). Re-export it.") from None
     text = _decode(path)
     if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))
+        return _csv_rows(path, text)
     if suffix == ".json" and text.lstrip().startswith("["):
         rows = _parse_json(path, text, line=1)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataError(f"{path}: a .json file must hold a list of objects (or be JSON Lines).")
         return rows
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            row = _parse_json(path, line, line=number)
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object with prompt / chosen / rejected.")
-            rows.append(row)
+    for number, line in jsonl_lines(text):
+        row = _parse_json(path, line, line=number)
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object with prompt / chosen / rejected.")
+        rows.append(row)
+    return rows
+
+
+def jsonl_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines of JSON Lines text with their 1-based numbers.
+
+    Split on ``\\n`` only (a ``\\r`` before it dropped): ``str.splitlines`` also breaks on U+2028, U+2029,
+    U+0085 and other characters that JSON strings may hold raw, and would cut a valid row in two."""
+    return [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+_EXTRA_FIELDS = object()  # csv.DictReader's key for a row's fields beyond the header
+
+
+def _csv_rows(path: Path, text: str) -> Rows:
+    """CSV rows as dicts; a row with more or fewer fields than the header is an error naming its line (an
+    unquoted comma would otherwise shift the text of one column into the next)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA_FIELDS)  # type: ignore[arg-type]
+    rows = []
+    for row in reader:
+        if _EXTRA_FIELDS in row or None in row.values():
+            header = len(reader.fieldnames or [])
+            given = header + len(row.get(_EXTRA_FIELDS, [])) - sum(v is None for v in row.values())
+            raise DataError(
+                f"{path}, line {reader.line_num}: {given} fields, but the header has {header} "
+                f"({', '.join(reader.fieldnames or [])}). Quote fields that hold commas or line breaks "
+                '("like, this"), or fix the row.'
+            )
+        rows.append(row)
     return rows
 
 
@@ -126,12 +173,31 @@ def _decode(path: Path) -> str:
 
 
 def _parse_json(path: Path, text: str, line: int) -> Any:
+    """JSON text parsed; a ``\\uD800``-style escape of half a surrogate pair is an error too: it is no
+    character, so no tokenizer or file can hold it."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}, line {line + exc.lineno - 1}: not valid JSON ({exc.msg}). Fix or remove the line."
         ) from None
+    except RecursionError:
+        raise DataError(
+            f"{path}, line {line}: nested too deeply to read (lists or objects inside each other thousands of levels "
+            "down). Flatten the row or remove it."
+        ) from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"{path}, line {line}: holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}), half "
+                "of a character that is not text. Re-export the file from its source, or fix the escape."
+            ) from None
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way JSON text can hold a surrogate
 
 
 def _read_directory(path: Path) -> dict[str, Rows]:
@@ -180,21 +246,78 @@ def _rows(split: Any) -> Rows:
 def _read_hub(repo_id: str, revision: str | None) -> dict[str, Rows]:
     import datasets
 
-    loaded = datasets.load_dataset(repo_id, revision=revision)
+    try:
+        loaded = datasets.load_dataset(repo_id, revision=revision)
+    except Exception as exc:  # datasets raises the HTTP client's, its own and the filesystem's errors
+        raise DataError(
+            f"'{repo_id}' (read as a Hub dataset id, revision {revision or 'main'}) cannot be read "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
+            "If it is a local folder, check its name; on the Hub, check the id, the network and HF_TOKEN, or set "
+            "HF_HUB_OFFLINE=1 to use a cached copy."
+        ) from None
     return {name: _rows(split) for name, split in loaded.items()}
 
 
-def hold_out(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
-    """Split off a test set; whole topics go to one side when the data has a topic column."""
-    if rows and "topic" in rows[0]:
-        topics = sorted({str(r["topic"]) for r in rows})
-        held = set(random.Random(seed).sample(topics, max(1, round(len(topics) * test_size))))
-        return [r for r in rows if str(r["topic"]) not in held], [r for r in rows if str(r["topic"]) in held]
+def topic_of(row: dict[str, Any]) -> str | None:
+    """The group ``hold_out`` keeps on one side by default: the row's topic, if it has one."""
+    return None if row.get("topic") is None else str(row["topic"])
+
+
+def hold_out(
+    rows: Rows, test_size: float, seed: int, group: Callable[[dict[str, Any]], str | None] = topic_of
+) -> tuple[Rows, Rows]:
+    """Split off a seeded share as a test set, whole groups (topics by default) to one side, so no held-out
+    topic was trained on; a row without a group is one of its own (a topic column some rows lack)."""
+    keys = [group(row) for row in rows]
+    if any(key is not None for key in keys):
+        keys = [(0, key) if key is not None else (1, index) for index, key in enumerate(keys)]
+        groups = sorted(set(keys))
+        held = set(random.Random(seed).sample(groups, max(1, round(len(groups) * test_size))))
+        return [r for r, k in zip(rows, keys, strict=True) if k not in held], [
+            r for r, k in zip(rows, keys, strict=True) if k in held
+        ]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     cut = max(1, round(len(rows) * test_size))
     test = set(order[:cut])
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
+
+
+def sample_rows(rows: Rows, limit: int | None, seed: int) -> Rows:
+    """At most ``limit`` of ``rows``, chosen after a seeded shuffle and kept in their order: the one place that
+    cuts rows (data.max_train_pairs / max_eval_pairs, a mixture's fraction), so which rows train never depends
+    on how a file is sorted (all desirable rows first, one source after another)."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
+
+
+def warning_notes(report: LintReport) -> list[str]:
+    """The linter's warnings as lines the dry run and a real run print (kind, count, first rows), not a count."""
+    return [
+        f"lint warning: {f.check}, "
+        + (f"{len(f.rows)} rows of split '{f.split}' (rows {f.rows_text(5)})" if f.rows else f"split '{f.split}'")
+        + f": {f.message}"
+        for f in report.findings
+        if f.severity == "warning"
+    ]
+
+
+def kept_note(data: DataSection, train: Rows, before: int) -> list[str]:
+    """What data.max_train_pairs left to train on, per source in a mixture: the counts that really train."""
+    if len(train) == before:
+        return []
+    per_source = ""
+    if data.sources:
+        counts = ", ".join(
+            f"{entry['source']} {sum(row.get(SOURCE_COLUMN) == entry['source'] for row in train)}"
+            for entry in data.sources
+        )
+        per_source = f" ({counts})"
+    return [
+        f"data.max_train_pairs {data.max_train_pairs}: {len(train)} of {before} training rows{per_source}, "
+        f"chosen after a shuffle seeded by data.seed {data.seed}"
+    ]
 
 
 def load_preference_splits(
@@ -217,13 +340,13 @@ def load_preference_splits(
             f"'dpo-recipe data lint {name}' shows what the file holds."
         )
     train, test = train_and_held_out(conversion, data, name)
-    report = dataclasses.replace(lint({data.train_split: train, data.test_split: test}), notes=conversion.notes)
+    report = lint({data.train_split: train, data.test_split: test})
     if report.errors:
         raise DataError(lint_error_message(name, report))
-    if data.max_train_pairs:
-        train = train[: data.max_train_pairs]
-    if data.max_eval_pairs:
-        test = test[: data.max_eval_pairs]
+    before = len(train)
+    train, test = sample_rows(train, data.max_train_pairs, data.seed), sample_rows(test, data.max_eval_pairs, data.seed)
+    notes = [*conversion.notes, *kept_note(data, train, before), *warning_notes(report)]
+    report = dataclasses.replace(report, notes=notes)
     if data.as_conversation:
         train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
     return train, test, report
@@ -278,7 +401,8 @@ def mixed_sources(data: DataSection) -> Conversion:
     forms, source_forms = set(), {}
     for index, entry in enumerate(data.sources):
         section = source_section(data, entry)
-        conversion = to_standard(read_source(section.source, revision=section.revision), section)
+        raw = read_source(section.source, num_pairs=section.num_pairs, seed=section.seed, revision=section.revision)
+        conversion = to_standard(raw, section)
         label = f"data.sources[{index}] {section.source}"
         notes += [f"{label}: {note}" for note in conversion.notes]
         findings += [dataclasses.replace(f, split=f"{section.source}:{f.split}") for f in conversion.findings]
@@ -292,11 +416,13 @@ def mixed_sources(data: DataSection) -> Conversion:
                 "split key to one of them."
             )
         rows = conversion.splits[section.train_split]
-        if "fraction" in entry:
-            keep = sorted(
-                random.Random(data.seed).sample(range(len(rows)), max(1, round(len(rows) * entry["fraction"])))
+        if not rows:
+            raise DataError(
+                f"{label}: no training rows in split '{section.train_split}' (read as {conversion.form}). "
+                "Remove the source from data.sources, or give it rows."
             )
-            rows = [rows[i] for i in keep]
+        if "fraction" in entry:
+            rows = sample_rows(rows, max(1, round(len(rows) * entry["fraction"])), data.seed)
         test = conversion.splits.get(data.test_split, []) if data.test_split != section.train_split else []
         tagged = [[{**r, SOURCE_COLUMN: section.source} for r in side] for side in (rows, test)]
         if data.as_conversation:
@@ -409,12 +535,30 @@ def _linted(conversion: Conversion) -> LintReport:
     return dataclasses.replace(check(conversion.splits), notes=conversion.notes, form=conversion.form)
 
 
-def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = False) -> Path:
-    """``rows`` as JSON Lines or Parquet at ``out``, whole or not at all; an existing file only with ``overwrite``."""
-    from dpo_recipe.utils.files import write_file_atomically
-
-    if out.exists() and not overwrite:
+def checked_out(out: Path, source: str, *, overwrite: bool) -> Path:
+    """``out`` if ``data convert`` may write it, checked before anything is read: not the source itself (not
+    even with ``overwrite``: the source would be lost to its own conversion), not an existing file without
+    ``overwrite``, and in a folder that is one and can be written."""
+    where = out.expanduser()
+    given = Path(source).expanduser()
+    if where.resolve() == given.resolve() or (where.exists() and given.exists() and where.samefile(given)):
+        raise DataError(
+            f"--out {out} is the source itself; converting it in place would replace the data it was read from. "
+            "Write to another file, check it, then move it."
+        )
+    if where.exists() and not overwrite:
         raise DataError(f"{out} already exists. Choose another --out or pass --overwrite.")
+    folder = next(parent for parent in where.absolute().parents if parent.exists())
+    if not folder.is_dir():
+        raise DataError(f"--out {out}: {folder} is a file, not a folder. Choose an --out in a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"--out {out}: {folder} cannot be written (permissions or a read-only disk). Choose another.")
+    return where
+
+
+def write_rows(rows: Rows, out: Path, file_format: str) -> Path:
+    """``rows`` as JSON Lines or Parquet at ``out`` (``checked_out``), whole or not at all."""
+    from dpo_recipe.utils.files import write_file_atomically
 
     def write(staging: Path) -> None:
         if file_format == "parquet":
@@ -425,7 +569,10 @@ def write_rows(rows: Rows, out: Path, file_format: str, *, overwrite: bool = Fal
         else:
             staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
-    return write_file_atomically(out, write)
+    try:
+        return write_file_atomically(out, write)
+    except OSError as exc:  # a disk that fills or turns read-only while writing
+        raise DataError(f"--out {out} could not be written ({exc.strerror or exc}); nothing was written.") from None
 
 
 def lint_error_message(name: str, report: LintReport) -> str:

@@ -36,10 +36,14 @@ from dpo_recipe.data.sources import (
     as_conversation,
     converted_source,
     hold_out,
+    kept_note,
     lint_error_message,
     load_preference_splits,
     provenance,
+    sample_rows,
+    topic_of,
     train_and_held_out,
+    warning_notes,
 )
 from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.errors import DataError, RecipeError
@@ -78,6 +82,14 @@ def unpaired_splits(data: DataSection, seed: int, conversion: Conversion | None 
         ]
     else:
         train, test, notes = _unpaired_rows(conversion, data, name)
+    labels = {row["label"] for row in train}
+    if len(labels) == 1:
+        (label,) = labels
+        raise DataError(
+            f"{name}: all {len(train)} training rows are labelled {str(label).lower()} ("
+            f"{'desirable' if label else 'undesirable'}); KTO learns from both desirable and undesirable answers. "
+            "Add rows of the other label (or give pairs: each pair gives one of each)."
+        )
     for rows in (train, test):
         random.Random(seed).shuffle(rows)
     notes.append(f"objective kto: rows shuffled once with training.seed {seed} (KTOTrainer reads them in order)")
@@ -93,24 +105,21 @@ def _unpaired_rows(conversion: Conversion, data: DataSection, name: str) -> tupl
     report = lint_unpaired({data.train_split: train, **({data.test_split: test} if test else {})})
     if report.errors:
         raise DataError(lint_error_message(name, report))
-    train, test = train[: data.max_train_pairs], test[: data.max_eval_pairs]
+    before = len(train)
+    train, test = sample_rows(train, data.max_train_pairs, data.seed), sample_rows(test, data.max_eval_pairs, data.seed)
     if data.as_conversation:
         train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
-    return train, test, list(conversion.notes)
+    return train, test, [*conversion.notes, *kept_note(data, train, before), *warning_notes(report)]
 
 
 def _hold_out_prompts(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
-    """``hold_out`` by topic, or by prompt where the rows have no topic column: a prompt's desirable and
-    undesirable answers stay on one side, so no held-out prompt was trained on."""
-    keyed = [{**row, "topic": row.get("topic", json.dumps(row["prompt"], ensure_ascii=False))} for row in rows]
-    train, test = hold_out(keyed, test_size, seed)
-    if rows and "topic" in rows[0]:
-        return train, test
-    return [_without_topic(r) for r in train], [_without_topic(r) for r in test]
+    """``hold_out`` by topic, or by prompt where a row has no topic: a prompt's desirable and undesirable answers
+    stay on one side, so no held-out prompt was trained on."""
+    return hold_out(rows, test_size, seed, group=_topic_or_prompt)
 
 
-def _without_topic(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "topic"}
+def _topic_or_prompt(row: dict[str, Any]) -> str:
+    return topic_of(row) or json.dumps(row["prompt"], ensure_ascii=False)
 
 
 def load_inputs(recipe: Recipe, *, report: bool) -> tuple[Rows, Rows, Any, list[str], list[dict[str, Any]]]:

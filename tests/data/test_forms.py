@@ -166,7 +166,8 @@ def test_bad_rows_are_findings_naming_row_and_field() -> None:
         {"prompt": "q", "chosen": "a", "rejected": "b"},
     ]
     assert convert(standard)[1] == {
-        ("no-assistant-turn", (1,)): "rejected has no assistant turn, so there is no answer to train on",
+        ("answer-not-assistant", (1,)): "rejected holds a turn that is not the assistant's (a user or system turn "
+        "inside an answer would be trained as the answer); an answer is the assistant's text, message or messages",
         ("mixed-forms", (2,)): "these rows are standard (text), but the data's first row is standard (messages); "
         "one dataset holds one form: convert these rows or move them to another file",
     }
@@ -304,8 +305,8 @@ def test_chat_form_rows_that_cannot_be_read_are_findings_naming_row_and_field() 
         ("prompt-ends-with-answer", (3,)): "conversations ends with an assistant turn; the answers to compare go in "
         "the answer columns, not in the conversation",
         ("no-user-turn", (4,)): "conversations has no user turn, so there is no question to answer",
-        ("answer-not-assistant", (5,)): "chosen holds a turn that is not the assistant's; an answer is the "
-        "assistant's text, message or messages",
+        ("answer-not-assistant", (5,)): "chosen holds a turn that is not the assistant's (a user or system turn "
+        "inside an answer would be trained as the answer); an answer is the assistant's text, message or messages",
         ("not-an-answer", (6,)): "rejected must be the answer: text, one {from, value} / {role, content} message, "
         "or a list",
         ("two-system-prompts", (7,)): "system / prompt both hold a system prompt; keep one (data.system_column: "
@@ -428,7 +429,8 @@ def test_unpaired_rows_are_a_form_linted_and_converted_and_pairs_unpair_as_trl_d
     assert "train: 7 unpaired rows; Japanese rows: prompt 100%, completion 100%; desirable (label true) 57%" in (
         lint.output
     )
-    refused = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", out, "--to", "standard")
+    pairs = tmp_path / "pairs.jsonl"
+    refused = invoke(runner, "data", "convert", FORM_FIXTURES / "unpaired.jsonl", "--out", pairs, "--to", "standard")
     assert refused.exit_code == 2 and "holds unpaired rows (prompt / completion / label); they have no pairs" in (
         refused.output
     )
@@ -478,3 +480,473 @@ def test_unpaired_data_on_the_dpo_path_says_it_needs_kto_before_weights_load(
     assert "Train it with training.objective: kto (TRL's KTOTrainer; e.g. --set training.objective=kto" in message
     assert "does not offer" not in message and "\n" not in message
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- the corpus of published shapes
+
+Q1, Q2 = "過学習とは何ですか？", "正則化とは何ですか？"
+GOOD1, BAD1 = "訓練データに合わせすぎる現象です。", "学習不足です。"
+GOOD2, BAD2 = "重みに罰則を加える方法です。", "データを増やすことです。"
+SYSTEM = "丁寧に答えてください。"
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def system(text: str) -> dict[str, str]:
+    return {"role": "system", "content": text}
+
+
+# Each shape users bring, as published (two small Japanese rows), the line its form is printed with and the
+# standard rows it must convert to, all written out by hand: adding a form must keep every one of them.
+CORPUS = {
+    "HuggingFaceH4/ultrafeedback_binarized": (
+        [
+            {
+                "prompt": Q1,
+                "prompt_id": "p1",
+                "chosen": [user(Q1), answer(GOOD1)],
+                "rejected": [user(Q1), answer(BAD1)],
+                "messages": [user(Q1), answer(GOOD1)],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            },
+            {
+                "prompt": Q2,
+                "prompt_id": "p2",
+                "chosen": [user(Q2), answer(GOOD2)],
+                "rejected": [user(Q2), answer(BAD2)],
+                "messages": [user(Q2), answer(GOOD2)],
+                "score_chosen": 7.5,
+                "score_rejected": 2.0,
+            },
+        ],
+        "form: implicit, messages (detected; not sharegpt: messages ends with an assistant turn",
+        [
+            {
+                "prompt": [user(Q1)],
+                "chosen": [answer(GOOD1)],
+                "rejected": [answer(BAD1)],
+                "prompt_id": "p1",
+                "messages": [user(Q1), answer(GOOD1)],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            },
+            {
+                "prompt": [user(Q2)],
+                "chosen": [answer(GOOD2)],
+                "rejected": [answer(BAD2)],
+                "prompt_id": "p2",
+                "messages": [user(Q2), answer(GOOD2)],
+                "score_chosen": 7.5,
+                "score_rejected": 2.0,
+            },
+        ],
+    ),
+    "Anthropic/hh-rlhf": (
+        [
+            {
+                "chosen": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}",
+                "rejected": f"\n\nHuman: {Q1}\n\nAssistant: {BAD1}",
+            },
+            {
+                "chosen": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}\n\nHuman: {Q2}\n\nAssistant: {GOOD2}",
+                "rejected": f"\n\nHuman: {Q1}\n\nAssistant: {GOOD1}\n\nHuman: {Q2}\n\nAssistant: {BAD2}",
+            },
+        ],
+        "form: hh, text (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q1), answer(GOOD1), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "llm-jp/hh-rlhf-12k-ja": (
+        [
+            {"conversations": [{"from": "human", "value": Q1}], "chosen": GOOD1, "rejected": BAD1},
+            {
+                "conversations": [
+                    {"from": "human", "value": Q1},
+                    {"from": "gpt", "value": GOOD1},
+                    {"from": "human", "value": Q2},
+                ],
+                "chosen": GOOD2,
+                "rejected": BAD2,
+            },
+        ],
+        "form: sharegpt (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q1), answer(GOOD1), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "argilla/distilabel-intel-orca-dpo-pairs": (
+        [
+            {
+                "system": SYSTEM,
+                "input": Q1,
+                "chosen": GOOD1,
+                "rejected": BAD1,
+                "generations": [GOOD1, BAD1],
+                "order": ["chosen", "rejected"],
+                "rating": [9.0, 3.0],
+                "status": "tie",
+                "chosen_score": 9.0,
+                "in_gsm8k_train": False,
+            },
+            {
+                "system": "",
+                "input": Q2,
+                "chosen": GOOD2,
+                "rejected": BAD2,
+                "generations": [BAD2, GOOD2],
+                "order": ["rejected", "chosen"],
+                "rating": [2.0, 8.0],
+                "status": "swapped",
+                "chosen_score": 8.0,
+                "in_gsm8k_train": False,
+            },
+        ],
+        "recognised by name (set the key to read another): data.prompt_column input",
+        [
+            {
+                "prompt": [system(SYSTEM), user(Q1)],
+                "chosen": [answer(GOOD1)],
+                "rejected": [answer(BAD1)],
+                "generations": [GOOD1, BAD1],
+                "order": ["chosen", "rejected"],
+                "rating": [9.0, 3.0],
+                "status": "tie",
+                "chosen_score": 9.0,
+                "in_gsm8k_train": False,
+            },
+            {
+                "prompt": [user(Q2)],
+                "chosen": [answer(GOOD2)],
+                "rejected": [answer(BAD2)],
+                "generations": [BAD2, GOOD2],
+                "order": ["rejected", "chosen"],
+                "rating": [2.0, 8.0],
+                "status": "swapped",
+                "chosen_score": 8.0,
+                "in_gsm8k_train": False,
+            },
+        ],
+    ),
+    "Intel/orca_dpo_pairs": (
+        [
+            {"system": SYSTEM, "question": Q1, "chosen": GOOD1, "rejected": BAD1},
+            {"system": "", "question": Q2, "chosen": GOOD2, "rejected": BAD2},
+        ],
+        "recognised by name (set the key to read another): data.prompt_column question",
+        [
+            {"prompt": [system(SYSTEM), user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "OpenAI preference fine-tuning JSONL": (
+        [
+            {
+                "input": {"messages": [user(Q1)], "tools": [], "parallel_tool_calls": True},
+                "preferred_output": [answer(GOOD1)],
+                "non_preferred_output": [answer(BAD1)],
+            },
+            {
+                "input": {"messages": [{"role": "developer", "content": SYSTEM}, user(Q2)]},
+                "preferred_output": [answer(GOOD2)],
+                "non_preferred_output": [answer(BAD2)],
+            },
+        ],
+        "form: openai (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "TRL standard": (
+        [{"prompt": Q1, "chosen": GOOD1, "rejected": BAD1}, {"prompt": Q2, "chosen": GOOD2, "rejected": BAD2}],
+        "form: standard, text (detected)",
+        [{"prompt": Q1, "chosen": GOOD1, "rejected": BAD1}, {"prompt": Q2, "chosen": GOOD2, "rejected": BAD2}],
+    ),
+    "TRL conversational": (
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+        "form: standard, messages (detected)",
+        [
+            {"prompt": [user(Q1)], "chosen": [answer(GOOD1)], "rejected": [answer(BAD1)]},
+            {"prompt": [system(SYSTEM), user(Q2)], "chosen": [answer(GOOD2)], "rejected": [answer(BAD2)]},
+        ],
+    ),
+    "TRL implicit prompt": (
+        [
+            {"chosen": f"質問：{Q1}\n回答：{GOOD1}", "rejected": f"質問：{Q1}\n回答：{BAD1}"},
+            {"chosen": f"質問：{Q2}\n回答：{GOOD2}", "rejected": f"質問：{Q2}\n回答：{BAD2}"},
+        ],
+        "form: implicit, text (detected)",
+        [
+            {"prompt": f"質問：{Q1}\n回答：", "chosen": GOOD1, "rejected": BAD1},
+            {"prompt": f"質問：{Q2}\n回答：", "chosen": GOOD2, "rejected": BAD2},
+        ],
+    ),
+    "openbmb/UltraFeedback (ranked)": (
+        [
+            {
+                "source": "evol_instruct",
+                "instruction": Q1,
+                "models": ["a", "b"],
+                "completions": [
+                    {"model": "a", "response": BAD1, "overall_score": 3.0, "custom_system_prompt": ""},
+                    {"model": "b", "response": GOOD1, "overall_score": 8.5, "custom_system_prompt": ""},
+                ],
+            },
+            {
+                "source": "evol_instruct",
+                "instruction": Q2,
+                "models": ["a", "b", "c"],
+                "completions": [
+                    {"model": "a", "response": GOOD2, "overall_score": 9.0, "custom_system_prompt": ""},
+                    {"model": "b", "response": "罰則です。", "overall_score": 5.0, "custom_system_prompt": ""},
+                    {"model": "c", "response": BAD2, "overall_score": 1.0, "custom_system_prompt": ""},
+                ],
+            },
+        ],
+        "recognised by name (set the key to read another): data.ranked_column completions, data.ranked_text_field "
+        "response, data.ranked_score_field overall_score, data.prompt_column instruction",
+        [
+            {
+                "prompt": Q1,
+                "chosen": GOOD1,
+                "rejected": BAD1,
+                "source": "evol_instruct",
+                "models": ["a", "b"],
+                "chosen_score": 8.5,
+                "rejected_score": 3.0,
+            },
+            {
+                "prompt": Q2,
+                "chosen": GOOD2,
+                "rejected": BAD2,
+                "source": "evol_instruct",
+                "models": ["a", "b", "c"],
+                "chosen_score": 9.0,
+                "rejected_score": 1.0,
+            },
+        ],
+    ),
+    "TRL unpaired (KTO)": (
+        [{"prompt": Q1, "completion": GOOD1, "label": True}, {"prompt": Q1, "completion": BAD1, "label": False}],
+        "form: unpaired, text (detected)",
+        [{"prompt": Q1, "completion": GOOD1, "label": True}, {"prompt": Q1, "completion": BAD1, "label": False}],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", CORPUS)
+def test_a_published_shape_is_read_as_it_is_meant_and_its_conversion_reads_back(
+    shape: str, runner, tmp_path: Path
+) -> None:
+    rows, first_line, expected = CORPUS[shape]
+    source = write_jsonl(tmp_path / "published.jsonl", rows)
+    linted = invoke(runner, "data", "lint", source)
+    assert linted.exit_code == 0 and linted.output.startswith(first_line), linted.output
+    assert "No findings." in linted.output
+    converted, _ = standard_splits(read_source(str(source)), DataSection(source=str(source)))
+    assert converted == {"train": expected}
+    out = tmp_path / "standard.jsonl"  # issue 38: every form's output reads back through lint as the same rows
+    assert invoke(runner, "data", "convert", source, "--out", out).exit_code == 0
+    again, report = standard_splits(read_source(str(out)), DataSection(source=str(out)))
+    assert again == {"train": expected} and report.form in ("standard", "unpaired") and not report.findings
+
+
+def test_form_forces_a_reading_and_an_ambiguous_file_names_its_candidates(runner, tmp_path: Path) -> None:
+    ultrafeedback = write_jsonl(tmp_path / "uf.jsonl", CORPUS["HuggingFaceH4/ultrafeedback_binarized"][0])
+    forced = invoke(runner, "data", "lint", ultrafeedback, "--form", "sharegpt")
+    assert forced.exit_code == 1 and forced.output.startswith("form: sharegpt (data.form): ")
+    assert "prompt-ends-with-answer | train | 1, 2 | messages ends with an assistant turn" in forced.output
+
+    two_prompts = write_jsonl(
+        tmp_path / "two.jsonl", [{"instruction": "説明して。", "input": Q1, "chosen": GOOD1, "rejected": BAD1}]
+    )
+    ambiguous = invoke(runner, "data", "lint", two_prompts)
+    assert ambiguous.exit_code == 1
+    assert (
+        "ambiguous-form | train | - | columns input and instruction could each be the prompt; set data.prompt_column "
+        "to the one meant, or to a list of them to join them (e.g. [input, instruction])" in ambiguous.output
+    )
+    joined = invoke(runner, "data", "lint", two_prompts, "--set", "data.prompt_column=[instruction, input]")
+    assert joined.exit_code == 0, joined.output
+
+    # a conversation column and a prompt column, each a prompt of its own: two readings, two different pairs
+    both = {"conversations": [user(Q1)], "prompt": Q2, "chosen": GOOD1, "rejected": BAD1}
+    rows, found, _ = convert([both])
+    assert rows == [] and found == {
+        ("ambiguous-form", ()): "the rows read as sharegpt and as standard give different pairs; set data.form "
+        "(--form) to the one the data means"
+    }
+    rows, found, notes = convert([both], form="standard")
+    assert found == {} and rows[0]["prompt"] == Q2 and notes[0].startswith("form: standard, text (data.form)")
+
+
+def test_a_system_column_on_ranked_rows_becomes_each_pairs_system_turn() -> None:
+    rows = [
+        {
+            "system": SYSTEM,
+            "prompt": Q1,
+            "responses": [{"text": BAD1, "score": 2}, {"text": GOOD1, "score": 8}],
+        },
+        {"system": "", "prompt": Q2, "responses": [{"text": GOOD2, "score": 9}, {"text": BAD2, "score": 1}]},
+    ]
+    converted, found, notes = convert(rows)
+    assert found == {} and notes[1].startswith("system: column 'system' becomes the prompt's first message")
+    assert converted == [
+        {
+            "prompt": [system(SYSTEM), user(Q1)],
+            "chosen": [answer(GOOD1)],
+            "rejected": [answer(BAD1)],
+            "chosen_score": 8.0,
+            "rejected_score": 2.0,
+        },
+        {
+            "prompt": [user(Q2)],
+            "chosen": [answer(GOOD2)],
+            "rejected": [answer(BAD2)],
+            "chosen_score": 9.0,
+            "rejected_score": 1.0,
+        },
+    ]
+    per_row = [  # one answer a row: rows of one prompt under two system prompts are two prompts
+        {"system": SYSTEM, "prompt": Q1, "answer": GOOD1, "rank": 1},
+        {"system": SYSTEM, "prompt": Q1, "answer": BAD1, "rank": 2},
+        {"system": "短く。", "prompt": Q1, "answer": BAD1, "rank": 1},
+        {"system": "短く。", "prompt": Q1, "answer": GOOD1, "rank": 2},
+    ]
+    keys = {"form": "ranked", "ranked_column": "answer", "ranked_score_field": "rank", "ranked_better": "lower"}
+    converted, found, _ = convert(per_row, **keys)
+    assert found == {} and [(row["prompt"][0]["content"], row["chosen"]) for row in converted] == [
+        (SYSTEM, [answer(GOOD1)]),
+        ("短く。", [answer(BAD1)]),
+    ]
+
+
+# ---------------------------------------------------------------------------- every reader on random Unicode
+
+SPECIAL = "\u2028\u2029\u0085\x00\x1c\r\n\t\u200b\u200f\u202e\ufeff\ud800\udfff"  # separators, controls, RTL, halves
+
+
+def message(role: str, text: str) -> dict[str, str]:
+    return {"role": role, "content": text}
+
+
+# form: (the published row(s) built from system, question, good and bad text; the texts each must convert to)
+SHAPES = {
+    "standard text": lambda s, q, a, b: ([{"prompt": q, "chosen": a, "rejected": b}], [[q], [a], [b]]),
+    "standard messages": lambda s, q, a, b: (
+        [
+            {
+                "prompt": [message("system", s), message("user", q)],
+                "chosen": [message("assistant", a)],
+                "rejected": [message("assistant", b)],
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "sharegpt": lambda s, q, a, b: (
+        [
+            {
+                "conversations": [{"from": "system", "value": s}, {"from": "human", "value": q}],
+                "chosen": a,
+                "rejected": b,
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "openai": lambda s, q, a, b: (
+        [
+            {
+                "input": {"messages": [message("developer", s), message("user", q)]},
+                "preferred_output": [message("assistant", a)],
+                "non_preferred_output": [message("assistant", b)],
+            }
+        ],
+        [[s, q], [a], [b]],
+    ),
+    "orca": lambda s, q, a, b: (
+        [{"system": s, "question": q, "chosen": a, "rejected": b}],
+        [[s, q] if s.strip() else [q], [a], [b]],
+    ),
+    "ultrafeedback": lambda s, q, a, b: (
+        [
+            {
+                "prompt": q,
+                "chosen": [message("user", q), message("assistant", a)],
+                "rejected": [message("user", q), message("assistant", b)],
+                "messages": [message("user", q), message("assistant", a)],
+            }
+        ],
+        [[q], [a], [b]],
+    ),
+    "hh": lambda s, q, a, b: (
+        [{"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}", "rejected": f"\n\nHuman: {q}\n\nAssistant: {b}"}],
+        [[q.strip()], [a.strip()], [b.strip()]],  # HH's turns are cut at their blank lines and trimmed
+    ),
+    "ranked": lambda s, q, a, b: (
+        [{"prompt": q, "responses": [{"text": b, "score": 1}, {"text": a, "score": 2}]}],
+        [[q], [a], [b]],
+    ),
+    "unpaired": lambda s, q, a, b: (
+        [{"prompt": q, "completion": a, "label": True}, {"prompt": q, "completion": b, "label": False}],
+        [[q], [a], [q], [b]],
+    ),
+}
+
+
+def texts(rows: list[dict]) -> list[list[str]]:
+    """Every text field of converted rows, in order: a string as itself, messages as their contents."""
+    columns = ("prompt", "completion") if "completion" in rows[0] else ("prompt", "chosen", "rejected")
+    return [
+        [value] if isinstance(value, str) else [m["content"] for m in value]
+        for row in rows
+        for value in (row[c] for c in columns)
+    ]
+
+
+def read_as_published(rows: list[dict]) -> list[dict] | None:
+    """``rows`` written as JSON Lines (raw Unicode where UTF-8 can hold it, escaped where not: a lone surrogate)
+    and read back by ``data lint``'s path: the converted rows, or None when a clear error refused them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rows.jsonl"
+        try:
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        except UnicodeEncodeError:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        try:
+            splits, report = standard_splits(read_source(str(path)), DataSection(source=str(path)))
+        except DataError as err:
+            assert str(path) in str(err)  # names the file (and its line)
+            return None
+        if report.errors:
+            assert all(f.rows or f.check in ("empty-split", "unknown-form", "ambiguous-form") for f in report.errors)
+            return None
+        return splits["train"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_reader_keeps_random_unicode_exactly_or_refuses_it_clearly(shape: str) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    field = st.text(alphabet=st.characters(exclude_categories=()) | st.sampled_from(SPECIAL), max_size=12)
+
+    @settings(max_examples=30, derandomize=True, deadline=None, database=None)
+    @given(field, field, field, field)
+    def check(s: str, q: str, a: str, b: str) -> None:
+        rows, expected = SHAPES[shape](s, q, a, b)
+        converted = read_as_published(rows)
+        if converted is not None:
+            assert texts(converted) == expected
+
+    check()

@@ -125,9 +125,11 @@ def test_training_report_holds_breakdowns_and_generations(trained: Path) -> None
 
 
 def test_trained_model_beats_its_base_on_training_pairs(trained: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from dpo_recipe.data.generator import generate_pairs
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.data.sources import load_preference_splits
 
-    train_rows = generate_pairs(200, seed=0)["train"][:64]  # the pairs tiny-ja trained on
+    train_rows, _, _ = load_preference_splits(load_recipe("tiny-ja").data)  # the 64 pairs tiny-ja trained on
+    assert len(train_rows) == 64
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows), encoding="utf-8")
     report = run_eval(str(trained), data=str(data), split="train", out=tmp_path / "r.json")
@@ -199,12 +201,12 @@ def test_eval_logps_match_trl(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_eval_bad_inputs_fail_before_weights_load(runner, trained: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    bad.write_text(json.dumps({"frage": "q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
     result = invoke(runner, "eval", "--adapter", trained, "--data", bad, "--out", tmp_path / "x.json")
     assert result.exit_code == 2 and "no-shared-prompt in split 'train' rows 1: chosen / rejected share no" in (
         result.output
     )
-    with pytest.raises(DpoRecipeError, match=r"columns: question, chosen, rejected\), name it with data.prompt_column"):
+    with pytest.raises(DpoRecipeError, match=r"columns: frage, chosen, rejected\), name it with data.prompt_column"):
         run_eval(str(trained), data=str(bad), out=tmp_path / "x.json")
     from dpo_recipe.models.tiny import build_tiny_model
 

@@ -298,13 +298,13 @@ def test_answers_follow_the_generation_config(runs: _Runs) -> None:
 
 def test_what_changes_no_number_hits(runs: _Runs) -> None:
     """A max_length that cuts nothing, and the same model at another path: the same ids, the same base."""
-    unchanged, changed, warm_cache = runs.warm_and_cold((), ("training.max_length=512",))
+    unchanged, changed, warm_cache = runs.warm_and_cold(("training.max_length=512",), ("training.max_length=1024",))
     assert changed == unchanged
     assert warm_cache.strip() == "reference_logps 2 hits, base_answers 1 hit."
     moved = runs.tmp / "moved"
     shutil.copytree(runs.model_dir, moved)
     runs.model_dir = moved
-    elsewhere, moved_cache = runs.train("warm")
+    elsewhere, moved_cache = runs.train("warm", "training.max_length=512")
     assert elsewhere == unchanged and moved_cache.strip() == "reference_logps 2 hits, base_answers 1 hit."
 
 

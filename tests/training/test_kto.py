@@ -208,3 +208,36 @@ def test_unpaired_data_refused_by_dpo_trains_with_the_objective_the_refusal_name
     train = metrics["train"]
     assert (train["pairs"], train["split_from_pairs"]) == (None, False)  # unpaired rows, trained as they are
     assert train["rows"] + metrics["eval"]["overall"]["rows"] == 7
+
+
+def test_unpaired_rows_sorted_by_label_are_cut_after_the_shuffle_and_one_label_is_refused(
+    runner, tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    from conftest import invoke
+
+    pairs = [{"prompt": f"質問{i}", "chosen": f"丁寧な答え{i}です。", "rejected": f"違う{i}。"} for i in range(40)]
+    source = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    unpaired = tmp_path / "unpaired.jsonl"  # data convert writes every desirable row, then every undesirable one
+    assert invoke(runner, "data", "convert", source, "--out", unpaired, "--to", "unpaired").exit_code == 0
+    settings = (f"data.source={unpaired}", "data.max_train_pairs=32", "data.max_eval_pairs=8", *FAST)
+    run("tiny-ja-kto", tiny_overrides(tiny_model, *settings), output_dir=str(tmp_path / "dry"), dry_run=True)
+    dry = capsys.readouterr().out
+    kept = next(line for line in dry.splitlines() if line.startswith("rows kept: 32 ("))
+    desirable = int(kept.split("(")[1].split(" ")[0])
+    assert 8 <= desirable <= 24, kept  # both labels train, as a shuffled file would give them
+    assert "data.max_train_pairs 32: 32 of 72 training rows, chosen after a shuffle seeded by data.seed 0" in dry
+
+    good_only = write_jsonl(
+        tmp_path / "good.jsonl", [{"prompt": p["prompt"], "completion": p["chosen"], "label": True} for p in pairs]
+    )
+    linted = invoke(runner, "data", "lint", good_only)
+    assert linted.exit_code == 0 and (
+        "warning | one-label | train | - | every row is labelled true; KTO learns from desirable and undesirable "
+        "answers together, so training refuses a training split of one label" in linted.output
+    )
+    with pytest.raises(DataError) as err:
+        run("tiny-ja-kto", tiny_overrides(tiny_model, f"data.source={good_only}"), output_dir=str(tmp_path / "one"))
+    assert str(err.value).startswith(f"{good_only}: all ")
+    assert "training rows are labelled true (desirable); KTO learns from both desirable and undesirable" in str(
+        err.value
+    )

@@ -4,6 +4,7 @@ caches its reference log-probs, and is chosen only where it computes exactly wha
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     from datasets import Dataset
 
     recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model, "training.max_length=48"))
-    rows, _, _ = load_preference_splits(recipe.data)
+    rows, _, _ = load_preference_splits(dataclasses.replace(recipe.data, max_train_pairs=None))  # in file order
     tokenizer = load_tokenizer(recipe.model)
     pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:12]])
     args = dpo_config(recipe, tmp_path_factory.mktemp("packing"))
