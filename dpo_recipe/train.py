@@ -43,6 +43,7 @@ from dpo_recipe.training.run_dir import (
     write_failures_explained,
 )
 from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
+from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
 
 if TYPE_CHECKING:
@@ -205,6 +206,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     recipe = context.load_recipe()
     check_hardware(recipe.model, recipe.training.precision)
     check_launch()
+    cache_root()  # an empty DPO_RECIPE_CACHE, or one naming a file, is refused before anything runs
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError(
             "training.tensorboard is true but TensorBoard is not installed: "

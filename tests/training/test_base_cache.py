@@ -84,17 +84,20 @@ def test_keys_follow_inputs_settings_and_precision(tiny, tmp_path: Path) -> None
 def test_entries_round_trip_and_a_cache_without_a_directory_keeps_nothing(tmp_path: Path) -> None:
     cache = BaseCache(tmp_path)
     cache.write_logps("k", (torch.tensor([-1.5, -2.0]), torch.tensor([-3.0, -4.25])))
-    chosen, rejected = cache.read_logps("k")
+    chosen, rejected = cache.read_logps("k", 2)
     assert chosen.tolist() == [-1.5, -2.0] and rejected.tolist() == [-3.0, -4.25]
-    cache.write_answers("k", ["機械学習とは、データから学ぶ手法です。"])
-    assert cache.read_answers("k") == ["機械学習とは、データから学ぶ手法です。"]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
+    cache.write_answers("k", [[17, 4, 2], []])
+    assert cache.read_answers("k", 2) == [[17, 4, 2], []]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        ".dpo-recipe-cache",
+        "base_answers",
         "base_answers/k.json",
+        "reference_logps",
         "reference_logps/k.safetensors",
     ]
     nowhere = BaseCache(None)
     nowhere.write_logps("k", (torch.zeros(1), torch.zeros(1)))
-    assert nowhere.read_logps("k") is None and nowhere.read_answers("k") is None
+    assert nowhere.read_logps("k", 1) is None and nowhere.read_answers("k", 1) is None
 
 
 def test_a_cache_that_keeps_nothing_hashes_no_weights(tiny) -> None:
