@@ -284,7 +284,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
         return None
-    metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
+    metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
         metrics["train"].update(kto.training_metrics(training.train_rows, trainer.state.log_history))
     metrics["data"] = {"sources": training.data_sources}
@@ -332,6 +332,7 @@ def build_trainer(
     from dpo_recipe.models.hardware import keep_freed_memory_in_heap
     from dpo_recipe.models.token_rows import use_sparse_token_rows
     from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+    from dpo_recipe.training.run_totals import RunTotals
     from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
@@ -376,7 +377,7 @@ def build_trainer(
         train_dataset=to_dataset(train_rows),  # held-out pairs are scored by dpo_recipe.evaluation
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
+        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), RunTotals()],
         **extra,
     )
     use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step

@@ -305,7 +305,7 @@ class BaseCache:
         path = self.directory / kind / f"{key}{suffix}"
         try:
             value = parse(path.read_bytes())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there (a folder in the way warns when written)
             value = None
         except Exception as exc:  # any reason an entry cannot be read or parsed: recompute, never crash
             cache_warning(f"cache entry {path} is unreadable or damaged ({_reason(exc)}); recomputing it.")
