@@ -166,4 +166,3 @@ def _parts(train: dict[str, Any]) -> str:
         return ""
     steps = ", ".join(str(step) for step in train["resumed_at_steps"])
     return f" in {len(train['runtime_parts_s'])} parts (resumed at step {steps})"
-

@@ -194,4 +194,4 @@ def _damage(folder: Path) -> str | None:
     if not isinstance(recorded, dict):
         return f"{HASHES} is not a table of hashes"
     changed = sorted(set(recorded) ^ set(found) | {n for n in recorded if recorded[n] != found.get(n)})
-    return f"{', '.join(changed)} differ from the recorded hashes" if changed else None
+    return f"files unlike their recorded sha256: {', '.join(changed)}" if changed else None

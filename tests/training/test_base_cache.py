@@ -420,7 +420,7 @@ def _flip_a_bit(data: bytes, path: Path) -> bytes:
     """One bit of one value, the file still parsing: a log-prob's exponent, or a digit of a token id."""
     if path.suffix == ".safetensors":
         return data[:-1] + bytes([data[-1] ^ 0x01])
-    at = max(i for i, byte in enumerate(data) if chr(byte).isdigit())
+    at = max((i for i, byte in enumerate(data) if chr(byte).isdigit()), default=len(data) // 2)
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
@@ -443,19 +443,21 @@ def _entries(cache: Path) -> list[Path]:
     return sorted([*cache.glob("reference_logps/*.safetensors"), *cache.glob("base_answers/*.json")])
 
 
-def test_a_damaged_entry_of_each_kind_is_recomputed_with_a_warning(runs: _Runs) -> None:
+def test_a_damaged_entry_of_each_kind_is_recomputed_with_a_warning(runs: _Runs, record) -> None:
     cold, _ = runs.train("cold")
     runs.train("warm")
     pristine = {path: path.read_bytes() for path in _entries(runs.tmp / "warm")}
     assert len(pristine) == 3  # two reference_logps (training, held-out), one base_answers
     for damage, change in DAMAGE.items():
-        for path, data in pristine.items():
-            path.write_bytes(change(data, path))
-        warm, warm_cache = runs.train("warm")
-        assert warm == cold, damage  # never a damaged value
-        assert warm_cache.strip() == "reference_logps 2 misses, base_answers 1 miss.", damage
-        assert len(runs.warnings) == 3 and all("is unreadable or damaged" in w for w in runs.warnings), runs.warnings
-        assert all(_values(path.read_bytes(), path) == _values(data, path) for path, data in pristine.items())
+        with record.case("fault"):  # each damage to an entry of each kind
+            for path, data in pristine.items():
+                path.write_bytes(change(data, path))
+            warm, warm_cache = runs.train("warm")
+            assert warm == cold, damage  # never a damaged value
+            assert warm_cache.strip() == "reference_logps 2 misses, base_answers 1 miss.", damage
+            damaged = [w for w in runs.warnings if "is unreadable or damaged" in w and w.endswith("recomputing it.")]
+            assert len(damaged) == len(runs.warnings) == 3, runs.warnings  # one line an entry
+            assert all(_values(path.read_bytes(), path) == _values(data, path) for path, data in pristine.items())
 
 
 def _failing_write(errno_: int):
@@ -466,70 +468,75 @@ def _failing_write(errno_: int):
 
 
 @pytest.mark.parametrize("case", ["read-only", "full", "a file where its folder should be"])
-def test_a_cache_that_cannot_be_written_never_fails_a_run(runs: _Runs, case: str) -> None:
-    cold, _ = runs.train("cold")
-    if case == "a file where its folder should be":
-        (runs.tmp / "broken").mkdir()
-        for kind in ("reference_logps", "base_answers"):
-            (runs.tmp / "broken" / kind).write_text("not a folder")
-    else:
-        write = _failing_write(errno.EROFS if case == "read-only" else errno.ENOSPC)
-        runs.monkeypatch.setattr(base_cache, "write_file_atomically", write)
-    numbers, _ = runs.train("broken")
-    assert numbers == cold  # the run finished (metrics.json, no INCOMPLETE) with a cold run's numbers
-    unwritable = [w for w in runs.warnings if "cache not writable" in w]
-    assert len(unwritable) == 1 and unwritable[0].endswith("continuing without it.")  # once, not per entry
-    expected = {"read-only": "Read-only file system", "full": "No space left on device"}.get(case, "File exists")
-    assert expected in unwritable[0]
+def test_a_cache_that_cannot_be_written_never_fails_a_run(runs: _Runs, case: str, record) -> None:
+    with record.case("fault"):
+        cold, _ = runs.train("cold")
+        if case == "a file where its folder should be":
+            (runs.tmp / "broken").mkdir()
+            for kind in ("reference_logps", "base_answers"):
+                (runs.tmp / "broken" / kind).write_text("not a folder")
+        else:
+            write = _failing_write(errno.EROFS if case == "read-only" else errno.ENOSPC)
+            runs.monkeypatch.setattr(base_cache, "write_file_atomically", write)
+        numbers, _ = runs.train("broken")
+        assert numbers == cold  # the run finished (metrics.json, no INCOMPLETE) with a cold run's numbers
+        unwritable = [w for w in runs.warnings if "cache not writable" in w]
+        assert len(unwritable) == 1 and unwritable[0].endswith("continuing without it.")  # once, not per entry
+        expected = {"read-only": "Read-only file system", "full": "No space left on device"}.get(case, "File exists")
+        assert expected in unwritable[0]
 
 
-def test_a_reader_racing_clear_gets_the_entry_or_a_miss(tmp_path: Path) -> None:
+def test_a_reader_racing_clear_gets_the_entry_or_a_miss(tmp_path: Path, record) -> None:
     """A reader that checked a file, then opened it, crashed when ``cache clear`` landed in between."""
     import threading
 
-    cache, logps, answers = BaseCache(tmp_path), (torch.arange(8.0), -torch.arange(8.0)), [[5, 6, 7], [8]]
-    stop, failures, seen = threading.Event(), [], []
+    with record.case("fault"):
+        cache, logps, answers = BaseCache(tmp_path), (torch.arange(8.0), -torch.arange(8.0)), [[5, 6, 7], [8]]
+        stop, failures, seen = threading.Event(), [], []
 
-    def clear_and_refill() -> None:
-        while not stop.is_set():
-            cache.write_logps("a" * 32, logps)
-            cache.write_answers("a" * 32, answers)
-            BaseCache(tmp_path).clear()
+        def clear_and_refill() -> None:
+            while not stop.is_set():
+                cache.write_logps("a" * 32, logps)
+                cache.write_answers("a" * 32, answers)
+                BaseCache(tmp_path).clear()
 
-    clearer = threading.Thread(target=clear_and_refill)
-    clearer.start()
-    try:
-        for _ in range(2000):
-            read = (cache.read_logps("a" * 32, 8), cache.read_answers("a" * 32, 2))
-            seen.append(tuple(value is not None for value in read))
-            if read[0] is not None and not (torch.equal(read[0][0], logps[0]) and torch.equal(read[0][1], logps[1])):
-                failures.append(read)
-            if read[1] not in (None, answers):
-                failures.append(read)
-    finally:
-        stop.set()
-        clearer.join()
-    assert failures == [] and len(set(seen)) > 1  # whole values or misses, and the race did happen
+        clearer = threading.Thread(target=clear_and_refill)
+        clearer.start()
+        try:
+            for _ in range(2000):
+                read = (cache.read_logps("a" * 32, 8), cache.read_answers("a" * 32, 2))
+                seen.append(tuple(value is not None for value in read))
+                if read[0] is not None and not (
+                    torch.equal(read[0][0], logps[0]) and torch.equal(read[0][1], logps[1])
+                ):
+                    failures.append(read)
+                if read[1] not in (None, answers):
+                    failures.append(read)
+        finally:
+            stop.set()
+            clearer.join()
+        assert failures == [] and len(set(seen)) > 1  # whole values or misses, and the race did happen
 
 
-def test_a_run_completes_while_the_cache_is_cleared_over_and_over(runs: _Runs) -> None:
+def test_a_run_completes_while_the_cache_is_cleared_over_and_over(runs: _Runs, record) -> None:
     import threading
 
     from dpo_recipe.training.base_cache import default_cache
 
-    cold, _ = runs.train("cold")
-    runs.train("warm")
-    runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(runs.tmp / "warm"))
-    clearing = default_cache()
-    stop = threading.Event()
-    clearer = threading.Thread(target=lambda: [clearing.clear() for _ in iter(stop.is_set, True)])
-    clearer.start()
-    try:
-        warm, _ = runs.train("warm")
-    finally:
-        stop.set()
-        clearer.join()
-    assert warm == cold
+    with record.case("fault"):
+        cold, _ = runs.train("cold")
+        runs.train("warm")
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(runs.tmp / "warm"))
+        clearing = default_cache()
+        stop = threading.Event()
+        clearer = threading.Thread(target=lambda: [clearing.clear() for _ in iter(stop.is_set, True)])
+        clearer.start()
+        try:
+            warm, _ = runs.train("warm")
+        finally:
+            stop.set()
+            clearer.join()
+        assert warm == cold
 
 
 def _no_decoder(model_dir: Path) -> None:
@@ -582,60 +589,62 @@ def test_an_upgrade_of_dpo_recipe_misses(tiny, tmp_path: Path, monkeypatch) -> N
 
 
 def test_an_unusable_cache_root_is_refused_before_anything_runs(
-    tiny_model: Path, tmp_path: Path, runner, monkeypatch, capsys
+    tiny_model: Path, tmp_path: Path, runner, monkeypatch, capsys, record
 ) -> None:
     from conftest import invoke
 
     from dpo_recipe.train import main
 
-    training = importlib.import_module("dpo_recipe.train")  # the module: the package exports a train() too
-    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "a-file").write_text("not a folder")
-    for value, words in (("", "DPO_RECIPE_CACHE is set but empty"), ("a-file/cache", "a-file is a file")):
-        monkeypatch.setenv("DPO_RECIPE_CACHE", value)
-        for command in (("cache", "info"), ("cache", "clear")):
-            result = invoke(runner, *command)
-            assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output
-        with pytest.raises(SystemExit) as exit_info:
-            main(
-                [
-                    "--recipe",
-                    "tiny-ja",
-                    "--output-dir",
-                    str(tmp_path / "out"),
-                    "--set",
-                    f"model.name_or_path={tiny_model}",
-                ]
-            )
-        assert exit_info.value.code == 2 and words in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written anywhere
+    with record.case("bad-input"):
+        training = importlib.import_module("dpo_recipe.train")  # the module: the package exports a train() too
+        monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "a-file").write_text("not a folder")
+        for value, words in (("", "DPO_RECIPE_CACHE is set but empty"), ("a-file/cache", "a-file is a file")):
+            monkeypatch.setenv("DPO_RECIPE_CACHE", value)
+            for command in (("cache", "info"), ("cache", "clear")):
+                result = invoke(runner, *command)
+                assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output
+            with pytest.raises(SystemExit) as exit_info:
+                main(
+                    [
+                        "--recipe",
+                        "tiny-ja",
+                        "--output-dir",
+                        str(tmp_path / "out"),
+                        "--set",
+                        f"model.name_or_path={tiny_model}",
+                    ]
+                )
+            assert exit_info.value.code == 2 and words in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written anywhere
 
 
-def test_cache_clear_removes_only_what_the_cache_wrote(runs: _Runs, runner) -> None:
+def test_cache_clear_removes_only_what_the_cache_wrote(runs: _Runs, runner, record) -> None:
     from conftest import invoke
 
-    # the current folder made the cache by an empty variable, in the old days: the user's folders, no marker
-    home = runs.tmp / "home"
-    for folder in ("gguf", "tiny", "reference_logps"):
-        (home / folder).mkdir(parents=True)
-        (home / folder / "notes.txt").write_text("mine")
-    (home / "gguf" / "holiday-0123456789abcdef").mkdir()  # looks like an entry; not in a cache dpo-recipe made
-    before = _tree(home)
-    runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(home))
-    refused = invoke(runner, "cache", "clear", "--kind", "all")
-    assert refused.exit_code == 1 and "has no .dpo-recipe-cache marker" in refused.output
-    assert _tree(home) == before
-    # a real cache beside the user's things: a file of theirs in a kind folder, a kind folder linked to theirs
-    runs.train("warm")
-    warm = runs.tmp / "warm"
-    (warm / "reference_logps" / "notes.txt").write_text("mine")
-    (warm / "gguf").symlink_to(home / "gguf")
-    runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(warm))
-    cleared = invoke(runner, "cache", "clear", "--kind", "all")
-    assert cleared.exit_code == 0 and f"Left alone: {warm / 'gguf'} (a link" in cleared.output
-    assert _tree(home) == before and (warm / "reference_logps" / "notes.txt").read_text() == "mine"
-    assert _entries(warm) == [] and not (warm / "base_answers").exists()
+    with record.case("security"):
+        # the current folder made the cache by an empty variable, in the old days: the user's folders, no marker
+        home = runs.tmp / "home"
+        for folder in ("gguf", "tiny", "reference_logps"):
+            (home / folder).mkdir(parents=True)
+            (home / folder / "notes.txt").write_text("mine")
+        (home / "gguf" / "holiday-0123456789abcdef").mkdir()  # looks like an entry; not in a cache dpo-recipe made
+        before = _tree(home)
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(home))
+        refused = invoke(runner, "cache", "clear", "--kind", "all")
+        assert refused.exit_code == 1 and "has no .dpo-recipe-cache marker" in refused.output
+        assert _tree(home) == before
+        # a real cache beside the user's things: a file of theirs in a kind folder, a kind folder linked to theirs
+        runs.train("warm")
+        warm = runs.tmp / "warm"
+        (warm / "reference_logps" / "notes.txt").write_text("mine")
+        (warm / "gguf").symlink_to(home / "gguf")
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(warm))
+        cleared = invoke(runner, "cache", "clear", "--kind", "all")
+        assert cleared.exit_code == 0 and f"Left alone: {warm / 'gguf'} (a link" in cleared.output
+        assert _tree(home) == before and (warm / "reference_logps" / "notes.txt").read_text() == "mine"
+        assert _entries(warm) == [] and not (warm / "base_answers").exists()
 
 
 def _tree(root: Path) -> list[str]:
