@@ -46,7 +46,7 @@ from dpo_recipe.utils.files import (
     cache_root,
     cache_warning,
     marked_cache_root,
-    unwritable,
+    report_unwritable,
     write_file_atomically,
 )
 
@@ -206,7 +206,7 @@ class BaseCache:
         self.directory = directory
         self.hits: list[str] = []
         self.misses: list[str] = []
-        self.unwritable: str | None = None  # why writing failed, once: later writes are skipped
+        self.unwritable = False  # a write failed: later writes are skipped
 
     def key(self, model: Any, inputs: Any, **settings: Any) -> str:
         """The entry name for ``inputs`` (JSON-serialisable, as the model sees them) computed by ``model``'s
@@ -315,14 +315,14 @@ class BaseCache:
 
     def _write(self, kind: str, key: str, suffix: str, data: bytes) -> None:
         """Write one entry; a cache that cannot be written is warned about once and the run goes on."""
-        if self.directory is None or self.unwritable is not None:
+        if self.directory is None or self.unwritable:
             return
         try:
             marked_cache_root(self.directory)
             write_file_atomically(self.directory / kind / f"{key}{suffix}", lambda staging: staging.write_bytes(data))
         except OSError as exc:
-            self.unwritable = unwritable(exc, self.directory)
-            cache_warning(self.unwritable)
+            self.unwritable = True
+            report_unwritable(exc, self.directory)
 
     def _entries(self, kind: str) -> list[Path]:
         """The entries of ``kind`` this cache wrote: names it writes, not links; none under a linked folder."""

@@ -139,9 +139,15 @@ def cache_warning(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
-def unwritable(exc: OSError, where: Path) -> str:
-    """The one line a cache that could not be written prints before the run goes on without it."""
-    return f"cache not writable: {exc.filename or where}: {exc.strerror or exc}, continuing without it."
+_REPORTED: set[Path] = set()  # cache roots this process has already said it cannot write to
+_BUILT_ELSEWHERE: dict[Path, Path] = {}  # cached folders this process had to build outside the cache
+
+
+def report_unwritable(exc: OSError, root: Path) -> None:
+    """Say once per process and cache root that the cache cannot be written; the run goes on without it."""
+    if root not in _REPORTED:
+        _REPORTED.add(root)
+        cache_warning(f"cache not writable: {exc.filename or root}: {exc.strerror or exc}, continuing without it.")
 
 
 HASHES = "dpo-recipe-sha256.json"  # in a cached folder: each file's sha256, recorded when it was built
@@ -156,6 +162,8 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
     damage = _damage(target) if target.exists() else None
     if target.exists() and damage is None:
         return target
+    if target in _BUILT_ELSEWHERE:  # the tokenizer, config and weights each ask: built once
+        return _BUILT_ELSEWHERE[target]
     if damage is not None:
         cache_warning(f"cache entry {target} is damaged ({damage}); rebuilding it.")
     try:
@@ -163,10 +171,11 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
         replace = "keep" if damage is None else "replace"  # one filled by another process first wins
         return write_dir_atomically(target, lambda staging: _built_with_hashes(staging, build), if_exists=replace)
     except OSError as exc:
-        cache_warning(unwritable(exc, target))
+        report_unwritable(exc, target.parent.parent)
     elsewhere = Path(tempfile.mkdtemp(prefix=f"dpo-recipe-{target.parent.name}-"))
     atexit.register(shutil.rmtree, elsewhere, True)
     build(elsewhere)
+    _BUILT_ELSEWHERE[target] = elsewhere
     return elsewhere
 
 
