@@ -61,21 +61,12 @@ def greedy_answer(
     return greedy_batch(model, tokenizer, [text], max_new_tokens, **decoding)[0]
 
 
-def greedy_batch(
-    model: Any,
-    tokenizer: Any,
-    texts: list[str],
-    max_new_tokens: int,
-    *,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-) -> list[str]:
-    """``greedy_answer`` for several prompts in one ``generate`` call, left-padded.
+def greedy_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, **decoding: Any) -> list[str]:
+    """``greedy_answer`` for several prompts in one ``generate`` call, left-padded (``decoding``: ``greedy_ids``').
 
     Decoding one token costs about the same for one prompt as for twelve on a CPU (the weights and
     the LM head are read once a step either way), so the held-out answers are generated together.
     """
-    decoding = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
     return decoded(tokenizer, greedy_ids(model, tokenizer, texts, max_new_tokens, **decoding))
 
 
