@@ -280,9 +280,11 @@ def train(training: TrainingRun) -> Any:
 def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
+    training.cache.hold_writes()  # the held-out entries go to disk after the run's artifacts
     report = held_out_report(training)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
+        training.cache.write_held()
         return None
     metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
@@ -301,6 +303,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             recipe_name=context.recipe_name,
             command=context.rerun_command(),
         )
+    training.cache.write_held()
     print(summary_line(metrics, out))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:

@@ -207,6 +207,7 @@ class BaseCache:
         self.hits: list[str] = []
         self.misses: list[str] = []
         self.unwritable = False  # a write failed: later writes are skipped
+        self._held: list[tuple[str, str, str, bytes]] | None = None  # entries kept back by ``hold_writes``
 
     def key(self, model: Any, inputs: Any, **settings: Any) -> str:
         """The entry name for ``inputs`` (JSON-serialisable, as the model sees them) computed by ``model``'s
@@ -240,6 +241,18 @@ class BaseCache:
         ids = [[int(i) for i in answer] for answer in answers]
         entry = {"sha256": _ids_digest(ids), "rows": len(ids), "ids": ids}
         self._write("base_answers", key, ".json", json.dumps(entry).encode())
+
+    def hold_writes(self) -> None:
+        """Keep new entries in memory until ``write_held``: a run writes its own artifacts first, so a
+        nearly full disk fills with the cache's entries, not with half a run."""
+        if self._held is None:
+            self._held = []
+
+    def write_held(self) -> None:
+        """Write the entries kept back since ``hold_writes``, and write straight through again."""
+        held, self._held = self._held or [], None
+        for entry in held:
+            self._write(*entry)
 
     def usage(self) -> list[KindUsage]:
         """Each kind of entry under the cache root (``KINDS``): count and size, for ``dpo-recipe cache info``."""
@@ -316,6 +329,9 @@ class BaseCache:
     def _write(self, kind: str, key: str, suffix: str, data: bytes) -> None:
         """Write one entry; a cache that cannot be written is warned about once and the run goes on."""
         if self.directory is None or self.unwritable:
+            return
+        if self._held is not None:
+            self._held.append((kind, key, suffix, data))
             return
         try:
             marked_cache_root(self.directory)

@@ -90,6 +90,5 @@ def test_the_card_gives_the_whole_runs_training_figures_and_says_it_was_resumed(
     resumed = {**once, "runtime_s": 12.6, "runtime_parts_s": [3.1, 9.5], "resumed_at_steps": [4]}
     card = str(render_model_card(recipe, {"train": resumed}, recipe_name="tiny-ja", command="c", plots=[]))
     assert (
-        "\n16 steps, mean training loss 0.6917 over the whole run, 13 s of training in 2 parts "
-        "(resumed at step 4).\n"
+        "\n16 steps, mean training loss 0.6917 over the whole run, 13 s of training in 2 parts (resumed at step 4).\n"
     ) in card

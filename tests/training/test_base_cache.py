@@ -26,6 +26,7 @@ from dpo_recipe.evaluation.scoring import score_pairs
 from dpo_recipe.models.loading import load_model, load_tokenizer
 from dpo_recipe.training import base_cache
 from dpo_recipe.training.base_cache import BaseCache, autocast_precision, base_weights_digest
+from dpo_recipe.utils.files import write_file_atomically
 
 
 @pytest.fixture(scope="module")
@@ -484,6 +485,20 @@ def test_a_cache_that_cannot_be_written_never_fails_a_run(runs: _Runs, case: str
         assert len(unwritable) == 1 and unwritable[0].endswith("continuing without it.")  # once, not per entry
         expected = {"read-only": "Read-only file system", "full": "No space left on device"}.get(case, "File exists")
         assert expected in unwritable[0]
+
+
+def test_a_run_writes_its_artifacts_before_the_held_out_entries(runs: _Runs) -> None:
+    """On a nearly full disk the space goes to the run, not to the cache: only training's reference entry
+    (which the training needs) comes before the run's metrics.json."""
+    out, written = runs.tmp / f"run{runs.count + 1}", []
+
+    def noting_the_run(target: Path, write) -> Path:
+        written.append((target.parent.name, (out / "metrics.json").exists()))
+        return write_file_atomically(target, write)
+
+    runs.monkeypatch.setattr(base_cache, "write_file_atomically", noting_the_run)
+    runs.train("cache")
+    assert written == [("reference_logps", False), ("reference_logps", True), ("base_answers", True)]
 
 
 def test_a_reader_racing_clear_gets_the_entry_or_a_miss(tmp_path: Path, record) -> None:
