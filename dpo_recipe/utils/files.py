@@ -141,6 +141,8 @@ def cache_warning(message: str) -> None:
 
 _REPORTED: set[Path] = set()  # cache roots this process has already said it cannot write to
 _BUILT_ELSEWHERE: dict[Path, Path] = {}  # cached folders this process had to build outside the cache
+# cached folders this process has checked against their recorded hashes, with their files' sizes and times then
+_VERIFIED: dict[Path, tuple] = {}
 
 
 def report_unwritable(exc: OSError, root: Path) -> None:
@@ -159,8 +161,11 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
 
     A damaged copy (a flipped bit, a truncated or deleted file) is rebuilt with a warning, never loaded;
     a cache that cannot be written builds into a temporary folder for this process, with a warning."""
+    if target.exists() and _VERIFIED.get(target) == _stamp(target):  # the tokenizer, config and weights each ask
+        return target
     damage = _damage(target) if target.exists() else None
     if target.exists() and damage is None:
+        _VERIFIED[target] = _stamp(target)
         return target
     if target in _BUILT_ELSEWHERE:  # the tokenizer, config and weights each ask: built once
         return _BUILT_ELSEWHERE[target]
@@ -169,7 +174,9 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
     try:
         marked_cache_root(target.parent.parent)
         replace = "keep" if damage is None else "replace"  # one filled by another process first wins
-        return write_dir_atomically(target, lambda staging: _built_with_hashes(staging, build), if_exists=replace)
+        write_dir_atomically(target, lambda staging: _built_with_hashes(staging, build), if_exists=replace)
+        _VERIFIED[target] = _stamp(target)
+        return target
     except OSError as exc:
         report_unwritable(exc, target.parent.parent)
     elsewhere = Path(tempfile.mkdtemp(prefix=f"dpo-recipe-{target.parent.name}-"))
@@ -177,6 +184,11 @@ def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
     build(elsewhere)
     _BUILT_ELSEWHERE[target] = elsewhere
     return elsewhere
+
+
+def _stamp(folder: Path) -> tuple:
+    """Each file's name, size and modification time: what a rewrite changes, read without hashing."""
+    return tuple((p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")))
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
@@ -198,8 +210,10 @@ def _damage(folder: Path) -> str | None:
     try:
         recorded = json.loads((folder / HASHES).read_text(encoding="utf-8"))
         found = _file_hashes(folder)
+    except FileNotFoundError:
+        return f"no {HASHES}: made by an older dpo-recipe, or damaged"
     except (OSError, ValueError) as exc:
-        return f"no readable {HASHES}: {type(exc).__name__}"
+        return f"unreadable {HASHES}: {type(exc).__name__}"
     if not isinstance(recorded, dict):
         return f"{HASHES} is not a table of hashes"
     changed = sorted(set(recorded) ^ set(found) | {n for n in recorded if recorded[n] != found.get(n)})
