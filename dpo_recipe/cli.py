@@ -654,13 +654,17 @@ def cache_info() -> None:
     help="Which entries to remove (repeatable).",
 )
 def cache_clear(kinds: tuple[str, ...]) -> None:
-    """Remove cached entries; the next run recomputes what it needs (the same numbers, more slowly)."""
+    """Remove cached entries; the next run recomputes what it needs (the same numbers, more slowly).
+
+    Only entries dpo-recipe wrote are removed, in a folder carrying its marker; links are left alone."""
     from dpo_recipe.training.base_cache import KINDS, default_cache
 
     kept = default_cache()
     chosen = tuple(KINDS) if "all" in kinds else kinds
-    freed = kept.clear(chosen)
-    click.echo(f"Removed {', '.join(chosen)} from {kept.directory}: {_human_size(freed)} freed.")
+    cleared = kept.clear(chosen)
+    click.echo(f"Removed {', '.join(chosen)} from {kept.directory}: {_human_size(cleared.freed_bytes)} freed.")
+    for line in cleared.left_alone:
+        click.echo(f"Left alone: {line}")
 
 
 def main() -> None:

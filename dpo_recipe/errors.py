@@ -40,6 +40,10 @@ class ModelError(DpoRecipeError):
     """A model, tokenizer or adapter cannot be used as asked."""
 
 
+class CacheError(DpoRecipeError):
+    """``DPO_RECIPE_CACHE`` names no usable folder (empty, or a file)."""
+
+
 class ExportError(DpoRecipeError):
     """A merged model cannot be exported as asked (format, type, architecture, output directory)."""
 

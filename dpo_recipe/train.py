@@ -51,6 +51,7 @@ from dpo_recipe.training.run_dir import (
     write_failures_explained,
 )
 from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
+from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ def checked_recipe(context: RunContext) -> Recipe:
         print(fetched_summary(recipe, f"--from-hub {context.from_hub}"))
     check_hardware(recipe.model, recipe.training.precision)
     check_launch()
+    cache_root()  # an empty DPO_RECIPE_CACHE, or one naming a file, is refused before anything runs
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError(
             "training.tensorboard is true but TensorBoard is not installed: "
@@ -324,11 +326,13 @@ def train(training: TrainingRun) -> Any:
 def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
+    training.cache.hold_writes()  # the held-out entries go to disk after the run's artifacts
     report = held_out_report(training)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
+        training.cache.write_held()
         return None
-    metrics = collect_metrics(recipe, trainer, train_output, report, len(training.train_rows), digests)
+    metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
         metrics["train"].update(kto.training_metrics(training.train_rows, trainer.state.log_history))
     metrics["data"] = {"sources": training.data_sources}
@@ -345,6 +349,7 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             recipe_name=context.recipe_name,
             command=context.rerun_command(),
         )
+    training.cache.write_held()
     print(summary_line(metrics, out))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
@@ -376,6 +381,7 @@ def build_trainer(
     from dpo_recipe.models.hardware import keep_freed_memory_in_heap
     from dpo_recipe.models.token_rows import use_sparse_token_rows
     from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+    from dpo_recipe.training.run_totals import RunTotals
     from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
 
     def to_dataset(rows: list[dict]) -> Any:
@@ -420,7 +426,7 @@ def build_trainer(
         train_dataset=to_dataset(train_rows),  # held-out pairs are scored by dpo_recipe.evaluation
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
+        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), RunTotals()],
         **extra,
     )
     use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step

@@ -389,6 +389,16 @@ def finish_and_compare(tiny_model: Path, out: Path, reference: Path, record) -> 
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
     assert not (out / "INCOMPLETE").exists()
+    # the report is the whole run's, as the uninterrupted run reports it (transformers' own figures cover
+    # the last train() call only: the resumed steps' mean loss, or 0.0 and 0 s when nothing was left to train)
+    resumed, expected = (json.loads((d / "metrics.json").read_text())["train"] for d in (out, reference))
+    assert abs(resumed["loss"] - expected["loss"]) <= 1e-6, (resumed["loss"], expected["loss"])
+    assert resumed["rewards/accuracies"] == expected["rewards/accuracies"]
+    accuracies = [json.loads((d / "metrics.json").read_text())["eval"]["overall"] for d in (out, reference)]
+    assert accuracies[0]["reward_accuracy"] == accuracies[1]["reward_accuracy"]
+    parts = resumed["runtime_parts_s"]
+    assert len(parts) == len(resumed["resumed_at_steps"]) + 1 and resumed["runtime_s"] == round(sum(parts), 2) > 0
+    assert resumed["pairs_per_s"] == round(expected["pairs"] / resumed["runtime_s"], 4)
 
 
 class _RunsCode:
@@ -527,6 +537,39 @@ def test_two_runs_into_one_folder_one_is_refused_before_writing(tiny_model: Path
         assert metrics["distributed"]["adapter_digest_by_rank"] == [digest.hexdigest()[:16]]
         assert not (out / "INCOMPLETE").exists()
         check_output_dir(out, resume=True, overwrite=False)  # the lock was given back
+
+
+HANG_IN_SCORING = """
+import pathlib, sys, time
+from dpo_recipe.evaluation import scoring
+def hang(*args, **kwargs):
+    pathlib.Path(sys.argv[1]).write_text("scoring held-out pairs")
+    time.sleep(600)
+scoring.score_pairs = hang
+from dpo_recipe.train import main
+main(sys.argv[2:])
+"""
+
+
+def test_a_kill_in_held_out_scoring_then_resume_reports_the_whole_run(
+    uninterrupted: Path, tiny_model: Path, tmp_path: Path, record
+) -> None:
+    """Killed after the last checkpoint, in held-out scoring: --resume trains nothing and reports the run."""
+    out, scoring = tmp_path / "killed-scoring", tmp_path / "scoring"
+    with record.case("fault"):
+        arguments = train_cmd(tiny_model, out, *FAULT_SETTINGS)[3:]  # after `python -m dpo_recipe.train`
+        process = subprocess.Popen(
+            [sys.executable, "-c", HANG_IN_SCORING, str(scoring), *arguments], env=subprocess_env(), text=True
+        )
+        deadline = time.monotonic() + 240
+        while not scoring.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run never reached held-out scoring"
+            time.sleep(0.05)
+        process.kill()
+        process.communicate()
+        assert checkpoint_step(newest_complete_checkpoint(out)) == FAULT_STEPS
+        finish_and_compare(tiny_model, out, uninterrupted, record)
+        assert json.loads((out / "metrics.json").read_text())["train"]["resumed_at_steps"] == [FAULT_STEPS]
 
 
 def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_model: Path, tmp_path: Path, record) -> None:

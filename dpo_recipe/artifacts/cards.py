@@ -194,6 +194,22 @@ def render_model_card(
         mixture=bool(recipe.data.sources),
         objective=recipe.training.objective,
         objective_note=_kto_note(recipe, metrics) if kto else "",
+        training_note=_training_note(metrics.get("train", {})),
+    )
+
+
+def _training_note(train: dict[str, Any]) -> str:
+    """``48 steps, mean training loss 0.6917, 223 s of training.``; a resumed run says it was resumed and
+    that the figures are the whole run's (``training.run_totals``)."""
+    if train.get("loss") is None or "runtime_s" not in train:
+        return ""
+    figures, parts = f"{train['steps']} steps, mean training loss {train['loss']:.4f}", train.get("runtime_parts_s")
+    if not parts:
+        return f"{figures}, {train['runtime_s']:.0f} s of training."
+    resumed = ", ".join(str(step) for step in train["resumed_at_steps"])
+    return (
+        f"{figures} over the whole run, {train['runtime_s']:.0f} s of training in {len(parts)} parts "
+        f"(resumed at step {resumed})."
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.training.callbacks import EVAL_PREFIX, REWARD_ACCURACY, REWARD_KEYS, REWARD_MARGIN
 from dpo_recipe.training.run_dir import mark_finished
+from dpo_recipe.training.run_totals import run_totals, whole_run_loss
 
 
 def gather_adapter_digests(trainer: Any) -> list[str]:
@@ -52,27 +53,31 @@ def _versions() -> dict[str, str]:
 def collect_metrics(
     recipe: Recipe,
     trainer: Any,
-    train_output: Any,
     report: dict[str, Any] | None,
     n_train: int,
     digests: list[str],
 ) -> dict[str, Any]:
-    """What ``metrics.json`` holds: training curve ends, held-out report, memory, ranks, versions."""
+    """What ``metrics.json`` holds: training curve ends, held-out report, memory, ranks, versions.
+
+    The training figures are the whole run's, not the last ``train()`` call's (``run_totals``): after
+    ``--resume`` the loss is the mean over every step, the time the sum of the parts (each part listed,
+    with the steps it resumed at) and the throughput the pairs over that total."""
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     last_train = next((h for h in reversed(history) if REWARD_ACCURACY in h), {})
-    runtime = train_output.metrics["train_runtime"]
+    totals = run_totals(trainer).totals()
     pairs_seen = n_train * recipe.training.num_epochs
+    loss = whole_run_loss(history)
     return {
         "train": {
             "pairs": n_train,
             "steps": trainer.state.global_step,
-            "loss": round(train_output.training_loss, 6),
+            "loss": None if loss is None else round(loss, 6),
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             **{k: last_train[k] for k in REWARD_KEYS if k in last_train},
-            "runtime_s": round(runtime, 2),
-            "pairs_per_s": round(pairs_seen / runtime, 4) if runtime else None,
+            **totals,
+            "pairs_per_s": round(pairs_seen / totals["runtime_s"], 4) if totals["runtime_s"] else None,
         },
         "eval": {k: v for k, v in (report or {}).items() if k not in ("per_pair", "per_row")},
         "memory": _peak_memory_mb(),
@@ -150,6 +155,14 @@ def summary_line(metrics: dict[str, Any], out: Path) -> str:
     )
     return (
         f"Done: {t[unit]} {unit}, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
-        f"{held_out}, {t['runtime_s']:.0f} s training, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
+        f"{held_out}, {t['runtime_s']:.0f} s training{_parts(t)}, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "
         f"Adapter: {out}"
     )
+
+
+def _parts(train: dict[str, Any]) -> str:
+    """`` in 2 parts (resumed at step 8)`` for a resumed run, else nothing."""
+    if "runtime_parts_s" not in train:
+        return ""
+    steps = ", ".join(str(step) for step in train["resumed_at_steps"])
+    return f" in {len(train['runtime_parts_s'])} parts (resumed at step {steps})"

@@ -61,7 +61,21 @@ def greedy_answer(
     return greedy_batch(model, tokenizer, [text], max_new_tokens, **decoding)[0]
 
 
-def greedy_batch(
+def greedy_batch(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, **decoding: Any) -> list[str]:
+    """``greedy_answer`` for several prompts in one ``generate`` call, left-padded (``decoding``: ``greedy_ids``').
+
+    Decoding one token costs about the same for one prompt as for twelve on a CPU (the weights and
+    the LM head are read once a step either way), so the held-out answers are generated together.
+    """
+    return decoded(tokenizer, greedy_ids(model, tokenizer, texts, max_new_tokens, **decoding))
+
+
+def decoded(tokenizer: Any, answers: list[list[int]]) -> list[str]:
+    """Generated token ids as the text a reader sees (special tokens and the padding after a stop left out)."""
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+
+def greedy_ids(
     model: Any,
     tokenizer: Any,
     texts: list[str],
@@ -69,12 +83,9 @@ def greedy_batch(
     *,
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
-) -> list[str]:
-    """``greedy_answer`` for several prompts in one ``generate`` call, left-padded.
-
-    Decoding one token costs about the same for one prompt as for twelve on a CPU (the weights and
-    the LM head are read once a step either way), so the held-out answers are generated together.
-    """
+) -> list[list[int]]:
+    """The token ids ``greedy_batch`` generates for each prompt, before decoding: what the base cache keeps,
+    so that a change to the tokenizer's decoder changes the text read back."""
     import torch
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -98,7 +109,7 @@ def greedy_batch(
         output = model.generate(
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **settings
         )
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+    return [row[width:].tolist() for row in output]
 
 
 def prompt_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -149,9 +160,10 @@ def greedy_answers(
         max_new_tokens=max_new_tokens,
         **decoding,
     )
-    base = cache.read_answers(key)
-    if base is None:
+    base_ids = cache.read_answers(key, len(texts))
+    if base_ids is None:
         with model.disable_adapter():
-            base = greedy_batch(model, tokenizer, texts, max_new_tokens, **decoding)
-        cache.write_answers(key, base)
+            base_ids = greedy_ids(model, tokenizer, texts, max_new_tokens, **decoding)
+        cache.write_answers(key, base_ids)
+    base = decoded(tokenizer, base_ids)
     return [{"prompt": text, "base": b, "tuned": t} for text, b, t in zip(texts, base, tuned, strict=True)]

@@ -61,7 +61,7 @@ def score_pairs(
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
     # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
     key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
-    reference = cache.read_logps(key)
+    reference = cache.read_logps(key, len(pairs))
     scores = score_packed(
         model,
         pairs,

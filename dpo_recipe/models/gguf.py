@@ -2,8 +2,9 @@
 
 Dequantizing takes seconds to minutes (~20 s for a 135M-parameter model) and a GGUF-loaded
 model cannot ``save_pretrained``, so each GGUF file is converted once and cached as safetensors,
-keyed by the file's hash; every later run loads the cached directory through the ordinary
-``from_pretrained`` path.
+keyed by the file's hash; every later run checks the cached files against the hashes recorded at
+conversion (``utils.files.cached_folder``: a changed copy is converted again) and loads the
+directory through the ordinary ``from_pretrained`` path.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import importlib.util
 from pathlib import Path
 
 from dpo_recipe.errors import ModelError
-from dpo_recipe.utils.files import cache_root, write_dir_atomically
+from dpo_recipe.utils.files import cache_root, cached_folder
 
 PACKAGE_PREFIX = "package:"
 ASSEMBLE_PREFIX = "assemble:"
@@ -146,10 +147,7 @@ def converted_gguf_dir(spec: str) -> Path:
     """The safetensors directory converted from ``spec`` (a ``model.gguf_file`` value), converting it if needed."""
     gguf = resolve_gguf_path(spec)
     try:
-        target = gguf_cache_dir(gguf)
-        if not target.exists():
-            write_dir_atomically(target, lambda staging: _convert_gguf(gguf, staging), if_exists="keep")
-        return target
+        return cached_folder(gguf_cache_dir(gguf), lambda staging: _convert_gguf(gguf, staging))
     except ModelError:
         raise
     except Exception as exc:  # a damaged file surfaces as struct, value, index or OS errors from the reader

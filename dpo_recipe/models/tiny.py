@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dpo_recipe.data import generator
 from dpo_recipe.data.generator import generate_pairs
-from dpo_recipe.utils.files import cache_root, write_dir_atomically
+from dpo_recipe.utils.files import cache_root, cached_folder
 
 TINY_MODEL = "builtin:tiny"  # a model.name_or_path that needs no download and no prior build step
 
@@ -67,7 +67,4 @@ def cached_tiny_model() -> Path:
     digest = hashlib.sha256()
     for module in (__file__, generator.__file__):
         digest.update(Path(module).read_bytes())
-    target = cache_root() / "tiny" / digest.hexdigest()[:16]
-    if not target.exists():
-        write_dir_atomically(target, build_tiny_model, if_exists="keep")
-    return target
+    return cached_folder(cache_root() / "tiny" / digest.hexdigest()[:16], build_tiny_model)

@@ -169,6 +169,7 @@ def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, tra
     from dpo_recipe.models.loading import trainable_token_ids
     from dpo_recipe.models.token_rows import use_sparse_token_rows
     from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+    from dpo_recipe.training.run_totals import RunTotals
 
     keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
     rows = trainer_rows(train_rows, UNPAIRED_COLUMNS)
@@ -179,7 +180,7 @@ def build_kto_trainer(recipe: Recipe, args: Any, model: Any, tokenizer: Any, tra
         train_dataset=datasets.Dataset.from_list(rows),  # held-out rows are scored by evaluation.kto_scoring
         processing_class=tokenizer,
         peft_config=lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)),
-        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal()],
+        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), RunTotals()],
     )
     use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step
     trainer.remove_callback(ProgressCallback)

@@ -197,7 +197,7 @@ class PackedDPOTrainer(DPOTrainer):
                 rows=self._reference_rows(),
                 processes=self.accelerator.num_processes,  # each scores every world-th pair: other rows
             )
-            cached = self.base_cache.read_logps(key)
+            cached = self.base_cache.read_logps(key, len(examples))
             if cached is None:
                 cached = self._compute_reference(examples, name)
                 if self.accelerator.is_main_process:

@@ -13,14 +13,18 @@ can move or clear it whole.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from dpo_recipe.errors import DataError
+from dpo_recipe.errors import CacheError, DataError
 
 
 def foreign_entries(target: Path, mark: str) -> list[Path]:
@@ -120,5 +124,128 @@ def packaged_dir(name: str) -> Path:
 
 
 def cache_root() -> Path:
-    """``DPO_RECIPE_CACHE``, or ``~/.cache/dpo_recipe``: where conversions and reference log-probs are kept."""
-    return Path(os.environ.get("DPO_RECIPE_CACHE", Path.home() / ".cache" / "dpo_recipe"))
+    """``DPO_RECIPE_CACHE``, or ``~/.cache/dpo_recipe``: where conversions and reference log-probs are kept.
+
+    An empty value once put the cache in the current folder, where ``cache clear`` then met the
+    user's own ``gguf/`` and ``tiny/`` folders; a value naming a file failed deep inside a run. Both
+    are refused here, before anything runs, with the variable to fix."""
+    given = os.environ.get("DPO_RECIPE_CACHE")
+    if given is None:
+        return Path.home() / ".cache" / "dpo_recipe"
+    if not given.strip():
+        raise CacheError(
+            "DPO_RECIPE_CACHE is set but empty, which would put the cache in the current folder. Set it to a "
+            "folder of its own (e.g. DPO_RECIPE_CACHE=~/.cache/dpo_recipe) or unset it for the default."
+        )
+    root = Path(given).expanduser()
+    blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CacheError(
+            f"DPO_RECIPE_CACHE={given}: {blocking} is a file, not a folder, so nothing could be cached there. "
+            "Set DPO_RECIPE_CACHE to a folder (it is created if missing) or unset it for ~/.cache/dpo_recipe."
+        )
+    return root
+
+
+CACHE_MARKER = ".dpo-recipe-cache"  # in the cache root: what `cache clear` needs before it removes anything
+
+
+def marked_cache_root(root: Path) -> Path:
+    """``root``, created if missing, with the marker that says dpo-recipe keeps its cache there.
+
+    Every write into the cache comes through here, so a folder holds the marker only once dpo-recipe
+    has written into it; ``cache clear`` refuses a root without one."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / CACHE_MARKER
+    if not marker.exists():
+        text = (
+            "dpo-recipe keeps its cache here (DPO_RECIPE_CACHE); `dpo-recipe cache clear` removes only its entries.\n"
+        )
+        write_file_atomically(marker, lambda staging: staging.write_text(text, encoding="utf-8"))
+    return root
+
+
+def cache_warning(message: str) -> None:
+    """One ``Warning:`` line on stderr: the cache never stops a run, it says what it skipped or redid."""
+    print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+_REPORTED: set[Path] = set()  # cache roots this process has already said it cannot write to
+_BUILT_ELSEWHERE: dict[Path, Path] = {}  # cached folders this process had to build outside the cache
+# cached folders this process has checked against their recorded hashes, with their files' sizes and times then
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def report_unwritable(exc: OSError, root: Path) -> None:
+    """Say once per process and cache root that the cache cannot be written; the run goes on without it."""
+    if root not in _REPORTED:
+        _REPORTED.add(root)
+        cache_warning(f"cache not writable: {exc.filename or root}: {exc.strerror or exc}, continuing without it.")
+
+
+HASHES = "dpo-recipe-sha256.json"  # in a cached folder: each file's sha256, recorded when it was built
+
+
+def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, a ``<cache root>/<kind>/<name>`` folder (a converted GGUF base, the tiny model), built by
+    ``build(folder)`` unless a copy whose files match their recorded hashes is already there.
+
+    A damaged copy (a flipped bit, a truncated or deleted file) is rebuilt with a warning, never loaded;
+    a cache that cannot be written builds into a temporary folder for this process, with a warning."""
+    if target.exists() and _VERIFIED.get(target) == _stamp(target):  # the tokenizer, config and weights each ask
+        return target
+    damage = _damage(target) if target.exists() else None
+    if target.exists() and damage is None:
+        _VERIFIED[target] = _stamp(target)
+        return target
+    if target in _BUILT_ELSEWHERE:  # the tokenizer, config and weights each ask: built once
+        return _BUILT_ELSEWHERE[target]
+    if damage is not None:
+        cache_warning(f"cache entry {target} is damaged ({damage}); rebuilding it.")
+    try:
+        marked_cache_root(target.parent.parent)
+        replace = "keep" if damage is None else "replace"  # one filled by another process first wins
+        write_dir_atomically(target, lambda staging: _built_with_hashes(staging, build), if_exists=replace)
+        _VERIFIED[target] = _stamp(target)
+        return target
+    except OSError as exc:
+        report_unwritable(exc, target.parent.parent)
+    elsewhere = Path(tempfile.mkdtemp(prefix=f"dpo-recipe-{target.parent.name}-"))
+    atexit.register(shutil.rmtree, elsewhere, True)
+    build(elsewhere)
+    _BUILT_ELSEWHERE[target] = elsewhere
+    return elsewhere
+
+
+def _stamp(folder: Path) -> tuple:
+    """Each file's name, size and modification time: what a rewrite changes, read without hashing."""
+    return tuple((p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")))
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != HASHES:
+            with path.open("rb") as handle:
+                hashes[path.relative_to(folder).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return hashes
+
+
+def _built_with_hashes(staging: Path, build: Callable[[Path], None]) -> None:
+    build(staging)
+    (staging / HASHES).write_text(json.dumps(_file_hashes(staging), indent=1), encoding="utf-8")
+
+
+def _damage(folder: Path) -> str | None:
+    """Why ``folder`` is not the copy its recorded hashes describe, or None when it is."""
+    try:
+        recorded = json.loads((folder / HASHES).read_text(encoding="utf-8"))
+        found = _file_hashes(folder)
+    except FileNotFoundError:
+        return f"no {HASHES}: made by an older dpo-recipe, or damaged"
+    except (OSError, ValueError) as exc:
+        return f"unreadable {HASHES}: {type(exc).__name__}"
+    if not isinstance(recorded, dict):
+        return f"{HASHES} is not a table of hashes"
+    changed = sorted(set(recorded) ^ set(found) | {n for n in recorded if recorded[n] != found.get(n)})
+    return f"files unlike their recorded sha256: {', '.join(changed)}" if changed else None

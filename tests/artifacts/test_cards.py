@@ -80,3 +80,15 @@ def test_an_export_card_says_merge_or_quantized_and_how_to_run_it() -> None:
     assert f'AutoModelForCausalLM.from_pretrained("{EXPORT_PLACEHOLDER}")' in merged.text
     local = render_export_card({**manifest, "base_model": "builtin:tiny"}, "tiny")
     assert not {"base_model", "base_model_relation"} & set(local.data.to_dict())  # the Hub takes only model ids
+
+
+def test_the_card_gives_the_whole_runs_training_figures_and_says_it_was_resumed() -> None:
+    recipe = load_recipe("tiny-ja")
+    once = {"steps": 16, "loss": 0.691721, "runtime_s": 9.4}
+    card = str(render_model_card(recipe, {"train": once}, recipe_name="tiny-ja", command="c", plots=[]))
+    assert "\n16 steps, mean training loss 0.6917, 9 s of training.\n" in card
+    resumed = {**once, "runtime_s": 12.6, "runtime_parts_s": [3.1, 9.5], "resumed_at_steps": [4]}
+    card = str(render_model_card(recipe, {"train": resumed}, recipe_name="tiny-ja", command="c", plots=[]))
+    assert (
+        "\n16 steps, mean training loss 0.6917 over the whole run, 13 s of training in 2 parts (resumed at step 4).\n"
+    ) in card

@@ -51,3 +51,16 @@ def test_tiny_ja_runs_from_an_empty_directory(tmp_path: Path) -> None:
     assert "dry run finished" in result.stdout
     assert list(empty.iterdir()) == []  # a dry run writes nothing where it runs
     assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 1
+
+
+def test_a_damaged_tiny_model_in_the_cache_is_rebuilt(capsys) -> None:
+    """A flipped bit in the cached weights: rebuilt with a warning, never loaded."""
+    from dpo_recipe.models.tiny import cached_tiny_model
+
+    cached = cached_tiny_model()
+    weights = cached / "model.safetensors"
+    pristine = weights.read_bytes()
+    weights.write_bytes(pristine[:-1] + bytes([pristine[-1] ^ 0x01]))
+    capsys.readouterr()
+    assert cached_tiny_model() == cached and weights.read_bytes() == pristine  # seeded: the same bytes again
+    assert capsys.readouterr().err.startswith(f"Warning: cache entry {cached} is damaged (files unlike")

@@ -4,12 +4,16 @@ held-out scoring and answers that read them instead of recomputing, with the sam
 from __future__ import annotations
 
 import copy
+import errno
+import importlib
 import json
+import os
+import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import MethodType
+from types import MethodType, SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +26,7 @@ from dpo_recipe.evaluation.scoring import score_pairs
 from dpo_recipe.models.loading import load_model, load_tokenizer
 from dpo_recipe.training import base_cache
 from dpo_recipe.training.base_cache import BaseCache, autocast_precision, base_weights_digest
+from dpo_recipe.utils.files import write_file_atomically
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +89,20 @@ def test_keys_follow_inputs_settings_and_precision(tiny, tmp_path: Path) -> None
 def test_entries_round_trip_and_a_cache_without_a_directory_keeps_nothing(tmp_path: Path) -> None:
     cache = BaseCache(tmp_path)
     cache.write_logps("k", (torch.tensor([-1.5, -2.0]), torch.tensor([-3.0, -4.25])))
-    chosen, rejected = cache.read_logps("k")
+    chosen, rejected = cache.read_logps("k", 2)
     assert chosen.tolist() == [-1.5, -2.0] and rejected.tolist() == [-3.0, -4.25]
-    cache.write_answers("k", ["機械学習とは、データから学ぶ手法です。"])
-    assert cache.read_answers("k") == ["機械学習とは、データから学ぶ手法です。"]
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
+    cache.write_answers("k", [[17, 4, 2], []])
+    assert cache.read_answers("k", 2) == [[17, 4, 2], []]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        ".dpo-recipe-cache",
+        "base_answers",
         "base_answers/k.json",
+        "reference_logps",
         "reference_logps/k.safetensors",
     ]
     nowhere = BaseCache(None)
     nowhere.write_logps("k", (torch.zeros(1), torch.zeros(1)))
-    assert nowhere.read_logps("k") is None and nowhere.read_answers("k") is None
+    assert nowhere.read_logps("k", 1) is None and nowhere.read_answers("k", 1) is None
 
 
 def test_a_cache_that_keeps_nothing_hashes_no_weights(tiny) -> None:
@@ -164,6 +172,7 @@ class _Runs:
     capsys: pytest.CaptureFixture
     monkeypatch: pytest.MonkeyPatch
     count: int = 0
+    warnings: tuple[str, ...] = ()  # the last run's ``Warning:`` lines
 
     def train(self, cache: str, *settings: str) -> tuple[dict, str]:
         """(numbers, the Cache: part of the Time line) of one in-process training run."""
@@ -174,7 +183,10 @@ class _Runs:
         self.monkeypatch.setenv("DPO_RECIPE_CACHE", str(self.tmp / cache))
         self.capsys.readouterr()
         run("tiny-ja", tiny_overrides(self.model_dir, *RUN, *settings), output_dir=str(out))
-        return _numbers(out), _cache_line(self.capsys.readouterr().out)
+        assert not (out / "INCOMPLETE").exists()  # a finished run, whatever the cache did
+        captured = self.capsys.readouterr()
+        self.warnings = tuple(line for line in captured.err.splitlines() if line.startswith("Warning: "))
+        return _numbers(out), _cache_line(captured.out)
 
     def warm_and_cold(self, before: tuple[str, ...], after: tuple[str, ...], edit=None) -> tuple[dict, dict, str]:
         """The unchanged run fills the warm cache; ``edit`` changes the model directory; then the changed
@@ -398,3 +410,257 @@ def test_cache_info_and_clear(runs: _Runs, runner) -> None:
     assert not (runs.tmp / "warm" / "base_answers").exists() and (runs.tmp / "warm" / "reference_logps").exists()
     invoke(runner, "cache", "clear")
     assert re.search(r"reference_logps\s+0 entries\s+0 B", invoke(runner, "cache", "info").output)
+
+
+# ---------------------------------------------------------------------------- damaged storage
+# The cache is never a source of failure or of wrong numbers: whatever happened to its folder, a run
+# finishes with what a cold run computes, and says in one line what it skipped.
+
+
+def _flip_a_bit(data: bytes, path: Path) -> bytes:
+    """One bit of one value, the file still parsing: a log-prob's exponent, or a digit of a token id."""
+    if path.suffix == ".safetensors":
+        return data[:-1] + bytes([data[-1] ^ 0x01])
+    at = max((i for i, byte in enumerate(data) if chr(byte).isdigit()), default=len(data) // 2)
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+DAMAGE = {  # what happens to an entry's bytes on a failing disk, a killed copy or a stray write
+    "bit-flipped": _flip_a_bit,
+    "truncated": lambda data, path: data[: len(data) // 2],
+    "empty": lambda data, path: b"",
+    "random": lambda data, path: random.Random(0).randbytes(len(data)),
+}
+
+
+def _values(data: bytes, path: Path) -> object:
+    """What an entry holds (safetensors does not keep its header's keys in one order)."""
+    from safetensors.torch import load
+
+    return {k: v.tolist() for k, v in load(data).items()} if path.suffix == ".safetensors" else json.loads(data)
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted([*cache.glob("reference_logps/*.safetensors"), *cache.glob("base_answers/*.json")])
+
+
+def test_a_damaged_entry_of_each_kind_is_recomputed_with_a_warning(runs: _Runs, record) -> None:
+    cold, _ = runs.train("cold")
+    runs.train("warm")
+    pristine = {path: path.read_bytes() for path in _entries(runs.tmp / "warm")}
+    assert len(pristine) == 3  # two reference_logps (training, held-out), one base_answers
+    for damage, change in DAMAGE.items():
+        with record.case("fault"):  # each damage to an entry of each kind
+            for path, data in pristine.items():
+                path.write_bytes(change(data, path))
+            warm, warm_cache = runs.train("warm")
+            assert warm == cold, damage  # never a damaged value
+            assert warm_cache.strip() == "reference_logps 2 misses, base_answers 1 miss.", damage
+            damaged = [w for w in runs.warnings if "is unreadable or damaged" in w and w.endswith("recomputing it.")]
+            assert len(damaged) == len(runs.warnings) == 3, runs.warnings  # one line an entry
+            assert all(_values(path.read_bytes(), path) == _values(data, path) for path, data in pristine.items())
+
+
+def _failing_write(errno_: int):
+    def write(target: Path, write_staging) -> Path:
+        raise OSError(errno_, os.strerror(errno_), str(target))
+
+    return write
+
+
+@pytest.mark.parametrize("case", ["read-only", "full", "a file where its folder should be"])
+def test_a_cache_that_cannot_be_written_never_fails_a_run(runs: _Runs, case: str, record) -> None:
+    with record.case("fault"):
+        cold, _ = runs.train("cold")
+        if case == "a file where its folder should be":
+            (runs.tmp / "broken").mkdir()
+            for kind in ("reference_logps", "base_answers"):
+                (runs.tmp / "broken" / kind).write_text("not a folder")
+        else:
+            write = _failing_write(errno.EROFS if case == "read-only" else errno.ENOSPC)
+            runs.monkeypatch.setattr(base_cache, "write_file_atomically", write)
+        numbers, _ = runs.train("broken")
+        assert numbers == cold  # the run finished (metrics.json, no INCOMPLETE) with a cold run's numbers
+        unwritable = [w for w in runs.warnings if "cache not writable" in w]
+        assert len(unwritable) == 1 and unwritable[0].endswith("continuing without it.")  # once, not per entry
+        expected = {"read-only": "Read-only file system", "full": "No space left on device"}.get(case, "File exists")
+        assert expected in unwritable[0]
+
+
+def test_a_run_writes_its_artifacts_before_the_held_out_entries(runs: _Runs) -> None:
+    """On a nearly full disk the space goes to the run, not to the cache: only training's reference entry
+    (which the training needs) comes before the run's metrics.json."""
+    out, written = runs.tmp / f"run{runs.count + 1}", []
+
+    def noting_the_run(target: Path, write) -> Path:
+        written.append((target.parent.name, (out / "metrics.json").exists()))
+        return write_file_atomically(target, write)
+
+    runs.monkeypatch.setattr(base_cache, "write_file_atomically", noting_the_run)
+    runs.train("cache")
+    assert written == [("reference_logps", False), ("reference_logps", True), ("base_answers", True)]
+
+
+def test_a_reader_racing_clear_gets_the_entry_or_a_miss(tmp_path: Path, record) -> None:
+    """A reader that checked a file, then opened it, crashed when ``cache clear`` landed in between."""
+    import threading
+
+    with record.case("fault"):
+        cache, logps, answers = BaseCache(tmp_path), (torch.arange(8.0), -torch.arange(8.0)), [[5, 6, 7], [8]]
+        stop, failures, seen = threading.Event(), [], []
+
+        def clear_and_refill() -> None:
+            while not stop.is_set():
+                cache.write_logps("a" * 32, logps)
+                cache.write_answers("a" * 32, answers)
+                BaseCache(tmp_path).clear()
+
+        clearer = threading.Thread(target=clear_and_refill)
+        clearer.start()
+        try:
+            for _ in range(2000):
+                read = (cache.read_logps("a" * 32, 8), cache.read_answers("a" * 32, 2))
+                seen.append(tuple(value is not None for value in read))
+                if read[0] is not None and not (
+                    torch.equal(read[0][0], logps[0]) and torch.equal(read[0][1], logps[1])
+                ):
+                    failures.append(read)
+                if read[1] not in (None, answers):
+                    failures.append(read)
+        finally:
+            stop.set()
+            clearer.join()
+        assert failures == [] and len(set(seen)) > 1  # whole values or misses, and the race did happen
+
+
+def test_a_run_completes_while_the_cache_is_cleared_over_and_over(runs: _Runs, record) -> None:
+    import threading
+
+    from dpo_recipe.training.base_cache import default_cache
+
+    with record.case("fault"):
+        cold, _ = runs.train("cold")
+        runs.train("warm")
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(runs.tmp / "warm"))
+        clearing = default_cache()
+        stop = threading.Event()
+        clearer = threading.Thread(target=lambda: [clearing.clear() for _ in iter(stop.is_set, True)])
+        clearer.start()
+        try:
+            warm, _ = runs.train("warm")
+        finally:
+            stop.set()
+            clearer.join()
+        assert warm == cold
+
+
+def _no_decoder(model_dir: Path) -> None:
+    """The tokenizer's decoder removed (ids unchanged): ids decode to byte-level symbols, not Japanese."""
+    _edit_json(model_dir / "tokenizer.json", lambda tokenizer: tokenizer.update(decoder=None))
+
+
+def test_answers_follow_the_tokenizer_decoder(runs: _Runs) -> None:
+    unchanged, changed, warm_cache = runs.warm_and_cold((), (), _no_decoder)
+    base_answers = [[g["base"] for g in numbers["eval"]["generations"]] for numbers in (unchanged, changed)]
+    assert base_answers[0] != base_answers[1]  # the decoder moves the text ...
+    assert warm_cache.strip() == "reference_logps 2 hits, base_answers 1 hit."  # ... but not the ids kept
+
+
+SCORING_MODULES = (
+    "dpo_recipe.training.trainer",  # the reference pass
+    "dpo_recipe.training.packing",
+    "dpo_recipe.evaluation.scoring",  # held-out scoring
+    "dpo_recipe.evaluation.answers",  # generation
+    "dpo_recipe.training.base_cache",
+)
+
+
+@pytest.mark.parametrize("module", SCORING_MODULES)
+def test_an_edit_to_the_code_that_computes_an_entry_misses(tiny, tmp_path: Path, monkeypatch, module: str) -> None:
+    from importlib.util import find_spec
+
+    _, model, _, _ = tiny
+    cache = BaseCache(tmp_path)
+    before = cache.key(model, [[1, 2, 3]])
+    edited = tmp_path / "edited.py"
+    edited.write_bytes(Path(find_spec(module).origin).read_bytes() + b"\n# one more line\n")
+    monkeypatch.setattr(
+        base_cache, "find_spec", lambda name: SimpleNamespace(origin=edited) if name == module else find_spec(name)
+    )
+    assert cache.key(model, [[1, 2, 3]]) != before
+
+
+def test_an_upgrade_of_dpo_recipe_misses(tiny, tmp_path: Path, monkeypatch) -> None:
+    from importlib.metadata import version
+
+    _, model, _, _ = tiny
+    cache = BaseCache(tmp_path)
+    before = cache.key(model, [[1, 2, 3]])
+    monkeypatch.setattr(base_cache, "version", lambda name: "99.0" if name == "dpo-recipe" else version(name))
+    assert cache.key(model, [[1, 2, 3]]) != before
+
+
+# ---------------------------------------------------------------------------- whose folder
+
+
+def test_an_unusable_cache_root_is_refused_before_anything_runs(
+    tiny_model: Path, tmp_path: Path, runner, monkeypatch, capsys, record
+) -> None:
+    from conftest import invoke
+
+    from dpo_recipe.train import main
+
+    with record.case("bad-input"):
+        training = importlib.import_module("dpo_recipe.train")  # the module: the package exports a train() too
+        monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "a-file").write_text("not a folder")
+        for value, words in (("", "DPO_RECIPE_CACHE is set but empty"), ("a-file/cache", "a-file is a file")):
+            monkeypatch.setenv("DPO_RECIPE_CACHE", value)
+            for command in (("cache", "info"), ("cache", "clear")):
+                result = invoke(runner, *command)
+                assert result.exit_code == 1 and words in result.output and "Traceback" not in result.output
+            with pytest.raises(SystemExit) as exit_info:
+                main(
+                    [
+                        "--recipe",
+                        "tiny-ja",
+                        "--output-dir",
+                        str(tmp_path / "out"),
+                        "--set",
+                        f"model.name_or_path={tiny_model}",
+                    ]
+                )
+            assert exit_info.value.code == 2 and words in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written anywhere
+
+
+def test_cache_clear_removes_only_what_the_cache_wrote(runs: _Runs, runner, record) -> None:
+    from conftest import invoke
+
+    with record.case("security"):
+        # the current folder made the cache by an empty variable, in the old days: the user's folders, no marker
+        home = runs.tmp / "home"
+        for folder in ("gguf", "tiny", "reference_logps"):
+            (home / folder).mkdir(parents=True)
+            (home / folder / "notes.txt").write_text("mine")
+        (home / "gguf" / "holiday-0123456789abcdef").mkdir()  # looks like an entry; not in a cache dpo-recipe made
+        before = _tree(home)
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(home))
+        refused = invoke(runner, "cache", "clear", "--kind", "all")
+        assert refused.exit_code == 1 and "has no .dpo-recipe-cache marker" in refused.output
+        assert _tree(home) == before
+        # a real cache beside the user's things: a file of theirs in a kind folder, a kind folder linked to theirs
+        runs.train("warm")
+        warm = runs.tmp / "warm"
+        (warm / "reference_logps" / "notes.txt").write_text("mine")
+        (warm / "gguf").symlink_to(home / "gguf")
+        runs.monkeypatch.setenv("DPO_RECIPE_CACHE", str(warm))
+        cleared = invoke(runner, "cache", "clear", "--kind", "all")
+        assert cleared.exit_code == 0 and f"Left alone: {warm / 'gguf'} (a link" in cleared.output
+        assert _tree(home) == before and (warm / "reference_logps" / "notes.txt").read_text() == "mine"
+        assert _entries(warm) == [] and not (warm / "base_answers").exists()
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))

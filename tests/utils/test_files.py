@@ -4,13 +4,21 @@ recipes, cards and the cache are found."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from dpo_recipe.errors import DataError
-from dpo_recipe.utils.files import cache_root, packaged_dir, write_dir_atomically, write_file_atomically
+from dpo_recipe.errors import CacheError, DataError
+from dpo_recipe.utils.files import (
+    CACHE_MARKER,
+    cache_root,
+    cached_folder,
+    packaged_dir,
+    write_dir_atomically,
+    write_file_atomically,
+)
 
 
 def fill(text: str):
@@ -119,3 +127,56 @@ def test_a_killed_writers_staging_is_removed_by_the_next_write(tmp_path: Path) -
     write_dir_atomically(tmp_path / "export", lambda staging: (staging / "model.gguf").write_text("new"))
     assert not abandoned.exists() and alive.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "export"]
+
+
+def test_cache_root_refuses_an_empty_value_or_a_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DPO_RECIPE_CACHE", "")
+    with pytest.raises(CacheError, match="DPO_RECIPE_CACHE is set but empty, which would put the cache in the current"):
+        cache_root()
+    (tmp_path / "file").write_text("x")
+    for value in (tmp_path / "file", tmp_path / "file" / "below"):
+        monkeypatch.setenv("DPO_RECIPE_CACHE", str(value))
+        with pytest.raises(CacheError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+            cache_root()
+
+
+FOLDER_DAMAGE = {
+    "bit-flipped": lambda data: data[:-1] + bytes([data[-1] ^ 0x01]),
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "random": lambda data: random.Random(0).randbytes(len(data)),
+}
+
+
+def _build(folder: Path) -> None:
+    (folder / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    (folder / "config.json").write_text('{"layers": 2}')
+
+
+def test_a_damaged_cached_folder_is_rebuilt_with_a_warning(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The GGUF conversions and the tiny model: checked against the hashes recorded when they were built."""
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path / "cache"))
+    target = cache_root() / "gguf" / "model-0123456789abcdef"
+    assert cached_folder(target, _build) == target and (tmp_path / "cache" / CACHE_MARKER).is_file()
+    pristine = {p.name: p.read_bytes() for p in target.iterdir()}
+    capsys.readouterr()
+    assert cached_folder(target, lambda folder: pytest.fail("rebuilt a whole copy")) == target
+    for damage, change in FOLDER_DAMAGE.items():
+        (target / "weights.bin").write_bytes(change(pristine["weights.bin"]))
+        assert cached_folder(target, _build) == target
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == pristine, damage
+        expected = f"Warning: cache entry {target} is damaged (files unlike their recorded sha256: weights.bin); "
+        assert capsys.readouterr().err == expected + "rebuilding it.\n", damage
+    (target / "config.json").unlink()
+    assert cached_folder(target, _build) == target and (target / "config.json").is_file()
+    assert "(files unlike their recorded sha256: config.json)" in capsys.readouterr().err
+
+
+def test_a_cached_folder_that_cannot_be_written_is_built_elsewhere(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "tiny").write_text("a file where the kind's folder should be")
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path / "cache"))
+    built = cached_folder(cache_root() / "tiny" / "0123456789abcdef", _build)
+    assert built.parent != tmp_path / "cache" / "tiny" and (built / "weights.bin").is_file()
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("Warning: cache not writable: ") and warning.endswith(", continuing without it.")
