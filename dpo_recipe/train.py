@@ -153,8 +153,8 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
                 return None
             out = training.out
             try:
-                train_output = train(training)
-                metrics = evaluate_and_save(training, train_output, started)
+                train(training)
+                metrics = evaluate_and_save(training, started)
             finally:  # finished, failed or stopped: the folder is free for the next run (or --resume)
                 release_lock(training.out)
         except (KeyboardInterrupt, Terminated) as stop:  # outside the steps: data, scoring, answers, saving
@@ -292,7 +292,7 @@ def claim_output_dir(context: RunContext, out: Path) -> bool:
     return state.is_main_process
 
 
-def train(training: TrainingRun) -> Any:
+def train(training: TrainingRun) -> None:
     """Run the trainer (from the newest complete checkpoint with ``--resume``); SIGINT / SIGTERM save a
     checkpoint and raise ``RunInterrupted``, a failed write raises ``SaveError``; both say how to resume."""
     from dpo_recipe.training.callbacks import signal_callback
@@ -305,7 +305,7 @@ def train(training: TrainingRun) -> Any:
     stop = signal_callback(trainer)
     try:
         with write_failures_explained(out, resume_command), training.stopwatch.phase("training"):
-            train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a file that would run code
         raise RecipeError(
             f"--resume: a file in {checkpoint} is not a plain checkpoint and was not loaded, because unpickling it "
@@ -320,10 +320,9 @@ def train(training: TrainingRun) -> Any:
             f"its checkpoint is in {newest_complete_checkpoint(out)}. Nothing is lost: continue with {resume_command}",
             stop.received,
         )
-    return train_output
 
 
-def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) -> dict[str, Any] | None:
+def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
     training.cache.hold_writes()  # the held-out entries go to disk after the run's artifacts

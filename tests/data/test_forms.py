@@ -70,7 +70,8 @@ def test_a_published_form_trains_on_the_token_ids_of_its_standard_form(
     seen, expected = published.trainer.train_dataset, by_hand.trainer.train_dataset
     for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
         assert seen[column] == expected[column] and len(seen[column]) == 4
-    metrics = evaluate_and_save(published, train(published), 0.0)
+    train(published)
+    metrics = evaluate_and_save(published, 0.0)
     assert (metrics["train"]["pairs"], metrics["train"]["steps"], metrics["eval"]["overall"]["pairs"]) == (4, 2, 2)
     assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert math.isfinite(metrics["train"]["last_loss"])
@@ -382,7 +383,8 @@ def test_openai_tools_train_where_the_chat_template_renders_them_and_are_refused
         assert (dataset["prompt_ids"][n], dataset["chosen_ids"][n]) == (pair.prompt_ids, pair.chosen_ids)
     shown = tokenizer.decode(dataset["prompt_ids"][with_tools[0]])
     assert shown.startswith("<|im_start|>system\n検索\n<|im_end|>\n<|im_start|>user\n"), shown
-    metrics = evaluate_and_save(run, train(run), 0.0)
+    train(run)
+    metrics = evaluate_and_save(run, 0.0)
     assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-3) and metrics["train"]["steps"] == 2
 
 
