@@ -242,8 +242,9 @@ def test_card_pins_the_dataset_commit_and_from_hub_repeats_the_run(hub, runner, 
     again = run(None, tiny_overrides(tiny_model), from_hub="alice/pinned", output_dir=str(tmp_path / "again"))
     recipes = [yaml.safe_load((tmp_path / name / "recipe.yaml").read_text()) for name in ("first", "again")]
     assert recipes[1]["data"]["revision"] == pinned and recipes[1]["hub"]["push"] is False
+    assert recipes[1]["hub"]["repo_id"] is None  # where a repeated run goes is the user's to say, not the card's
     for recipe in recipes:
-        del recipe["training"]["output_dir"], recipe["hub"]["push"]
+        del recipe["training"]["output_dir"], recipe["hub"]
     assert recipes[0] == recipes[1]
     weights = [load_file(tmp_path / name / "adapter_model.safetensors") for name in ("first", "again")]
     assert weights[0].keys() == weights[1].keys()
