@@ -139,10 +139,9 @@ def save_artifacts(
     mark_finished(out)
 
 
-def summary_line(metrics: dict[str, Any], out: Path) -> str:
-    """The one line printed when training is done."""
+def summary_line(metrics: dict[str, Any], out: Path, unit: str = "pairs") -> str:
+    """The one line printed when training is done; ``unit`` is what the objective counts (``Objective.unit``)."""
     t, overall = metrics["train"], metrics["eval"].get("overall")
-    unit = "rows" if "rows" in t else "pairs"  # training.objective kto trains on unpaired rows
     held_out = (
         f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall[unit]} {unit}"
         if overall

@@ -129,7 +129,7 @@ def kto_problems(recipe: Recipe) -> list[str]:
     if t.packing:
         problems.append(
             "training.packing: the packed path computes DPO's losses; objective kto trains with TRL's KTOTrainer "
-            "on padded rows: set training.packing: false"
+            "on padded rows: remove training.packing (false is its default under kto)"
         )
     if recipe.lora.token_learning_rate is not None:
         problems.append(

@@ -166,8 +166,8 @@ class TrainingSection:
         "dpo",
         "dpo: pairs (prompt / chosen / rejected) with one of the loss_type losses. kto: TRL's KTOTrainer on unpaired "
         "rows (prompt / completion / label, the unpaired form), pairs split into such rows automatically; reads "
-        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2 and packing: false "
-        "(dpo_recipe.training.kto).",
+        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2; packing defaults to false "
+        "(dpo_recipe.training.objectives).",
         choices=OBJECTIVES,
     )
     desirable_weight: float = recipe_key(
@@ -233,7 +233,8 @@ class TrainingSection:
     packing: bool = recipe_key(
         True,
         "Pack each pair into one sequence (prompt computed once, no padding, LM head on completion tokens "
-        "only) and compute reference log-probs once, cached on disk. Same loss as TRL; false = plain DPOTrainer.",
+        "only) and compute reference log-probs once, cached on disk. Same loss as TRL; false = plain DPOTrainer. "
+        "Objective dpo only: under kto it defaults to false.",
     )
 
 

@@ -1,0 +1,119 @@
+"""What every training objective provides, and the trainer set-up they share.
+
+An objective (``training.objective``) is one unit: how its rows are read from the recipe's data, which TRL
+config and trainer train them, what the held-out report holds, and the words (metric names, the unit a
+row is counted in) the card, the plots, the report and the quickstart print. ``objective_for`` in this
+package picks the unit once; the front ends (``dpo_recipe.train``, ``dpo-recipe eval``), the card and the
+CLI ask it instead of asking which objective it is, so a new objective is one new module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.training.trl_args import lora_config, mapped, trainer_config
+from dpo_recipe.utils.stopwatch import Stopwatch
+
+if TYPE_CHECKING:
+    from dpo_recipe.training.base_cache import BaseCache
+
+Rows = list[dict[str, Any]]
+# (training rows, held-out rows, tokenizer, data notes, each source's row counts): what setup hands on
+Inputs = tuple[Rows, Rows, Any, list[str], list[dict[str, Any]]]
+
+
+class Objective:
+    """The interface; ``dpo.DPO`` and ``kto.KTO`` implement it (a subclass sets the class attributes)."""
+
+    name: ClassVar[str]  # training.objective
+    unit: ClassVar[str]  # what one training example is called in metrics, card and summary: "pairs" / "rows"
+    title: ClassVar[str]  # the card's task name: "Preference alignment (DPO)"
+    config_table: ClassVar[dict[str, str]]  # recipe key -> field of the TRL config class
+
+    def config_class(self) -> type:
+        """TRL's config class for this objective (imported on demand: TRL imports torch)."""
+        raise NotImplementedError
+
+    def trainer_args(self, recipe: Recipe, out: Path) -> Any:
+        """The trainer's arguments (``config_table`` through ``trl_args.trainer_config``); checkpoints go to
+        ``out/checkpoints``. Creating them starts accelerate's process state."""
+        return trainer_config(recipe, out, self.config_class(), self.config_table)
+
+    def hyperparameters(self, recipe: Recipe) -> list[tuple[str, str, Any]]:
+        """``(recipe key, what the trainer received it as, value)`` for the card's table, in table order."""
+        return mapped(recipe, self.config_table)
+
+    def load_inputs(self, recipe: Recipe, *, report: bool) -> Inputs:
+        """Rows, tokenizer and the architecture checks (no weights); ``report`` (a dry run) prints what training
+        would see before any refusal, so the numbers behind it are shown."""
+        raise NotImplementedError
+
+    def build_trainer(
+        self,
+        recipe: Recipe,
+        args: Any,
+        model: Any,
+        tokenizer: Any,
+        train_rows: Rows,
+        out: Path,
+        cache: BaseCache | None = None,
+    ) -> Any:
+        """The trainer for ``train_rows``, with the run's callbacks (``with_run_callbacks``)."""
+        raise NotImplementedError
+
+    def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:
+        """``dpo-recipe eval``'s rows: the held-out split of ``data`` exactly as training held it out."""
+        raise NotImplementedError
+
+    def held_out_report(
+        self, trainer: Any, tokenizer: Any, rows: Rows, recipe: Recipe, cache: BaseCache, stopwatch: Stopwatch
+    ) -> dict[str, Any] | None:
+        """Training's held-out report of the adapter ``trainer`` trained (None off the main process)."""
+        raise NotImplementedError
+
+    def eval_report(
+        self, recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, cache: BaseCache, stopwatch: Stopwatch
+    ) -> dict[str, Any] | None:
+        """``dpo-recipe eval``'s report of an adapter already trained (``model``), the numbers training gave."""
+        raise NotImplementedError
+
+    def training_metrics(self, train_rows: Rows, log_history: list[dict[str, Any]]) -> dict[str, Any]:
+        """``metrics.json``'s ``train`` additions: the objective's name and its own counts and numbers."""
+        return {"objective": self.name}
+
+    def report_lines(self, report: dict[str, Any]) -> list[str]:
+        """The held-out report's headline and tables as Markdown (``evaluation.report.markdown_summary``)."""
+        raise NotImplementedError
+
+    def held_out_line(self, report: dict[str, Any]) -> str:
+        """One line of held-out numbers: the quickstart's last."""
+        raise NotImplementedError
+
+    def card_note(self, recipe: Recipe, metrics: dict[str, Any]) -> str:
+        """Sentences the model card adds on how this objective read and weighed its data ("" when none)."""
+        return ""
+
+
+def with_run_callbacks(trainer: Any, out: Path) -> Any:
+    """``trainer`` with what every run's trainer has: the JSONL log (``out/train_log.jsonl``), the clean stop on
+    SIGINT / SIGTERM, the progress bar with live numbers, and ``lora.trainable_tokens`` rows updated in place
+    (without copying the vocabulary each step). Added after construction: none of them acts before training."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from dpo_recipe.models.token_rows import use_sparse_token_rows
+    from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
+
+    use_sparse_token_rows(trainer.model)
+    trainer.remove_callback(ProgressCallback)
+    for callback in (JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), LiveMetricsProgress()):
+        trainer.add_callback(callback)
+    return trainer
+
+
+def recipe_lora(recipe: Recipe, tokenizer: Any) -> Any:
+    """The recipe's ``LoraConfig``, ``lora.trainable_tokens`` turned into the tokenizer's ids."""
+    from dpo_recipe.models.loading import trainable_token_ids
+
+    return lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer))
