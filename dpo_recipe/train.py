@@ -27,8 +27,8 @@ from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.trust import fetched_summary
 from dpo_recipe.data.sources import pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
+from dpo_recipe.models.adapters import load_policy
 from dpo_recipe.models.hardware import check_hardware, check_launch
-from dpo_recipe.models.loading import load_model
 from dpo_recipe.training.launch import first_process
 from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RunContext
@@ -213,7 +213,7 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     cache = default_cache()
     try:
         with stopwatch.phase("model"):
-            model = load_model(recipe.model)
+            model = load_policy(recipe)  # the base, or base + model.init_adapter
         with stopwatch.phase("tokenizing and reference pass"):
             trainer = objective.build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
     except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on

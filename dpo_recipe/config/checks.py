@@ -43,6 +43,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
                 f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type "
                 "entry"
             )
+    if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
+        problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
     return problems

@@ -113,7 +113,11 @@ def with_run_callbacks(trainer: Any, out: Path) -> Any:
 
 
 def recipe_lora(recipe: Recipe, tokenizer: Any) -> Any:
-    """The recipe's ``LoraConfig``, ``lora.trainable_tokens`` turned into the tokenizer's ids."""
+    """The recipe's ``LoraConfig``, ``lora.trainable_tokens`` turned into the tokenizer's ids; None with
+    ``lora.train_init_adapter``, where the model already is the adapter to train (``models.adapters.load_policy``)
+    and TRL keeps its starting state as the reference."""
     from dpo_recipe.models.loading import trainable_token_ids
 
+    if recipe.lora.train_init_adapter:
+        return None
     return lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer))

@@ -165,7 +165,7 @@ def test_bad_kto_settings_are_refused_together_before_weights_load(
     tiny_model: Path, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(
-        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+        importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("weights loaded")
     )
     with pytest.raises(RecipeError, match=r"training.desirable_weight: must be > 0.0, got -1"):
         run("tiny-ja-kto", tiny_overrides(tiny_model, "training.desirable_weight=-1"), output_dir=str(tmp_path / "a"))
@@ -194,7 +194,7 @@ def test_unpaired_data_refused_by_dpo_trains_with_the_objective_the_refusal_name
     source = FORM_FIXTURES / "unpaired.jsonl"
     with monkeypatch.context() as patched:
         patched.setattr(
-            importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+            importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("weights loaded")
         )
         with pytest.raises(DataError) as err:
             run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "dpo"))
