@@ -332,7 +332,8 @@ def evaluate_and_save(training: TrainingRun, train_output: Any, started: float) 
             recipe_name=context.recipe_name,
             command=context.rerun_command(),
         )
-    print(summary_line(metrics, out, objective.unit))
+    overall = metrics["eval"].get("overall")
+    print(summary_line(metrics, out, objective.unit, objective.summary_numbers(overall) if overall else None))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir

@@ -101,20 +101,17 @@ def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalRe
         "dataset_split": d.test_split,
         "dataset_revision": d.revision,
     }
-    figures = (
-        ("reward_accuracy", "Reward accuracy (held-out)", overall["reward_accuracy"]),
-        ("reward_margin", "Mean reward margin (held-out)", overall["reward_margin"]),
-    )
+    objective = objective_for(recipe)
     return [
         EvalResult(
             task_type="text-generation",
-            task_name=objective_for(recipe).title,
+            task_name=objective.title,
             metric_type=metric,
             metric_name=name,
             metric_value=round(float(value), 4),
             **dataset,
         )
-        for metric, name, value in figures
+        for metric, name, value in objective.card_figures(overall)
         if value is not None  # a KTO held-out split of one label has no margin
     ]
 

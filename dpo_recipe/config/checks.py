@@ -34,6 +34,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
     t = recipe.training
     if t.objective == "kto":  # TRL's KTOTrainer: its own keys and limits
         problems.extend(kto_problems(recipe))
+    elif t.objective == "sft":  # TRL's SFTTrainer: no preference loss
+        problems.extend(sft_problems(recipe))
     else:
         losses = [t.loss_type] if isinstance(t.loss_type, str) else t.loss_type
         problems.extend(loss_problems(losses, t.label_smoothing, t.packing))
@@ -142,5 +144,26 @@ def kto_problems(recipe: Recipe) -> list[str]:
         problems.append(
             "training.per_device_batch_size: KTO estimates its KL term from the other rows of a batch, so TRL's "
             f"KTOTrainer needs at least 2 rows a batch, got {t.per_device_batch_size}: set it to 2 or more"
+        )
+    return problems
+
+
+def sft_problems(recipe: Recipe) -> list[str]:
+    """What a recipe with ``training.objective: sft`` sets that TRL's SFTTrainer would not read, each with its fix."""
+    t, defaults = recipe.training, TrainingSection()
+    problems = [
+        f"training.{key}: read by the preference losses only, not by objective sft; remove it"
+        for key in ("loss_type", "loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha", "beta")
+        if getattr(t, key) != getattr(defaults, key)
+    ]
+    if t.packing:
+        problems.append(
+            "training.packing: the packed path computes preference losses; objective sft trains with TRL's SFTTrainer "
+            "on padded rows: remove training.packing (false is its default under sft)"
+        )
+    if recipe.lora.token_learning_rate is not None:
+        problems.append(
+            "lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective sft the "
+            "lora.trainable_tokens rows train at training.learning_rate: remove it"
         )
     return problems

@@ -180,7 +180,9 @@ class TrainingSection:
         "dpo",
         "dpo: pairs (prompt / chosen / rejected) with one of the loss_type losses. kto: TRL's KTOTrainer on unpaired "
         "rows (prompt / completion / label, the unpaired form), pairs split into such rows automatically; reads "
-        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2; packing defaults to false "
+        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2. sft: TRL's SFTTrainer on the "
+        "chosen answers of pairs (or the desirable rows of unpaired data), loss on the completion only; its "
+        "adapter is the next run's model.init_adapter. packing defaults to false under kto and sft "
         "(dpo_recipe.training.objectives).",
         choices=OBJECTIVES,
     )

@@ -91,6 +91,17 @@ class Objective:
         """One line of held-out numbers: the quickstart's last."""
         raise NotImplementedError
 
+    def summary_numbers(self, overall: dict[str, Any]) -> str:
+        """The held-out numbers of the line printed when training is done."""
+        return f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall[self.unit]} {self.unit}"
+
+    def card_figures(self, overall: dict[str, Any]) -> list[tuple[str, str, float | None]]:
+        """``(metric, name, value)``: the held-out figures the card's ``model-index`` carries."""
+        return [
+            ("reward_accuracy", "Reward accuracy (held-out)", overall["reward_accuracy"]),
+            ("reward_margin", "Mean reward margin (held-out)", overall["reward_margin"]),
+        ]
+
     def card_note(self, recipe: Recipe, metrics: dict[str, Any]) -> str:
         """Sentences the model card adds on how this objective read and weighed its data ("" when none)."""
         return ""

@@ -69,8 +69,11 @@ RECIPE_TO_KTO_CONFIG: dict[str, str] = {
 PAIR_COLUMN = "pair"  # rows split from pairs: the index of the pair they came from (its chosen and rejected rows)
 
 
-def unpaired_splits(data: DataSection, seed: int, conversion: Conversion | None = None) -> tuple[Rows, Rows, list[str]]:
-    """``(training rows, held-out rows, notes)`` in the unpaired form, from unpaired data or from pairs.
+def unpaired_splits(
+    data: DataSection, seed: int, conversion: Conversion | None = None, objective: str = "kto"
+) -> tuple[Rows, Rows, list[str]]:
+    """``(training rows, held-out rows, notes)`` in the unpaired form, from unpaired data or from pairs; the notes
+    name ``objective`` (SFT reads its completions from these rows too).
 
     ``data.max_train_pairs`` / ``max_eval_pairs`` count rows of unpaired data, and pairs (before they are
     split) of pairs. Both sides are shuffled with ``seed`` (see the module's docstring)."""
@@ -84,7 +87,7 @@ def unpaired_splits(data: DataSection, seed: int, conversion: Conversion | None 
         )
         notes = [
             *report.notes,
-            f"objective kto: {len(train_pairs)} training pairs split into {len(train)} unpaired rows and "
+            f"objective {objective}: {len(train_pairs)} training pairs split into {len(train)} unpaired rows and "
             f"{len(test_pairs)} held-out pairs into {len(test)} (each chosen answer desirable, each rejected one "
             "undesirable: TRL's unpair_preference_dataset)",
         ]
@@ -92,7 +95,7 @@ def unpaired_splits(data: DataSection, seed: int, conversion: Conversion | None 
         train, test, notes = _unpaired_rows(conversion, data, name)
     for rows in (train, test):
         random.Random(seed).shuffle(rows)
-    notes.append(f"objective kto: rows shuffled once with training.seed {seed} (KTOTrainer reads them in order)")
+    notes.append(f"objective {objective}: rows shuffled once with training.seed {seed}")
     return train, test, notes
 
 

@@ -18,7 +18,11 @@ from dpo_recipe.training.objectives.base import with_run_callbacks
 
 @pytest.mark.parametrize(
     ("recipe", "name", "unit", "config"),
-    [("tiny-ja", "dpo", "pairs", "DPOConfig"), ("tiny-ja-kto", "kto", "rows", "KTOConfig")],
+    [
+        ("tiny-ja", "dpo", "pairs", "DPOConfig"),
+        ("tiny-ja-kto", "kto", "rows", "KTOConfig"),
+        ("tiny-ja-sft", "sft", "rows", "SFTConfig"),
+    ],
 )
 def test_the_recipe_picks_its_objective(recipe: str, name: str, unit: str, config: str, tmp_path: Path) -> None:
     objective = objective_for(load_recipe(recipe))
