@@ -185,6 +185,8 @@ def render_model_card(
         data_sources=metrics.get("data", {}).get("sources") or source_entries(recipe.data),
         mixture=bool(recipe.data.sources),
         objective=objective.name,
+        init_adapter=recipe.model.init_adapter,
+        train_init_adapter=recipe.lora.train_init_adapter,
         objective_note=objective.card_note(recipe, metrics),
     )
 

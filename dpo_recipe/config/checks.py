@@ -130,16 +130,7 @@ def kto_problems(recipe: Recipe) -> list[str]:
     for key in ("loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha"):
         if getattr(t, key) != getattr(defaults, key):
             problems.append(f"training.{key}: read by the DPO losses only, not by objective kto; remove it")
-    if t.packing:
-        problems.append(
-            "training.packing: the packed path computes DPO's losses; objective kto trains with TRL's KTOTrainer "
-            "on padded rows: remove training.packing (false is its default under kto)"
-        )
-    if recipe.lora.token_learning_rate is not None:
-        problems.append(
-            "lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective kto the "
-            "lora.trainable_tokens rows train at training.learning_rate: remove it"
-        )
+    problems += padded_trainer_problems(recipe, "KTOTrainer")
     if t.per_device_batch_size < 2:
         problems.append(
             "training.per_device_batch_size: KTO estimates its KL term from the other rows of a batch, so TRL's "
@@ -156,14 +147,20 @@ def sft_problems(recipe: Recipe) -> list[str]:
         for key in ("loss_type", "loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha", "beta")
         if getattr(t, key) != getattr(defaults, key)
     ]
-    if t.packing:
+    return problems + padded_trainer_problems(recipe, "SFTTrainer")
+
+
+def padded_trainer_problems(recipe: Recipe, trainer: str) -> list[str]:
+    """The packed path's keys, which an objective trained by TRL's ``trainer`` on padded rows does not read."""
+    objective, problems = recipe.training.objective, []
+    if recipe.training.packing:
         problems.append(
-            "training.packing: the packed path computes preference losses; objective sft trains with TRL's SFTTrainer "
-            "on padded rows: remove training.packing (false is its default under sft)"
+            f"training.packing: the packed path computes DPO's losses; objective {objective} trains with TRL's "
+            f"{trainer} on padded rows: remove training.packing (false is its default under {objective})"
         )
     if recipe.lora.token_learning_rate is not None:
         problems.append(
-            "lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective sft the "
-            "lora.trainable_tokens rows train at training.learning_rate: remove it"
+            f"lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective {objective} "
+            "the lora.trainable_tokens rows train at training.learning_rate: remove it"
         )
     return problems

@@ -9,6 +9,7 @@ CLI ask it instead of asking which objective it is, so a new objective is one ne
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,17 +25,17 @@ Rows = list[dict[str, Any]]
 Inputs = tuple[Rows, Rows, Any, list[str], list[dict[str, Any]]]
 
 
-class Objective:
-    """The interface; ``dpo.DPO`` and ``kto.KTO`` implement it (a subclass sets the class attributes)."""
+class Objective(ABC):
+    """The interface; ``dpo.DPO``, ``kto.KTO`` and ``sft.SFT`` implement it (a subclass sets the class attributes)."""
 
     name: ClassVar[str]  # training.objective
     unit: ClassVar[str]  # what one training example is called in metrics, card and summary: "pairs" / "rows"
     title: ClassVar[str]  # the card's task name: "Preference alignment (DPO)"
     config_table: ClassVar[dict[str, str]]  # recipe key -> field of the TRL config class
 
+    @abstractmethod
     def config_class(self) -> type:
         """TRL's config class for this objective (imported on demand: TRL imports torch)."""
-        raise NotImplementedError
 
     def trainer_args(self, recipe: Recipe, out: Path) -> Any:
         """The trainer's arguments (``config_table`` through ``trl_args.trainer_config``); checkpoints go to
@@ -45,11 +46,12 @@ class Objective:
         """``(recipe key, what the trainer received it as, value)`` for the card's table, in table order."""
         return mapped(recipe, self.config_table)
 
+    @abstractmethod
     def load_inputs(self, recipe: Recipe, *, report: bool) -> Inputs:
         """Rows, tokenizer and the architecture checks (no weights); ``report`` (a dry run) prints what training
         would see before any refusal, so the numbers behind it are shown."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_trainer(
         self,
         recipe: Recipe,
@@ -61,35 +63,34 @@ class Objective:
         cache: BaseCache | None = None,
     ) -> Any:
         """The trainer for ``train_rows``, with the run's callbacks (``with_run_callbacks``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:
         """``dpo-recipe eval``'s rows: the held-out split of ``data`` exactly as training held it out."""
-        raise NotImplementedError
 
+    @abstractmethod
     def held_out_report(
         self, trainer: Any, tokenizer: Any, rows: Rows, recipe: Recipe, cache: BaseCache, stopwatch: Stopwatch
     ) -> dict[str, Any] | None:
         """Training's held-out report of the adapter ``trainer`` trained (None off the main process)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_report(
         self, recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, cache: BaseCache, stopwatch: Stopwatch
     ) -> dict[str, Any] | None:
         """``dpo-recipe eval``'s report of an adapter already trained (``model``), the numbers training gave."""
-        raise NotImplementedError
 
     def training_metrics(self, train_rows: Rows, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         """``metrics.json``'s ``train`` additions: the objective's name and its own counts and numbers."""
         return {"objective": self.name}
 
+    @abstractmethod
     def report_lines(self, report: dict[str, Any]) -> list[str]:
         """The held-out report's headline and tables as Markdown (``evaluation.report.markdown_summary``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def held_out_line(self, report: dict[str, Any]) -> str:
         """One line of held-out numbers: the quickstart's last."""
-        raise NotImplementedError
 
     def summary_numbers(self, overall: dict[str, Any]) -> str:
         """The held-out numbers of the line printed when training is done."""
@@ -121,6 +122,27 @@ def with_run_callbacks(trainer: Any, out: Path) -> Any:
     for callback in (JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), LiveMetricsProgress()):
         trainer.add_callback(callback)
     return trainer
+
+
+def padded_trainer(
+    trainer_class: type, recipe: Recipe, args: Any, model: Any, tokenizer: Any, rows: Rows, out: Path, **extra: Any
+) -> Any:
+    """A TRL trainer of padded rows (``trainer_class``: KTOTrainer, SFTTrainer) on ``rows`` with the recipe's LoRA
+    and the run's callbacks; ``extra`` goes to its constructor."""
+    import datasets
+
+    from dpo_recipe.models.hardware import keep_freed_memory_in_heap
+
+    keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=recipe_lora(recipe, tokenizer),
+        **extra,
+    )
+    return with_run_callbacks(trainer, out)
 
 
 def recipe_lora(recipe: Recipe, tokenizer: Any) -> Any:

@@ -43,7 +43,7 @@ from dpo_recipe.data.sources import (
 from dpo_recipe.data.tokens import trainer_rows
 from dpo_recipe.errors import DataError, RecipeError
 from dpo_recipe.evaluation.report import kto_lines
-from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, recipe_lora, with_run_callbacks
+from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer
 from dpo_recipe.training.preflight import (
     checked_architecture,
     lora_summary,
@@ -187,21 +187,11 @@ class KTO(Objective):
     ) -> Any:
         """TRL's ``KTOTrainer`` with the recipe's LoRA, as for DPO; TRL computes the reference in every step, so
         ``cache`` is not read."""
-        import datasets
         from trl import KTOTrainer
 
-        from dpo_recipe.models.hardware import keep_freed_memory_in_heap
-
-        keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
-        trainer = KTOTrainer(
-            model=model,
-            ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
-            args=args,
-            train_dataset=datasets.Dataset.from_list(trainer_rows(train_rows, UNPAIRED_COLUMNS)),
-            processing_class=tokenizer,
-            peft_config=recipe_lora(recipe, tokenizer),
-        )
-        return with_run_callbacks(trainer, out)
+        rows = trainer_rows(train_rows, UNPAIRED_COLUMNS)  # held-out rows are scored by evaluation.kto_scoring
+        # with a PEFT adapter the reference is the base with the adapter disabled
+        return padded_trainer(KTOTrainer, recipe, args, model, tokenizer, rows, out, ref_model=None)
 
     def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:
         """As training held them out: pairs split, rows shuffled with the seed."""

@@ -27,7 +27,7 @@ from dpo_recipe.config.schema import DataSection, Recipe
 from dpo_recipe.data.sources import converted_source, provenance
 from dpo_recipe.data.tokens import encode_pair, trainer_rows
 from dpo_recipe.errors import DataError
-from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, recipe_lora, with_run_callbacks
+from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer
 from dpo_recipe.training.objectives.kto import unpaired_splits
 from dpo_recipe.training.preflight import (
     checked_architecture,
@@ -117,20 +117,10 @@ class SFT(Objective):
         cache: BaseCache | None = None,
     ) -> Any:
         """TRL's ``SFTTrainer`` with the recipe's LoRA; no reference model, so ``cache`` is not read."""
-        import datasets
         from trl import SFTTrainer
 
-        from dpo_recipe.models.hardware import keep_freed_memory_in_heap
-
-        keep_freed_memory_in_heap()  # padded batches re-allocate big buffers every step (models.hardware)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=datasets.Dataset.from_list(trainer_rows(train_rows, SFT_COLUMNS)),
-            processing_class=tokenizer,
-            peft_config=recipe_lora(recipe, tokenizer),
-        )
-        return with_run_callbacks(trainer, out)
+        rows = trainer_rows(train_rows, SFT_COLUMNS)
+        return padded_trainer(SFTTrainer, recipe, args, model, tokenizer, rows, out)
 
     def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:
         return completions(data, recipe.training.seed)[1]

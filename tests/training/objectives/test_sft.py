@@ -44,6 +44,8 @@ def test_sft_then_dpo_from_its_adapter(tiny_model: Path, tmp_path: Path) -> None
         output_dir=str(tmp_path / "dpo"),
     )
     assert dpo["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)  # the SFT model is the reference
+    card = (tmp_path / "dpo" / "README.md").read_text()
+    assert f"> **Started from the adapter `{sft}`**: it was\n> merged into the base weights" in card
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
 
 
@@ -54,7 +56,9 @@ def test_sft_refuses_what_it_would_not_read_and_data_with_no_completion(
     with pytest.raises(RecipeError) as err:
         run("tiny-ja-sft", tiny_overrides(tiny_model, "training.beta=0.3", "training.packing=true"))
     assert "training.beta: read by the preference losses only, not by objective sft; remove it" in str(err.value)
-    assert "training.packing: the packed path computes preference losses" in str(err.value)
+    assert "training.packing: the packed path computes DPO's losses; objective sft trains with TRL's SFT" in str(
+        err.value
+    )
     rows = [json.loads(line) for line in (FORM_FIXTURES / "unpaired.jsonl").read_text().splitlines()]
     undesirable = tmp_path / "bad.jsonl"
     undesirable.write_text("".join(json.dumps({**r, "label": False}, ensure_ascii=False) + "\n" for r in rows))
