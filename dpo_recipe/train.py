@@ -14,7 +14,9 @@ orders those steps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import pickle
 import signal
 import time
@@ -37,6 +39,7 @@ from dpo_recipe.training.run_dir import (
     Terminated,
     check_output_dir,
     interrupted,
+    is_finished,
     newest_complete_checkpoint,
     prepare_output_dir,
     release_lock,
@@ -72,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="Override a recipe key; repeatable. Validated like the file.",
+    )
+    parser.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="Train this recipe next, starting from the adapter just trained (its model.init_adapter), e.g. "
+        "--recipe tiny-ja-sft --then tiny-ja; repeatable. Stage N writes OUTPUT_DIR/stage-N; --set items apply "
+        "to every stage; --resume keeps finished stages and continues the first unfinished one.",
     )
     parser.add_argument("--output-dir", help="Overrides training.output_dir.")
     parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the output dir.")
@@ -134,7 +146,10 @@ def run(
 
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
-    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks."""
+    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks. With ``--then``, one
+    run a stage (``stages_main``)."""
+    if context.then:
+        return stages_main(context)
     started, stopwatch = time.perf_counter(), Stopwatch()
     out = None
     with stops_raise():
@@ -153,6 +168,32 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
             resume = context.resume_command(out) if out else ""
             raise interrupted(stop, out, resume, stopwatch.current) from None
     cleanup()
+    return metrics
+
+
+def stages_main(context: RunContext) -> dict[str, Any] | None:
+    """``--recipe A --then B ...``: each recipe trains from the adapter of the one before it
+    (``model.init_adapter``) into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
+
+    Each stage is a whole run (its own lock, checkpoints, card, resume command). With ``--resume`` a finished
+    stage is kept and read, so a stopped chain continues where it stopped. A dry run checks the first stage
+    (the next ones start from an adapter that does not exist yet)."""
+    root = Path(context.output_dir or context.load_recipe().training.output_dir)
+    adapter, metrics = None, None
+    for index, name in enumerate((context.recipe, *context.then), 1):
+        out = root / f"stage-{index}"
+        start = (f"model.init_adapter={adapter}",) if adapter else ()
+        stage = dataclasses.replace(context, recipe=name, then=(), overrides=(*context.overrides, *start))
+        stage = dataclasses.replace(stage, output_dir=str(out))
+        if context.resume and is_finished(out):
+            print(f"--resume: stage {index} ({name}) finished in {out}; kept.")
+            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            metrics = recipe_main(stage)
+        if context.dry_run:
+            print(f"dry run: stage 1 checked; the {len(context.then)} stage(s) after it start from its adapter.")
+            return None
+        adapter = out
     return metrics
 
 

@@ -52,3 +52,14 @@ def test_from_hub_implies_no_push_and_an_output_dir_named_after_the_repo(monkeyp
     assert mine.training.output_dir == "elsewhere" and mine.training.seed == 5
     local = RunContext(recipe="tiny-ja", output_dir="o").load_recipe()
     assert local.training.output_dir == "o"
+
+
+def test_a_chain_of_recipes_is_repeated_whole_and_starts_from_a_recipe() -> None:
+    args = build_parser().parse_args(["--recipe", "tiny-ja-sft", "--then", "tiny-ja", "--set", "a.b=1"])
+    context = RunContext.from_args(args)
+    assert context == RunContext(recipe="tiny-ja-sft", then=("tiny-ja",), overrides=("a.b=1",))
+    assert context.rerun_command() == (
+        "accelerate launch -m dpo_recipe.train --recipe tiny-ja-sft --then tiny-ja --set a.b=1"
+    )
+    with pytest.raises(RecipeError, match="--then chains recipes you name: start the chain with --recipe"):
+        RunContext(from_hub="alice/run", then=("tiny-ja",))

@@ -64,3 +64,27 @@ def test_sft_refuses_what_it_would_not_read_and_data_with_no_completion(
     undesirable.write_text("".join(json.dumps({**r, "label": False}, ensure_ascii=False) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"bad.jsonl: no completion to train on\. training.objective sft trains on"):
         run("tiny-ja-sft", tiny_overrides(tiny_model, f"data.source={undesirable}"), output_dir=str(tmp_path / "x"))
+
+
+def test_then_chains_sft_and_dpo_one_stage_folder_each_and_resume_keeps_finished_stages(
+    tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.train import main
+
+    root = tmp_path / "chain"
+    argv = ["--recipe", "tiny-ja-sft", "--then", "tiny-ja", "--output-dir", str(root)]
+    for item in tiny_overrides(tiny_model, *FAST, "data.max_train_pairs=8", "data.max_eval_pairs=4"):
+        argv += ["--set", item]
+    main(argv)
+    first, second = json.loads((root / "stage-1" / "metrics.json").read_text()), root / "stage-2"
+    assert first["train"]["objective"] == "sft"
+    dpo = json.loads((second / "metrics.json").read_text())
+    assert dpo["train"]["objective"] == "dpo" and dpo["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert load_recipe(str(second / "recipe.yaml")).model.init_adapter == str(root / "stage-1")
+    stamp = (second / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    main([*argv, "--resume"])
+    kept = capsys.readouterr().out
+    assert "--resume: stage 1 (tiny-ja-sft) finished" in kept and "--resume: stage 2 (tiny-ja) finished" in kept
+    assert (second / "metrics.json").stat().st_mtime_ns == stamp
