@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dpo_recipe.config.schema import DataSection, Recipe
+from dpo_recipe.errors import RecipeError
 from dpo_recipe.training.trl_args import lora_config, mapped, trainer_config
 from dpo_recipe.utils.stopwatch import Stopwatch
 
@@ -143,6 +144,18 @@ def padded_trainer(
         **extra,
     )
     return with_run_callbacks(trainer, out)
+
+
+def refuse_tied_token_rows(recipe: Recipe, skeleton: Any, trainer: str) -> None:
+    """``lora.trainable_tokens`` on a model with tied embeddings train on the packed path only: TRL's padded
+    trainers (``trainer``) read ``lm_head.bias``, which PEFT's wrapper of a tied LM head lacks (an
+    AttributeError in the first step). Refused before any weights load."""
+    if recipe.lora.trainable_tokens and skeleton.config.get_text_config().tie_word_embeddings:
+        raise RecipeError(
+            f"lora.trainable_tokens: on a model with tied embeddings TRL's {trainer} cannot train these rows (its "
+            "fused LM head reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks, and would skip their "
+            f"LM-head rows). Remove lora.trainable_tokens under training.objective {recipe.training.objective}."
+        )
 
 
 def recipe_lora(recipe: Recipe, tokenizer: Any) -> Any:

@@ -41,9 +41,9 @@ from dpo_recipe.data.sources import (
     train_and_held_out,
 )
 from dpo_recipe.data.tokens import trainer_rows
-from dpo_recipe.errors import DataError, RecipeError
+from dpo_recipe.errors import DataError
 from dpo_recipe.evaluation.report import kto_lines
-from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer
+from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer, refuse_tied_token_rows
 from dpo_recipe.training.preflight import (
     checked_architecture,
     lora_summary,
@@ -146,12 +146,7 @@ class KTO(Objective):
         conversion = converted_source(recipe.data)
         train, test, notes = unpaired_splits(recipe.data, recipe.training.seed, conversion)
         tokenizer, skeleton = checked_architecture(recipe)
-        if recipe.lora.trainable_tokens and skeleton.config.get_text_config().tie_word_embeddings:
-            raise RecipeError(
-                "lora.trainable_tokens: on a model with tied embeddings TRL's KTOTrainer cannot train these rows (its "
-                "fused LM head reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks, and would skip their "
-                "LM-head rows). Remove lora.trainable_tokens under training.objective kto."
-            )
+        refuse_tied_token_rows(recipe, skeleton, "KTOTrainer")
         refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
         max_length = recipe.training.max_length
         as_pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": r["completion"]} for r in train]

@@ -27,7 +27,7 @@ from dpo_recipe.config.schema import DataSection, Recipe
 from dpo_recipe.data.sources import converted_source, provenance
 from dpo_recipe.data.tokens import encode_pair, trainer_rows
 from dpo_recipe.errors import DataError
-from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer
+from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer, refuse_tied_token_rows
 from dpo_recipe.training.objectives.kto import unpaired_splits
 from dpo_recipe.training.preflight import (
     checked_architecture,
@@ -90,7 +90,8 @@ class SFT(Objective):
         """Completions; rows whose prompt alone fills ``training.max_length`` are refused (nothing would train)."""
         conversion = converted_source(recipe.data)
         train, test, notes = completions(recipe.data, recipe.training.seed)
-        tokenizer, _ = checked_architecture(recipe)
+        tokenizer, skeleton = checked_architecture(recipe)
+        refuse_tied_token_rows(recipe, skeleton, "SFTTrainer")
         refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
         max_length = recipe.training.max_length
         tokens = measure_tokens([_as_pair(r) for r in train], tokenizer, max_length)

@@ -59,6 +59,9 @@ def test_sft_refuses_what_it_would_not_read_and_data_with_no_completion(
     assert "training.packing: the packed path computes DPO's losses; objective sft trains with TRL's SFT" in str(
         err.value
     )
+    tokens = 'lora.trainable_tokens=["<|im_start|>", "<|im_end|>"]'  # the tiny model ties its embeddings
+    with pytest.raises(RecipeError, match="lora.trainable_tokens: on a model with tied embeddings TRL's SFTTrainer"):
+        run("tiny-ja-sft", tiny_overrides(tiny_model, tokens), output_dir=str(tmp_path / "tokens"))
     rows = [json.loads(line) for line in (FORM_FIXTURES / "unpaired.jsonl").read_text().splitlines()]
     undesirable = tmp_path / "bad.jsonl"
     undesirable.write_text("".join(json.dumps({**r, "label": False}, ensure_ascii=False) + "\n" for r in rows))
