@@ -19,7 +19,7 @@ of them trained on; the held-out reward accuracy is that evaluation's.
    fp32), TRL defaults otherwise (activation checkpointing on).
 2. ``trl_best``: plain ``DPOTrainer``, the fastest settings found for it here: batch 4 x 1,
    activation checkpointing off, pin_memory off, glibc's malloc thresholds raised.
-3. ``dpo_recipe``: ``dpo_recipe.train.build_trainer`` as training uses it (packed pairs, one pair a
+3. ``dpo_recipe``: ``training.objectives.dpo.DPO.build_trainer`` as training uses it (packed pairs, one pair a
    row x accumulation 4, reference log-probs precomputed once; a fresh cache directory, so the
    reference pass is paid here).
 """
@@ -158,11 +158,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from dpo_recipe.evaluation.scoring import score_pairs, summarise
     from dpo_recipe.models.hardware import keep_freed_memory_in_heap
     from dpo_recipe.models.loading import load_model, load_tokenizer
-    from dpo_recipe.train import build_trainer, dpo_config
     from dpo_recipe.training.base_cache import default_cache
+    from dpo_recipe.training.objectives.dpo import DPO
 
     config = args.worker
-    if config == "trl_best":  # dpo_recipe's build_trainer decides this for itself
+    if config == "trl_best":  # dpo_recipe's DPO.build_trainer decides this for itself
         keep_freed_memory_in_heap()
     batch = args.dpo_recipe_batch
     recipe = _recipe(
@@ -197,7 +197,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     answer_tokens = statistics.mean((len(e.chosen_ids) + len(e.rejected_ids)) / 2 for e in encoded)
     started = time.perf_counter()
     if config == "dpo_recipe":
-        trainer = build_trainer(recipe, dpo_config(recipe, out), model, tokenizer, rows, out)
+        trainer = DPO().build_trainer(recipe, DPO().trainer_args(recipe, out), model, tokenizer, rows, out)
     else:
         trainer = _plain_trl_trainer(config, model, tokenizer, rows, out, args.max_length, args.precision)
     training = time.perf_counter()

@@ -382,6 +382,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overwrite: bool, ov
     import time
 
     from dpo_recipe.api import train
+    from dpo_recipe.training.objectives import objective_named
     from dpo_recipe.training.run_dir import check_output_dir
 
     started = time.perf_counter()
@@ -404,24 +405,7 @@ def quickstart(out_dir: Path, recipe: str, train_pairs: int, overwrite: bool, ov
         f"\nQuickstart finished in {time.perf_counter() - started:.0f} s.\n"
         f"  dataset:  {data_dir}\n"
         f"  adapter:  {out_dir / 'adapter'} (metrics.json, eval_report.json, plots/, README.md)\n"
-        f"  {held_out_line(held_out)}"
-    )
-
-
-def held_out_line(report: dict) -> str:
-    """The quickstart's last line: the held-out numbers of a DPO report (pairs) or a KTO one (unpaired rows)."""
-    overall = report["overall"]
-    if report.get("objective") == "kto":
-        return (
-            f"held-out KL-adjusted reward accuracy: {overall['reward_accuracy']:.3f} on {overall['rows']} rows "
-            f"(desirable {overall['desirable_accuracy']:.3f}, undesirable {overall['undesirable_accuracy']:.3f}; "
-            f"reward margin {overall['reward_margin']:.3f})"
-        )
-    low, high = overall["reward_accuracy_ci95"]
-    return (
-        f"held-out reward accuracy: {overall['reward_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) on "
-        f"{overall['pairs']} pairs (base log-likelihood accuracy {overall['base_loglik_accuracy_normalized']:.3f} -> "
-        f"tuned {overall['policy_loglik_accuracy_normalized']:.3f}, length-normalised)"
+        f"  {objective_named(metrics['train']['objective']).held_out_line(held_out)}"
     )
 
 

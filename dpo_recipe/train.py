@@ -1,19 +1,22 @@
-"""Train a LoRA adapter with DPO (or KTO, ``training.objective: kto``) from a recipe: setup → train → evaluate
-and save.
+"""Train a LoRA adapter from a recipe with its objective (``training.objective``: DPO, KTO): setup → train →
+evaluate and save.
 
     accelerate launch [accelerate args] -m dpo_recipe.train --recipe NAME_OR_PATH [--set k=v ...]
     python -m dpo_recipe.train --recipe NAME_OR_PATH --dry-run
 
 Everything that can be wrong with the flags, the recipe, the data or the hardware is checked before
 the model's weights load. The output directory's life cycle (INCOMPLETE file, checkpoints, resume)
-is in ``run_dir``, the recipe → ``DPOConfig`` mapping in ``trl_args``, what KTO does differently in
-``training.kto``, and what a finished run writes in ``artifacts``; this module orders those steps.
+is in ``run_dir``, the recipe → TRL config mapping in ``trl_args``, each objective's rows, trainer and
+held-out report in ``training.objectives``, and what a finished run writes in ``artifacts``; this module
+orders those steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import pickle
 import signal
 import time
@@ -24,38 +27,31 @@ from typing import TYPE_CHECKING, Any
 from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.trust import fetched_summary
-from dpo_recipe.data.sources import converted_source, load_preference_splits, pin_hub_revision, provenance
-from dpo_recipe.data.tokens import trainer_rows
+from dpo_recipe.data.sources import pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
+from dpo_recipe.models.adapters import load_policy
 from dpo_recipe.models.hardware import check_hardware, check_launch
-from dpo_recipe.models.loading import load_model, trainable_token_ids
-from dpo_recipe.training import kto
 from dpo_recipe.training.launch import first_process
-from dpo_recipe.training.preflight import (
-    checked_architecture,
-    dry_run_report,
-    measure_tokens,
-    refuse_emptied_completions,
-    refuse_tools_the_template_ignores,
-)
+from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RunContext
 from dpo_recipe.training.run_dir import (
     CHECKPOINTS,
     Terminated,
     check_output_dir,
     interrupted,
+    is_finished,
     newest_complete_checkpoint,
     prepare_output_dir,
     release_lock,
     stops_raise,
     write_failures_explained,
 )
-from dpo_recipe.training.trl_args import dpo_config, lora_config, objective_kwargs
 from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
 
 if TYPE_CHECKING:
     from dpo_recipe.training.base_cache import BaseCache
+    from dpo_recipe.training.objectives.base import Objective
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="Override a recipe key; repeatable. Validated like the file.",
+    )
+    parser.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="Train this recipe next, starting from the adapter just trained (its model.init_adapter), e.g. "
+        "--recipe tiny-ja-sft --then tiny-ja; repeatable. Stage N writes OUTPUT_DIR/stage-N; --set items apply "
+        "to every stage; --resume keeps finished stages and continues the first unfinished one.",
     )
     parser.add_argument("--output-dir", help="Overrides training.output_dir.")
     parser.add_argument("--resume", action="store_true", help="Continue from the newest checkpoint in the output dir.")
@@ -142,7 +147,10 @@ def run(
 
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
-    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks."""
+    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks. With ``--then``, one
+    run a stage (``stages_main``)."""
+    if context.then:
+        return stages_main(context)
     started, stopwatch = time.perf_counter(), Stopwatch()
     out = None
     with stops_raise():
@@ -164,6 +172,32 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
     return metrics
 
 
+def stages_main(context: RunContext) -> dict[str, Any] | None:
+    """``--recipe A --then B ...``: each recipe trains from the adapter of the one before it
+    (``model.init_adapter``) into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
+
+    Each stage is a whole run (its own lock, checkpoints, card, resume command). With ``--resume`` a finished
+    stage is kept and read, so a stopped chain continues where it stopped. A dry run checks the first stage
+    (the next ones start from an adapter that does not exist yet)."""
+    root = Path(context.output_dir or context.load_recipe().training.output_dir)
+    adapter, metrics = None, None
+    for index, name in enumerate((context.recipe, *context.then), 1):
+        out = root / f"stage-{index}"
+        start = (f"model.init_adapter={adapter}",) if adapter else ()
+        stage = dataclasses.replace(context, recipe=name, then=(), overrides=(*context.overrides, *start))
+        stage = dataclasses.replace(stage, output_dir=str(out))
+        if context.resume and is_finished(out):
+            print(f"--resume: stage {index} ({name}) finished in {out}; kept.")
+            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            metrics = recipe_main(stage)
+        if context.dry_run:
+            print(f"dry run: stage 1 checked; the {len(context.then)} stage(s) after it start from its adapter.")
+            return None
+        adapter = out
+    return metrics
+
+
 def cleanup() -> None:
     """Every process leaves together.
 
@@ -181,6 +215,7 @@ class TrainingRun:
 
     context: RunContext
     recipe: Recipe
+    objective: Objective  # what training.objective names: its rows, trainer, report and words
     out: Path
     train_rows: list[dict]
     eval_rows: list[dict]
@@ -196,20 +231,22 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     """Check, then prepare, cheapest first, so that a mistake costs seconds rather than a training run.
 
     1. ``checked_recipe``: the recipe, hardware, output directory and Hub token (no data read yet);
-    2. ``load_inputs``: data, tokenizer and the model's architecture, without weights; a dry run
-       reports here and returns None;
-    3. ``dpo_config`` starts accelerate's process state, so only after it does the main process
-       alone touch the output directory (the others wait);
+    2. the objective (``training.objectives``, picked here once) reads its data: rows, tokenizer and
+       the model's architecture, without weights; a dry run reports here and returns None;
+    3. its ``trainer_args`` start accelerate's process state, so only after them does the main
+       process alone touch the output directory (the others wait);
     4. the weights load and the trainer is built, last because they cost the most.
     """
     stopwatch = stopwatch or Stopwatch()
     with stopwatch.phase("checks and data"):
         recipe = checked_recipe(context)
-        train_rows, eval_rows, tokenizer, data_notes, data_sources = load_inputs(recipe, report=context.dry_run)
+        objective = objective_for(recipe)
+        inputs = objective.load_inputs(recipe, report=context.dry_run)
+        train_rows, eval_rows, tokenizer, data_notes, data_sources = inputs
     if context.dry_run:
         return None
     out = Path(recipe.training.output_dir)
-    args = dpo_config(recipe, out)
+    args = objective.trainer_args(recipe, out)
     if args.process_index == 0:
         print("\n".join(data_notes))  # the form the rows were read in, detected or named
     from dpo_recipe.training.base_cache import default_cache
@@ -218,9 +255,9 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
     try:
         is_main_process = claim_output_dir(context, out)
         with stopwatch.phase("model"):
-            model = load_model(recipe.model)
+            model = load_policy(recipe)  # the base, or base + model.init_adapter
         with stopwatch.phase("tokenizing and reference pass"):
-            trainer = build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+            trainer = objective.build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
     except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on
         release_lock(out)
         raise interrupted(stop, out, context.resume_command(out), stopwatch.current) from None
@@ -228,7 +265,18 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
         release_lock(out)
         raise
     return TrainingRun(
-        context, recipe, out, train_rows, eval_rows, tokenizer, trainer, is_main_process, stopwatch, cache, data_sources
+        context,
+        recipe,
+        objective,
+        out,
+        train_rows,
+        eval_rows,
+        tokenizer,
+        trainer,
+        is_main_process,
+        stopwatch,
+        cache,
+        data_sources,
     )
 
 
@@ -258,27 +306,6 @@ def checked_recipe(context: RunContext) -> Recipe:
         writable_token(recipe.hub.repo_id)
     recipe.data = pin_hub_revision(recipe.data)
     return recipe
-
-
-def load_inputs(recipe: Recipe, *, report: bool) -> tuple[list[dict], list[dict], Any, list[str], list[dict]]:
-    """``(train rows, held-out rows, tokenizer, data notes, sources)``, checked against the model's architecture
-    (no weights); the notes say which form the rows were read in and how they were mapped or paired, the
-    sources (``provenance``) how many rows each gave.
-
-    With ``report`` (a dry run), prints what training would see, before refusing pairs whose answers
-    ``training.max_length`` would cut away entirely, so the numbers behind a refusal are shown."""
-    if recipe.training.objective == "kto":  # unpaired rows, pairs split into them
-        return kto.load_inputs(recipe, report=report)
-    conversion = converted_source(recipe.data)
-    train_rows, eval_rows, lint_report = load_preference_splits(recipe.data, conversion=conversion)
-    tokenizer, skeleton = checked_architecture(recipe)
-    refuse_tools_the_template_ignores(train_rows + eval_rows, tokenizer, recipe)
-    tokens = measure_tokens(train_rows, tokenizer, recipe.training.max_length)
-    if report:
-        print(dry_run_report(recipe, tokens, skeleton, len(lint_report.findings), lint_report.notes))
-    refuse_emptied_completions(tokens, recipe.training.max_length)
-    sources = provenance(recipe.data, conversion, train_rows, eval_rows)
-    return train_rows, eval_rows, tokenizer, lint_report.notes, sources
 
 
 def claim_output_dir(context: RunContext, out: Path) -> bool:
@@ -326,14 +353,17 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
     training.cache.hold_writes()  # the held-out entries go to disk after the run's artifacts
-    report = held_out_report(training)
+    objective = training.objective
+    report = None  # off the main process, or without held-out rows
+    if training.eval_rows:
+        rows, cache = training.eval_rows, training.cache
+        report = objective.held_out_report(trainer, training.tokenizer, rows, recipe, cache, training.stopwatch)
     digests = gather_adapter_digests(trainer)  # every rank reports its adapter digest before the others return
     if not training.is_main_process:
         training.cache.write_held()
         return None
     metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
-    if recipe.training.objective == "kto":  # rows, not pairs, and KTO's KL estimate
-        metrics["train"].update(kto.training_metrics(training.train_rows, trainer.state.log_history))
+    metrics["train"].update(objective.training_metrics(training.train_rows, trainer.state.log_history))
     metrics["data"] = {"sources": training.data_sources}
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
@@ -349,7 +379,8 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
             command=context.rerun_command(),
         )
     training.cache.write_held()
-    print(summary_line(metrics, out))
+    overall = metrics["eval"].get("overall")
+    print(summary_line(metrics, out, objective.unit, objective.summary_numbers(overall) if overall else None))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir
@@ -357,116 +388,6 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
         pushed = push_dir(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
         print(f"Pushed and verified {pushed.files} files: {pushed.url} (commit {pushed.commit})")
     return metrics
-
-
-def build_trainer(
-    recipe: Recipe,
-    args: Any,
-    model: Any,
-    tokenizer: Any,
-    train_rows: list[dict],
-    out: Path,
-    cache: BaseCache | None = None,
-) -> Any:
-    """The packed trainer (plain TRL where packing cannot run), its reference log-probs from ``cache``;
-    TRL's KTOTrainer for ``training.objective: kto`` (``dpo_recipe.training.kto``)."""
-    if recipe.training.objective == "kto":
-        return kto.build_kto_trainer(recipe, args, model, tokenizer, train_rows, out)
-    import datasets
-    from transformers.trainer_callback import ProgressCallback
-    from trl import DPOTrainer
-
-    from dpo_recipe.config.vocabulary import is_reference_free
-    from dpo_recipe.models.hardware import keep_freed_memory_in_heap
-    from dpo_recipe.models.token_rows import use_sparse_token_rows
-    from dpo_recipe.training.callbacks import JsonlLogger, LiveMetricsProgress, StopOnSignal
-    from dpo_recipe.training.run_totals import RunTotals
-    from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
-
-    def to_dataset(rows: list[dict]) -> Any:
-        return datasets.Dataset.from_list(trainer_rows(rows, ("prompt", "chosen", "rejected")))
-
-    lora = lora_config(recipe, trainable_token_ids(recipe.lora.trainable_tokens, tokenizer))
-    trainer_class, extra = DPOTrainer, {}
-    reference_free = is_reference_free(args.loss_type)
-    if reference_free and not recipe.training.packing:  # recipe validation says so first; a changed args may not
-        raise RecipeError(
-            f"training.loss_type {args.loss_type}: trains on the packed path only; set training.packing: true."
-        )
-    if recipe.training.packing:
-        check_packable(args)  # an objective the user chose never silently trains some other way
-        limitation = packing_limitation(model, args.max_length)
-        if limitation is None:
-            trainer_class = PackedDPOTrainer
-            extra = {
-                "base_cache": cache,
-                "token_learning_rate": recipe.lora.token_learning_rate,
-                **objective_kwargs(recipe),
-            }
-        elif reference_free:  # DPOTrainer does not compute SimPO or ORPO: no fallback
-            raise RecipeError(f"training.loss_type {args.loss_type}: trains on the packed path only, and {limitation}.")
-        elif args.process_index == 0:
-            print(f"training.packing: {limitation}; training with plain DPOTrainer (padded pairs, the same loss).")
-    tied = model.config.get_text_config().tie_word_embeddings
-    if trainer_class is DPOTrainer and recipe.lora.trainable_tokens and tied:
-        raise RecipeError(
-            "lora.trainable_tokens: on a model with tied embeddings these rows train only on the packed path "
-            "(TRL's DPOTrainer reads lm_head.bias, which PEFT's wrapper of a tied LM head lacks). Set "
-            "training.packing: true, or remove lora.trainable_tokens."
-        )
-    if (
-        trainer_class is DPOTrainer
-    ):  # padded batches re-allocate big buffers every step (models.hardware); packed rows don't
-        keep_freed_memory_in_heap()
-    trainer = trainer_class(
-        model=model,
-        ref_model=None,  # with a PEFT adapter the reference is the base with the adapter disabled
-        args=args,
-        train_dataset=to_dataset(train_rows),  # held-out pairs are scored by dpo_recipe.evaluation
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[JsonlLogger(out / "train_log.jsonl"), StopOnSignal(), RunTotals()],
-        **extra,
-    )
-    use_sparse_token_rows(trainer.model)  # lora.trainable_tokens without copying the vocabulary each step
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LiveMetricsProgress())
-    return trainer
-
-
-def held_out_report(training: TrainingRun) -> dict[str, Any] | None:
-    """The held-out report on every rank's shard (None off the main process, or without held-out pairs).
-
-    It runs inside the trainer's autocast: the unwrapped model keeps accelerate's mixed-precision
-    forward, and the cache keys must record the precision the numbers come from."""
-    from dpo_recipe.evaluation.scoring import evaluate_adapter
-
-    if not training.eval_rows:
-        return None
-    recipe, accelerator = training.recipe, training.trainer.accelerator
-    if recipe.training.objective == "kto":  # unpaired rows: KTO's own held-out numbers, on the main process
-        from dpo_recipe.evaluation.kto_scoring import evaluate_kto_adapter
-
-        return evaluate_kto_adapter(
-            training.trainer,
-            training.tokenizer,
-            training.eval_rows,
-            settings=recipe.eval,
-            cache=training.cache,
-            stopwatch=training.stopwatch,
-        )
-    with accelerator.autocast():
-        return evaluate_adapter(
-            accelerator.unwrap_model(training.trainer.model),
-            training.tokenizer,
-            training.eval_rows,
-            beta=recipe.training.beta,
-            max_length=recipe.training.max_length,
-            settings=recipe.eval,
-            loss_type=recipe.training.loss_type,
-            cache=training.cache,
-            stopwatch=training.stopwatch,
-        )
 
 
 if __name__ == "__main__":

@@ -268,3 +268,22 @@ def test_a_reference_free_objective_trains_end_to_end_without_a_reference_pass(
     assert steps and all(math.isfinite(entry["loss"]) for entry in steps if "loss" in entry)
     assert ("nll_loss" in steps[-1]) == (loss_type == "orpo")  # simpo's cpo_alpha is 0 by default
     assert f"Implicit reward: {loss_type}: beta x mean log-prob" in (tmp_path / "README.md").read_text()
+
+
+# Recorded from the code before the objectives moved into dpo_recipe.training.objectives (issue 31): the tiny
+# recipes, 16 training pairs, 8 held out, learning rate 1e-2, seed 42. A restructure must not move them.
+RECORDED = {
+    "tiny-ja": (0.6931471824645996, 0.6790211200714111, 0.5, -0.009932470321655276, 0.6986096069961458),
+    "tiny-ja-kto": (0.5, 0.5043213963508606, 0.625, 0.026678419113159185, 0.49925932510932514),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECORDED))
+def test_tiny_dpo_and_kto_numbers_are_the_recorded_ones(recipe: str, tiny_model: Path, tmp_path: Path) -> None:
+    settings = ("eval.num_generations=0", "data.max_train_pairs=16", "data.max_eval_pairs=8")
+    metrics = run(
+        recipe, tiny_overrides(tiny_model, *settings, "training.learning_rate=1e-2"), output_dir=str(tmp_path)
+    )
+    train, overall = metrics["train"], metrics["eval"]["overall"]
+    measured = (train["first_loss"], train["last_loss"], *(overall[k] for k in ("reward_accuracy", "reward_margin")))
+    assert measured + (overall["loss"],) == pytest.approx(RECORDED[recipe], abs=1e-6)

@@ -1,7 +1,7 @@
 """Dataset and model cards rendered from the templates in ``cards/`` with huggingface_hub's card API.
 
-The model card's hyper-parameter table is ``trl_args``' recipe → ``DPOConfig`` table, so it lists
-exactly what the trainer received, under the recipe's names and TRL's."""
+The model card's hyper-parameter table is the objective's recipe → TRL config table (``trl_args``,
+``training.objectives``), so it lists exactly what the trainer received, under the recipe's names and TRL's."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from dpo_recipe.config.schema import Recipe
-from dpo_recipe.config.vocabulary import is_reference_free
 from dpo_recipe.data.generator import HARD_NEGATIVE_TYPES
 from dpo_recipe.data.sources import is_hub_id, source_entries
 from dpo_recipe.data.tokens import length_percentiles
 from dpo_recipe.evaluation.report import markdown_summary
-from dpo_recipe.training.trl_args import RECIPE_TO_OBJECTIVE, mapped_hyperparameters, mapped_lora, recipe_value
+from dpo_recipe.training.objectives import objective_for
+from dpo_recipe.training.trl_args import mapped_lora
 from dpo_recipe.utils.files import packaged_dir
 
 ADAPTER_PLACEHOLDER = "./path/to/adapter"  # replaced by the repo id when the adapter is pushed
@@ -101,20 +101,17 @@ def _eval_results(recipe: Recipe, overall: dict[str, Any] | None) -> list[EvalRe
         "dataset_split": d.test_split,
         "dataset_revision": d.revision,
     }
-    figures = (
-        ("reward_accuracy", "Reward accuracy (held-out)", overall["reward_accuracy"]),
-        ("reward_margin", "Mean reward margin (held-out)", overall["reward_margin"]),
-    )
+    objective = objective_for(recipe)
     return [
         EvalResult(
             task_type="text-generation",
-            task_name=f"Preference alignment ({recipe.training.objective.upper()})",
+            task_name=objective.title,
             metric_type=metric,
             metric_name=name,
             metric_value=round(float(value), 4),
             **dataset,
         )
-        for metric, name, value in figures
+        for metric, name, value in objective.card_figures(overall)
         if value is not None  # a KTO held-out split of one label has no margin
     ]
 
@@ -148,34 +145,29 @@ def render_model_card(
     model_name = Path(recipe.training.output_dir).name
     base_model = recipe.model.name_or_path
     held_out = metrics.get("eval", {})
+    objective = objective_for(recipe)
     data = _card_data(
         model_name,
         base_model,
         library_name="peft",
         license=recipe.hub.license,
-        tags=["trl", recipe.training.objective, "lora", "dpo-recipe"],
+        tags=["trl", objective.name, "lora", "dpo-recipe"],
         datasets=[e["source"] for e in source_entries(recipe.data) if is_hub_id(e["source"])] or None,
         eval_results=_eval_results(recipe, held_out.get("overall")) or None,
     )
     lora = recipe.lora
     hyperparameters = [  # (recipe key, what the trainer received it as, value)
-        *mapped_hyperparameters(recipe),
+        *objective.hyperparameters(recipe),
         ("training.precision", "bf16 / fp16", recipe.training.precision),
         *((key, f"LoraConfig {field}", value if value != [] else "none") for key, field, value in mapped_lora(recipe)),
         ("lora.token_learning_rate", "their optimizer group's lr", lora.token_learning_rate or "as training"),
-        ("training pairs", "train_dataset", metrics.get("train", {}).get("pairs")),
+        (f"training {objective.unit}", "train_dataset", metrics.get("train", {}).get(objective.unit)),
     ]
-    kto = recipe.training.objective == "kto"
-    if kto:  # KTOTrainer trains on unpaired rows
-        hyperparameters[-1] = ("training rows", "train_dataset (unpaired)", metrics.get("train", {}).get("rows"))
-
-    losses = recipe.training.loss_type
-    if is_reference_free([losses] if isinstance(losses, str) else losses):  # SimPO / ORPO read CPOConfig's fields
-        hyperparameters[-1:-1] = [
-            (key, f"CPOConfig {field} (PackedDPOTrainer)", recipe_value(recipe, key))
-            for key, field in RECIPE_TO_OBJECTIVE.items()
-        ]
-    summary = markdown_summary(held_out) if held_out.get("overall") else "No held-out evaluation was run."
+    summary = (
+        markdown_summary(held_out, objective.report_lines(held_out))
+        if held_out.get("overall")
+        else "No held-out evaluation was run."
+    )
     return _from_template(
         "model_card.md",
         data,
@@ -192,8 +184,10 @@ def render_model_card(
         trust_remote_code=recipe.model.trust_remote_code,
         data_sources=metrics.get("data", {}).get("sources") or source_entries(recipe.data),
         mixture=bool(recipe.data.sources),
-        objective=recipe.training.objective,
-        objective_note=_kto_note(recipe, metrics) if kto else "",
+        objective=objective.name,
+        init_adapter=recipe.model.init_adapter,
+        train_init_adapter=recipe.lora.train_init_adapter,
+        objective_note=objective.card_note(recipe, metrics),
         training_note=_training_note(metrics.get("train", {})),
     )
 
@@ -210,28 +204,6 @@ def _training_note(train: dict[str, Any]) -> str:
     return (
         f"{figures} over the whole run, {train['runtime_s']:.0f} s of training in {len(parts)} parts "
         f"(resumed at step {resumed})."
-    )
-
-
-def _kto_note(recipe: Recipe, metrics: dict[str, Any]) -> str:
-    """The model card's sentences on how a KTO run read its data (pairs split, or unpaired rows) and weighed its
-    rows: what a reader needs to compare it with a DPO adapter trained on the same pairs."""
-    t, train = recipe.training, metrics.get("train", {})
-    rows = train.get("rows")
-    counts = (
-        f" ({train['desirable_rows']} desirable and {train['undesirable_rows']} undesirable training rows)"
-        if rows is not None
-        else ""
-    )
-    split = (
-        " The training data were pairs, split automatically into unpaired rows (each chosen answer desirable, each "
-        "rejected one undesirable; TRL's `unpair_preference_dataset`)."
-        if train.get("split_from_pairs")
-        else ""
-    )
-    return (
-        f"Trained with TRL's `KTOTrainer`: beta {t.beta}, desirable_weight {t.desirable_weight}, "
-        f"undesirable_weight {t.undesirable_weight}{counts}.{split}"
     )
 
 

@@ -116,14 +116,11 @@ def save_artifacts(
     history = list(trainer.state.log_history)
     if report:  # the held-out point at the last step, beside the training curves
         overall = report["overall"]
-        history.append(
-            {
-                "step": trainer.state.global_step,
-                "eval_loss": overall["loss"],
-                EVAL_PREFIX + REWARD_ACCURACY: overall["reward_accuracy"],
-                EVAL_PREFIX + REWARD_MARGIN: overall["reward_margin"],
-            }
-        )
+        point = {"step": trainer.state.global_step, "eval_loss": overall["loss"]}
+        for key, logged in (("reward_accuracy", REWARD_ACCURACY), ("reward_margin", REWARD_MARGIN)):
+            if key in overall:  # an SFT report has none: its loss is the completions' NLL
+                point[EVAL_PREFIX + logged] = overall[key]
+        history.append(point)
         (staging / "eval_report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -144,15 +141,14 @@ def save_artifacts(
     mark_finished(out)
 
 
-def summary_line(metrics: dict[str, Any], out: Path) -> str:
-    """The one line printed when training is done."""
+def summary_line(metrics: dict[str, Any], out: Path, unit: str = "pairs", held_out: str | None = None) -> str:
+    """The one line printed when training is done; ``unit`` is what the objective counts and ``held_out`` its
+    held-out numbers (``Objective.unit`` / ``summary_numbers``; by default reward accuracy)."""
     t, overall = metrics["train"], metrics["eval"].get("overall")
-    unit = "rows" if "rows" in t else "pairs"  # training.objective kto trains on unpaired rows
-    held_out = (
-        f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall[unit]} {unit}"
-        if overall
-        else f"no held-out {unit}"
-    )
+    if not overall:
+        held_out = f"no held-out {unit}"
+    elif held_out is None:
+        held_out = f"held-out reward accuracy {overall['reward_accuracy']:.3f} on {overall[unit]} {unit}"
     return (
         f"Done: {t[unit]} {unit}, {t['steps']} steps, loss {t['first_loss']:.4f} -> {t['last_loss']:.4f}, "
         f"{held_out}, {t['runtime_s']:.0f} s training{_parts(t)}, peak RSS {metrics['memory']['peak_rss_mb']:.0f} MB. "

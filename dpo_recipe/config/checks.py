@@ -35,6 +35,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
     t = recipe.training
     if t.objective == "kto":  # TRL's KTOTrainer: its own keys and limits
         problems.extend(kto_problems(recipe))
+    elif t.objective == "sft":  # TRL's SFTTrainer: no preference loss
+        problems.extend(sft_problems(recipe))
     else:
         losses = [t.loss_type] if isinstance(t.loss_type, str) else t.loss_type
         problems.extend(loss_problems(losses, t.label_smoothing, t.packing))
@@ -44,6 +46,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
                 f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type "
                 "entry"
             )
+    if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
+        problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
     return problems
@@ -153,19 +157,37 @@ def kto_problems(recipe: Recipe) -> list[str]:
     for key in ("loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha"):
         if getattr(t, key) != getattr(defaults, key):
             problems.append(f"training.{key}: read by the DPO losses only, not by objective kto; remove it")
-    if t.packing:
-        problems.append(
-            "training.packing: the packed path computes DPO's losses; objective kto trains with TRL's KTOTrainer "
-            "on padded rows: set training.packing: false"
-        )
-    if recipe.lora.token_learning_rate is not None:
-        problems.append(
-            "lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective kto the "
-            "lora.trainable_tokens rows train at training.learning_rate: remove it"
-        )
+    problems += padded_trainer_problems(recipe, "KTOTrainer")
     if t.per_device_batch_size < 2:
         problems.append(
             "training.per_device_batch_size: KTO estimates its KL term from the other rows of a batch, so TRL's "
             f"KTOTrainer needs at least 2 rows a batch, got {t.per_device_batch_size}: set it to 2 or more"
+        )
+    return problems
+
+
+def sft_problems(recipe: Recipe) -> list[str]:
+    """What a recipe with ``training.objective: sft`` sets that TRL's SFTTrainer would not read, each with its fix."""
+    t, defaults = recipe.training, TrainingSection()
+    problems = [
+        f"training.{key}: read by the preference losses only, not by objective sft; remove it"
+        for key in ("loss_type", "loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha", "beta")
+        if getattr(t, key) != getattr(defaults, key)
+    ]
+    return problems + padded_trainer_problems(recipe, "SFTTrainer")
+
+
+def padded_trainer_problems(recipe: Recipe, trainer: str) -> list[str]:
+    """The packed path's keys, which an objective trained by TRL's ``trainer`` on padded rows does not read."""
+    objective, problems = recipe.training.objective, []
+    if recipe.training.packing:
+        problems.append(
+            f"training.packing: the packed path computes DPO's losses; objective {objective} trains with TRL's "
+            f"{trainer} on padded rows: remove training.packing (false is its default under {objective})"
+        )
+    if recipe.lora.token_learning_rate is not None:
+        problems.append(
+            f"lora.token_learning_rate: a learning rate of the packed path's optimizer; under objective {objective} "
+            "the lora.trainable_tokens rows train at training.learning_rate: remove it"
         )
     return problems

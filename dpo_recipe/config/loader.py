@@ -15,7 +15,7 @@ import yaml
 from dpo_recipe.config.checks import cross_checks, data_problems
 from dpo_recipe.config.coercion import build_section
 from dpo_recipe.config.schema import REQUIRED_SECTIONS, SECTIONS, DataSection, Recipe
-from dpo_recipe.config.vocabulary import suggest
+from dpo_recipe.config.vocabulary import OBJECTIVE_DEFAULTS, suggest
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.utils.files import packaged_dir
 
@@ -124,6 +124,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     for name in REQUIRED_SECTIONS:
         if name not in raw:
             problems.append(f"{name}: required section is missing")
+    training = raw.get("training")
+    if isinstance(training, dict) and isinstance(training.get("objective"), str):  # the objective's own defaults
+        raw = {**raw, "training": {**OBJECTIVE_DEFAULTS.get(training["objective"], {}), **training}}
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}

@@ -41,6 +41,14 @@ class ModelSection:
         "training, evaluation, chat and the Hub card all use the same prompt form.",
     )
     load_in_4bit: bool = recipe_key(False, "QLoRA: load the base in 4-bit with bitsandbytes (CUDA only).")
+    init_adapter: str | None = recipe_key(
+        None,
+        "A LoRA adapter to start from (a training run's output directory or a Hub id), e.g. an SFT run before "
+        "DPO, or an earlier DPO run to continue. Merged into the base weights in memory, then a new adapter "
+        "trains on top: the reference is the starting policy, base + this adapter, and the new adapter is "
+        "used on that same merged base (eval / chat merge it too). lora.train_init_adapter trains it further "
+        "instead.",
+    )
 
 
 @dataclass
@@ -56,6 +64,12 @@ class LoraSection:
         "Tokens whose embedding rows train too (PEFT trainable_token_indices; with tied embeddings, their LM-head "
         "rows as well). A base model never trained the turn markers its chat template adds, so LoRA alone cannot "
         "teach it to end a turn: name them here, e.g. ['<start_of_turn>', '<end_of_turn>'].",
+    )
+    train_init_adapter: bool = recipe_key(
+        False,
+        "With model.init_adapter: train that adapter further (its own rank and target modules, which lora.r and "
+        "lora.target_modules must repeat) instead of adding a new one; the reference is its starting state, a "
+        "frozen copy. The output is a whole adapter for the bare base.",
     )
     token_learning_rate: float | None = recipe_key(
         None,
@@ -171,8 +185,10 @@ class TrainingSection:
         "dpo",
         "dpo: pairs (prompt / chosen / rejected) with one of the loss_type losses. kto: TRL's KTOTrainer on unpaired "
         "rows (prompt / completion / label, the unpaired form), pairs split into such rows automatically; reads "
-        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2 and packing: false "
-        "(dpo_recipe.training.kto).",
+        "desirable_weight and undesirable_weight, needs per_device_batch_size >= 2. sft: TRL's SFTTrainer on the "
+        "chosen answers of pairs (or the desirable rows of unpaired data), loss on the completion only; its "
+        "adapter is the next run's model.init_adapter. packing defaults to false under kto and sft "
+        "(dpo_recipe.training.objectives).",
         choices=OBJECTIVES,
     )
     desirable_weight: float = recipe_key(
@@ -238,7 +254,8 @@ class TrainingSection:
     packing: bool = recipe_key(
         True,
         "Pack each pair into one sequence (prompt computed once, no padding, LM head on completion tokens "
-        "only) and compute reference log-probs once, cached on disk. Same loss as TRL; false = plain DPOTrainer.",
+        "only) and compute reference log-probs once, cached on disk. Same loss as TRL; false = plain DPOTrainer. "
+        "Objective dpo only: under kto it defaults to false.",
     )
 
 

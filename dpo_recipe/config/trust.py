@@ -8,10 +8,11 @@ So a fetched recipe's values pass this one policy before anything loads:
 
 - ``model.trust_remote_code`` is honoured only when the user gives it themselves (``--trust-remote-code``,
   as transformers asks for it); the model repo's Python would otherwise run as the user.
-- Local paths -- ``model.name_or_path`` / ``model.gguf_file`` on disk, a chat template file, a data source
-  on disk -- are refused unless the user sets that key: a path on the publisher's machine means nothing
-  here, and on the user's it could name ``~/.ssh/id_rsa``, which a run copies into its folder and a push
-  publishes. A chat template comes from a packaged name, or from the model or adapter repo itself.
+- Local paths -- ``model.name_or_path`` / ``model.gguf_file`` / ``model.init_adapter`` on disk, a chat
+  template file, a data source on disk -- are refused unless the user sets that key: a path on the
+  publisher's machine means nothing here, and on the user's it could name ``~/.ssh/id_rsa``, which a
+  run copies into its folder and a push publishes. A chat template comes from a packaged name, or from
+  the model or adapter repo itself.
 - Keys the user sets on the command line (``--set``) are theirs, whatever the file said.
 
 ``assemble:`` / ``package:`` weight packages are checked for every recipe, fetched or not, where they
@@ -85,6 +86,7 @@ def untrusted_values(recipe: Recipe, fetched: FetchedRecipe) -> list[str]:
     local_keys = {
         "model.name_or_path": model.name_or_path,
         "model.gguf_file": model.gguf_file or "",
+        "model.init_adapter": model.init_adapter or "",
         "data.source": data.source if not data.sources else "",
     }
     for key, value in local_keys.items():

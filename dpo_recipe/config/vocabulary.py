@@ -62,8 +62,12 @@ PAIRWISE_LOSS_NAMES = (
     "sigmoid_norm",
 )
 # training.objective: dpo trains pairs with the loss_type losses below; kto trains unpaired rows with TRL's
-# KTOTrainer (dpo_recipe.training.kto), whose loss_type is its own name, not one of these
-OBJECTIVES = ("dpo", "kto")
+# KTOTrainer, whose loss_type is its own name, not one of these; sft trains completions with TRL's SFTTrainer
+# (dpo_recipe.training.objectives)
+OBJECTIVES = ("dpo", "kto", "sft")
+# What an objective owns: the defaults its recipe keys take where they differ from DPO's. A key the recipe or
+# --set names keeps its value (and is checked); KTO has no packed path, so packing defaults to false under it.
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"kto": {"packing": False}, "sft": {"packing": False}}
 KTO_LOSS_NAMES = ("sigmoid", "kto")  # training.loss_type under kto: its default (left unset) or KTO's own name
 
 # Objectives without a reference model: no reference pass runs for them, and each trains alone.

@@ -335,7 +335,7 @@ def load_preference_splits(
         raise DataError(
             f"{name} holds unpaired preference data (prompt / completion / label: one answer a row, judged desirable "
             "or not), but DPO trains on two answers to one prompt. Train it with training.objective: kto (TRL's "
-            "KTOTrainer; e.g. --set training.objective=kto --set training.packing=false, or the tiny-ja-kto / "
+            "KTOTrainer; e.g. --set training.objective=kto, or the tiny-ja-kto / "
             "gemma3-270m-ja-kto recipes), or give pairs (rows with prompt / chosen / rejected) for DPO; "
             f"'dpo-recipe data lint {name}' shows what the file holds."
         )

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import DataSection
 from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
 from dpo_recipe.evaluation.report import markdown_summary
-from dpo_recipe.evaluation.scoring import evaluate_adapter
 from dpo_recipe.training.base_cache import default_cache
 from dpo_recipe.training.launch import positive_int
 from dpo_recipe.utils.files import write_file_atomically
@@ -111,48 +109,26 @@ def run_eval(
     out: Path = Path("eval_report.json"),
     trust_remote_code: bool = False,
 ) -> dict[str, Any] | None:
-    """Everything that can be wrong is checked before the base model's weights load. A KTO adapter
-    (``training.objective: kto`` in its recipe) is scored on unpaired rows, as training scored it."""
-    from dpo_recipe.data.sources import load_preference_splits
-    from dpo_recipe.evaluation.kto_scoring import evaluate_kto_adapter
+    """Everything that can be wrong is checked before the base model's weights load. The adapter is scored by
+    the objective its recipe trained with (``training.objectives``: a KTO adapter on unpaired rows), as
+    training scored it."""
     from dpo_recipe.evaluation.plots import plot_report
     from dpo_recipe.models.adapters import adapter_base, load_adapter_model
-    from dpo_recipe.training.kto import scoring_trainer, unpaired_splits
+    from dpo_recipe.training.objectives import objective_for
 
     stopwatch, cache = Stopwatch(), default_cache()
     with stopwatch.phase("checks and data"):
         adapter_dir, recipe, model_section = adapter_base(adapter, base, trust_remote_code=trust_remote_code, data=data)
         data_section = held_out_data(recipe.data, data, split, max_pairs)
-        kto_adapter = recipe.training.objective == "kto"
-        if kto_adapter:  # held-out rows exactly as training held them out (pairs split, shuffled with the seed)
-            _, rows, _ = unpaired_splits(data_section, recipe.training.seed)
-        else:
-            _, rows, _ = load_preference_splits(data_section)
+        objective = objective_for(recipe)
+        rows = objective.held_out_rows(data_section, recipe)
         if not rows:
-            unit = "rows" if kto_adapter else "pairs"
-            raise DpoRecipeError(f"{data_section.source}: split '{split}' has no {unit} to score.")
+            raise DpoRecipeError(f"{data_section.source}: split '{split}' has no {objective.unit} to score.")
     with stopwatch.phase("model"):
         model, tokenizer = load_adapter_model(adapter_dir, model_section)
-    if kto_adapter:  # KTO's own numbers, as training's held-out report computed them
-        training = dataclasses.replace(recipe.training, beta=beta or recipe.training.beta)
-        recipe = dataclasses.replace(recipe, training=training)
-        with tempfile.TemporaryDirectory() as scratch:
-            trainer = scoring_trainer(recipe, model, tokenizer, rows, Path(scratch))
-            report = evaluate_kto_adapter(
-                trainer, tokenizer, rows, settings=recipe.eval, cache=cache, stopwatch=stopwatch
-            )
-    else:
-        report = evaluate_adapter(
-            model,
-            tokenizer,
-            rows,
-            beta=beta or recipe.training.beta,
-            max_length=recipe.training.max_length,
-            settings=recipe.eval,
-            loss_type=recipe.training.loss_type,
-            cache=cache,
-            stopwatch=stopwatch,
-        )
+    training = dataclasses.replace(recipe.training, beta=beta or recipe.training.beta)
+    recipe = dataclasses.replace(recipe, training=training)
+    report = objective.eval_report(recipe, model, tokenizer, rows, cache, stopwatch)
     if report is None:
         return None
     report["adapter"] = adapter
@@ -162,7 +138,7 @@ def run_eval(
     report["charts"] = [str(c) for c in charts]
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     write_file_atomically(out, lambda staging: staging.write_text(text, encoding="utf-8"))
-    print(markdown_summary(report))
+    print(markdown_summary(report, objective.report_lines(report)))
     print(f"\nReport: {out}; charts: {', '.join(report['charts'])}")
     print(stopwatch.line(), cache.summary())
     return report

@@ -1,5 +1,6 @@
-"""The held-out report as Markdown: what ``dpo-recipe eval`` prints and the model card embeds, for a DPO
-report (``scoring``) or a KTO one (``kto_scoring``, ``"objective": "kto"``)."""
+"""The held-out report as Markdown: what ``dpo-recipe eval`` prints and the model card embeds. Each objective
+(``training.objectives``) names its headline lines: ``dpo_lines`` for a report of ``scoring``, ``kto_lines``
+for one of ``kto_scoring``."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def markdown_summary(report: dict[str, Any]) -> str:
-    """A report as Markdown: headline numbers, a table per breakdown (KTO's: per rejection kind), then the
-    base-versus-tuned answers."""
-    lines = _kto_lines(report) if report.get("objective") == "kto" else _dpo_lines(report)
+def markdown_summary(report: dict[str, Any], headline: list[str]) -> str:
+    """A report as Markdown: ``headline`` (the objective's numbers and tables, ``Objective.report_lines``),
+    then the answer checks and the base-versus-tuned answers."""
+    lines = list(headline)
     if report.get("answer_checks"):
         lines += answer_checks_table(report["answer_checks"]) + [""]
     if report.get("generations"):
@@ -30,7 +31,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _dpo_lines(report: dict[str, Any]) -> list[str]:
+def dpo_lines(report: dict[str, Any]) -> list[str]:
     """Reward accuracy with its interval, log-likelihood accuracy, and a table per breakdown."""
     overall = report["overall"]
     low, high = overall["reward_accuracy_ci95"]
@@ -65,7 +66,7 @@ def _dpo_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _kto_lines(report: dict[str, Any]) -> list[str]:
+def kto_lines(report: dict[str, Any]) -> list[str]:
     """KL-adjusted reward accuracy on desirable and undesirable rows, mean rewards, KL and loss, and which kinds
     of wrong answer the adapter now rejects (rows split from pairs with a rejection_type)."""
     o = report["overall"]

@@ -1,18 +1,34 @@
-"""Trained LoRA adapters: found locally or on the Hub, checked against their base, then loaded.
+"""Trained LoRA adapters: found locally or on the Hub, checked against their base, then loaded; and the
+model a run starts from when its recipe names one (``model.init_adapter``).
 
 An adapter only fits the base it was trained on, and a pickle file from an untrusted source runs
 code when it is unpickled; both are refused here with the fix named, before any weights load.
+
+**Starting from an adapter.** ``model.init_adapter`` is merged into the base weights in memory
+(``PeftModel.from_pretrained(...).merge_and_unload()``) and the run's new LoRA trains on top, so the
+reference (the base with the new adapter off) is the starting policy, base + that adapter, as in the
+usual SFT → DPO setup. Chosen over a frozen named adapter beside the new one because it costs nothing
+after loading: the merged weights replace the base's in place (the adapter's own matrices are held only
+while merging; no second adapter runs in every forward), the packed path and the base cache work as
+they do on a plain base, and the cache keys on the merged weights' digest, so a changed adapter file
+never serves the old reference log-probs. The new adapter belongs to that merged base: its
+``recipe.yaml`` names ``model.init_adapter``, and eval / chat merge it again (``load_base``).
+``lora.train_init_adapter`` instead loads the adapter trainable on the bare base; TRL keeps a frozen
+copy of it (the ``"ref"`` adapter, one more adapter's memory) as the reference, and the output is a
+whole adapter for the bare base.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection, Recipe
 from dpo_recipe.config.trust import RUN_MARKER, FetchedRecipe, refuse_untrusted
+from dpo_recipe.data.sources import is_hub_id
 from dpo_recipe.errors import ModelError
 from dpo_recipe.models.loading import load_model, load_tokenizer, skeleton_model
 
@@ -99,6 +115,8 @@ def adapter_base(
     refuse_untrusted(recipe, fetched)
     # the tokenizer saved beside the adapter carries the chat template training used: no file is read for it
     model_section = dataclasses.replace(recipe.model, trust_remote_code=trust_remote_code, chat_template=None)
+    if recipe.lora.train_init_adapter:  # the adapter trained its starting adapter further: it fits the bare base
+        model_section = dataclasses.replace(model_section, init_adapter=None)
     if base:
         model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
     if not model_section.name_or_path:
@@ -120,7 +138,7 @@ def load_adapter_model(adapter_dir: Path, base: ModelSection) -> tuple[Any, Any]
     check_adapter_matches_base(adapter_dir, skeleton_model(base), base.name_or_path)
     keep_freed_memory_in_heap()
     tokenizer = load_tokenizer(dataclasses.replace(base, name_or_path=str(adapter_dir), gguf_file=None))
-    model = PeftModel.from_pretrained(load_model(base), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_base(base), str(adapter_dir))
     use_sparse_token_rows(model)
     if not base.load_in_4bit:  # bitsandbytes places 4-bit weights itself and refuses .to()
         model.to(PartialState().device)
@@ -158,3 +176,73 @@ def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str)
             f"The adapter in {adapter_dir} does not fit base model '{base_name}': {'; '.join(problems)}. "
             "Pass the base model the adapter was trained on (--base), as recorded in its adapter_config.json."
         )
+
+
+def init_adapter_dir(model: ModelSection) -> Path:
+    """``model.init_adapter`` as a local directory (a Hub id downloaded, safetensors only)."""
+    try:
+        return resolve_adapter_dir(str(model.init_adapter))
+    except ModelError as exc:
+        raise ModelError(f"model.init_adapter: {exc}") from None
+
+
+def check_init_adapter(recipe: Recipe, skeleton: Any) -> None:
+    """Refuse, before any weights load, an init adapter that is missing, not a LoRA adapter, trained on another
+    base, or (``lora.train_init_adapter``) of another rank or other target modules than the recipe's LoRA."""
+    if not recipe.model.init_adapter:
+        return
+    directory = init_adapter_dir(recipe.model)
+    config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    kind = config.get("peft_type")
+    if kind != "LORA":
+        raise ModelError(
+            f"model.init_adapter: {directory} holds a {kind or 'non-PEFT'} adapter, not a LoRA adapter (its "
+            "adapter_config.json has peft_type LORA). Give the output directory of a dpo-recipe run or another "
+            "PEFT LoRA adapter."
+        )
+    base, recorded = recipe.model.name_or_path, config.get("base_model_name_or_path") or "an unrecorded base"
+    try:
+        check_adapter_matches_base(directory, skeleton, base)
+        mismatch = is_hub_id(recorded) and is_hub_id(base) and recorded != base
+        detail = "another Hub model"
+    except ModelError as exc:
+        mismatch, detail = True, str(exc).split(": ", 1)[-1].split(". Pass")[0]
+    if mismatch:
+        raise ModelError(
+            f"model.init_adapter: {directory} was trained on '{recorded}', not on this recipe's base "
+            f"model.name_or_path '{base}' ({detail}). Set model.name_or_path to the adapter's base, or start "
+            f"from an adapter trained on '{base}'."
+        )
+    if recipe.lora.train_init_adapter:
+        targets = config.get("target_modules")
+        theirs = sorted(targets) if isinstance(targets, list) else targets
+        ours = recipe.lora.target_modules
+        ours = sorted(ours) if isinstance(ours, list) else ours
+        if (config.get("r"), theirs) != (recipe.lora.r, ours):
+            raise ModelError(
+                f"lora.train_init_adapter: the adapter in {directory} has rank {config.get('r')} on {theirs}, the "
+                f"recipe's LoRA rank {recipe.lora.r} on {ours}; training it further keeps its own. Set lora.r: "
+                f"{config.get('r')} and lora.target_modules: {theirs}, or lora.train_init_adapter: false to train a "
+                "new adapter on top of it."
+            )
+
+
+def load_base(model: ModelSection) -> Any:
+    """The base, with ``model.init_adapter`` merged into its weights when the recipe names one."""
+    loaded = load_model(model)
+    if not model.init_adapter:
+        return loaded
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(loaded, str(init_adapter_dir(model))).merge_and_unload()
+
+
+def load_policy(recipe: Recipe) -> Any:
+    """The model training starts from: ``load_base``, or with ``lora.train_init_adapter`` the bare base with
+    ``model.init_adapter`` loaded trainable (the trainer then adds no new adapter)."""
+    if not recipe.lora.train_init_adapter:
+        return load_base(recipe.model)
+    from peft import PeftModel
+
+    base = load_model(dataclasses.replace(recipe.model, init_adapter=None))
+    return PeftModel.from_pretrained(base, str(init_adapter_dir(recipe.model)), is_trainable=True)

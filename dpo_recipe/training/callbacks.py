@@ -118,5 +118,5 @@ class StopOnSignal(TrainerCallback):
 
 
 def signal_callback(trainer: Any) -> StopOnSignal:
-    """The trainer's ``StopOnSignal`` callback (``dpo_recipe.train.build_trainer`` installs one)."""
+    """The trainer's ``StopOnSignal`` callback (``training.objectives.base.with_run_callbacks`` installs one)."""
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))

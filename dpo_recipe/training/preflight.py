@@ -103,9 +103,13 @@ def refuse_tools_the_template_ignores(rows: list[dict[str, Any]], tokenizer: Any
 
 def checked_architecture(recipe: Recipe) -> tuple[Any, Any]:
     """``(tokenizer, skeleton)``: the tokenizer and the model without weights, once LoRA's target modules and
-    ``lora.trainable_tokens`` are found in them, so a misspelt module or token costs seconds, not a weights load."""
+    ``lora.trainable_tokens`` are found in them and ``model.init_adapter`` fits them, so a misspelt module or token
+    or an adapter of another base costs seconds, not a weights load."""
+    from dpo_recipe.models.adapters import check_init_adapter
+
     tokenizer = load_tokenizer(recipe.model)
     skeleton = skeleton_model(recipe.model)
+    check_init_adapter(recipe, skeleton)
     check_lora_targets(recipe.lora.target_modules, skeleton)
     trainable_token_ids(recipe.lora.trainable_tokens, tokenizer)
     refuse_what_cannot_fit(skeleton, recipe)

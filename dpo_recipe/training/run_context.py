@@ -37,6 +37,7 @@ class RunContext:
     overwrite: bool = False
     dry_run: bool = False
     trust_remote_code: bool = False  # --trust-remote-code: the user allows the model repo's own code
+    then: tuple[str, ...] = ()  # --then: recipes trained after this one, each from the adapter before it
 
     def __post_init__(self) -> None:
         if (self.recipe is None) == (self.from_hub is None):
@@ -45,6 +46,8 @@ class RunContext:
             raise RecipeError(RESUME_AND_OVERWRITE)
         if self.output_dir is not None and not str(self.output_dir).strip():
             raise RecipeError("--output-dir is empty (an unset variable?); name the folder the run should write.")
+        if self.then and self.from_hub:
+            raise RecipeError("--then chains recipes you name: start the chain with --recipe, not --from-hub.")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunContext:
@@ -58,6 +61,7 @@ class RunContext:
             overwrite=args.overwrite,
             dry_run=args.dry_run,
             trust_remote_code=args.trust_remote_code,
+            then=tuple(getattr(args, "then", None) or ()),
         )
 
     @property
@@ -107,4 +111,5 @@ class RunContext:
     def _source_and_overrides(self) -> list[str]:
         source = ["--from-hub", self.from_hub] if self.from_hub else ["--recipe", str(self.recipe)]
         trust = [TRUST_REMOTE_CODE_FLAG] if self.trust_remote_code else []
-        return [*source, *trust, *[arg for item in self.overrides for arg in ("--set", item)]]
+        then = [arg for name in self.then for arg in ("--then", name)]
+        return [*source, *then, *trust, *[arg for item in self.overrides for arg in ("--set", item)]]

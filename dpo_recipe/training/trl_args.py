@@ -1,10 +1,10 @@
-"""The recipe keys that become TRL ``DPOConfig`` (``KTOConfig`` under ``training.objective: kto``) and PEFT
-``LoraConfig`` arguments, in one table each.
+"""The recipe keys that become a TRL config's fields and PEFT ``LoraConfig`` arguments, in one table each.
 
-``dpo_config`` / ``lora_config`` build the trainer's arguments from these tables and the model card
+``trainer_config`` / ``lora_config`` build the trainer's arguments from these tables and the model card
 lists the same tables, so the card shows exactly the hyper-parameters the trainer received, under
-both names.
-Everything else ``DPOConfig`` gets is fixed by how dpo-recipe trains (checkpoint layout, logging,
+both names. Each objective (``training.objectives``) names its config class and table: ``DPOConfig``
+with ``RECIPE_TO_DPO_CONFIG`` below, the others derived from it in their own modules.
+Everything else the config gets is fixed by how dpo-recipe trains (checkpoint layout, logging,
 no in-loop evaluation) or derived from the hardware (precision flags).
 """
 
@@ -39,21 +39,7 @@ RECIPE_TO_DPO_CONFIG: dict[str, str] = {
     "training.save_steps": "save_steps",
     "training.save_total_limit": "save_total_limit",
 }
-# recipe key -> KTOConfig field (training.objective kto): DPOConfig's, less its pair losses, plus KTO's weights
-DPO_ONLY_FIELDS = ("loss_type", "loss_weights", "label_smoothing")
-RECIPE_TO_KTO_CONFIG: dict[str, str] = {
-    **{key: field for key, field in RECIPE_TO_DPO_CONFIG.items() if field not in DPO_ONLY_FIELDS},
-    "training.objective": "loss_type",
-    "training.desirable_weight": "desirable_weight",
-    "training.undesirable_weight": "undesirable_weight",
-}
-LIST_FIELDS = {"loss_type"}  # TRL takes a list of losses to mix; a recipe may name just one
-# recipe key -> the TRL CPOConfig field of the same meaning, which DPOConfig lacks: read by the
-# reference-free losses (dpo_recipe.training.losses.simpo), passed to PackedDPOTrainer as keyword arguments.
-RECIPE_TO_OBJECTIVE: dict[str, str] = {
-    "training.simpo_gamma": "simpo_gamma",
-    "training.cpo_alpha": "cpo_alpha",
-}
+LIST_FIELDS = {"training.loss_type"}  # TRL takes a list of losses to mix; a recipe may name just one
 
 
 # recipe key -> peft.LoraConfig field. lora.trainable_tokens become trainable_token_indices once the
@@ -73,10 +59,8 @@ def recipe_value(recipe: Recipe, key: str) -> Any:
     return getattr(getattr(recipe, section), name)
 
 
-def mapped_hyperparameters(recipe: Recipe) -> list[tuple[str, str, Any]]:
-    """``(recipe key, DPOConfig field, value)`` for every mapped key, in table order (``KTOConfig``'s fields
-    under ``training.objective: kto``)."""
-    table = RECIPE_TO_KTO_CONFIG if recipe.training.objective == "kto" else RECIPE_TO_DPO_CONFIG
+def mapped(recipe: Recipe, table: dict[str, str]) -> list[tuple[str, str, Any]]:
+    """``(recipe key, config field, value)`` for every key of ``table``, in table order."""
     return [(key, field, recipe_value(recipe, key)) for key, field in table.items()]
 
 
@@ -95,11 +79,6 @@ def lora_config(recipe: Recipe, trainable_token_ids: list[int]) -> Any:
     return LoraConfig(**fields, task_type="CAUSAL_LM")
 
 
-def objective_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """``PackedDPOTrainer``'s keyword arguments for the reference-free losses (``RECIPE_TO_OBJECTIVE``)."""
-    return {field: recipe_value(recipe, key) for key, field in RECIPE_TO_OBJECTIVE.items()}
-
-
 def precision_flags(precision: str) -> dict[str, bool]:
     """DPOConfig's ``bf16`` / ``fp16`` / ``use_cpu`` for ``training.precision`` on this machine."""
     import torch
@@ -110,26 +89,19 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
 
 
-def dpo_config(recipe: Recipe, out: Path) -> Any:
-    """The trainer's arguments; checkpoints go to ``out/checkpoints``. Creating it starts accelerate's
-    process state, so code after this call is rank-aware.
-
-    ``training.objective: kto`` gets a ``KTOConfig`` from ``RECIPE_TO_KTO_CONFIG`` and the same fixed
-    settings; TRL's ``train_sampling_strategy="sequential"`` stays, as the rows are shuffled once
-    (``dpo_recipe.training.kto``)."""
-    from trl import DPOConfig, KTOConfig
-
+def trainer_config(recipe: Recipe, out: Path, config_class: type, table: dict[str, str]) -> Any:
+    """``config_class`` (a TRL config) from ``table`` and the fixed settings; checkpoints go to ``out/checkpoints``.
+    Creating it starts accelerate's process state, so code after this call is rank-aware."""
     t = recipe.training
-    config_class = KTOConfig if t.objective == "kto" else DPOConfig
     if t.tensorboard:  # transformers 5 reads the TensorBoard directory from the environment only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
-    mapped = {  # KTOConfig's loss_type is the one name "kto", not a list
-        field: [value] if field in LIST_FIELDS and isinstance(value, str) and t.objective == "dpo" else value
-        for _, field, value in mapped_hyperparameters(recipe)
+    fields = {
+        field: [value] if key in LIST_FIELDS and isinstance(value, str) else value
+        for key, field, value in mapped(recipe, table)
     }
     return config_class(
         output_dir=str(out / CHECKPOINTS),
-        **mapped,
+        **fields,
         logging_first_step=True,
         save_strategy="steps",
         eval_strategy="no",

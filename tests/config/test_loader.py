@@ -184,3 +184,14 @@ def test_a_data_command_checks_its_data_keys_as_a_recipe_does() -> None:
         "hh, ranked, sharegpt, openai, unpaired, got 'hf'; data.ranked_margin: must be > 0.0, got 0. See "
         "'dpo-recipe recipes keys' for every key and its form."
     )
+
+
+def test_an_objective_owns_its_defaults_and_an_explicit_value_is_still_checked() -> None:
+    """``--set training.objective=kto`` on a DPO recipe trains as it is: packing (DPO's path) defaults to false
+    under kto; a packing: true the user writes is refused, with its fix."""
+    assert load_recipe("tiny-ja").training.packing is True
+    kto = load_recipe("tiny-ja", ["training.objective=kto"])
+    assert (kto.training.objective, kto.training.packing) == ("kto", False)
+    assert "packing: false" in kto.to_yaml()  # the saved recipe.yaml repeats the run as it trained
+    with pytest.raises(RecipeError, match=r"training.packing: the packed path computes DPO's losses.*remove"):
+        load_recipe("tiny-ja", ["training.objective=kto", "training.packing=true"])

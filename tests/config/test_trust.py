@@ -202,3 +202,15 @@ def test_the_recipe_of_an_adapter_from_the_hub_names_local_paths_and_the_option_
         result.output
     )
     assert "data.source is a local path ('/home/bob/p.jsonl'); give it yourself (--data SOURCE)" in result.output
+
+
+def test_a_fetched_recipe_cannot_start_from_a_local_adapter_the_user_did_not_name() -> None:
+    recipe = Recipe()
+    recipe.model.name_or_path = "alice/base"
+    recipe.model.init_adapter = "~/.ssh"
+    assert untrusted_values(recipe, FetchedRecipe("--from-hub bob/run")) == [
+        "model.init_adapter is a local path ('~/.ssh'); give it yourself (--set model.init_adapter=...) to use it"
+    ]
+    assert untrusted_values(recipe, FetchedRecipe("x", user_keys(["model.init_adapter=./sft"]))) == []
+    recipe.model.init_adapter = "alice/sft-adapter"  # a Hub id loads like the base does
+    assert untrusted_values(recipe, FetchedRecipe("--from-hub bob/run")) == []

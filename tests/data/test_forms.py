@@ -193,7 +193,7 @@ def test_bad_data_fails_lint_and_training_before_weights_load(runner, tiny_model
     def weights(*args: object) -> None:
         raise AssertionError("weights loaded before the data was checked")
 
-    monkeypatch.setattr(sys.modules["dpo_recipe.train"], "load_model", weights)
+    monkeypatch.setattr(sys.modules["dpo_recipe.train"], "load_policy", weights)
     with pytest.raises(DataError, match=r"message-without-content in split 'train' rows 2: chosen has"):
         run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
@@ -362,14 +362,14 @@ def test_openai_tools_train_where_the_chat_template_renders_them_and_are_refused
     source = write_jsonl(tmp_path / "tools.jsonl", rows)
 
     train_module = importlib.import_module("dpo_recipe.train")
-    load_model = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model", lambda *a: pytest.fail("weights loaded"))
+    load_policy = train_module.load_policy
+    monkeypatch.setattr(train_module, "load_policy", lambda *a: pytest.fail("weights loaded"))
     refused = training_context(source, tmp_path / "refused", tiny_model, ())
     with pytest.raises(DataError, match=r"tools.jsonl: 1 rows carry tool definitions .* does not render tools"):
         setup(refused)
     assert not (tmp_path / "refused").exists()
 
-    monkeypatch.setattr(train_module, "load_model", load_model)
+    monkeypatch.setattr(train_module, "load_policy", load_policy)
     template = tmp_path / "tools.jinja"
     template.write_text(TOOLS_TEMPLATE, encoding="utf-8")
     run = setup(training_context(source, tmp_path / "tools", tiny_model, (f"model.chat_template={template}",)))
@@ -472,7 +472,7 @@ def test_unpaired_data_on_the_dpo_path_says_it_needs_kto_before_weights_load(
     from dpo_recipe.train import run
 
     monkeypatch.setattr(
-        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+        importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("weights loaded")
     )
     source = FORM_FIXTURES / "unpaired.jsonl"
     with pytest.raises(DataError) as err:

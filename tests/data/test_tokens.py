@@ -51,12 +51,12 @@ def test_encode_pair_matches_trl_dpo_trainer(recipe, rows, tmp_path: Path) -> No
     from peft import LoraConfig
     from trl import DPOTrainer
 
-    from dpo_recipe.train import dpo_config
+    from dpo_recipe.training.objectives.dpo import DPO
 
     tokenizer = load_tokenizer(recipe.model)
     trainer = DPOTrainer(
         model=load_model(recipe.model),
-        args=dpo_config(recipe, tmp_path),
+        args=DPO().trainer_args(recipe, tmp_path),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dpo_recipe.evaluation.kto_scoring import REWARD, summarise
-from dpo_recipe.evaluation.report import markdown_summary
+from dpo_recipe.evaluation.report import kto_lines, markdown_summary
 
 
 def scored(batch: int, label: bool, reward: float, kl: float, loss: float, **extra: object) -> dict:
@@ -47,14 +47,14 @@ def test_a_held_out_split_of_one_label_has_no_margin_and_says_n_a() -> None:
     overall = report["overall"]
     assert overall["undesirable_accuracy"] is None and overall["reward_margin"] is None
     assert "undesirable_by_rejection_type" not in report
-    text = markdown_summary(report)
+    text = markdown_summary(report, kto_lines(report))
     assert "undesirable n/a of 0 (reward < 0)" in text and "(margin n/a)" in text and "| rejection_type" not in text
 
 
 def test_markdown_of_a_kto_report() -> None:
     report = summarise(ROWS, beta=0.1)
     report["generations"] = [{"prompt": "AIとは？", "base": "a|b", "tuned": "line\nbreak"}]
-    lines = markdown_summary(report).splitlines()
+    lines = markdown_summary(report, kto_lines(report)).splitlines()
     assert lines[0] == (
         "Held-out KL-adjusted reward accuracy **60.0%** on 5 rows: desirable 50.0% of 2 (reward > 0), "
         "undesirable 66.7% of 3 (reward < 0)."

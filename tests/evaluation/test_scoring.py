@@ -15,7 +15,7 @@ from conftest import REPO, invoke, tiny_overrides, two_process_launcher
 
 from dpo_recipe.errors import DpoRecipeError, ModelError
 from dpo_recipe.evaluation.command import run_eval
-from dpo_recipe.evaluation.report import markdown_summary
+from dpo_recipe.evaluation.report import dpo_lines, markdown_summary
 from dpo_recipe.evaluation.scoring import load_metric, summarise
 from dpo_recipe.train import run
 
@@ -73,7 +73,7 @@ def test_breakdowns_by_rejection_type_and_domain() -> None:
     assert report["by_domain"]["ai"]["pairs"] == 2 and report["by_domain"]["ai"]["reward_accuracy"] == 1.0
     assert report["overall"]["reward_accuracy"] == pytest.approx(2 / 3)
     assert [s["reward_margin"] for s in scored] == pytest.approx([0.5, -0.5, 1.0])
-    table = markdown_summary(report)
+    table = markdown_summary(report, dpo_lines(report))
     assert "| factual_error | 2 | 50.0% (" in table and "| too_terse | 1 | 100.0% (" in table
 
 
@@ -89,8 +89,8 @@ def test_a_reference_free_objective_is_scored_by_its_own_reward_and_the_report_s
     assert report["overall"]["chosen_reward"] == pytest.approx(0.5 * (-2 - 4) / 2)
     assert [s["reward_margin"] for s in scored] == pytest.approx([0.5, -1.0])
     assert report["overall"]["base_loglik_accuracy"] == 0.5  # the base's log-likelihood needs no reward
-    assert "Implicit reward: simpo: beta x mean log-prob" in markdown_summary(report)
-    assert "Implicit reward" not in markdown_summary(dpo)
+    assert "Implicit reward: simpo: beta x mean log-prob" in markdown_summary(report, dpo_lines(report))
+    assert "Implicit reward" not in markdown_summary(dpo, dpo_lines(dpo))
     assert summarise([dict(s) for s in scored], beta=0.5, loss_type="orpo")["reward"].startswith("orpo:")
 
 
@@ -175,7 +175,7 @@ def test_eval_logps_match_trl(tiny_model: Path, tmp_path: Path) -> None:
     from dpo_recipe.data.sources import load_preference_splits
     from dpo_recipe.evaluation.scoring import score_pairs
     from dpo_recipe.models.loading import load_model, load_tokenizer
-    from dpo_recipe.train import dpo_config
+    from dpo_recipe.training.objectives.dpo import DPO
 
     recipe = load_recipe("tiny-ja", tiny_overrides(tiny_model, "eval.batch_size=8"))
     _, rows, _ = load_preference_splits(recipe.data)
@@ -183,7 +183,7 @@ def test_eval_logps_match_trl(tiny_model: Path, tmp_path: Path) -> None:
     pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:16]])
     trainer = DPOTrainer(
         model=load_model(recipe.model),
-        args=dpo_config(recipe, tmp_path),
+        args=DPO().trainer_args(recipe, tmp_path),
         train_dataset=pairs,
         eval_dataset=pairs,
         processing_class=tokenizer,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import save_file
 
 from dpo_recipe.config.schema import ModelSection
@@ -115,3 +116,155 @@ def test_only_the_users_own_run_folder_keeps_its_recorded_local_paths(tmp_path: 
     (folder / RUN_MARKER).write_text("{}")
     _, _, section = adapter_base(str(folder))
     assert section.name_or_path == "/home/bob/tiny" and section.trust_remote_code is False
+
+
+# ---- model.init_adapter: training that starts from an adapter ------------------------------------------------
+FAST = ("eval.num_generations=0", "data.max_train_pairs=8", "data.max_eval_pairs=4", "training.learning_rate=1e-2")
+
+
+@pytest.fixture(scope="module")
+def first_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short DPO run whose adapter the next runs start from."""
+    from dpo_recipe.train import run
+
+    out = tmp_path_factory.mktemp("first") / "adapter"
+    run("tiny-ja", tiny_overrides(tiny_model, *FAST), output_dir=str(out))
+    return out
+
+
+def _reference(tiny_model: Path, out: Path, *settings: str) -> tuple[list[float], list[dict]]:
+    """The reference log-probs training computed for its pairs (chosen answers), and the tokenized pairs."""
+    from dpo_recipe.train import setup
+    from dpo_recipe.training.run_context import RunContext
+    from dpo_recipe.training.run_dir import release_lock
+
+    training = setup(
+        RunContext(recipe="tiny-ja", overrides=tuple(tiny_overrides(tiny_model, *FAST, *settings)), output_dir=str(out))
+    )
+    release_lock(out)
+    dataset = training.trainer.train_dataset
+    return list(dataset["ref_chosen_logps"]), [dataset[i] for i in range(len(dataset))]
+
+
+def _peft_logps(tiny_model: Path, adapter: Path, pair: dict) -> float:
+    """log p(chosen | prompt) under base + ``adapter``, enabled: one plain forward, no packing."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter)
+    ids = torch.tensor([pair["prompt_ids"] + pair["chosen_ids"]])
+    with torch.no_grad():
+        logps = torch.log_softmax(model.eval()(ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    per_token = logps.gather(1, targets[:, None])[:, 0]
+    return float(per_token[len(pair["prompt_ids"]) - 1 :].sum())
+
+
+def test_the_reference_is_the_base_plus_the_init_adapter_and_dpo_starts_at_ln2(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    import math
+
+    from dpo_recipe.train import run
+
+    reference, pairs = _reference(tiny_model, tmp_path / "setup", f"model.init_adapter={first_adapter}")
+    short = [i for i, p in enumerate(pairs) if len(p["prompt_ids"]) + len(p["chosen_ids"]) <= 128][:3]
+    assert short
+    for i in short:
+        assert reference[i] == pytest.approx(_peft_logps(tiny_model, first_adapter, pairs[i]), rel=1e-5)
+    bare, _ = _reference(tiny_model, tmp_path / "bare")
+    assert abs(bare[short[0]] - reference[short[0]]) > 0.05  # the adapter moved the reference
+    metrics = run(
+        "tiny-ja",
+        tiny_overrides(tiny_model, *FAST, f"model.init_adapter={first_adapter}"),
+        output_dir=str(tmp_path / "second"),
+    )
+    assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference at step 0
+    from dpo_recipe.evaluation.command import run_eval
+
+    again = run_eval(str(tmp_path / "second"), max_pairs=4, out=tmp_path / "eval.json")  # merges the adapter again
+    assert again["overall"]["reward_accuracy"] == pytest.approx(metrics["eval"]["overall"]["reward_accuracy"])
+    assert again["overall"]["reward_margin"] == pytest.approx(metrics["eval"]["overall"]["reward_margin"], rel=1e-4)
+
+
+def test_a_changed_init_adapter_at_the_same_path_never_serves_stale_reference_logps(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(first_adapter, adapter)
+    before, _ = _reference(tiny_model, tmp_path / "a", f"model.init_adapter={adapter}")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * 2 if ".lora_B." in k else v for k, v in weights.items()}, adapter / "adapter_model.safetensors")
+    warm, _ = _reference(tiny_model, tmp_path / "b", f"model.init_adapter={adapter}")
+    monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path / "cold-cache"))
+    cold, _ = _reference(tiny_model, tmp_path / "c", f"model.init_adapter={adapter}")
+    assert warm == cold and warm != before
+
+
+def test_train_init_adapter_continues_the_same_adapter_from_its_own_reference(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    import math
+
+    from safetensors.torch import load_file
+
+    from dpo_recipe.train import run
+
+    settings = (f"model.init_adapter={first_adapter}", "lora.train_init_adapter=true")
+    metrics = run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "more"))
+    assert metrics["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    start = load_file(first_adapter / "adapter_model.safetensors")
+    trained = load_file(tmp_path / "more" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys()  # the same adapter, not a new one on top
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+
+
+def test_a_bad_init_adapter_is_refused_in_one_paragraph_before_weights_load(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib
+
+    from dpo_recipe.errors import DpoRecipeError
+    from dpo_recipe.train import run
+
+    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
+    not_peft = tmp_path / "not-peft"
+    not_peft.mkdir()
+    prefix = adapter_dir(tmp_path)
+    (prefix / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "someone/bigger-model", "r": 8})
+    )
+    wide = {f"{V_PROJ}.lora_A.weight": torch.zeros(8, 64), f"{V_PROJ}.lora_B.weight": torch.zeros(48, 8)}
+    save_file(wide, other / "adapter_model.safetensors")
+    cases = [
+        (("model.init_adapter=/nonexistent/sft",), r"model.init_adapter: Adapter '/nonexistent/sft' is neither a dir"),
+        ((f"model.init_adapter={not_peft}",), r"model.init_adapter: .*not-peft is not a LoRA adapter directory"),
+        ((f"model.init_adapter={prefix}",), r"model.init_adapter: .* holds a PREFIX_TUNING adapter, not a LoRA"),
+        (
+            (f"model.init_adapter={other}",),
+            rf"model.init_adapter: .*other was trained on 'someone/bigger-model', not on this recipe's base "
+            rf"model.name_or_path '{tiny_model}' \(.*v_proj has size 32, the adapter expects 48",
+        ),
+        (
+            (f"model.init_adapter={first_adapter}", "lora.train_init_adapter=true", "lora.r=4"),
+            r"lora.train_init_adapter: the adapter in .* has rank 8 on \['q_proj', 'v_proj'\], the recipe's LoRA rank "
+            r"4 on \['q_proj', 'v_proj'\].* Set lora.r: 8",
+        ),
+        (
+            (f"model.init_adapter={first_adapter}", "lora.train_init_adapter=true", "lora.target_modules=[q_proj]"),
+            r"lora.train_init_adapter: the adapter in .* rank 8 on \['q_proj', 'v_proj'\], the recipe's LoRA rank 8 "
+            r"on \['q_proj'\]",
+        ),
+        (("lora.train_init_adapter=true",), r"lora.train_init_adapter: true trains model.init_adapter further"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(DpoRecipeError, match=message) as err:
+            run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "run"))
+        assert "\n" not in str(err.value) and not (tmp_path / "run").exists(), settings

@@ -85,3 +85,14 @@ def test_from_hub_takes_a_repo_id_only(repo: str) -> None:
 def test_an_empty_output_dir_is_refused() -> None:
     with pytest.raises(RecipeError, match="--output-dir is empty"):
         RunContext(recipe="tiny-ja", output_dir="")
+
+
+def test_a_chain_of_recipes_is_repeated_whole_and_starts_from_a_recipe() -> None:
+    args = build_parser().parse_args(["--recipe", "tiny-ja-sft", "--then", "tiny-ja", "--set", "a.b=1"])
+    context = RunContext.from_args(args)
+    assert context == RunContext(recipe="tiny-ja-sft", then=("tiny-ja",), overrides=("a.b=1",))
+    assert context.rerun_command() == (
+        "accelerate launch -m dpo_recipe.train --recipe tiny-ja-sft --then tiny-ja --set a.b=1"
+    )
+    with pytest.raises(RecipeError, match="--then chains recipes you name: start the chain with --recipe"):
+        RunContext(from_hub="alice/run", then=("tiny-ja",))

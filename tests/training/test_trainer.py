@@ -15,9 +15,9 @@ from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.data.sources import load_preference_splits
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.models.loading import load_model, load_tokenizer
-from dpo_recipe.train import build_trainer, dpo_config
 from dpo_recipe.training.base_cache import BaseCache
 from dpo_recipe.training.losses import PAIRWISE_LOSSES
+from dpo_recipe.training.objectives.dpo import DPO
 from dpo_recipe.training.packing import PackedPairs, segment_logps, truncated
 from dpo_recipe.training.trainer import (
     REF_COLUMNS,
@@ -37,7 +37,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     rows, _, _ = load_preference_splits(dataclasses.replace(recipe.data, max_train_pairs=None))  # in file order
     tokenizer = load_tokenizer(recipe.model)
     pairs = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:12]])
-    args = dpo_config(recipe, tmp_path_factory.mktemp("packing"))
+    args = DPO().trainer_args(recipe, tmp_path_factory.mktemp("packing"))
     return load_model(recipe.model), tokenizer, pairs, args
 
 
@@ -275,7 +275,7 @@ def test_build_trainer_never_falls_back_to_dpo_trainer_for_a_reference_free_loss
     eager_only = copy.deepcopy(model)
     eager_only.config._attn_implementation = "flash_attention_2"
     with pytest.raises(RecipeError, match=r"\['orpo'\]: trains on the packed path only, and attention"):
-        build_trainer(recipe, orpo_args, eager_only, tokenizer, rows, tmp_path)
+        DPO().build_trainer(recipe, orpo_args, eager_only, tokenizer, rows, tmp_path)
     with pytest.raises(ValueError, match="orpo is reference-free .* and trains alone"):
         _trainers(setup, None, packed_only=True, loss_type=["sigmoid", "orpo"])
 
@@ -435,10 +435,10 @@ def test_build_trainer_refuses_an_unpackable_objective_and_says_why_it_falls_bac
     weighted = copy.deepcopy(args)
     weighted.use_weighting = True
     with pytest.raises(RecipeError, match="use_weighting .*Set training.packing: false"):
-        build_trainer(recipe, weighted, copy.deepcopy(model), tokenizer, rows, tmp_path)
+        DPO().build_trainer(recipe, weighted, copy.deepcopy(model), tokenizer, rows, tmp_path)
     eager_only = copy.deepcopy(model)
     eager_only.config._attn_implementation = "flash_attention_2"
-    trainer = build_trainer(recipe, args, eager_only, tokenizer, rows, tmp_path)
+    trainer = DPO().build_trainer(recipe, args, eager_only, tokenizer, rows, tmp_path)
     assert type(trainer) is DPOTrainer
     assert capsys.readouterr().out.count("training with plain DPOTrainer") == 1
 
@@ -451,10 +451,10 @@ def test_build_trainer_refuses_trainable_tokens_where_trl_cannot_train_them(setu
     unpacked.lora.trainable_tokens = [token]
     assert model.config.tie_word_embeddings
     with pytest.raises(RecipeError, match="lora.trainable_tokens: on a model with tied embeddings.*packing: true"):
-        build_trainer(unpacked, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+        DPO().build_trainer(unpacked, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
     packed = load_recipe("tiny-ja", ["model.name_or_path=unused"])
     packed.lora.trainable_tokens = [token]
-    trainer = build_trainer(packed, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    trainer = DPO().build_trainer(packed, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
     assert type(trainer) is PackedDPOTrainer
     assert any("trainable_tokens_delta" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
 
@@ -464,7 +464,7 @@ def test_trained_token_rows_get_their_own_learning_rate(setup, tmp_path: Path) -
     rows = [dict(r) for r in pairs.select(range(4))]
     recipe = load_recipe("tiny-ja", ["model.name_or_path=unused", "lora.token_learning_rate=0.003"])
     recipe.lora.trainable_tokens = ["<|im_end|>"]
-    trainer = build_trainer(recipe, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
+    trainer = DPO().build_trainer(recipe, args, copy.deepcopy(model), tokenizer, rows, tmp_path)
     trainer.create_optimizer_and_scheduler(num_training_steps=4)
     rows_group = trainer.optimizer.param_groups[-1]
     named = {id(p): n for n, p in trainer.model.named_parameters()}

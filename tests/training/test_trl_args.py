@@ -6,17 +6,18 @@ from pathlib import Path
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import TrainingSection
-from dpo_recipe.training.trl_args import (
-    RECIPE_TO_DPO_CONFIG,
-    RECIPE_TO_KTO_CONFIG,
-    RECIPE_TO_LORA_CONFIG,
-    RECIPE_TO_OBJECTIVE,
-    dpo_config,
-    lora_config,
-    mapped_hyperparameters,
-    objective_kwargs,
-    precision_flags,
-)
+from dpo_recipe.training.objectives import objective_for
+from dpo_recipe.training.objectives.dpo import RECIPE_TO_OBJECTIVE, objective_kwargs
+from dpo_recipe.training.objectives.kto import RECIPE_TO_KTO_CONFIG
+from dpo_recipe.training.trl_args import RECIPE_TO_DPO_CONFIG, RECIPE_TO_LORA_CONFIG, lora_config, precision_flags
+
+
+def dpo_config(recipe, out: Path):
+    return objective_for(recipe).trainer_args(recipe, out)
+
+
+def mapped_hyperparameters(recipe):
+    return objective_for(recipe).hyperparameters(recipe)
 
 
 def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_every_lora_key_arrives_in_lora_config() -> None:
     assert lora_config(recipe, []).trainable_token_indices is None  # no token rows: PEFT adds no wrapper
     from dpo_recipe.config.schema import LoraSection
 
-    handled_elsewhere = {"token_learning_rate"}  # an optimizer group's lr, not a LoraConfig field
+    handled_elsewhere = {"token_learning_rate", "train_init_adapter"}  # an optimizer group's lr; the adapter's own
     mapped = {key.split(".")[1] for key in RECIPE_TO_LORA_CONFIG}
     assert mapped | handled_elsewhere == set(LoraSection.__dataclass_fields__)
 
@@ -83,7 +84,7 @@ def test_every_lora_key_arrives_in_lora_config() -> None:
 def test_kto_objective_gets_a_ktoconfig_without_the_pair_losses(tmp_path: Path) -> None:
     from trl import KTOConfig
 
-    settings = ["training.objective=kto", "training.packing=false", "training.undesirable_weight=1.4"]
+    settings = ["training.objective=kto", "training.undesirable_weight=1.4"]
     recipe = load_recipe("tiny-ja", [*settings, "training.beta=0.2"])
     args = dpo_config(recipe, tmp_path)
     assert isinstance(args, KTOConfig) and args.loss_type == "kto" and args.train_sampling_strategy == "sequential"

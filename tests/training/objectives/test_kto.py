@@ -1,5 +1,6 @@
-"""training.objective: kto (dpo_recipe.training.kto): unpaired rows, or pairs split into them, trained by TRL's
-KTOTrainer behind the recipe: artifacts, card, held-out report, and the same numbers as KTOTrainer run directly."""
+"""training.objective: kto (dpo_recipe.training.objectives.kto): unpaired rows, or pairs split into them,
+trained by TRL's KTOTrainer behind the recipe: artifacts, card, held-out report, and the same numbers as
+KTOTrainer run directly."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dpo_recipe.errors import DataError, RecipeError
 from dpo_recipe.train import run
 
 FAST = ("eval.num_generations=0",)
-KTO_ON_TINY_JA = ("training.objective=kto", "training.packing=false")  # what the DPO refusal tells a user to set
+KTO_ON_TINY_JA = ("training.objective=kto",)  # what the DPO refusal tells a user to set: packing is DPO's
 
 
 def test_kto_recipe_on_the_tiny_model_writes_adapter_card_and_held_out_report(tiny_model: Path, tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_loss_rewards_and_held_out_numbers_match_ktotrainer_run_directly(tiny_mo
     recipe_log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     report = json.loads((out / "eval_report.json").read_text())
 
-    # plain TRL: the same rows, shuffled once with the seed as dpo_recipe.training.kto does, the same LoRA, settings
+    # plain TRL: the same rows, shuffled once with the seed as objectives.kto does, the same LoRA, settings
     for rows in (train_rows, test_rows):
         random.Random(42).shuffle(rows)
     args = KTOConfig(
@@ -164,7 +165,7 @@ def test_bad_kto_settings_are_refused_together_before_weights_load(
     tiny_model: Path, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(
-        importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+        importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("weights loaded")
     )
     with pytest.raises(RecipeError, match=r"training.desirable_weight: must be > 0.0, got -1"):
         run("tiny-ja-kto", tiny_overrides(tiny_model, "training.desirable_weight=-1"), output_dir=str(tmp_path / "a"))
@@ -178,9 +179,7 @@ def test_bad_kto_settings_are_refused_together_before_weights_load(
         run("tiny-ja", tiny_overrides(tiny_model, *packed_only), output_dir=str(tmp_path / "b"))
     message = str(err.value)
     assert "training.loss_type: 'ipo' names DPO pair losses; training.objective kto trains KTO's own loss" in message
-    assert "training.packing: the packed path computes DPO's losses;" in message and "set training.packing: false" in (
-        message
-    )
+    assert "training.packing" not in message  # a DPO recipe's packing default does not apply to kto
     assert "lora.token_learning_rate: a learning rate of the packed path's optimizer" in message
     assert "training.per_device_batch_size: KTO estimates its KL term from the other rows of a batch" in message
     assert "\n" not in message and not (tmp_path / "b").exists()
@@ -195,12 +194,12 @@ def test_unpaired_data_refused_by_dpo_trains_with_the_objective_the_refusal_name
     source = FORM_FIXTURES / "unpaired.jsonl"
     with monkeypatch.context() as patched:
         patched.setattr(
-            importlib.import_module("dpo_recipe.train"), "load_model", lambda *a: pytest.fail("weights loaded")
+            importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("weights loaded")
         )
         with pytest.raises(DataError) as err:
             run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "dpo"))
     message = str(err.value)
-    assert "Train it with training.objective: kto (TRL's KTOTrainer; e.g. --set training.objective=kto --set " in (
+    assert "Train it with training.objective: kto (TRL's KTOTrainer; e.g. --set training.objective=kto, or the" in (
         message
     )
     settings = (f"data.source={source}", *KTO_ON_TINY_JA, "data.test_size=0.3", *FAST)

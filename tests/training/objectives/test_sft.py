@@ -1,0 +1,93 @@
+"""training.objective: sft (dpo_recipe.training.objectives.sft): completions trained by TRL's SFTTrainer, the
+held-out NLL / perplexity base -> tuned, and SFT then DPO from its adapter."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import FORM_FIXTURES, tiny_overrides
+
+from dpo_recipe.errors import DataError, RecipeError
+from dpo_recipe.train import run
+
+FAST = ("eval.num_generations=0", "training.learning_rate=1e-2")
+
+
+def test_sft_then_dpo_from_its_adapter(tiny_model: Path, tmp_path: Path) -> None:
+    sft = tmp_path / "sft"
+    metrics = run("tiny-ja-sft", tiny_overrides(tiny_model, *FAST), output_dir=str(sft))
+    train, overall = metrics["train"], metrics["eval"]["overall"]
+    assert (train["objective"], train["steps"]) == ("sft", 8)  # 32 chosen answers, 4 a step
+    assert train["last_loss"] < train["first_loss"]
+    assert overall["rows"] == 8 and overall["tuned_nll"] < overall["base_nll"]  # the completions got likelier
+    assert overall["tuned_perplexity"] == pytest.approx(math.exp(overall["tuned_nll"]))
+    report = json.loads((sft / "eval_report.json").read_text())
+    tokens = sum(r["tokens"] for r in report["per_row"])
+    assert overall["base_nll"] == pytest.approx(-sum(r["base_logp"] for r in report["per_row"]) / tokens)
+    card = (sft / "README.md").read_text()
+    assert "**supervised fine-tuning** (loss on the answers only)" in card and "- sft" in card
+    assert f"perplexity {overall['base_perplexity']:.2f} → {overall['tuned_perplexity']:.2f}" in card
+    assert "training.beta" not in card.split("## Reproduce")[0]  # SFTConfig's keys only
+
+    from dpo_recipe.evaluation.command import run_eval
+
+    again = run_eval(str(sft), max_pairs=8, out=tmp_path / "again.json")  # the same held-out completions
+    assert again["overall"] == pytest.approx(overall, rel=1e-5)
+
+    dpo = run(
+        "tiny-ja",
+        tiny_overrides(tiny_model, *FAST, "data.max_train_pairs=16", f"model.init_adapter={sft}"),
+        output_dir=str(tmp_path / "dpo"),
+    )
+    assert dpo["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)  # the SFT model is the reference
+    card = (tmp_path / "dpo" / "README.md").read_text()
+    assert f"> **Started from the adapter `{sft}`**: it was\n> merged into the base weights" in card
+    assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+def test_sft_refuses_what_it_would_not_read_and_data_with_no_completion(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(RecipeError) as err:
+        run("tiny-ja-sft", tiny_overrides(tiny_model, "training.beta=0.3", "training.packing=true"))
+    assert "training.beta: read by the preference losses only, not by objective sft; remove it" in str(err.value)
+    assert "training.packing: the packed path computes DPO's losses; objective sft trains with TRL's SFT" in str(
+        err.value
+    )
+    tokens = 'lora.trainable_tokens=["<|im_start|>", "<|im_end|>"]'  # the tiny model ties its embeddings
+    with pytest.raises(RecipeError, match="lora.trainable_tokens: on a model with tied embeddings TRL's SFTTrainer"):
+        run("tiny-ja-sft", tiny_overrides(tiny_model, tokens), output_dir=str(tmp_path / "tokens"))
+    rows = [json.loads(line) for line in (FORM_FIXTURES / "unpaired.jsonl").read_text().splitlines()]
+    undesirable = tmp_path / "bad.jsonl"
+    undesirable.write_text("".join(json.dumps({**r, "label": False}, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"bad.jsonl: no completion to train on\. training.objective sft trains on"):
+        run("tiny-ja-sft", tiny_overrides(tiny_model, f"data.source={undesirable}"), output_dir=str(tmp_path / "x"))
+
+
+def test_then_chains_sft_and_dpo_one_stage_folder_each_and_resume_keeps_finished_stages(
+    tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.train import main
+
+    root = tmp_path / "chain"
+    argv = ["--recipe", "tiny-ja-sft", "--then", "tiny-ja", "--output-dir", str(root)]
+    for item in tiny_overrides(tiny_model, *FAST, "data.max_train_pairs=8", "data.max_eval_pairs=4"):
+        argv += ["--set", item]
+    main(argv)
+    first, second = json.loads((root / "stage-1" / "metrics.json").read_text()), root / "stage-2"
+    assert first["train"]["objective"] == "sft"
+    dpo = json.loads((second / "metrics.json").read_text())
+    assert dpo["train"]["objective"] == "dpo" and dpo["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert load_recipe(str(second / "recipe.yaml")).model.init_adapter == str(root / "stage-1")
+    stamp = (second / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    main([*argv, "--resume"])
+    kept = capsys.readouterr().out
+    assert "--resume: stage 1 (tiny-ja-sft) finished" in kept and "--resume: stage 2 (tiny-ja) finished" in kept
+    assert (second / "metrics.json").stat().st_mtime_ns == stamp
