@@ -62,7 +62,9 @@ class _Trainer:
         self.callbacks.append(callback)
 
 
-def test_every_trainer_gets_the_log_the_clean_stop_and_the_live_progress_bar(tmp_path: Path) -> None:
+def test_every_trainer_gets_the_log_the_clean_stop_the_totals_and_the_live_progress_bar(tmp_path: Path) -> None:
+    from dpo_recipe.training.run_totals import RunTotals
+
     trainer = with_run_callbacks(_Trainer(), tmp_path)
-    assert [type(c) for c in trainer.callbacks] == [JsonlLogger, StopOnSignal, LiveMetricsProgress]
+    assert [type(c) for c in trainer.callbacks] == [JsonlLogger, StopOnSignal, RunTotals, LiveMetricsProgress]
     assert trainer.callbacks[0].path == tmp_path / "train_log.jsonl"
