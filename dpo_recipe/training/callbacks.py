@@ -99,7 +99,8 @@ class StopOnSignal(TrainerCallback):
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
+        if self.received is None:  # the first one says why: a terminal's SIGINT, not the launcher's SIGTERM after it
+            self.received = signum
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread

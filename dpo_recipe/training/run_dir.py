@@ -241,13 +241,14 @@ def stops_raise() -> Iterator[None]:
         yield
         return
 
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise Terminated()
+    def raise_stop(signum: int, frame: object) -> None:
+        # the first signal stops the run; later ones (accelerate's launcher sends SIGTERM after a terminal's
+        # Ctrl-C) must not interrupt the stop itself
+        for ignored in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(ignored, signal.SIG_IGN)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, raise_terminated),
-    }
+    previous = {signum: signal.signal(signum, raise_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -209,3 +209,20 @@ def test_a_failed_write_says_what_is_intact_and_how_to_resume(tmp_path: Path) ->
     )
     with pytest.raises(KeyError), write_failures_explained(out, RESUME):  # not a write failure: unchanged
         raise KeyError("x")
+
+
+def test_the_first_stop_signal_wins_and_the_handlers_come_back() -> None:
+    """A terminal's Ctrl-C reaches the run, then accelerate's launcher sends SIGTERM: the run stops on SIGINT, and
+    the second signal does not interrupt the stop."""
+    import signal
+
+    from dpo_recipe.training.run_dir import stops_raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stops_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("SIGINT did not stop the block")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored while the first stop is handled
+    assert signal.getsignal(signal.SIGTERM) == before
