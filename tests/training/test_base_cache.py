@@ -612,7 +612,7 @@ def test_an_unusable_cache_root_is_refused_before_anything_runs(
 
     with record.case("bad-input"):
         training = importlib.import_module("dpo_recipe.train")  # the module: the package exports a train() too
-        monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+        monkeypatch.setattr(training, "load_policy", lambda *a, **k: pytest.fail("weights loaded"))
         monkeypatch.chdir(tmp_path)
         (tmp_path / "a-file").write_text("not a folder")
         for value, words in (("", "DPO_RECIPE_CACHE is set but empty"), ("a-file/cache", "a-file is a file")):
