@@ -137,6 +137,42 @@ def _topic_or_prompt(row: dict[str, Any]) -> str:
     return topic_of(row) or json.dumps(row["prompt"], ensure_ascii=False)
 
 
+def completion_as_pair(row: dict[str, Any]) -> dict[str, Any]:
+    """A completion row in the pair form the token measures and the packed scorer read (both answers alike)."""
+    return {**row, "chosen": row["completion"], "rejected": row["completion"]}
+
+
+def completion_inputs(
+    recipe: Recipe,
+    conversion: Conversion,
+    split: tuple[Rows, Rows, list[str]],
+    trainer: str,
+    head: list[str],
+    tail: Any,
+    *,
+    report: bool = False,
+) -> Inputs:
+    """The inputs of an objective that trains one completion a row (KTO, SFT): the architecture checks (token
+    rows on tied embeddings refused for ``trainer``), the rows tokenized as TRL will see them, and, for a dry run
+    (``report``), ``head``, the token counts and ``tail(skeleton)`` printed. Rows whose prompt alone fills
+    ``training.max_length`` are refused (nothing of them would train)."""
+    train, test, notes = split
+    tokenizer, skeleton = checked_architecture(recipe)
+    refuse_tied_token_rows(recipe, skeleton, trainer)
+    refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
+    max_length = recipe.training.max_length
+    tokens = measure_tokens([completion_as_pair(row) for row in train], tokenizer, max_length)
+    if report:
+        counts = [
+            f"prompt tokens: {percentiles(tokens.prompt_lengths)}",
+            f"completion tokens (EOS included): {percentiles(tokens.completion_lengths[::2])}",
+            f"rows truncated at max_length {max_length}: {tokens.truncated_pairs} of {len(train)}",
+        ]
+        print("\n".join([*head, *counts, *tail(skeleton)]))
+    refuse_emptied_completions(tokens, max_length, unit="rows", order=" after shuffling")
+    return train, test, tokenizer, notes, provenance(recipe.data, conversion, train, test)
+
+
 class KTO(Objective):
     name = "kto"
     unit = "rows"
@@ -154,30 +190,22 @@ class KTO(Objective):
         (TRL drops them)."""
         conversion = converted_source(recipe.data)
         train, test, notes = unpaired_splits(recipe.data, recipe.training.seed, conversion)
-        tokenizer, skeleton = checked_architecture(recipe)
-        refuse_tied_token_rows(recipe, skeleton, "KTOTrainer")
-        refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
-        max_length = recipe.training.max_length
-        as_pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": r["completion"]} for r in train]
-        tokens = measure_tokens(as_pairs, tokenizer, max_length)
-        if report:
+        desirable = sum(r["label"] is True for r in train)
+        kept = f"rows kept: {len(train)} ({desirable} desirable, {len(train) - desirable} undesirable); "
+        t = recipe.training
+
+        def trainer_lines(skeleton: Any) -> list[str]:
             matched, trainable = lora_summary(skeleton, recipe)
-            desirable = sum(r["label"] is True for r in train)
-            lines = [
-                *notes,
-                f"rows kept: {len(train)} ({desirable} desirable, {len(train) - desirable} undesirable); "
-                f"held-out rows: {len(test)}",
-                f"prompt tokens: {percentiles(tokens.prompt_lengths)}",
-                f"completion tokens (EOS included): {percentiles(tokens.completion_lengths[::2])}",
-                f"rows truncated at max_length {max_length}: {tokens.truncated_pairs} of {len(train)}",
+            return [
                 f"LoRA target modules found: {', '.join(f'{n} x{c}' for n, c in sorted(matched.items()))}",
                 f"trainable parameters: {trainable:,}",
-                f"objective kto: TRL's KTOTrainer, desirable_weight {recipe.training.desirable_weight}, "
-                f"undesirable_weight {recipe.training.undesirable_weight}, beta {recipe.training.beta}",
+                f"objective kto: TRL's KTOTrainer, desirable_weight {t.desirable_weight}, "
+                f"undesirable_weight {t.undesirable_weight}, beta {t.beta}",
             ]
-            print("\n".join(lines))
-        refuse_emptied_completions(tokens, max_length, unit="rows", order=" after shuffling")
-        return train, test, tokenizer, notes, provenance(recipe.data, conversion, train, test)
+
+        head = [*notes, kept + f"held-out rows: {len(test)}"]
+        split = (train, test, notes)
+        return completion_inputs(recipe, conversion, split, "KTOTrainer", head, trainer_lines, report=report)
 
     def build_trainer(
         self,

@@ -24,18 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.config.schema import DataSection, Recipe
-from dpo_recipe.data.sources import converted_source, provenance
+from dpo_recipe.data.sources import converted_source
 from dpo_recipe.data.tokens import encode_pair, trainer_rows
 from dpo_recipe.errors import DataError
-from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer, refuse_tied_token_rows
-from dpo_recipe.training.objectives.kto import unpaired_splits
-from dpo_recipe.training.preflight import (
-    checked_architecture,
-    measure_tokens,
-    percentiles,
-    refuse_emptied_completions,
-    refuse_tools_the_template_ignores,
-)
+from dpo_recipe.training.objectives.base import Inputs, Objective, Rows, padded_trainer
+from dpo_recipe.training.objectives.kto import completion_as_pair, completion_inputs, unpaired_splits
 from dpo_recipe.training.trl_args import RECIPE_TO_DPO_CONFIG
 from dpo_recipe.utils.stopwatch import Stopwatch
 
@@ -90,22 +83,9 @@ class SFT(Objective):
         """Completions; rows whose prompt alone fills ``training.max_length`` are refused (nothing would train)."""
         conversion = converted_source(recipe.data)
         train, test, notes = completions(recipe.data, recipe.training.seed)
-        tokenizer, skeleton = checked_architecture(recipe)
-        refuse_tied_token_rows(recipe, skeleton, "SFTTrainer")
-        refuse_tools_the_template_ignores(train + test, tokenizer, recipe)
-        max_length = recipe.training.max_length
-        tokens = measure_tokens([_as_pair(r) for r in train], tokenizer, max_length)
-        if report:
-            lines = [
-                *notes,
-                f"prompt tokens: {percentiles(tokens.prompt_lengths)}",
-                f"completion tokens (EOS included): {percentiles(tokens.completion_lengths[::2])}",
-                f"rows truncated at max_length {max_length}: {tokens.truncated_pairs} of {len(train)}",
-                "objective sft: TRL's SFTTrainer, loss on the completion tokens only",
-            ]
-            print("\n".join(lines))
-        refuse_emptied_completions(tokens, max_length, unit="rows", order=" after shuffling")
-        return train, test, tokenizer, notes, provenance(recipe.data, conversion, train, test)
+        tail = ["objective sft: TRL's SFTTrainer, loss on the completion tokens only"]
+        split = (train, test, notes)
+        return completion_inputs(recipe, conversion, split, "SFTTrainer", notes, lambda _: tail, report=report)
 
     def build_trainer(
         self,
@@ -148,7 +128,7 @@ class SFT(Objective):
 
         if not PartialState().is_main_process:
             return None
-        pairs = [vars(encode_pair(tokenizer, _as_pair(r))) for r in rows]
+        pairs = [vars(encode_pair(tokenizer, completion_as_pair(r))) for r in rows]
         max_length = recipe.training.max_length
         with stopwatch.phase("held-out scoring"):
             scores = score_packed(model, pairs, max_length, recipe.eval.batch_size, policy=True, reference=True)
@@ -201,8 +181,3 @@ class SFT(Objective):
             ("perplexity", "Perplexity of held-out completions", overall["tuned_perplexity"]),
             ("nll", "Mean NLL per completion token (held-out)", overall["tuned_nll"]),
         ]
-
-
-def _as_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """A completion row in the pair form the token measures and the packed scorer read (both answers alike)."""
-    return {**row, "chosen": row["completion"], "rejected": row["completion"]}
