@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import importlib
 import importlib.util
 from pathlib import Path
 
 from dpo_recipe.errors import ModelError
-from dpo_recipe.utils.files import cache_root, cached_folder
+from dpo_recipe.utils.files import cache_root, cached_folder, sha256_of
 
 PACKAGE_PREFIX = "package:"
 ASSEMBLE_PREFIX = "assemble:"
@@ -110,11 +109,7 @@ def resolve_gguf_path(spec: str) -> Path:
 @functools.lru_cache(maxsize=8)
 def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
     """sha256 of a weights file, once per process and file version (tokenizer, config and weights all ask)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_of(path)[:16]
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path:

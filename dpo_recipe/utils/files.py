@@ -222,13 +222,22 @@ def _stamp(folder: Path) -> tuple:
     return tuple((p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")))
 
 
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read a MiB at a time (weights are hundreds of MB; ``hashlib.file_digest`` needs
+    Python 3.11, the project supports 3.10)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _file_hashes(folder: Path) -> dict[str, str]:
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != HASHES:
-            with path.open("rb") as handle:
-                hashes[path.relative_to(folder).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return hashes
+    return {
+        path.relative_to(folder).as_posix(): sha256_of(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != HASHES
+    }
 
 
 def _built_with_hashes(staging: Path, build: Callable[[Path], None]) -> None:
