@@ -25,14 +25,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.config.schema import ModelSection, Recipe
-from dpo_recipe.config.trust import RUN_MARKER, FetchedRecipe, refuse_untrusted
+from dpo_recipe.config.trust import RUN_MARKER, FetchedRecipe, looks_local, refuse_untrusted
 from dpo_recipe.data.sources import is_hub_id
 from dpo_recipe.errors import ModelError
 from dpo_recipe.models.loading import load_model, load_tokenizer, skeleton_model
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+MAX_STACK = 16  # adapters merged under one: far past any real chain, short of a loop
 
 
 def resolve_adapter_dir(adapter: str) -> Path:
@@ -115,8 +118,8 @@ def adapter_base(
     refuse_untrusted(recipe, fetched)
     # the tokenizer saved beside the adapter carries the chat template training used: no file is read for it
     model_section = dataclasses.replace(recipe.model, trust_remote_code=trust_remote_code, chat_template=None)
-    if recipe.lora.train_init_adapter:  # the adapter trained its starting adapter further: it fits the bare base
-        model_section = dataclasses.replace(model_section, init_adapter=None)
+    # merged under it (none for a bare base; a continued adapter sits where its start sat)
+    model_section = dataclasses.replace(model_section, init_adapter=sits_on(adapter_dir))
     if base:
         model_section = dataclasses.replace(model_section, name_or_path=base, gguf_file=None)
     if not model_section.name_or_path:
@@ -178,10 +181,10 @@ def check_adapter_matches_base(adapter_dir: Path, skeleton: Any, base_name: str)
         )
 
 
-def init_adapter_dir(model: ModelSection) -> Path:
+def init_adapter_dir(init_adapter: str) -> Path:
     """``model.init_adapter`` as a local directory (a Hub id downloaded, safetensors only)."""
     try:
-        return resolve_adapter_dir(str(model.init_adapter))
+        return resolve_adapter_dir(init_adapter)
     except ModelError as exc:
         raise ModelError(f"model.init_adapter: {exc}") from None
 
@@ -191,7 +194,7 @@ def check_init_adapter(recipe: Recipe, skeleton: Any) -> None:
     base, or (``lora.train_init_adapter``) of another rank or other target modules than the recipe's LoRA."""
     if not recipe.model.init_adapter:
         return
-    directory = init_adapter_dir(recipe.model)
+    directory = init_adapter_dir(recipe.model.init_adapter)
     config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
     kind = config.get("peft_type")
     if kind != "LORA":
@@ -227,22 +230,86 @@ def check_init_adapter(recipe: Recipe, skeleton: Any) -> None:
             )
 
 
+def sits_on(adapter_dir: Path) -> str | None:
+    """The adapter ``adapter_dir``'s own weights apply on top of (its recipe's ``model.init_adapter``), or None
+    for a bare base. An adapter trained with ``lora.train_init_adapter`` replaced its starting adapter, so it
+    sits where that one sat."""
+    directory = adapter_dir
+    for _ in range(MAX_STACK):
+        recorded = directory / "recipe.yaml"
+        raw = yaml.safe_load(recorded.read_text(encoding="utf-8")) if recorded.is_file() else None
+        raw = raw if isinstance(raw, dict) else {}
+        init = (raw.get("model") or {}).get("init_adapter")
+        if not init or not (raw.get("lora") or {}).get("train_init_adapter"):
+            return str(init) if init else None
+        directory = init_adapter_dir_of(str(init), directory)
+    raise ModelError(
+        f"{adapter_dir} continues a chain of adapters (lora.train_init_adapter) more than {MAX_STACK} deep or "
+        "looping back on itself; train from an adapter whose chain ends on the base."
+    )
+
+
+def init_adapter_dir_of(init: str, child: Path) -> Path:
+    """``init``, the adapter ``child`` was trained from, as a local directory; a downloaded adapter (no run
+    marker) may name only a Hub id there, as ``config.trust`` holds for every local path a stranger's recipe
+    names."""
+    if looks_local(init) and not (child / RUN_MARKER).is_file():
+        raise ModelError(
+            f"{child} was trained on top of the adapter '{init}' (its recipe.yaml's model.init_adapter), a local "
+            "path on someone else's machine. Only an adapter trained on a bare base, or on top of a Hub adapter, "
+            "can be loaded from a download."
+        )
+    try:
+        return resolve_adapter_dir(init)
+    except ModelError as exc:
+        raise ModelError(
+            f"{child} was trained on top of the adapter '{init}' (its recipe.yaml's model.init_adapter), which "
+            f"cannot be loaded: {exc} Run from the folder that run was started in, or give its adapter there."
+        ) from None
+
+
+def adapter_stack(init_adapter: str) -> list[Path]:
+    """Every adapter ``init_adapter`` needs under it, bottom first, ending with its own directory.
+
+    An adapter trained from another (``model.init_adapter``) fits the base with that one merged in, which
+    may itself sit on a third (an SFT → DPO → DPO chain): each is merged in turn."""
+    stack = [init_adapter_dir(init_adapter)]
+    while (under := sits_on(stack[0])) is not None:
+        directory = init_adapter_dir_of(under, stack[0])
+        if any(directory.resolve() == seen.resolve() for seen in stack) or len(stack) >= MAX_STACK:
+            raise ModelError(
+                f"model.init_adapter: {init_adapter} sits on a chain of adapters that loops back on itself or is "
+                f"more than {MAX_STACK} deep ({', '.join(str(d) for d in (directory, *stack))}). Train from an "
+                "adapter whose chain ends on the base."
+            )
+        stack.insert(0, directory)
+    return stack
+
+
 def load_base(model: ModelSection) -> Any:
-    """The base, with ``model.init_adapter`` merged into its weights when the recipe names one."""
-    loaded = load_model(model)
+    """The base, with ``model.init_adapter`` (and every adapter it sits on) merged into its weights when the
+    recipe names one."""
+    loaded = load_model(dataclasses.replace(model, init_adapter=None))
     if not model.init_adapter:
         return loaded
+    return _merged(loaded, adapter_stack(model.init_adapter))
+
+
+def _merged(model: Any, adapters: list[Path]) -> Any:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(loaded, str(init_adapter_dir(model))).merge_and_unload()
+    for directory in adapters:
+        model = PeftModel.from_pretrained(model, str(directory)).merge_and_unload()
+    return model
 
 
 def load_policy(recipe: Recipe) -> Any:
-    """The model training starts from: ``load_base``, or with ``lora.train_init_adapter`` the bare base with
-    ``model.init_adapter`` loaded trainable (the trainer then adds no new adapter)."""
+    """The model training starts from: ``load_base``, or with ``lora.train_init_adapter`` ``model.init_adapter``
+    loaded trainable on what it sits on (the trainer then adds no new adapter)."""
     if not recipe.lora.train_init_adapter:
         return load_base(recipe.model)
     from peft import PeftModel
 
-    base = load_model(dataclasses.replace(recipe.model, init_adapter=None))
-    return PeftModel.from_pretrained(base, str(init_adapter_dir(recipe.model)), is_trainable=True)
+    *under, init = adapter_stack(str(recipe.model.init_adapter))
+    base = _merged(load_model(dataclasses.replace(recipe.model, init_adapter=None)), under)
+    return PeftModel.from_pretrained(base, str(init), is_trainable=True)

@@ -146,12 +146,15 @@ def _reference(tiny_model: Path, out: Path, *settings: str) -> tuple[list[float]
     return list(dataset["ref_chosen_logps"]), [dataset[i] for i in range(len(dataset))]
 
 
-def _peft_logps(tiny_model: Path, adapter: Path, pair: dict) -> float:
-    """log p(chosen | prompt) under base + ``adapter``, enabled: one plain forward, no packing."""
+def _peft_logps(tiny_model: Path, adapter: Path, pair: dict, under: tuple[Path, ...] = ()) -> float:
+    """log p(chosen | prompt) under base + ``under`` merged + ``adapter``, enabled: one plain forward, no packing."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), adapter)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    for merged in under:
+        base = PeftModel.from_pretrained(base, merged).merge_and_unload()
+    model = PeftModel.from_pretrained(base, adapter)
     ids = torch.tensor([pair["prompt_ids"] + pair["chosen_ids"]])
     with torch.no_grad():
         logps = torch.log_softmax(model.eval()(ids).logits[0, :-1].float(), dim=-1)
@@ -185,6 +188,59 @@ def test_the_reference_is_the_base_plus_the_init_adapter_and_dpo_starts_at_ln2(
     again = run_eval(str(tmp_path / "second"), max_pairs=4, out=tmp_path / "eval.json")  # merges the adapter again
     assert again["overall"]["reward_accuracy"] == pytest.approx(metrics["eval"]["overall"]["reward_accuracy"])
     assert again["overall"]["reward_margin"] == pytest.approx(metrics["eval"]["overall"]["reward_margin"], rel=1e-4)
+
+
+def test_an_adapter_trained_from_another_is_loaded_on_top_of_it_at_every_depth(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """SFT -> DPO -> DPO: the third run's reference is base + first merged + second, as PEFT computes it, and
+    ``dpo-recipe eval`` of the third adapter merges both under it (its numbers are training's)."""
+    import math
+
+    from dpo_recipe.evaluation.command import run_eval
+    from dpo_recipe.models.adapters import adapter_stack
+    from dpo_recipe.train import run
+
+    second = tmp_path / "second"
+    run("tiny-ja", tiny_overrides(tiny_model, *FAST, f"model.init_adapter={first_adapter}"), output_dir=str(second))
+    assert adapter_stack(str(second)) == [first_adapter, second]
+    reference, pairs = _reference(tiny_model, tmp_path / "setup", f"model.init_adapter={second}")
+    short = [i for i, p in enumerate(pairs) if len(p["prompt_ids"]) + len(p["chosen_ids"]) <= 128][:2]
+    for i in short:
+        direct = _peft_logps(tiny_model, second, pairs[i], under=(first_adapter,))
+        assert reference[i] == pytest.approx(direct, rel=1e-5)
+        assert abs(reference[i] - _peft_logps(tiny_model, second, pairs[i])) > 1e-3  # the first adapter counts
+    third = run(
+        "tiny-ja", tiny_overrides(tiny_model, *FAST, f"model.init_adapter={second}"), output_dir=str(tmp_path / "3")
+    )
+    assert third["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    again = run_eval(str(tmp_path / "3"), max_pairs=4, out=tmp_path / "eval.json")
+    assert again["overall"]["reward_margin"] == pytest.approx(third["eval"]["overall"]["reward_margin"], rel=1e-4)
+
+
+def test_a_chain_of_adapters_that_loops_or_points_home_from_a_download_is_refused(
+    first_adapter: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from dpo_recipe.config.trust import RUN_MARKER
+    from dpo_recipe.errors import ModelError
+    from dpo_recipe.models.adapters import adapter_stack
+
+    looped = tmp_path / "looped"
+    shutil.copytree(first_adapter, looped)
+    recipe = (looped / "recipe.yaml").read_text()
+    (looped / "recipe.yaml").write_text(recipe.replace("init_adapter: null", f"init_adapter: {looped}", 1))
+    with pytest.raises(ModelError, match=r"sits on a chain of adapters that loops back on itself"):
+        adapter_stack(str(looped))
+    (looped / RUN_MARKER).unlink()  # as a download: no run marker, and a path on the publisher's machine
+    with pytest.raises(ModelError, match=r"was trained on top of the adapter '.*looped'.*a local path on someone"):
+        adapter_stack(str(looped))
+    gone = tmp_path / "gone"
+    shutil.copytree(first_adapter, gone)
+    (gone / "recipe.yaml").write_text(recipe.replace("init_adapter: null", "init_adapter: ./moved-away", 1))
+    with pytest.raises(ModelError, match=r"trained on top of the adapter './moved-away'.*cannot be loaded: Adapter"):
+        adapter_stack(str(gone))
 
 
 def test_a_changed_init_adapter_at_the_same_path_never_serves_stale_reference_logps(
