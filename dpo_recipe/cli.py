@@ -347,7 +347,7 @@ def train_command(args: tuple[str, ...]) -> None:
     (see `dpo-recipe train --help`); the recipe is checked here first, so a typo fails in a second
     instead of after the processes start.
     """
-    from dpo_recipe.train import build_parser, main, parse_args
+    from dpo_recipe.train import build_parser, main, parse_args, stage_recipes
     from dpo_recipe.training.launch import accelerate_command, split_launcher_args, with_launcher_options
 
     context = parse_args(list(args), with_launcher_options(build_parser(), "dpo-recipe train"))
@@ -355,7 +355,8 @@ def train_command(args: tuple[str, ...]) -> None:
     if context.dry_run:
         main(train_args)
         return
-    context.load_recipe()
+    chain = context.stages()
+    stage_recipes(context, chain[0]) if chain else context.load_recipe()
     _exec(accelerate_command("dpo_recipe.train", train_args, launcher.accelerate_config, launcher.num_processes))
 
 

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
+from dpo_recipe.artifacts.outputs import (
+    collect_metrics,
+    gather_adapter_digests,
+    save_artifacts,
+    summary_line,
+    training_chain,
+)
 from dpo_recipe.config.schema import Recipe
+from dpo_recipe.config.stages import Stage
 from dpo_recipe.config.trust import fetched_summary
 from dpo_recipe.data.sources import pin_hub_revision
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
@@ -147,10 +154,11 @@ def run(
 
 
 def recipe_main(context: RunContext) -> dict[str, Any] | None:
-    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks. With ``--then``, one
-    run a stage (``stages_main``)."""
-    if context.then:
-        return stages_main(context)
+    """setup → train → evaluate and save → cleanup; a dry run stops after setup's checks. A chain (a ``stages:``
+    recipe, ``--then``) trains one run a stage (``stages_main``)."""
+    chain = context.stages()
+    if chain is not None:
+        return stages_main(context, *chain)
     started, stopwatch = time.perf_counter(), Stopwatch()
     out = None
     with stops_raise():
@@ -172,30 +180,47 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
     return metrics
 
 
-def stages_main(context: RunContext) -> dict[str, Any] | None:
-    """``--recipe A --then B ...``: each recipe trains from the adapter of the one before it
-    (``model.init_adapter``) into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
+def stages_main(context: RunContext, stages: list[Stage], chain_dir: str | None) -> dict[str, Any] | None:
+    """A chain of runs, each from the adapter of the one before it (``model.init_adapter``), stage N into
+    ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
 
-    Each stage is a whole run (its own lock, checkpoints, card, resume command). With ``--resume`` a finished
-    stage is kept and read, so a stopped chain continues where it stopped. A dry run checks the first stage
-    (the next ones start from an adapter that does not exist yet)."""
-    root = Path(context.output_dir or context.load_recipe().training.output_dir)
+    Every stage's recipe is loaded and checked first, so a mistake in the last stage stops the chain before the
+    first trains. Each stage is then a whole run (its own lock, checkpoints, card, resume command); with
+    ``--resume`` a finished stage is kept and read, so a stopped chain continues where it stopped. A dry run
+    checks the first stage's data and model too (the next ones start from an adapter that does not exist yet).
+    """
+    recipes = stage_recipes(context, stages)
+    root = Path(context.output_dir or chain_dir or recipes[0].training.output_dir).expanduser()
     adapter, metrics = None, None
-    for index, name in enumerate((context.recipe, *context.then), 1):
+    for index, stage in enumerate(stages, 1):
         out = root / f"stage-{index}"
         start = (f"model.init_adapter={adapter}",) if adapter else ()
-        stage = dataclasses.replace(context, recipe=name, then=(), overrides=(*context.overrides, *start))
-        stage = dataclasses.replace(stage, output_dir=str(out))
+        run_stage = dataclasses.replace(
+            context, recipe=stage.recipe, then=(), overrides=(*stage.overrides, *start), output_dir=str(out)
+        )
         if context.resume and is_finished(out):
-            print(f"--resume: stage {index} ({name}) finished in {out}; kept.")
+            print(f"--resume: stage {index} ({stage.recipe}) finished in {out}; kept.")
             metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         else:
-            metrics = recipe_main(stage)
+            if first_process():
+                print(f"Stage {index} of {len(stages)}: {stage.recipe} -> {out}")
+            metrics = recipe_main(run_stage)
         if context.dry_run:
-            print(f"dry run: stage 1 checked; the {len(context.then)} stage(s) after it start from its adapter.")
+            print(f"dry run: stage 1 checked; the {len(stages) - 1} stage(s) after it start from its adapter.")
             return None
         adapter = out
     return metrics
+
+
+def stage_recipes(context: RunContext, stages: list[Stage]) -> list[Recipe]:
+    """Every stage's recipe, loaded and checked (``model.init_adapter`` is the stage before's, set when it runs)."""
+    recipes = []
+    for index, stage in enumerate(stages, 1):
+        try:
+            recipes.append(dataclasses.replace(context, recipe=stage.recipe, overrides=stage.overrides).load_recipe())
+        except RecipeError as exc:
+            raise RecipeError(f"Stage {index} of {len(stages)} ({stage.recipe}): {exc}") from None
+    return recipes
 
 
 def cleanup() -> None:
@@ -367,6 +392,9 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
     metrics["data"] = {"sources": training.data_sources}
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
+    overall = metrics["eval"].get("overall")
+    held_out = objective.summary_numbers(overall) if overall else None
+    metrics["chain"] = training_chain(recipe, metrics, context.recipe_name, objective.unit, held_out)
     with write_failures_explained(out, context.resume_command(out)), training.stopwatch.phase("saving"):
         save_artifacts(
             recipe,
@@ -379,8 +407,7 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
             command=context.rerun_command(),
         )
     training.cache.write_held()
-    overall = metrics["eval"].get("overall")
-    print(summary_line(metrics, out, objective.unit, objective.summary_numbers(overall) if overall else None))
+    print(summary_line(metrics, out, objective.unit, held_out))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir

@@ -813,11 +813,11 @@ def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, mo
 
 def test_trust_remote_code_is_off_unless_the_recipe_says_and_the_card_tells(record) -> None:
     from dpo_recipe.artifacts.cards import render_model_card
-    from dpo_recipe.config.loader import load_recipe, packaged_recipes
+    from dpo_recipe.config.loader import load_recipe, single_run_recipes
     from dpo_recipe.models.loading import _hub_kwargs
 
     with record.case("security"):
-        for name in packaged_recipes():
+        for name in single_run_recipes():
             assert load_recipe(name).model.trust_remote_code is False
         plain, remote = load_recipe("tiny-ja"), load_recipe("tiny-ja", ["model.trust_remote_code=true"])
         assert _hub_kwargs(plain.model)["trust_remote_code"] is False

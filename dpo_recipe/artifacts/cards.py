@@ -189,6 +189,7 @@ def render_model_card(
         train_init_adapter=recipe.lora.train_init_adapter,
         objective_note=objective.card_note(recipe, metrics),
         training_note=_training_note(metrics.get("train", {})),
+        chain=metrics.get("chain", []) if len(metrics.get("chain", [])) > 1 else [],
     )
 
 

@@ -90,6 +90,35 @@ def collect_metrics(
     }
 
 
+def training_chain(
+    recipe: Recipe, metrics: dict[str, Any], recipe_name: str, unit: str, held_out: str | None
+) -> list[dict[str, Any]]:
+    """The runs this adapter stands on, first to last, then this one: ``metrics.json``'s ``chain`` and the card's
+    table (base → stage 1 → stage 2). A start that is a dpo-recipe run brings its own chain (its
+    ``metrics.json``); any other adapter is one row naming it."""
+    train = metrics["train"]
+    here = {
+        "adapter": recipe.training.output_dir,
+        "recipe": recipe_name,
+        "objective": train.get("objective"),
+        "data": ", ".join(str(s["source"]) for s in metrics.get("data", {}).get("sources", [])) or None,
+        "steps": train.get("steps"),
+        "trained_on": f"{train.get(unit)} {unit}",
+        "held_out": held_out,
+        "continues_its_start": recipe.lora.train_init_adapter,
+    }
+    if not recipe.model.init_adapter:
+        return [here]
+    from dpo_recipe.models.adapters import init_adapter_dir
+
+    start = init_adapter_dir(recipe.model.init_adapter) / "metrics.json"
+    try:
+        before = json.loads(start.read_text(encoding="utf-8"))["chain"]
+    except (OSError, ValueError, KeyError, TypeError):  # not a dpo-recipe run, or one from before chains
+        before = [{"adapter": recipe.model.init_adapter, "recipe": None, "objective": None, "data": None}]
+    return [*before, here]
+
+
 def save_artifacts(
     recipe: Recipe,
     trainer: Any,

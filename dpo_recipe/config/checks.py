@@ -15,6 +15,7 @@ from dpo_recipe.config.vocabulary import (
     CHAT_ROLES,
     KTO_LOSS_NAMES,
     LOSS_NAMES,
+    NOT_READ_BY,
     PER_SOURCE_KEYS,
     SOURCE_KEYS,
     is_reference_free,
@@ -169,9 +170,10 @@ def kto_problems(recipe: Recipe) -> list[str]:
 def sft_problems(recipe: Recipe) -> list[str]:
     """What a recipe with ``training.objective: sft`` sets that TRL's SFTTrainer would not read, each with its fix."""
     t, defaults = recipe.training, TrainingSection()
+    preference_keys = [k.split(".")[1] for k in NOT_READ_BY["sft"] if k.startswith("training.") and "packing" not in k]
     problems = [
         f"training.{key}: read by the preference losses only, not by objective sft; remove it"
-        for key in ("loss_type", "loss_weights", "label_smoothing", "simpo_gamma", "cpo_alpha", "beta")
+        for key in preference_keys
         if getattr(t, key) != getattr(defaults, key)
     ]
     return problems + padded_trainer_problems(recipe, "SFTTrainer")

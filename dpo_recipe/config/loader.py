@@ -7,6 +7,8 @@ training run.
 from __future__ import annotations
 
 import difflib
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import yaml
 from dpo_recipe.config.checks import cross_checks, data_problems
 from dpo_recipe.config.coercion import build_section
 from dpo_recipe.config.schema import REQUIRED_SECTIONS, SECTIONS, DataSection, Recipe
-from dpo_recipe.config.vocabulary import OBJECTIVE_DEFAULTS, suggest
+from dpo_recipe.config.vocabulary import NOT_READ_BY, OBJECTIVE_DEFAULTS, suggest
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.utils.files import packaged_dir
 
@@ -26,6 +28,15 @@ def recipes_dir() -> Path:
 
 def packaged_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def single_run_recipes() -> dict[str, Path]:
+    """The packaged recipes of one run each, without the ``stages:`` lists (``config.stages``)."""
+    return {
+        name: path
+        for name, path in packaged_recipes().items()
+        if not re.search(r"^stages:", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
 
 
 def recipe_summary(path: Path) -> str:
@@ -70,8 +81,41 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections ({', '.join(SECTIONS)}).")
-    raw = apply_overrides(raw, overrides, source=str(path))
-    return recipe_from_dict(raw, source=str(path))
+    if "stages" in raw:  # config.stages: one run a stage, each its own recipe
+        raise RecipeError(
+            f"{path} lists stages (recipes trained one after another), not one run's settings: train it with "
+            f"'dpo-recipe train --recipe {name_or_path}', or name one of its stages' recipes here."
+        )
+    switched = apply_overrides(raw, overrides, source=str(path))
+    return recipe_from_dict(_objective_switched(raw, switched, overrides, path), source=str(path))
+
+
+def _objective_switched(
+    raw: dict[str, Any], merged: dict[str, Any], overrides: list[str] | tuple[str, ...], path: Path
+) -> dict[str, Any]:
+    """``merged`` without the file's keys of the objective it was written for, when ``--set training.objective``
+    names another: an objective owns its settings, so ``--set training.objective=sft`` on a DPO recipe trains
+    as it is instead of asking the user to unset its loss keys one by one. Keys the user sets stay (and are
+    checked)."""
+    objective = merged.get("training", {}).get("objective") if isinstance(merged.get("training"), dict) else None
+    written = raw.get("training", {}).get("objective") if isinstance(raw.get("training"), dict) else None
+    if objective == written or objective not in NOT_READ_BY:
+        return merged
+    given = {item.partition("=")[0].strip() for item in overrides}
+    left_out = []
+    for dotted in NOT_READ_BY[objective]:
+        section, key = dotted.split(".")
+        values = raw.get(section)
+        if dotted not in given and isinstance(values, dict) and key in values:
+            del merged[section][key]
+            left_out.append(dotted)
+    if left_out:
+        print(
+            f"note: {path.name} was written for objective {written or 'dpo'}; under training.objective={objective} "
+            f"its {', '.join(left_out)} are not read and were left out.",
+            file=sys.stderr,
+        )
+    return merged
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> dict[str, Any]:

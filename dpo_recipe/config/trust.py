@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dpo_recipe.config.loader import load_recipe, packaged_recipes
+from dpo_recipe.config.loader import load_recipe, single_run_recipes
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.utils.files import packaged_dir
@@ -153,7 +153,7 @@ def fetched_summary(recipe: Recipe, origin: str) -> str:
         f"{'yes (' + TRUST_REMOTE_CODE_FLAG + ')' if model.trust_remote_code else 'no'}",
         f"  data: {', '.join(sources)}{revision}; objective {recipe.training.objective}, loss {loss}",
     ]
-    packaged = {name: load_recipe(str(path)) for name, path in packaged_recipes().items()}
+    packaged = {name: load_recipe(str(path)) for name, path in single_run_recipes().items()}
     if packaged:
         mine = flat_recipe(recipe)
         ignore = {"training.output_dir", "hub.push", "hub.repo_id", "data.revision"}

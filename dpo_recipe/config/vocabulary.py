@@ -68,6 +68,19 @@ OBJECTIVES = ("dpo", "kto", "sft")
 # What an objective owns: the defaults its recipe keys take where they differ from DPO's. A key the recipe or
 # --set names keeps its value (and is checked); KTO has no packed path, so packing defaults to false under it.
 OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"kto": {"packing": False}, "sft": {"packing": False}}
+# The keys of the DPO path an objective trained by a TRL trainer of padded rows does not read. A recipe file that
+# sets them and names that objective is refused (config.checks); a DPO recipe switched to it by --set (or a
+# stage's set:) keeps working: its DPO keys are left out, with a note (config.loader).
+DPO_PATH_KEYS = (
+    "training.loss_type",
+    "training.loss_weights",
+    "training.label_smoothing",
+    "training.simpo_gamma",
+    "training.cpo_alpha",
+    "training.packing",
+    "lora.token_learning_rate",
+)
+NOT_READ_BY: dict[str, tuple[str, ...]] = {"kto": DPO_PATH_KEYS, "sft": (*DPO_PATH_KEYS, "training.beta")}
 KTO_LOSS_NAMES = ("sigmoid", "kto")  # training.loss_type under kto: its default (left unset) or KTO's own name
 
 # Objectives without a reference model: no reference pass runs for them, and each trains alone.

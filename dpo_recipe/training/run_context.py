@@ -13,8 +13,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_recipe.config.loader import load_recipe
+from dpo_recipe.config.loader import load_recipe, resolve_recipe_path
 from dpo_recipe.config.schema import Recipe
+from dpo_recipe.config.stages import Stage, read_stages, with_user_settings
 from dpo_recipe.config.trust import TRUST_REMOTE_CODE_FLAG, FetchedRecipe, refuse_untrusted, user_keys
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.hub.client import recipe_from_hub
@@ -63,6 +64,17 @@ class RunContext:
             trust_remote_code=args.trust_remote_code,
             then=tuple(getattr(args, "then", None) or ()),
         )
+
+    def stages(self) -> tuple[list[Stage], str | None] | None:
+        """``(the stages, the chain's own output_dir)`` when this run is a chain (a ``stages:`` recipe file,
+        ``--then``), else None. Each stage's ``--set`` items are its own and then the user's."""
+        listed = read_stages(resolve_recipe_path(self.recipe)) if self.recipe else None
+        if listed is None and not self.then:
+            return None
+        stages = list(listed.stages) if listed else [Stage(str(self.recipe))]
+        stages += [Stage(name) for name in self.then]
+        stages = [Stage(stage.recipe, with_user_settings(stage, self.overrides)) for stage in stages]
+        return stages, listed.output_dir if listed else None
 
     @property
     def recipe_name(self) -> str:

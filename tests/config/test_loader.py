@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from dpo_recipe.config.coercion import describe_keys
-from dpo_recipe.config.loader import data_section, load_recipe, packaged_recipes
+from dpo_recipe.config.loader import data_section, load_recipe, packaged_recipes, single_run_recipes
 from dpo_recipe.errors import RecipeError
 
 
@@ -15,9 +15,16 @@ def write(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(packaged_recipes()))
 def test_every_packaged_recipe_loads_and_says_what_it_is_for(name: str) -> None:
-    recipe = load_recipe(name)
-    assert recipe.model.name_or_path
-    assert packaged_recipes()[name].read_text(encoding="utf-8").startswith("# ")
+    from dpo_recipe.config.stages import read_stages
+
+    path = packaged_recipes()[name]
+    assert path.read_text(encoding="utf-8").startswith("# ")
+    listed = read_stages(path)
+    assert (listed is None) == (name in single_run_recipes())
+    for stage in listed.stages if listed else []:  # a chain: each stage's recipe, with its own settings
+        assert load_recipe(stage.recipe, stage.overrides).model.name_or_path
+    if listed is None:
+        assert load_recipe(name).model.name_or_path
 
 
 def test_guide_recipe_keeps_the_guide_settings() -> None:

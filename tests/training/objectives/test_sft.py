@@ -69,14 +69,14 @@ def test_sft_refuses_what_it_would_not_read_and_data_with_no_completion(
         run("tiny-ja-sft", tiny_overrides(tiny_model, f"data.source={undesirable}"), output_dir=str(tmp_path / "x"))
 
 
-def test_then_chains_sft_and_dpo_one_stage_folder_each_and_resume_keeps_finished_stages(
+def test_a_stages_recipe_trains_one_folder_a_stage_the_last_card_shows_the_chain_and_resume_keeps_finished_ones(
     tiny_model: Path, tmp_path: Path, capsys
 ) -> None:
     from dpo_recipe.config.loader import load_recipe
     from dpo_recipe.train import main
 
     root = tmp_path / "chain"
-    argv = ["--recipe", "tiny-ja-sft", "--then", "tiny-ja", "--output-dir", str(root)]
+    argv = ["--recipe", "tiny-ja-sft-dpo", "--output-dir", str(root)]
     for item in tiny_overrides(tiny_model, *FAST, "data.max_train_pairs=8", "data.max_eval_pairs=4"):
         argv += ["--set", item]
     main(argv)
@@ -85,9 +85,40 @@ def test_then_chains_sft_and_dpo_one_stage_folder_each_and_resume_keeps_finished
     dpo = json.loads((second / "metrics.json").read_text())
     assert dpo["train"]["objective"] == "dpo" and dpo["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert load_recipe(str(second / "recipe.yaml")).model.init_adapter == str(root / "stage-1")
+    chain = dpo["chain"]
+    assert [(c["adapter"], c["recipe"], c["objective"], c["steps"]) for c in chain] == [
+        (str(root / "stage-1"), "tiny-ja-sft", "sft", first["train"]["steps"]),
+        (str(second), "tiny-ja", "dpo", dpo["train"]["steps"]),
+    ]
+    assert chain[0] == first["chain"][0]  # the start's own record, carried on
+    assert chain[1]["held_out"].startswith("held-out reward accuracy") and chain[0]["held_out"].startswith("held-out p")
+    card = (second / "README.md").read_text()
+    assert "## Training chain" in card and f"| base | `{tiny_model}` |" in card
+    assert f"| 1 | `{root / 'stage-1'}` | tiny-ja-sft | sft |" in card and f"| 2 | `{second}` | tiny-ja | dpo |" in card
+    assert "## Training chain" not in (root / "stage-1" / "README.md").read_text()  # one stage: no chain to show
     stamp = (second / "metrics.json").stat().st_mtime_ns
     capsys.readouterr()
     main([*argv, "--resume"])
     kept = capsys.readouterr().out
     assert "--resume: stage 1 (tiny-ja-sft) finished" in kept and "--resume: stage 2 (tiny-ja) finished" in kept
     assert (second / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_then_is_a_chain_and_a_mistake_in_any_stage_stops_it_before_the_first_trains(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from dpo_recipe.config.stages import Stage
+    from dpo_recipe.train import run
+    from dpo_recipe.training.run_context import RunContext
+
+    stages, _ = RunContext(recipe="tiny-ja-sft", then=("tiny-ja",), overrides=("data.seed=3",)).stages()
+    assert stages == [Stage("tiny-ja-sft", ("data.seed=3",)), Stage("tiny-ja", ("data.seed=3",))]
+    assert RunContext(recipe="tiny-ja").stages() is None
+    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - tiny-ja-sft\n  - {recipe: tiny-ja, set: {training.objective: ppo}}\n")
+    with pytest.raises(
+        RecipeError, match=r"Stage 2 of 2 \(tiny-ja\): .*training.objective: expected one of dpo, kto, sft, got 'ppo'"
+    ):
+        run(str(bad), tiny_overrides(tiny_model), output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
