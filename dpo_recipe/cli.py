@@ -179,6 +179,7 @@ def data_lint(section: Any, as_json: bool) -> None:
     Prints the form the rows were read in (detected, or --form), then the findings. Exit status 1
     when there are errors; warnings alone exit 0.
     """
+    from dpo_recipe.data.forms import ONE_ANSWER_FORMS
     from dpo_recipe.data.sources import read_source, standard_splits
 
     _, report = standard_splits(read_source(section.source, revision=section.revision), section)
@@ -189,7 +190,7 @@ def data_lint(section: Any, as_json: bool) -> None:
         _echo_notes(report)
         for split, stats in report.stats.items():
             japanese = ", ".join(f"{c} {s:.0%}" for c, s in stats["japanese_rows"].items())
-            if report.form == "unpaired":
+            if report.form in ONE_ANSWER_FORMS:
                 click.echo(
                     f"{split}: {stats['rows']} unpaired rows; Japanese rows: {japanese}; "
                     f"desirable (label true) {stats['desirable_share']:.0%}"
@@ -232,7 +233,7 @@ def data_convert(
 
     Nothing is written when the rows fail the linter; the file appears whole or not at all.
     """
-    from dpo_recipe.data.forms import unpaired_rows
+    from dpo_recipe.data.forms import ONE_ANSWER_FORMS, unpaired_rows
     from dpo_recipe.data.sources import checked_out, read_source, standard_splits, write_rows
 
     by_suffix = {".jsonl": "jsonl", ".parquet": "parquet"}.get(out.suffix.lower())
@@ -251,7 +252,7 @@ def data_convert(
         raise click.BadParameter(
             f"no split '{name}' in {section.source} (found: {', '.join(splits)}).", param_hint="--split"
         )
-    unpaired = report.form == "unpaired"
+    unpaired = report.form in ONE_ANSWER_FORMS
     if unpaired and target == "standard":
         raise click.BadParameter(
             f"{section.source} holds unpaired rows (prompt / completion / label); they have no pairs to write. "
@@ -281,6 +282,7 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     push the output of 'dpo-recipe data convert' to publish the standard form. The token comes from
     HF_TOKEN or `hf auth login` and is never printed.
     """
+    from dpo_recipe.data.forms import ONE_ANSWER_FORMS
     from dpo_recipe.data.sources import lint_error_message, read_source, standard_splits
     from dpo_recipe.hub.client import writable_token
     from dpo_recipe.hub.publish import push_dataset
@@ -295,7 +297,7 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     card = source / "README.md" if source.is_dir() else None
     result = push_dataset(splits, card, repo_id, private=private, revision=revision)
     rows, pairs = (sum(len(r) for r in parts.values()) for parts in (splits, standard))
-    unpaired = report.form == "unpaired"
+    unpaired = report.form in ONE_ANSWER_FORMS
     what = f"{pairs} unpaired rows" if unpaired else f"{pairs} pairs in the standard form"
     click.echo(f"Pushed {rows} rows as given ({what}) to {result.url} at commit {result.commit}")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # data.form: how rows hold a pair (dpo_recipe.data.forms)
-DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked", "sharegpt", "openai", "unpaired")
+DATA_FORMS = ("auto", "standard", "implicit", "hh", "ranked", "sharegpt", "openai", "unpaired", "completion", "chat")
 
 
 CHAT_ROLES = ("system", "user", "assistant")  # the roles of TRL's conversational form, what data.roles maps onto

@@ -18,6 +18,10 @@ TRL conversational messages, so that the linter, the dry run and the trainer see
   ``non_preferred_output``);
 - ``unpaired``: ``prompt`` / ``completion`` / ``label``, one judged answer a row (TRL's unpaired preference
   form): linted and converted here, but no pairs for DPO; ``unpaired_rows`` turns pairs into it.
+- ``completion`` (``prompt`` / ``completion``, no label: TRL's prompt-completion form) and ``chat`` (a
+  ``messages`` / ``conversations`` column alone, the last assistant turn the answer: TRL's conversational
+  language-modeling form): one answer a row, nobody's judgement, the data of supervised fine-tuning. Read as
+  unpaired rows labelled desirable (``ONE_ANSWER_FORMS``), which ``training.objective: sft`` trains on.
 
 Role names the chat forms use (human, gpt, model, …) are mapped onto TRL's system / user / assistant, with
 ``data.roles`` for others; a system column (``data.system_column``) becomes the prompt's first message, in
@@ -47,6 +51,7 @@ from dpo_recipe.data.lint import TEXT_COLUMNS, Finding
 from dpo_recipe.data.turns import (
     RowProblem,
     answer_turns,
+    chat_turns,
     checked_answer,
     checked_messages,
     checked_prompt,
@@ -63,6 +68,9 @@ Numbered = list[tuple[int, Row]]  # rows with their 1-based number in the source
 CONVERSATION_COLUMNS = ("conversations", "messages")  # ShareGPT's and ChatML's names for a prompt's turns
 OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+COMPLETION_COLUMNS = ("prompt", "completion")
+ONE_ANSWER_FORMS = ("unpaired", "completion", "chat")  # read as unpaired rows: no pairs for DPO
+SFT_FORMS = ("completion", "chat")  # one answer a row with no label: SFT's data, read as desirable
 PROMPT_NAMES = ("prompt", "question", "input", "instruction", "query")  # a prompt column as published sets name it
 RANKED_NAMES = ("responses", "completions")  # a column of scored answers (UltraFeedback: completions)
 RANKED_TEXT_NAMES = ("text", "response")  # an answer object's text
@@ -85,6 +93,9 @@ FORM_EXPLAINED = {
     "answers; input.tools is kept as a tools column",
     "unpaired": "prompt / completion / label, one judged answer a row (true: desirable); no pairs, so DPO cannot "
     "train on it",
+    "completion": "prompt / completion with no label: one answer a row to learn from (SFT's data; no pairs)",
+    "chat": "a conversation a row: every turn before the last assistant turn is the prompt, that turn the answer "
+    "(SFT's data; no pairs)",
 }
 
 
@@ -97,6 +108,11 @@ class Conversion:
     findings: list[Finding] = field(default_factory=list)  # errors only; rows numbered as in the source
     form: str | None = None  # the form read (None: none fits); 'unpaired' rows hold prompt / completion / label
     source_forms: dict[str, str] = field(default_factory=dict)  # a mixture: the form each source was read in
+
+    @property
+    def one_answer(self) -> bool:
+        """Rows of one answer each (prompt / completion / label), judged or not: KTO's and SFT's, not DPO's."""
+        return self.form in ONE_ANSWER_FORMS
 
 
 def to_standard(splits: dict[str, Rows], data: DataSection) -> Conversion:
@@ -255,6 +271,10 @@ def _candidates(row: Row, data: DataSection) -> list[tuple[str, str | None]]:
             found.append(("ranked", _kind_of(row.get("prompt"))))
         if all(column in row for column in UNPAIRED_COLUMNS):
             found.append(("unpaired", _kind_of(row.get("prompt"))))
+        elif all(column in row for column in COMPLETION_COLUMNS):
+            found.append(("completion", _kind_of(row.get("prompt"))))
+        elif not found and _conversation_column(row) is not None and "prompt" not in row:
+            found.append(("chat", None))
         return found
     if _conversation_column(row) is not None:
         found.append(("sharegpt", None))
@@ -308,7 +328,11 @@ def _read_columns(form: str, row: Row, data: DataSection, system: str | None) ->
     elif form == "ranked":
         columns = ("prompt", data.ranked_column, data.ranked_score_field)
     else:
-        columns = {"openai": OPENAI_COLUMNS, "unpaired": UNPAIRED_COLUMNS}.get(form, TEXT_COLUMNS)
+        columns = {"openai": OPENAI_COLUMNS, "unpaired": UNPAIRED_COLUMNS, "completion": COMPLETION_COLUMNS}.get(
+            form, TEXT_COLUMNS
+        )
+    if form == "chat":
+        columns = (_conversation_column(row) or CONVERSATION_COLUMNS[0],)
     return {*columns, *([system] if system else [])}
 
 
@@ -360,7 +384,7 @@ def _form_kind(form: str, row: Row, kind: str | None) -> str | None:
     a message or a list, all read as messages), the prompt's for unpaired rows, else the answers'."""
     if form in CHAT_FORMS:
         return None
-    return _kind_of(row.get("prompt")) if form == "unpaired" else kind
+    return _kind_of(row.get("prompt")) if form in ONE_ANSWER_FORMS else kind
 
 
 def _conversation_column(row: Row) -> str | None:
@@ -632,6 +656,21 @@ def _unpaired(row: Row, data: DataSection) -> Row:
     return {"prompt": prompt, "completion": completion, "label": label, **rest}
 
 
+def _completion(row: Row, data: DataSection) -> Row:
+    """A prompt / completion row, nobody's judgement: an unpaired row labelled desirable (what SFT learns)."""
+    return _unpaired({**row, "label": True}, data)
+
+
+def _chat(row: Row, data: DataSection) -> Row:
+    """A conversation → the turns before its last assistant turn as the prompt, that turn as the completion."""
+    column = _conversation_column(row) or CONVERSATION_COLUMNS[0]
+    turns = chat_turns(row.get(column), column, data)
+    answer = last_assistant_turn(turns, column)
+    rest = {k: v for k, v in row.items() if k != column}
+    prompt = checked_prompt(turns[:answer], column)
+    return {"prompt": prompt, "completion": checked_answer(turns[answer:], column), "label": True, **rest}
+
+
 CONVERTERS: dict[str, Callable[[Row, DataSection], Row]] = {
     "standard": _standard,
     "implicit": _implicit,
@@ -639,6 +678,8 @@ CONVERTERS: dict[str, Callable[[Row, DataSection], Row]] = {
     "sharegpt": _sharegpt,
     "openai": _openai,
     "unpaired": _unpaired,
+    "completion": _completion,
+    "chat": _chat,
 }
 
 

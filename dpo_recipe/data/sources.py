@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import DataSection
-from dpo_recipe.data.forms import Conversion, to_standard
+from dpo_recipe.data.forms import FORM_EXPLAINED, SFT_FORMS, Conversion, to_standard
 from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.data.lint import LintReport, lint, lint_unpaired
 from dpo_recipe.errors import DataError
@@ -331,7 +331,14 @@ def load_preference_splits(
     conversion = conversion or converted_source(data)
     if conversion.findings:
         raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
-    if conversion.form == "unpaired":
+    if conversion.form in SFT_FORMS:
+        raise DataError(
+            f"{name} holds one answer a row with no judgement ({conversion.form} form: "
+            f"{FORM_EXPLAINED[conversion.form]}), the data of supervised fine-tuning; DPO trains on two answers to "
+            "one prompt. Train it with training.objective: sft (e.g. --set training.objective=sft, or the "
+            f"tiny-ja-sft recipe), or give pairs (prompt / chosen / rejected) for DPO."
+        )
+    if conversion.one_answer:
         raise DataError(
             f"{name} holds unpaired preference data (prompt / completion / label: one answer a row, judged desirable "
             "or not), but DPO trains on two answers to one prompt. Train it with training.objective: kto (TRL's "
@@ -406,7 +413,7 @@ def mixed_sources(data: DataSection) -> Conversion:
         label = f"data.sources[{index}] {section.source}"
         notes += [f"{label}: {note}" for note in conversion.notes]
         findings += [dataclasses.replace(f, split=f"{section.source}:{f.split}") for f in conversion.findings]
-        forms.add(conversion.form == "unpaired")
+        forms.add(conversion.one_answer)
         source_forms[section.source] = conversion.form
         if conversion.findings:
             continue
@@ -531,7 +538,7 @@ def _linted(conversion: Conversion) -> LintReport:
     """The conversion's findings, or (when there are none) the linter's report on its rows, with its notes."""
     if conversion.findings:
         return LintReport(conversion.findings, {}, conversion.notes, conversion.form)
-    check = lint_unpaired if conversion.form == "unpaired" else lint
+    check = lint_unpaired if conversion.one_answer else lint
     return dataclasses.replace(check(conversion.splits), notes=conversion.notes, form=conversion.form)
 
 

@@ -188,8 +188,8 @@ def test_a_data_command_checks_its_data_keys_as_a_recipe_does() -> None:
         data_section({"source": "x", "form": "hf"}, ["data.ranked_margin=0", "training.seed=1"])
     assert str(err.value) == (
         "training: a data command takes data.KEY=VALUE only; data.form: expected one of auto, standard, implicit, "
-        "hh, ranked, sharegpt, openai, unpaired, got 'hf'; data.ranked_margin: must be > 0.0, got 0. See "
-        "'dpo-recipe recipes keys' for every key and its form."
+        "hh, ranked, sharegpt, openai, unpaired, completion, chat, got 'hf'; data.ranked_margin: must be > 0.0, got 0. "
+        "See 'dpo-recipe recipes keys' for every key and its form."
     )
 
 

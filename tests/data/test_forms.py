@@ -952,3 +952,40 @@ def test_every_reader_keeps_random_unicode_exactly_or_refuses_it_clearly(shape: 
             assert texts(converted) == expected
 
     check()
+
+
+def test_sft_data_prompt_completion_and_conversations_read_as_one_answer_a_row() -> None:
+    """TRL's prompt-completion form and a conversation a row (the language-modeling form) are SFT's data: read
+    as desirable unpaired rows, the conversation's last assistant turn the answer."""
+    row = {"prompt": "過学習とは？", "completion": "合わせすぎる現象です。", "id": 3}
+    rows, found, notes = convert([row])
+    assert not found and rows == [{**row, "label": True}]
+    assert notes[-1].startswith("form: completion, text (detected): prompt / completion with no label")
+    system = {"role": "system", "content": "簡潔に。"}
+    chat = [system, USER, answer("一つ目。"), {"role": "user", "content": "もう少し"}, answer("二つ目です。")]
+    rows, found, notes = convert([{"messages": chat}])
+    assert not found and rows == [{"prompt": chat[:4], "completion": chat[4:], "label": True}]
+    assert notes[-1].startswith("form: chat (detected): a conversation a row: every turn before the last assistant")
+    sharegpt = [{"from": "human", "value": "過学習とは？"}, {"from": "gpt", "value": "合わせすぎです。"}]
+    rows, found, _ = convert([{"conversations": sharegpt}])
+    assert rows[0]["prompt"] == [USER | {"content": "過学習とは？"}]
+    assert rows[0]["completion"] == [answer("合わせすぎです。")]
+    _, found, _ = convert([{"messages": [USER]}, {"messages": [answer("答え")]}])
+    assert found == {
+        ("no-assistant-turn", (1,)): "messages has no assistant turn, so there is no answer to train on",
+        ("no-user-turn", (2,)): "messages has no user turn, so there is no question to answer",
+    }
+
+
+def test_sft_data_on_the_dpo_and_kto_paths_names_objective_sft(tiny_model: Path, tmp_path: Path) -> None:
+    from dpo_recipe.train import run
+
+    source = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"問{i}", "completion": f"答{i}です。"} for i in range(8)])
+    with pytest.raises(
+        DataError,
+        match=r"sft.jsonl holds one answer a row with no judgement \(completion form: .*"
+        r"Train it with training.objective: sft",
+    ):
+        run("tiny-ja", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "dpo"))
+    with pytest.raises(DataError, match=r"sft.jsonl holds one answer a row with no label \(completion form\).*KTO"):
+        run("tiny-ja-kto", tiny_overrides(tiny_model, f"data.source={source}"), output_dir=str(tmp_path / "kto"))

@@ -202,7 +202,8 @@ def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Pa
         "data.sources[0]: give weight or fraction, not both",
         "data.sources[1].source: required (a file, a dataset directory or a Hub id)",
         "data.sources[1].weight: must be a finite number > 0",
-        "data.sources[1].form: expected one of auto, standard, implicit, hh, ranked, sharegpt, openai, unpaired",
+        "data.sources[1].form: expected one of auto, standard, implicit, hh, ranked, sharegpt, openai, unpaired, "
+        "completion, chat",
         "data.sources[2].mix: not a per-source key",
     ):
         assert problem in message, problem

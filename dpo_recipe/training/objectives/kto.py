@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.config.schema import DataSection, Recipe
-from dpo_recipe.data.forms import UNPAIRED_COLUMNS, Conversion, unpaired_rows
+from dpo_recipe.data.forms import SFT_FORMS, UNPAIRED_COLUMNS, Conversion, unpaired_rows
 from dpo_recipe.data.lint import LintReport, lint_unpaired
 from dpo_recipe.data.sources import (
     as_conversation,
@@ -83,7 +83,13 @@ def unpaired_splits(
     split) of pairs. Both sides are shuffled with ``seed`` (see the module's docstring)."""
     name = data.source if not data.sources else "data.sources"
     conversion = conversion or converted_source(data)
-    if conversion.form != "unpaired":  # pairs: held out and linted as pairs, then split
+    if conversion.form in SFT_FORMS and objective == "kto":
+        raise DataError(
+            f"{name} holds one answer a row with no label ({conversion.form} form): answers to learn from, not "
+            "judged desirable or undesirable, so KTO has nothing to weigh. Train it with training.objective: sft, or "
+            "add a label column (true / false) for KTO."
+        )
+    if not conversion.one_answer:  # pairs: held out and linted as pairs, then split
         train_pairs, test_pairs, report = load_preference_splits(data, conversion=conversion)
         train, test = (
             unpaired_rows([{**row, PAIR_COLUMN: index} for index, row in enumerate(pairs)])

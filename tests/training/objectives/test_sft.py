@@ -122,3 +122,28 @@ def test_then_is_a_chain_and_a_mistake_in_any_stage_stops_it_before_the_first_tr
     ):
         run(str(bad), tiny_overrides(tiny_model), output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shape", ["messages", "prompt_completion"])
+def test_sft_trains_on_conversations_and_on_unlabelled_prompt_completion_rows(
+    shape: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """SFT's own data forms (``chat``, ``completion``): every row trains but the held-out prompts', and the loss is
+    the answers' alone, so the held-out answers get likelier."""
+    from conftest import write_jsonl
+
+    rows = []
+    for i in range(12):
+        question, reply = f"質問{i}：過学習とは何ですか？", f"答え{i}：訓練データに合わせすぎる現象です。"
+        turns = [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        rows.append({"messages": turns} if shape == "messages" else {"prompt": question, "completion": reply})
+    source = write_jsonl(tmp_path / "sft.jsonl", rows)
+    settings = ("data.test_size=0.25", "data.max_train_pairs=null", "data.max_eval_pairs=null")
+    metrics = run(
+        "tiny-ja-sft",
+        tiny_overrides(tiny_model, *FAST, f"data.source={source}", *settings),
+        output_dir=str(tmp_path / "out"),
+    )
+    assert (metrics["train"]["rows"], metrics["eval"]["overall"]["rows"]) == (9, 3)
+    assert metrics["eval"]["overall"]["tuned_nll"] < metrics["eval"]["overall"]["base_nll"]
+    assert metrics["data"]["sources"][0]["form"] == ("chat" if shape == "messages" else "completion")
