@@ -284,8 +284,8 @@ def data_push(section: Any, repo_id: str, private: bool, revision: str | None) -
     """
     from dpo_recipe.data.forms import ONE_ANSWER_FORMS
     from dpo_recipe.data.sources import lint_error_message, read_source, standard_splits
-    from dpo_recipe.hub.client import writable_token
     from dpo_recipe.hub.publish import push_dataset
+    from dpo_recipe.utils.hub import writable_token
 
     writable_token(repo_id)  # fail before reading anything large
     splits = read_source(section.source)

@@ -326,7 +326,7 @@ def checked_recipe(context: RunContext) -> Recipe:
         out = Path(recipe.training.output_dir)
         check_output_dir(out, resume=context.resume, overwrite=context.overwrite, first=first_process())
     if recipe.hub.push and not context.dry_run:  # a missing or read-only token must not cost a training run
-        from dpo_recipe.hub.client import writable_token
+        from dpo_recipe.utils.hub import writable_token
 
         writable_token(recipe.hub.repo_id)
     recipe.data = pin_hub_revision(recipe.data)

@@ -14,11 +14,10 @@ from conftest import FORM_FIXTURES, REPO
 PACKAGE = REPO / "dpo_recipe"
 
 # The pipeline, first to last: a module may import from its own stage or an earlier one. The Hub's read side
-# (ids, HTTP status, retries) is a leaf every stage may use; its publish side comes after everything it uploads.
+# (ids, HTTP status, retries: utils.hub) is a leaf every stage may use; publishing comes after what it uploads.
 STAGES = [
     ("dpo_recipe.errors", "dpo_recipe.utils"),
     ("dpo_recipe.config",),
-    ("dpo_recipe.hub.client",),
     ("dpo_recipe.data",),
     ("dpo_recipe.models",),
     ("dpo_recipe.training",),
@@ -173,16 +172,44 @@ ELSEWHERE = {  # test files named for what they run against rather than the modu
 }
 
 
+# Modules without a test file of their own, each with the test file that runs it (and names it: checked below).
+TESTED_THROUGH = {
+    # the recipe's dataclasses, its value coercion, cross-key checks and names: loading recipes exercises them
+    "config/schema": "tests/config/test_loader.py",
+    "config/coercion": "tests/config/test_loader.py",
+    "config/checks": "tests/config/test_loader.py",
+    "config/vocabulary": "tests/config/test_loader.py",
+    # the held-out report's Markdown, read beside the scores it renders
+    "evaluation/report": "tests/evaluation/test_scoring.py",
+    # the `evaluate` metric, loaded by path (evaluation.scoring.load_metric) and compared with its own sums there
+    "evaluation/metrics/dpo_preference/dpo_preference": "tests/evaluation/test_scoring.py",
+}
+
+
 def test_tests_mirror_the_source_tree() -> None:
-    """tests/<stage>/[<package>/]test_<module>.py tests dpo_recipe/<stage>/[<package>/]<module>.py; tests at the
-    top test the front ends or the whole (faults, packaging, this file)."""
+    """tests/<stage>/[<package>/]test_<module>.py tests dpo_recipe/<stage>/[<package>/]<module>.py, in both
+    directions: every test file has its module, and every module its test file or a line in TESTED_THROUGH naming
+    the test file that runs it. Tests at the top test the front ends or the whole (faults, packaging, this file)."""
     tests = REPO / "tests"
+    mirrored = set()
     for test in tests.glob("*/**/test_*.py"):
         module = ELSEWHERE.get(test.stem, test.stem.removeprefix("test_"))
         source = PACKAGE / test.parent.relative_to(tests) / f"{module}.py"
         assert source.is_file(), f"{test.relative_to(REPO)} has no {source.relative_to(REPO)}"
+        mirrored.add(source.relative_to(PACKAGE).with_suffix("").as_posix())
     stages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
     assert stages <= {path.name for path in tests.iterdir() if path.is_dir()}, "a stage with no tests folder"
+    modules = {
+        path.relative_to(PACKAGE).with_suffix("").as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py") and path.parent != PACKAGE  # top: the front ends
+    }
+    assert sorted(modules - mirrored - set(TESTED_THROUGH)) == [], "modules with no test file: add one"
+    assert sorted(set(TESTED_THROUGH) & mirrored) == [], "a module with its own test file: drop it from TESTED_THROUGH"
+    for module, test in TESTED_THROUGH.items():
+        assert module in modules, f"TESTED_THROUGH names {module}, which does not exist"
+        text = (REPO / test).read_text(encoding="utf-8")
+        assert module.split("/")[-1] in text, f"{test} does not name {module}, which TESTED_THROUGH says it tests"
 
 
 @pytest.mark.parametrize("module", ["dpo_recipe.train", "dpo_recipe.evaluation", "dpo_recipe"])

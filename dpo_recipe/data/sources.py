@@ -26,7 +26,7 @@ from dpo_recipe.data.forms import FORM_EXPLAINED, SFT_FORMS, Conversion, to_stan
 from dpo_recipe.data.generator import generate_pairs
 from dpo_recipe.data.lint import LintReport, lint, lint_unpaired
 from dpo_recipe.errors import DataError
-from dpo_recipe.hub.client import http_status
+from dpo_recipe.utils.hub import http_status
 
 BUILTIN_SOURCE = "builtin:ja-preferences"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -1,2 +1,2 @@
-"""The Hugging Face Hub: ``client`` reads (status, retries, tokens, recipes) and is a leaf every stage may use;
-``publish`` pushes adapters, exports and datasets (the last step)."""
+"""The Hugging Face Hub's write side: ``publish`` pushes adapters, exports and datasets, the last step (its read
+side, which every stage may use, is ``dpo_recipe.utils.hub``)."""

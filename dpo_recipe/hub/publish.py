@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.hub.client import (
+from dpo_recipe.models.loading import TOKENIZER_FILES
+from dpo_recipe.utils.hub import (
     HUB_ATTEMPTS,
     HubError,
     _backoff_s,
@@ -21,7 +22,6 @@ from dpo_recipe.hub.client import (
     retrying,
     writable_token,
 )
-from dpo_recipe.models.loading import TOKENIZER_FILES
 
 ADAPTER_FILES = (
     "adapter_model.safetensors",

@@ -18,8 +18,8 @@ from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.stages import Stage, read_stages, with_user_settings
 from dpo_recipe.config.trust import TRUST_REMOTE_CODE_FLAG, FetchedRecipe, refuse_untrusted, user_keys
 from dpo_recipe.errors import RecipeError
-from dpo_recipe.hub.client import recipe_from_hub
 from dpo_recipe.training.launch import launch_command
+from dpo_recipe.utils.hub import recipe_from_hub
 
 TRAIN_MODULE = "dpo_recipe.train"
 RESUME_AND_OVERWRITE = "--resume and --overwrite contradict each other: resume continues a run, overwrite starts over."

@@ -202,3 +202,24 @@ def test_an_objective_owns_its_defaults_and_an_explicit_value_is_still_checked()
     assert "packing: false" in kto.to_yaml()  # the saved recipe.yaml repeats the run as it trained
     with pytest.raises(RecipeError, match=r"training.packing: the packed path computes DPO's losses.*remove"):
         load_recipe("tiny-ja", ["training.objective=kto", "training.packing=true"])
+
+
+def test_the_keys_an_objective_does_not_read_are_recipe_keys_that_the_checks_refuse_in_a_file() -> None:
+    """config.vocabulary's NOT_READ_BY names real keys (config.schema), and config.checks refuses each one a recipe
+    sets under that objective (a --set switch leaves the file's out instead: tests/config/test_stages.py)."""
+    import dataclasses
+
+    from dpo_recipe.config.checks import cross_checks
+    from dpo_recipe.config.schema import SECTIONS
+    from dpo_recipe.config.vocabulary import NOT_READ_BY, OBJECTIVES
+
+    changed = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0], "label_smoothing": 0.1, "packing": True}
+    changed |= {"simpo_gamma": 0.7, "cpo_alpha": 0.5, "token_learning_rate": 1e-3, "beta": 0.3}
+    for objective, keys in NOT_READ_BY.items():
+        assert objective in OBJECTIVES
+        for dotted in keys:
+            section, key = dotted.split(".")
+            assert key in {f.name for f in dataclasses.fields(SECTIONS[section])}, dotted
+            recipe = load_recipe("tiny-ja", [f"training.objective={objective}", "training.per_device_batch_size=2"])
+            setattr(getattr(recipe, section), key, changed[key])
+            assert any(problem.startswith(dotted) for problem in cross_checks(recipe)), (objective, dotted)

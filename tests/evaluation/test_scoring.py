@@ -1,4 +1,5 @@
-"""The evaluate metric module against hand-computed values, breakdowns, gather, and `dpo-recipe eval`."""
+"""The evaluate metric module (evaluation/metrics/dpo_preference, loaded by load_metric) against hand-computed
+values, breakdowns, gather, and `dpo-recipe eval`."""
 
 from __future__ import annotations
 

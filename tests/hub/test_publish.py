@@ -11,8 +11,8 @@ import yaml
 from conftest import FORM_FIXTURES, PUBLISHED_FORMS, READ, WRITE, invoke, run_client, tiny_overrides
 from safetensors.torch import load_file
 
-from dpo_recipe.hub.client import HubError, http_status
 from dpo_recipe.train import run
+from dpo_recipe.utils.hub import HubError, http_status
 
 
 @pytest.fixture(scope="module")

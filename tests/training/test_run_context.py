@@ -76,7 +76,7 @@ def test_a_fetched_recipe_never_chooses_where_the_users_push_goes(monkeypatch, t
 
 @pytest.mark.parametrize("repo", ["/etc/passwd", "bob/x/y", "../bob/x", "https://huggingface.co/bob/x", "bob"])
 def test_from_hub_takes_a_repo_id_only(repo: str) -> None:
-    from dpo_recipe.hub.client import HubError
+    from dpo_recipe.utils.hub import HubError
 
     with pytest.raises(HubError, match=f"--from-hub '{repo}' is not a Hub repo id: give USER/NAME"):
         RunContext(from_hub=repo).load_recipe()

@@ -1,10 +1,10 @@
-"""dpo_recipe.hub.client: repo ids checked before any Hub call."""
+"""dpo_recipe.utils.hub: repo ids checked before any Hub call."""
 
 from __future__ import annotations
 
 import pytest
 
-from dpo_recipe.hub.client import HubError, checked_repo_id, writable_token
+from dpo_recipe.utils.hub import HubError, checked_repo_id, writable_token
 
 
 @pytest.mark.parametrize("bad", ["alice", "alice/a/b", "alice/-x", "alice/x..y", "../etc", "alice/" + "x" * 97, ""])
