@@ -33,6 +33,11 @@ class Objective(ABC):
     unit: ClassVar[str]  # what one training example is called in metrics, card and summary: "pairs" / "rows"
     title: ClassVar[str]  # the card's task name: "Preference alignment (DPO)"
     config_table: ClassVar[dict[str, str]]  # recipe key -> field of the TRL config class
+    # the model card's words: "A LoRA adapter for BASE, <card_intro> by dpo-recipe", its Japanese line, and how
+    # the held-out numbers were computed
+    card_intro: ClassVar[str]
+    card_intro_ja: ClassVar[str]
+    held_out_explained: ClassVar[str]
 
     @abstractmethod
     def config_class(self) -> type:

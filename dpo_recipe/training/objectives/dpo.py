@@ -55,6 +55,16 @@ class DPO(Objective):
     unit = "pairs"
     title = "Preference alignment (DPO)"
     config_table = RECIPE_TO_DPO_CONFIG
+    card_intro = (
+        "aligned with\n**DPO** (Direct Preference Optimization, [arXiv:2305.18290](https://arxiv.org/abs/2305.18290))"
+        "\non Japanese preference pairs"
+    )
+    card_intro_ja = "日本語の選好データで DPO 学習した LoRA アダプタです。"
+    held_out_explained = (
+        "Pairs from topics never seen in training. Reward accuracy: share of pairs whose implicit DPO\n"
+        'reward β·(log π(y|x) − log π_ref(y|x)) is higher for `chosen` (ties count as wrong). "LL acc."\n'
+        "is the model's own log-likelihood preference, defined for the base model too."
+    )
 
     def config_class(self) -> type:
         from trl import DPOConfig

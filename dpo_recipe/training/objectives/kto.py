@@ -184,6 +184,16 @@ class KTO(Objective):
     unit = "rows"
     title = "Preference alignment (KTO)"
     config_table = RECIPE_TO_KTO_CONFIG
+    card_intro = (
+        "aligned with\n**KTO** (Kahneman-Tversky Optimization, [arXiv:2402.01306](https://arxiv.org/abs/2402.01306))"
+        "\non Japanese unpaired preference data (one answer a row, judged desirable or undesirable)"
+    )
+    card_intro_ja = "日本語の選好データ（望ましい／望ましくない回答のラベル付き）で KTO 学習した LoRA アダプタです。"
+    held_out_explained = (
+        "Rows never seen in training. KL-adjusted reward: β·(log π(y|x) − log π_ref(y|x)) less β times the\n"
+        "batch's KL estimate, as KTO's loss reads it; a desirable row counts as right when it is above 0,\n"
+        "an undesirable one when it is below 0 (ties, as for the base model, count as wrong)."
+    )
 
     def config_class(self) -> type:
         """``KTOConfig``; TRL's ``train_sampling_strategy="sequential"`` stays, as the rows are shuffled once."""

@@ -67,6 +67,15 @@ class SFT(Objective):
     unit = "rows"
     title = "Supervised fine-tuning (SFT)"
     config_table = RECIPE_TO_SFT_CONFIG
+    card_intro = "trained with\n**supervised fine-tuning** (loss on the answers only) on Japanese answers"
+    card_intro_ja = "日本語の回答で教師ありファインチューニング（SFT）した LoRA アダプタです。"
+    held_out_explained = (
+        "Answers to prompts never seen in training: their mean negative log-likelihood per token and its\n"
+        "perplexity under the base (the adapter off) and the tuned model; lower is better."
+    )
+
+    def card_note(self, recipe: Recipe, metrics: dict[str, Any]) -> str:
+        return "The usual start of SFT → DPO, where a DPO run takes it as `model.init_adapter`."
 
     def config_class(self) -> type:
         from trl import SFTConfig
