@@ -187,6 +187,7 @@ def render_model_card(
         objective=objective.name,
         init_adapter=recipe.model.init_adapter,
         train_init_adapter=recipe.lora.train_init_adapter,
+        init_adapter_reference=recipe.lora.init_adapter_reference,
         objective_note=objective.card_note(recipe, metrics),
         training_note=_training_note(metrics.get("train", {})),
     )

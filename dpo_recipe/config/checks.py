@@ -57,6 +57,11 @@ def cross_checks(recipe: Recipe) -> list[str]:
             "lora.train_init_adapter: true too (a new adapter on a merged init adapter has that merged model as its "
             "reference)"
         )
+    elif recipe.lora.init_adapter_reference == "base" and recipe.training.objective != "dpo":
+        problems.append(
+            f"lora.init_adapter_reference: base is a DPO reference; objective {recipe.training.objective} does not "
+            "read it: remove the key"
+        )
     problems.extend(judge_problems(recipe))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")

@@ -119,6 +119,13 @@ def supports_packing(model: Any, args: Any) -> bool:
     return not unpackable_settings(args) and packing_limitation(model, args.max_length) is None
 
 
+def drop_reference_copy(model: Any) -> None:
+    """Remove the frozen ``"ref"`` copy TRL makes of an adapter trained further, so that the reference is the bare
+    base with adapters off (``lora.init_adapter_reference: base``: on-policy rounds' first model)."""
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+
+
 class PackedCollator:
     """Batches of tokenized pairs → one packed row, with the cached reference log-probs (if any)."""
 
@@ -148,6 +155,7 @@ class PackedDPOTrainer(DPOTrainer):
         token_learning_rate: float | None = None,
         simpo_gamma: float = 0.5,
         cpo_alpha: float = 0.0,
+        reference_is_base: bool = False,
         **kwargs: Any,
     ) -> None:
         dpo_args = kwargs["args"]
@@ -161,6 +169,8 @@ class PackedDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if not hasattr(self.model, "peft_config"):
             raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
+        if reference_is_base:
+            drop_reference_copy(self.model)
         self.base_cache = base_cache or BaseCache(None)
         self.reference_free_settings = SimpleNamespace(
             beta=self.args.beta, label_smoothing=self.args.label_smoothing, simpo_gamma=simpo_gamma, cpo_alpha=cpo_alpha
