@@ -52,6 +52,7 @@ def cli() -> None:
       dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
       dpo-recipe sweep --recipe R --grid training.beta=0.05,0.1 --out sweeps/b   # rank settings
+      dpo-recipe iterate --recipe R --rounds 2 --judge rules   # on-policy rounds on its own answers
       dpo-recipe chat --adapter DIR            # ask the tuned model
       dpo-recipe export --adapter DIR --out X  # merged GGUF (+ Ollama Modelfile) or safetensors
     """
@@ -445,6 +446,53 @@ def sweep_command(
     from dpo_recipe.sweep import parse_grid, run_sweep
 
     run_sweep(recipe, parse_grid(grid_items), list(overrides), out_dir, overwrite=overwrite, resume=resume)
+
+
+@cli.command("iterate")
+@click.option("--recipe", required=True, help="Recipe whose training is round 0 (a packaged name or a YAML path).")
+@click.option("--rounds", type=click.IntRange(min=1, max=50), help="On-policy rounds after round 0 [iterate.rounds].")
+@click.option(
+    "--judge",
+    "spec",
+    metavar="KIND",
+    help="rules | implicit | reward-model:PATH_OR_ID | openai:URL [default: judge.kind, rules].",
+)
+@click.option("--from", "start", metavar="RUN", help="Round 0 is this finished training run instead of a new one.")
+@click.option(
+    "--out", "out_dir", help="Folder of the rounds (OUT/round-K, OUT/data, OUT/rounds.md) [training.output_dir]."
+)
+@click.option("--resume", is_flag=True, help="Keep finished rounds, continue the first unfinished one.")
+@click.option("--overwrite", is_flag=True, help="Start an earlier iterate run in OUT over.")
+@set_option
+def iterate_command(
+    recipe: str,
+    rounds: int | None,
+    spec: str | None,
+    start: str | None,
+    out_dir: str | None,
+    resume: bool,
+    overwrite: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Round 0 trains the recipe (or is --from RUN); each next round samples the last adapter on the training
+    prompts, judges the answers into pairs and trains that adapter further on them, mixed with iterate.replay of
+    the original pairs. One run folder per round; OUT/rounds.md, rounds.csv and rounds.png at the end.
+
+    \b
+      dpo-recipe iterate --recipe tiny-ja --rounds 2 --judge rules --out outputs/rounds
+    """
+    from dpo_recipe.iterate import run_iterate
+
+    run_iterate(
+        recipe,
+        rounds,
+        judge=spec,
+        start=start,
+        output_dir=out_dir,
+        overrides=overrides,
+        resume=resume,
+        overwrite=overwrite,
+    )
 
 
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)

@@ -20,6 +20,7 @@ import json
 import pickle
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,28 +175,55 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
 
 def stages_main(context: RunContext) -> dict[str, Any] | None:
     """``--recipe A --then B ...``: each recipe trains from the adapter of the one before it
-    (``model.init_adapter``) into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
-
-    Each stage is a whole run (its own lock, checkpoints, card, resume command). With ``--resume`` a finished
-    stage is kept and read, so a stopped chain continues where it stopped. A dry run checks the first stage
-    (the next ones start from an adapter that does not exist yet)."""
+    (``model.init_adapter``) into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics (``chained_runs``)."""
     root = Path(context.output_dir or context.load_recipe().training.output_dir)
-    adapter, metrics = None, None
-    for index, name in enumerate((context.recipe, *context.then), 1):
-        out = root / f"stage-{index}"
-        start = (f"model.init_adapter={adapter}",) if adapter else ()
-        stage = dataclasses.replace(context, recipe=name, then=(), overrides=(*context.overrides, *start))
-        stage = dataclasses.replace(stage, output_dir=str(out))
-        if context.resume and is_finished(out):
-            print(f"--resume: stage {index} ({name}) finished in {out}; kept.")
-            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    stages = [
+        Stage(name, root / f"stage-{index}", f"stage {index}", lambda adapter: (f"model.init_adapter={adapter}",))
+        for index, name in enumerate((context.recipe, *context.then), 1)
+    ]
+    done = chained_runs(context, stages)
+    if context.dry_run:
+        print(f"dry run: stage 1 checked; the {len(context.then)} stage(s) after it start from its adapter.")
+        return None
+    return done[-1]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of a chain: its recipe, its folder, its name in messages, and the ``--set`` items it takes from the
+    adapter the run before it wrote (``after``; not called for a chain's first run without a starting adapter)."""
+
+    recipe: str
+    out: Path
+    name: str
+    after: Callable[[Path], tuple[str, ...]]
+
+
+def chained_runs(context: RunContext, stages: Sequence[Stage], adapter: Path | None = None) -> list[dict[str, Any]]:
+    """Train ``stages`` in order, each from the adapter before it (``adapter``: where the first starts, if
+    anywhere); the metrics of each, in order. ``--then`` chains (``stages_main``) and ``dpo-recipe iterate``'s
+    rounds both run here.
+
+    A stage's own items (``after``) replace the ``--set`` items of the same keys: the adapter it starts from, and
+    for iterate its data. Each stage is a whole run (its own lock, checkpoints, card, resume command). With
+    ``--resume`` a finished stage is kept and read, so a stopped chain continues where it stopped. A dry run
+    checks the first stage (the next ones start from an adapter that does not exist yet) and returns no metrics."""
+    done = []
+    for stage in stages:
+        if context.resume and is_finished(stage.out):
+            print(f"--resume: {stage.name} ({stage.recipe}) finished in {stage.out}; kept.")
+            metrics = json.loads((stage.out / "metrics.json").read_text(encoding="utf-8"))
         else:
-            metrics = recipe_main(stage)
+            start = stage.after(adapter) if adapter else ()
+            taken = {item.partition("=")[0].strip() for item in start}  # the stage's own settings win over --set
+            kept = tuple(item for item in context.overrides if item.partition("=")[0].strip() not in taken)
+            run = dataclasses.replace(context, recipe=stage.recipe, then=(), overrides=(*kept, *start))
+            metrics = recipe_main(dataclasses.replace(run, output_dir=str(stage.out)))
         if context.dry_run:
-            print(f"dry run: stage 1 checked; the {len(context.then)} stage(s) after it start from its adapter.")
-            return None
-        adapter = out
-    return metrics
+            return []
+        done.append(metrics)
+        adapter = stage.out
+    return done
 
 
 def cleanup() -> None:

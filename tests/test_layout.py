@@ -36,6 +36,7 @@ STAGES = [
     # front ends: the run (python -m dpo_recipe.train), sweeps of runs, the Python API, the CLI over it
     ("dpo_recipe.train",),
     ("dpo_recipe.sweep",),
+    ("dpo_recipe.iterate",),
     ("dpo_recipe.api",),
     ("dpo_recipe.cli", "dpo_recipe.__main__", "dpo_recipe"),
 ]

@@ -402,8 +402,9 @@ class IterateSection:
     replay: float = recipe_key(
         0.3,
         "Share of each round's training pairs that are the original training pairs (the rest are the round's judged "
-        "pairs), mixed through data.sources; reproductions that replayed none lost their gain after round 1.",
-        min=0.0,
+        "pairs), mixed through data.sources; reproductions that replayed none lost their gain after round 1. Above "
+        "0: the original source also carries round 0's held-out pairs into every round.",
+        min_exclusive=0.0,
         max_exclusive=1.0,
     )
     reference: str = recipe_key(

@@ -13,6 +13,23 @@ from dpo_recipe.errors import JudgeError
 from dpo_recipe.judges.base import Judge
 
 
+def check_judge(spec: str, settings: JudgeSection) -> None:
+    """What can be checked of a judge before anything is sampled or trained (``dpo-recipe iterate``): its spec,
+    an endpoint's key variable, a reward model's number of labels (its config only)."""
+    try:
+        kind, where = split_judge_spec(spec)
+    except ValueError as exc:
+        raise JudgeError(f"--judge: {exc}.") from None
+    if kind == "openai":
+        from dpo_recipe.judges.endpoint import EndpointJudge
+
+        EndpointJudge(str(where), settings)
+    elif kind == "reward-model":
+        from dpo_recipe.judges.reward_model import checked_config
+
+        checked_config(str(where))
+
+
 def judge_for(spec: str, settings: JudgeSection, *, adapter: str | None = None, journal: Path | None = None) -> Judge:
     """The judge ``spec`` names (``rules``, ``implicit``, ``reward-model:PATH_OR_ID``, ``openai:URL``), with the
     recipe's ``judge`` keys. ``adapter``: the adapter the answers were sampled from (``implicit`` scores with it);

@@ -20,25 +20,33 @@ from dpo_recipe.judges.base import ScoringJudge, Verdict
 MAX_TOKENS = 2048  # an answer and its prompt past this are cut from the end, as a reward model's context ends
 
 
+def checked_config(where: str) -> Any:
+    """The reward model's config, refused (JudgeError) when it cannot be read or has more than one label."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise JudgeError(
+            f"--judge reward-model:{where}: no model config could be read ({str(exc).splitlines()[0]}). Give a "
+            "directory or Hub id of a sequence-classification reward model."
+        ) from None
+    if config.num_labels != 1:
+        labels = ", ".join(str(v) for v in (config.id2label or {}).values()) or "unnamed"
+        raise JudgeError(
+            f"--judge reward-model:{where}: the model has {config.num_labels} labels ({labels}): a classifier, "
+            "not a reward model, whose first logit would be taken for a score. Give a reward model with one "
+            "output (num_labels 1), as TRL's RewardTrainer trains them."
+        )
+    return config
+
+
 class RewardModelJudge(ScoringJudge):
     def __init__(self, where: str, settings: JudgeSection) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.spec, self.settings = f"reward-model:{where}", settings
-        try:
-            config = AutoConfig.from_pretrained(where)
-        except (OSError, ValueError) as exc:
-            raise JudgeError(
-                f"--judge reward-model:{where}: no model config could be read ({str(exc).splitlines()[0]}). Give a "
-                "directory or Hub id of a sequence-classification reward model."
-            ) from None
-        if config.num_labels != 1:
-            labels = ", ".join(str(v) for v in (config.id2label or {}).values()) or "unnamed"
-            raise JudgeError(
-                f"--judge reward-model:{where}: the model has {config.num_labels} labels ({labels}): a classifier, "
-                "not a reward model, whose first logit would be taken for a score. Give a reward model with one "
-                "output (num_labels 1), as TRL's RewardTrainer trains them."
-            )
+        checked_config(where)
         self.tokenizer = AutoTokenizer.from_pretrained(where)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -173,9 +173,9 @@ def run_judge(
         raise JudgeError(
             f"{samples}: no pairs; nothing to train. {summary.line()}. "
             + (
-                "Every prompt's answers tied: the judge told none apart (an endpoint that always answers the same "
-                "identifier ties both orders). "
-                if summary.ties == summary.prompts
+                "Every judged prompt's answers tied: the judge told none apart (an endpoint that always answers the "
+                "same identifier ties both orders). "
+                if 0 < summary.ties == summary.prompts - summary.unreadable - summary.no_answer_passes
                 else ""
             )
             + "Sample more answers (--n), lower judge.min_margin, loosen judge.gates, or use another judge."

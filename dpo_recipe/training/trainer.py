@@ -106,8 +106,10 @@ def packing_limitation(model: Any, max_length: int | None = None) -> str | None:
         )
     if is_deepspeed_zero3_enabled():
         return "DeepSpeed ZeRO-3 shards the weights before the reference pass could run"
-    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
-        return f"{type(model).__name__}.forward takes no logits_to_keep"
+    # a PeftModel (lora.train_init_adapter hands one over) passes its keyword arguments on to the model it wraps
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "logits_to_keep" not in inspect.signature(type(inner).forward).parameters:
+        return f"{type(inner).__name__}.forward takes no logits_to_keep"
     attention = attention_implementation(model)
     if attention not in BLOCK_MASK_ATTENTION:  # flash-attention kernels take no block masks
         return f"attention {attention!r} takes no block mask (load the model with attn_implementation='sdpa')"

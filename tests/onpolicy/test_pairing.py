@@ -77,7 +77,7 @@ def test_a_judge_that_ties_everything_makes_no_pairs_and_no_file(tmp_path: Path)
         run_judge(samples, out, settings, f"openai:{server.url}")
     message = str(err.value)
     assert f"{samples}: no pairs; nothing to train. openai:{server.url}: 2 prompts, 5 answers -> 0 pairs" in message
-    assert "Every prompt's answers tied" in message and not out.exists()
+    assert "Every judged prompt's answers tied" in message and not out.exists()
     with FakeOpenAI("longer") as server:  # the same endpoint with an opinion: the longer answer wins
         summary = run_judge(samples, out, settings, f"openai:{server.url}", overwrite=True)
     train = standard_splits(read_source(str(out)), DataSection())[0]["train"]
