@@ -131,6 +131,19 @@ def checked_plan(
     root = Path(loaded.training.output_dir).expanduser()
     begin = _checked_start(start, loaded) if start else None
     _refuse_foreign_root(root, resume=resume, overwrite=overwrite)
+    if resume and (root / MARKER).is_file():
+        earlier = json.loads((root / MARKER).read_text(encoding="utf-8"))
+        asked = {"recipe": recipe, "judge": spec, "from": str(begin or "")}
+        changed = [
+            f"{key} {earlier.get(key)!r} then, {value!r} now"
+            for key, value in asked.items()
+            if earlier.get(key) != value
+        ]
+        if changed:
+            raise RecipeError(
+                f"--resume: {root} holds rounds of another recipe, judge or start ({'; '.join(changed)}); going on "
+                "would mix them. Resume with the same --recipe, --judge and --from, or start over with --overwrite."
+            )
     context = replace(context, output_dir=str(root))
     return Rounds(context, loaded, spec, loaded.iterate.rounds, root, begin)
 

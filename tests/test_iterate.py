@@ -79,6 +79,8 @@ def test_resume_keeps_finished_rounds_and_a_second_start_is_refused(rules_rounds
     assert [row["round"] for row in rows] == [0, 1, 2]
     with pytest.raises(RecipeError, match="already holds an iterate run. Continue it with --resume"):
         run_iterate("tiny-ja", 2, output_dir=str(rules_rounds), overrides=settings)
+    with pytest.raises(RecipeError, match="judge 'rules' then, 'implicit' now"):  # its pairs would mix two judges
+        run_iterate("tiny-ja", 2, judge="implicit", output_dir=str(rules_rounds), overrides=settings, resume=True)
 
 
 @pytest.mark.parametrize("judge", ["implicit", "reward-model", "openai"])
@@ -111,6 +113,7 @@ def test_two_rounds_from_a_finished_run_with_each_other_judge(
     if judge == "implicit":
         figures = json.loads((out / "data" / "round-1" / "judge.json").read_text())["judge_figures"]
         assert figures["beta"] == 0.1 and figures["length_penalty_alpha"] >= 0
+        assert figures["adapter"] == start  # round 1 scores with the adapter that sampled it
 
 
 def test_mistakes_are_refused_before_round_0_trains(

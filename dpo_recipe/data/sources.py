@@ -557,6 +557,8 @@ def checked_out(out: Path, source: str, *, overwrite: bool) -> Path:
             f"--out {out} is the source itself; converting it in place would replace the data it was read from. "
             "Write to another file, check it, then move it."
         )
+    if where.is_dir():
+        raise DataError(f"--out {out} is a folder; name the file to write (a folder is never replaced).")
     if where.exists() and not overwrite:
         raise DataError(f"{out} already exists. Choose another --out or pass --overwrite.")
     folder = next(parent for parent in where.absolute().parents if parent.exists())

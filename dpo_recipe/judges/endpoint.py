@@ -81,10 +81,17 @@ class EndpointJudge(Judge):
     def _remember(self, key: str, reply: str) -> None:
         if self.journal is None:
             return
+        if self.journal.is_symlink():
+            raise JudgeError(f"{self.journal} is a symbolic link; the judge's journal is never written through one.")
         self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with self.journal.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "reply": reply}) + "\n")
-            handle.flush()
+        try:
+            with self.journal.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "reply": reply}) + "\n")
+        except OSError as exc:
+            raise JudgeError(
+                f"{self.journal} could not be written ({exc.strerror or exc}); the replies before this one are kept: "
+                "free the disk and run the same command again."
+            ) from None
 
     def _key(self, content: str) -> str:
         asked = json.dumps([self.url, self.settings.model, self.settings.max_tokens, content], ensure_ascii=False)

@@ -66,6 +66,7 @@ class ImplicitJudge(ScoringJudge):
         self.spec = "implicit"
         self.model, self.tokenizer, self.beta, self.max_length = model, tokenizer, beta, max_length
         self.settings, self.cache = settings, cache
+        self.adapter: str | None = None  # the adapter scored with, as the report names it
         self.summary: dict[str, Any] = {}
 
     def rewards(self, prompts: list[Any], completions: list[str]) -> tuple[list[float], list[int]]:
@@ -113,7 +114,7 @@ class ImplicitJudge(ScoringJudge):
         alpha = 0.0
         if self.settings.length_correction:
             alpha = fit_length_penalty([[(rewards[i], tokens[i]) for i in group] for group in groups.values()])
-        self.summary = {"beta": self.beta, "length_penalty_alpha": alpha}
+        self.summary = {"adapter": self.adapter, "beta": self.beta, "length_penalty_alpha": alpha}
         return [
             Verdict(
                 round(reward - alpha * length, 6),
@@ -135,7 +136,7 @@ def load_implicit_judge(adapter: str, settings: JudgeSection) -> ImplicitJudge:
     if recipe.lora.train_init_adapter and recipe.lora.init_adapter_reference == "start":
         model.load_adapter(str(init_adapter_dir(recipe.model)), adapter_name="ref")
         model.set_adapter("default")
-    return ImplicitJudge(
+    judge = ImplicitJudge(
         model,
         tokenizer,
         beta=recipe.training.beta,
@@ -143,3 +144,5 @@ def load_implicit_judge(adapter: str, settings: JudgeSection) -> ImplicitJudge:
         settings=settings,
         cache=default_cache(),
     )
+    judge.adapter = str(adapter_dir)
+    return judge

@@ -31,6 +31,14 @@ def checked_config(where: str) -> Any:
             f"--judge reward-model:{where}: no model config could be read ({str(exc).splitlines()[0]}). Give a "
             "directory or Hub id of a sequence-classification reward model."
         ) from None
+    causal = [name for name in (config.architectures or []) if name.endswith("ForCausalLM")]
+    if causal:
+        raise JudgeError(
+            f"--judge reward-model:{where}: the model is a causal language model ({causal[0]}), not a reward model: "
+            "it writes text, it does not score it. Give a sequence-classification reward model with one output "
+            "(num_labels 1), as TRL's RewardTrainer trains them, or --judge implicit to score by an adapter's own "
+            "reward."
+        )
     if config.num_labels != 1:
         labels = ", ".join(str(v) for v in (config.id2label or {}).values()) or "unnamed"
         raise JudgeError(

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config.schema import Recipe
+from dpo_recipe.config.coercion import build_section
+from dpo_recipe.config.schema import IterateSection, Recipe
 from dpo_recipe.data.prompts import Prompts, training_prompts
 from dpo_recipe.data.sources import checked_out, prompt_key
 from dpo_recipe.errors import DataError, RunInterrupted
@@ -63,6 +64,12 @@ class Sampling:
                 f"--n {values['n']}: a judge ranks a prompt's answers against each other, so each prompt needs at "
                 "least 2 (4 is usual)."
             )
+        given_keys = {"n": "num_generations", "temperature": "temperature", "top_p": "top_p"}
+        given_keys["max_new_tokens"] = "max_completion_length"
+        problems: list[str] = []  # the options within the bounds the recipe's keys have
+        build_section(IterateSection, "iterate", {key: values[name] for name, key in given_keys.items()}, problems)
+        if problems:
+            raise DataError(f"{'; '.join(problems)} (the options --n, --temperature, --top-p, --max-new-tokens).")
         if values["prompts_per_call"] is None:
             values["prompts_per_call"] = max(1, it.generation_batch_size // values["n"])
         return cls(**values)
@@ -87,8 +94,16 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
 
     rows = read_file(path)
     for number, row in enumerate(rows, 1):
-        answers = row.get(COMPLETIONS)
-        if "prompt" not in row or not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        answers, prompt = row.get(COMPLETIONS), row.get("prompt")
+        chat = isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+        )
+        if not (isinstance(prompt, str) or chat) or not prompt:
+            raise DataError(
+                f"{path}, row {number}: the prompt is not text or chat messages ({type(prompt).__name__}). Give the "
+                "file pairs sample wrote."
+            )
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise DataError(
                 f"{path}, row {number}: not a row of 'dpo-recipe pairs sample' (a prompt and a {COMPLETIONS} list "
                 "of answer texts). Give the file pairs sample wrote."
@@ -118,9 +133,11 @@ def sample(
         "prompts": hashlib.sha256("\n".join(prompt_key(p["prompt"]) for p in prompts).encode()).hexdigest(),
     }
     journal = partial_path(out)
+    refuse_link(journal)
     done = _resumed(journal, header)
     if not done:
-        journal.write_text(json.dumps(header, ensure_ascii=False) + "\n", encoding="utf-8")
+        journal.unlink(missing_ok=True)
+        _append(journal, json.dumps(header, ensure_ascii=False) + "\n")
     resumed_from = sum(len(rows) for rows in done.values())
     origin = {**sampled_from, **{k: v for k, v in asdict(settings).items() if k != "prompts_per_call"}}
     model.eval()
@@ -150,8 +167,7 @@ def sample(
                     )
                     for row, got in zip(chunk, answers, strict=True)
                 ]
-                with journal.open("a", encoding="utf-8") as handle:  # one write a batch: whole batches resume
-                    handle.write("".join(line + "\n" for line in lines))
+                _append(journal, "".join(line + "\n" for line in lines))  # one write a batch: whole ones resume
                 done[start] = [json.loads(line)["row"] for line in lines]
                 bar.update(len(chunk))
     except (KeyboardInterrupt, Terminated) as stop:
@@ -164,9 +180,33 @@ def sample(
         ) from None
     rows = [row for start in sorted(done) for row in done[start]]
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    write_file_atomically(out, lambda staging: staging.write_text(text, encoding="utf-8"))
+    try:
+        write_file_atomically(out, lambda staging: staging.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(
+            f"--out {out} could not be written ({exc.strerror or exc}); nothing was written there, and every answer "
+            f"is kept in {journal}: free the disk and run the same command again."
+        ) from None
     journal.unlink(missing_ok=True)
     return SampleResult(out, len(rows), len(rows) * settings.n, resumed_from, [])
+
+
+def refuse_link(journal: Path) -> None:
+    """A journal is written beside its output, never through a link someone put there."""
+    if journal.is_symlink():
+        raise DataError(f"{journal} is a symbolic link; a journal is never written through one. Remove it.")
+
+
+def _append(journal: Path, text: str) -> None:
+    """``text`` added to ``journal``; a full or read-only disk stops the sample with what it has kept."""
+    try:
+        with journal.open("a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise DataError(
+            f"{journal} could not be written ({exc.strerror or exc}); the batches before this one are kept: free the "
+            "disk and run the same command again to go on."
+        ) from None
 
 
 def _resumed(journal: Path, header: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:

@@ -58,3 +58,8 @@ def test_a_model_of_several_labels_is_refused(tiny_model: Path, tmp_path: Path) 
     )
     with pytest.raises(JudgeError, match="no model config could be read"):
         judge_for(f"reward-model:{tmp_path / 'missing'}", JudgeSection())
+
+
+def test_a_causal_language_model_is_no_reward_model(tiny_model: Path) -> None:
+    with pytest.raises(JudgeError, match=r"the model is a causal language model \(LlamaForCausalLM\), not a reward"):
+        judge_for(f"reward-model:{tiny_model}", JudgeSection())

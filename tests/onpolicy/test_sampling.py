@@ -17,7 +17,8 @@ from dpo_recipe.models.adapters import adapter_base, load_adapter_model
 from dpo_recipe.onpolicy import sampling
 from dpo_recipe.onpolicy.sampling import Sampling, partial_path, read_samples, run_sample, sample
 
-PROMPTS = [{"prompt": f"質問{i}とは何ですか？", "topic": f"質問{i}"} for i in range(5)]
+# one prompt holds U+2028 and U+0085, which str.splitlines would cut a JSON line at
+PROMPTS = [{"prompt": f"質問{i}とは\u2028何\x85ですか？", "topic": f"質問{i}"} for i in range(5)]
 SETTINGS = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=6, prompts_per_call=2, seed=7)
 ORIGIN = {"adapter": "A", "base": "B"}
 
@@ -68,7 +69,7 @@ def test_a_stopped_sample_resumes_to_the_same_file(policy, tmp_path: Path, monke
     with pytest.raises(RunInterrupted) as err:
         sample(model, tokenizer, PROMPTS, SETTINGS, out, ORIGIN, progress=False)
     assert err.value.exit_status == 130 and "after 2 of 5 prompts" in str(err.value)
-    assert not out.exists() and len(partial_path(out).read_text().splitlines()) == 1 + 2
+    assert not out.exists() and partial_path(out).read_text().count("\n") == 1 + 2  # header and one batch
     monkeypatch.undo()
     result = sample(model, tokenizer, PROMPTS, SETTINGS, out, ORIGIN, progress=False)
     assert result.resumed_from == 2 and out.read_text() == whole.read_text()
@@ -109,3 +110,35 @@ def test_a_samples_file_must_hold_prompts_and_answers(tmp_path: Path) -> None:
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "completions": ["a", "b"]}, {"prompt": "Q2"}])
     with pytest.raises(DataError, match=r"bad.jsonl, row 2: not a row of 'dpo-recipe pairs sample'"):
         read_samples(bad)
+    number = write_jsonl(tmp_path / "number.jsonl", [{"prompt": 7, "completions": ["a", "b"]}])
+    with pytest.raises(DataError, match=r"number.jsonl, row 1: the prompt is not text or chat messages \(int\)"):
+        read_samples(number)
+
+
+def test_a_stranger_or_a_careless_hand_cannot_make_it_write_elsewhere(
+    policy, tiny_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer = policy
+    out = tmp_path / "samples.jsonl"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    partial_path(out).symlink_to(precious)
+    with pytest.raises(DataError, match="is a symbolic link; a journal is never written through one"):
+        sample(model, tokenizer, PROMPTS[:1], SETTINGS, out, ORIGIN, progress=False)
+    assert precious.read_text() == "mine"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(DataError, match="is a folder; name the file to write"):
+        run_sample(folder, adapter=str(tiny_adapter), overwrite=True)
+    with pytest.raises(DataError, match=r"iterate.num_generations: must be <= 64, got 1000"):
+        run_sample(tmp_path / "s.jsonl", adapter=str(tiny_adapter), n=1000)
+    real_open = Path.open
+
+    def full_disk(self: Path, *args, **kwargs):
+        if self.name.endswith(".partial") and "a" in args[0:1]:
+            raise OSError(28, "No space left on device")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_disk)
+    with pytest.raises(DataError, match=r"samples2.jsonl.partial could not be written \(No space left on device\)"):
+        sample(model, tokenizer, PROMPTS[:1], SETTINGS, tmp_path / "samples2.jsonl", ORIGIN, progress=False)
