@@ -78,8 +78,9 @@ def run_iterate(
     from dpo_recipe.train import Stage, chained_runs
 
     plan.root.mkdir(parents=True, exist_ok=True)
-    marker = {"recipe": recipe, "judge": plan.judge, "rounds": plan.rounds, "from": str(plan.start or "")}
+    marker = {**run_identity(recipe, plan.judge, plan.start, overrides), "rounds": plan.rounds}
     write_file_atomically(plan.root / MARKER, lambda staging: staging.write_text(json.dumps(marker) + "\n"))
+    write_original(plan)  # round 0's pairs as it reads them, before it trains: a data mistake costs no training
     stages = [
         Stage(recipe, plan.round_dir(k), f"round {k}", lambda adapter, k=k: prepare_round(plan, k, adapter))
         for k in range(0 if plan.start is None else 1, plan.rounds + 1)
@@ -107,6 +108,8 @@ def checked_plan(
 
     if resume and overwrite:
         raise RecipeError(RESUME_AND_OVERWRITE)
+    if output_dir is not None and not output_dir.strip():
+        raise RecipeError("--out is empty (an unset variable?); name the folder the rounds should go to.")
     items = (*overrides, *((f"iterate.rounds={rounds}",) if rounds is not None else ()))
     context = RunContext(recipe=recipe, overrides=items, output_dir=output_dir, resume=resume, overwrite=overwrite)
     loaded = context.load_recipe()
@@ -133,7 +136,7 @@ def checked_plan(
     _refuse_foreign_root(root, resume=resume, overwrite=overwrite)
     if resume and (root / MARKER).is_file():
         earlier = json.loads((root / MARKER).read_text(encoding="utf-8"))
-        asked = {"recipe": recipe, "judge": spec, "from": str(begin or "")}
+        asked = run_identity(recipe, spec, begin, overrides)
         changed = [
             f"{key} {earlier.get(key)!r} then, {value!r} now"
             for key, value in asked.items()
@@ -141,11 +144,17 @@ def checked_plan(
         ]
         if changed:
             raise RecipeError(
-                f"--resume: {root} holds rounds of another recipe, judge or start ({'; '.join(changed)}); going on "
-                "would mix them. Resume with the same --recipe, --judge and --from, or start over with --overwrite."
+                f"--resume: {root} holds rounds of another recipe, judge, start or --set items ({'; '.join(changed)}); "
+                "going on would mix them. Resume with the same --recipe, --judge, --from and --set, or start over with "
+                "--overwrite."
             )
     context = replace(context, output_dir=str(root))
     return Rounds(context, loaded, spec, loaded.iterate.rounds, root, begin)
+
+
+def run_identity(recipe: str, judge: str, start: Path | None, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """What an iterate run's rounds depend on, beyond their number: ``--resume`` must ask for the same."""
+    return {"recipe": recipe, "judge": judge, "from": str(start or ""), "settings": list(overrides)}
 
 
 def _checked_start(start: str, recipe: Recipe) -> Path:
@@ -264,12 +273,7 @@ def write_original(plan: Rounds) -> Original:
         from dpo_recipe.data.sources import load_preference_splits
         from dpo_recipe.utils.files import write_dir_atomically
 
-        train, held_out, _ = load_preference_splits(plan.recipe.data)
-        if not held_out:
-            raise RecipeError(
-                f"{plan.recipe.data.source}: the recipe holds out no pairs (data.test_size 0 and no test split), so no "
-                "round could be scored. Give data.test_size > 0 or a source with a test split."
-            )
+        train, held_out, _ = load_preference_splits(plan.recipe.data)  # refuses data with no held-out pair
         parts = datasets.DatasetDict(
             {name: datasets.Dataset.from_list(rows) for name, rows in (("train", train), ("test", held_out))}
         )

@@ -135,9 +135,10 @@ def test_mistakes_are_refused_before_round_0_trains(
         (dict(overrides=("training.objective=kto", "training.per_device_batch_size=2")), "objective kto does not"),
         (dict(overrides=(f"model.init_adapter={tmp_path}",)), "this recipe merges model.init_adapter"),
         (dict(overrides=("iterate.replay=0",)), r"iterate.replay: must be > 0.0"),
+        (dict(output_dir=" "), "--out is empty"),
     ]
     for given, message in cases:
-        options = {"output_dir": str(tmp_path / "out"), **given}
+        options: dict = {"output_dir": str(tmp_path / "out"), **given}
         options["overrides"] = (*settings, *given.get("overrides", ()))
         with pytest.raises(DpoRecipeError, match=message):
             run_iterate("tiny-ja", 2, **options)
