@@ -52,6 +52,7 @@ def cli() -> None:
       dpo-recipe data convert hh.jsonl --out pairs.jsonl   # the standard form training sees
       dpo-recipe quickstart                    # generate, train, evaluate (offline)
       dpo-recipe sweep --recipe R --grid training.beta=0.05,0.1 --out sweeps/b   # rank settings
+      dpo-recipe iterate --recipe R --rounds 2 --judge rules   # on-policy rounds on its own answers
       dpo-recipe chat --adapter DIR            # ask the tuned model
       dpo-recipe export --adapter DIR --out X  # merged GGUF (+ Ollama Modelfile) or safetensors
     """
@@ -450,6 +451,53 @@ def sweep_command(
     run_sweep(recipe, parse_grid(grid_items), list(overrides), out_dir, overwrite=overwrite, resume=resume)
 
 
+@cli.command("iterate")
+@click.option("--recipe", required=True, help="Recipe whose training is round 0 (a packaged name or a YAML path).")
+@click.option("--rounds", type=click.IntRange(min=1, max=50), help="On-policy rounds after round 0 [iterate.rounds].")
+@click.option(
+    "--judge",
+    "spec",
+    metavar="KIND",
+    help="rules | implicit | reward-model:PATH_OR_ID | openai:URL [default: judge.kind, rules].",
+)
+@click.option("--from", "start", metavar="RUN", help="Round 0 is this finished training run instead of a new one.")
+@click.option(
+    "--out", "out_dir", help="Folder of the rounds (OUT/round-K, OUT/data, OUT/rounds.md) [training.output_dir]."
+)
+@click.option("--resume", is_flag=True, help="Keep finished rounds, continue the first unfinished one.")
+@click.option("--overwrite", is_flag=True, help="Start an earlier iterate run in OUT over.")
+@set_option
+def iterate_command(
+    recipe: str,
+    rounds: int | None,
+    spec: str | None,
+    start: str | None,
+    out_dir: str | None,
+    resume: bool,
+    overwrite: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Round 0 trains the recipe (or is --from RUN); each next round samples the last adapter on the training
+    prompts, judges the answers into pairs and trains that adapter further on them, mixed with iterate.replay of
+    the original pairs. One run folder per round; OUT/rounds.md, rounds.csv and rounds.png at the end.
+
+    \b
+      dpo-recipe iterate --recipe tiny-ja --rounds 2 --judge rules --out outputs/rounds
+    """
+    from dpo_recipe.iterate import run_iterate
+
+    run_iterate(
+        recipe,
+        rounds,
+        judge=spec,
+        start=start,
+        output_dir=out_dir,
+        overrides=overrides,
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(args: tuple[str, ...]) -> None:
@@ -580,6 +628,113 @@ def export_command(
     )
     if result.format == "gguf":
         click.echo(f"Run it: ollama create NAME -f {result.out_dir / 'Modelfile'} && ollama run NAME")
+
+
+# ---------------------------------------------------------------------------- on-policy pairs
+
+
+@cli.group(cls=_Group)
+def pairs() -> None:
+    """Pairs from the model's own answers: sample them, then judge them into pairs training reads."""
+
+
+@pairs.command("sample")
+@click.option("--adapter", metavar="RUN", help="The policy: a trained adapter (its output directory or Hub id).")
+@click.option("--recipe", help="Or the policy a recipe starts from (its base, with model.init_adapter merged).")
+@click.option(
+    "--prompts",
+    metavar="SOURCE",
+    help="Data whose training prompts are asked (pairs, chat data, ranked answers, unpaired or plain prompt rows; "
+    "a file, dataset directory or Hub id); default: the recipe's own data. Held-out prompts are never asked.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSONL file to write.")
+@click.option("--n", "n", type=int, help="Answers per prompt, 2 or more [default: iterate.num_generations, 4].")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="[default: iterate.temperature]")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="[default: iterate.top_p]")
+@click.option("--seed", type=int, help="Same seed, same answers [default: iterate.seed].")
+@click.option(
+    "--max-new-tokens", type=click.IntRange(min=1), help="Longest answer [default: iterate.max_completion_length]."
+)
+@click.option("--max-prompts", type=click.IntRange(min=1), help="Ask at most N prompts (a seeded choice).")
+@click.option("--overwrite", is_flag=True, help="Replace --out, or start a stopped sample over.")
+@trust_option
+@set_option
+def pairs_sample(
+    adapter: str | None,
+    recipe: str | None,
+    prompts: str | None,
+    out: Path,
+    n: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    max_new_tokens: int | None,
+    max_prompts: int | None,
+    overwrite: bool,
+    trust_remote_code: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Sample N answers to each training prompt from a policy, for 'pairs judge'.
+
+    Batched, seeded, with a progress bar; stopped (Ctrl-C), it keeps what it sampled in OUT.partial and the
+    same command goes on from there. OUT appears only when every prompt is answered.
+
+    \b
+      dpo-recipe pairs sample --adapter outputs/tiny-ja --n 4 --out samples.jsonl
+      dpo-recipe pairs judge samples.jsonl --judge rules --out pairs.jsonl
+      dpo-recipe train --recipe tiny-ja --set model.init_adapter=outputs/tiny-ja --set data.source=pairs.jsonl
+    """
+    from dpo_recipe.onpolicy.sampling import run_sample
+
+    result = run_sample(
+        out,
+        adapter=adapter,
+        recipe=recipe,
+        overrides=overrides,
+        prompts=prompts,
+        max_prompts=max_prompts,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    for note in result.notes:
+        click.echo(note)
+    resumed = f" ({result.resumed_from} of them from {out}.partial)" if result.resumed_from else ""
+    click.echo(f"Wrote {result.answers} answers to {result.prompts} prompts{resumed} to {result.out}")
+
+
+@pairs.command("judge")
+@click.argument("samples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--judge",
+    "spec",
+    metavar="KIND",
+    help="rules | implicit | reward-model:PATH_OR_ID | openai:URL [default: judge.kind, rules].",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Pairs file to write.")
+@click.option("--recipe", help="Read the judge.* keys from this recipe (default: their defaults, and --set).")
+@click.option("--overwrite", is_flag=True, help="Replace --out, or start a stopped judging over.")
+@set_option
+def pairs_judge(
+    samples: Path, spec: str | None, out: Path, recipe: str | None, overwrite: bool, overrides: tuple[str, ...]
+) -> None:
+    """Judge each prompt's answers in SAMPLES and write the pairs in the ranked form training reads.
+
+    The chosen answer passes every gate (judge.gates) and scores best, the rejected one scores worst; ties and
+    pairs within judge.min_margin are dropped and counted. 'dpo-recipe train' and 'data lint' take OUT as it is.
+    """
+    from dpo_recipe.config.loader import judge_section
+    from dpo_recipe.onpolicy.pairing import run_judge
+
+    summary = run_judge(samples, out, judge_section(recipe, overrides), spec, overwrite=overwrite)
+    click.echo(summary.line())
+    if summary.judge_figures:
+        click.echo("judge: " + ", ".join(f"{k} {v}" for k, v in summary.judge_figures.items()))
+    click.echo(f"Wrote {summary.pairs} pairs (ranked form) to {out}")
 
 
 # ---------------------------------------------------------------------------- models

@@ -44,6 +44,11 @@ class CacheError(DpoRecipeError):
     """``DPO_RECIPE_CACHE`` names no usable folder (empty, or a file)."""
 
 
+class JudgeError(DpoRecipeError):
+    """A judge cannot judge as asked: an endpoint down, slow or answering nonsense, a reward model of several
+    labels, or answers that give no pair at all."""
+
+
 class ExportError(DpoRecipeError):
     """A merged model cannot be exported as asked (format, type, architecture, output directory)."""
 

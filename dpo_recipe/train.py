@@ -20,6 +20,7 @@ import json
 import pickle
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,35 +182,71 @@ def recipe_main(context: RunContext) -> dict[str, Any] | None:
 
 
 def stages_main(context: RunContext, stages: list[Stage], chain_dir: str | None) -> dict[str, Any] | None:
-    """A chain of runs, each from the adapter of the one before it (``model.init_adapter``), stage N into
-    ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
+    """A chain of runs (a ``stages:`` recipe, ``--then``), each from the adapter of the one before it
+    (``model.init_adapter``), stage N into ``OUTPUT_DIR/stage-N``; returns the last stage's metrics.
 
     Every stage's recipe is loaded and checked first, so a mistake in the last stage stops the chain before the
-    first trains. Each stage is then a whole run (its own lock, checkpoints, card, resume command); with
-    ``--resume`` a finished stage is kept and read, so a stopped chain continues where it stopped. A dry run
-    checks the first stage's data and model too (the next ones start from an adapter that does not exist yet).
-    """
+    first trains; then ``chained_runs`` trains them."""
     recipes = stage_recipes(context, stages)
     root = Path(context.output_dir or chain_dir or recipes[0].training.output_dir).expanduser()
-    adapter, metrics = None, None
-    for index, stage in enumerate(stages, 1):
-        out = root / f"stage-{index}"
-        start = (f"model.init_adapter={adapter}",) if adapter else ()
-        run_stage = dataclasses.replace(
-            context, recipe=stage.recipe, then=(), overrides=(*stage.overrides, *start), output_dir=str(out)
+    runs = [
+        ChainedRun(
+            stage.recipe, root / f"stage-{index}", f"stage {index} of {len(stages)}", _start_from, stage.overrides
         )
-        if context.resume and is_finished(out):
-            print(f"--resume: stage {index} ({stage.recipe}) finished in {out}; kept.")
-            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        for index, stage in enumerate(stages, 1)
+    ]
+    done = chained_runs(context, runs)
+    if context.dry_run:
+        print(f"dry run: stage 1 checked; the {len(stages) - 1} stage(s) after it start from its adapter.")
+        return None
+    return done[-1]
+
+
+def _start_from(adapter: Path) -> tuple[str, ...]:
+    return (f"model.init_adapter={adapter}",)
+
+
+@dataclass(frozen=True)
+class ChainedRun:
+    """One run of a chain: its recipe, its folder, its name in messages, the ``--set`` items it takes from the
+    adapter the run before it wrote (``after``; not called for a chain's first run without a starting adapter),
+    and its own ``--set`` items (None: the command's)."""
+
+    recipe: str
+    out: Path
+    name: str
+    after: Callable[[Path], tuple[str, ...]]
+    overrides: tuple[str, ...] | None = None
+
+
+def chained_runs(context: RunContext, runs: Sequence[ChainedRun], adapter: Path | None = None) -> list[dict[str, Any]]:
+    """Train ``runs`` in order, each from the adapter before it (``adapter``: where the first starts, if
+    anywhere); the metrics of each, in order. Stage chains (``stages_main``) and ``dpo-recipe iterate``'s rounds
+    both run here.
+
+    A run's items from ``after`` replace its ``--set`` items of the same keys: the adapter it starts from, and
+    for iterate its data. Each run is a whole run (its own lock, checkpoints, card, resume command). With
+    ``--resume`` a finished run is kept and read, so a stopped chain continues where it stopped. A dry run
+    checks the first run (the next ones start from an adapter that does not exist yet) and returns no metrics."""
+    done = []
+    for run in runs:
+        if context.resume and is_finished(run.out):
+            print(f"--resume: {run.name} ({run.recipe}) finished in {run.out}; kept.")
+            metrics = json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
         else:
+            start = run.after(adapter) if adapter else ()
+            taken = {item.partition("=")[0].strip() for item in start}  # the run's own settings win over --set
+            given = context.overrides if run.overrides is None else run.overrides
+            kept = tuple(item for item in given if item.partition("=")[0].strip() not in taken)
             if first_process():
-                print(f"Stage {index} of {len(stages)}: {stage.recipe} -> {out}")
-            metrics = recipe_main(run_stage)
+                print(f"{run.name[0].upper()}{run.name[1:]}: {run.recipe} -> {run.out}")
+            step = dataclasses.replace(context, recipe=run.recipe, then=(), overrides=(*kept, *start))
+            metrics = recipe_main(dataclasses.replace(step, output_dir=str(run.out)))
         if context.dry_run:
-            print(f"dry run: stage 1 checked; the {len(stages) - 1} stage(s) after it start from its adapter.")
-            return None
-        adapter = out
-    return metrics
+            return []
+        done.append(metrics)
+        adapter = run.out
+    return done
 
 
 def stage_recipes(context: RunContext, stages: list[Stage]) -> list[Recipe]:

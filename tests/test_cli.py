@@ -134,3 +134,80 @@ def test_quickstart_with_a_kto_recipe_ends_with_kto_numbers(runner, tiny_model: 
     overall = json.loads((out / "adapter" / "eval_report.json").read_text())["overall"]
     expected = f"held-out KL-adjusted reward accuracy: {overall['reward_accuracy']:.3f} on {overall['rows']} rows"
     assert expected in result.output
+
+
+# ---------------------------------------------------------------------------- on-policy pairs
+
+
+@pytest.fixture(scope="module")
+def tiny_samples(tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny adapter's answers, 4 to each of 8 training prompts, written by `pairs sample`."""
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("samples") / "samples.jsonl"
+    # a random tiny model writes broken characters often: short answers, so that enough of them are readable
+    args = ["pairs", "sample", "--adapter", tiny_adapter, "--n", "6", "--out", out]
+    result = invoke(CliRunner(), *args, "--max-new-tokens", "4", "--seed", "3", "--temperature", "1")
+    assert result.exit_code == 0, result.output
+    assert f"Wrote 96 answers to 16 prompts to {out}" in result.output
+    assert "prompts: 16 unique training prompts of builtin:ja-preferences" in result.output
+    return out
+
+
+@pytest.mark.parametrize("judge", ["rules", "implicit", "reward-model", "openai"])
+def test_pairs_sample_judge_and_train_with_each_judge(
+    judge: str, runner, tiny_samples: Path, tiny_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    import contextlib
+    import json
+
+    from fake_openai import TEMPLATE, FakeOpenAI
+
+    from dpo_recipe.train import run
+
+    server = FakeOpenAI("longer") if judge == "openai" else contextlib.nullcontext()
+    settings = ["--set", "judge.gates=[]"]  # the tiny model's answers never end a sentence
+    with server:
+        spec = {"openai": f"openai:{getattr(server, 'url', '')}", "reward-model": "reward-model:RM"}.get(judge, judge)
+        if judge == "reward-model":
+            from judges.test_reward_model import tiny_reward_model
+
+            spec = f"reward-model:{tiny_reward_model(tiny_model, tmp_path / 'rm')}"
+        if judge == "openai":
+            settings += ["--set", f"judge.prompt_template={json.dumps(TEMPLATE)}"]  # YAML reads JSON's escapes
+        pairs = tmp_path / "pairs.jsonl"
+        result = invoke(runner, "pairs", "judge", tiny_samples, "--judge", spec, "--out", pairs, *settings)
+    assert result.exit_code == 0, result.output
+    assert f"{spec}: 16 prompts, 96 answers -> " in result.output and f"pairs (ranked form) to {pairs}" in result.output
+    linted = invoke(runner, "data", "lint", pairs)
+    assert linted.exit_code == 0 and "form: ranked" in linted.output, linted.output
+    if judge != "rules":  # tests/test_iterate.py trains on every judge's pairs, round after round
+        return
+    metrics = run(
+        "tiny-ja",
+        tiny_overrides(
+            tiny_model,
+            f"model.init_adapter={tiny_adapter}",
+            f"data.source={pairs}",
+            "data.test_size=0.25",
+            "eval.num_generations=0",
+        ),
+        output_dir=str(tmp_path / "trained"),
+    )
+    assert metrics["train"]["pairs"] >= 3 and metrics["data"]["sources"][0]["form"] == "ranked"
+
+
+def test_pairs_commands_refuse_bad_input(runner, tiny_adapter: Path, tiny_samples: Path, tmp_path: Path) -> None:
+    one = invoke(runner, "pairs", "sample", "--adapter", tiny_adapter, "--n", "1", "--out", tmp_path / "s.jsonl")
+    assert one.exit_code == 1 and "--n 1: a judge ranks a prompt's answers against each other" in one.output
+    neither = invoke(runner, "pairs", "sample", "--out", tmp_path / "s.jsonl")
+    assert neither.exit_code == 1 and "Give the policy to sample: --adapter RUN" in neither.output
+    base = tmp_path / "base.jsonl"
+    sampled = invoke(runner, "pairs", "sample", "--recipe", "tiny-ja", "--n", "2", "--max-prompts", "2", "--out", base)
+    assert sampled.exit_code == 0, sampled.output
+    implicit = invoke(runner, "pairs", "judge", base, "--judge", "implicit", "--out", tmp_path / "p.jsonl")
+    assert implicit.exit_code == 1 and "sampled from a base model" in implicit.output
+    unknown = invoke(runner, "pairs", "judge", tiny_samples, "--judge", "gpt4", "--out", tmp_path / "p.jsonl")
+    assert unknown.exit_code == 1 and "--judge: unknown judge 'gpt4'" in unknown.output
+    keys = invoke(runner, "pairs", "judge", tiny_samples, "--out", tmp_path / "p.jsonl", "--set", "training.beta=1")
+    assert keys.exit_code == 1 and "without --recipe, pairs judge takes judge.KEY=VALUE only" in keys.output

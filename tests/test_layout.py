@@ -25,12 +25,17 @@ STAGES = [
     # an objective reads its data, builds its trainer and scores its held-out report: after evaluation; the
     # `dpo-recipe eval` front end scores an adapter by its objective
     ("dpo_recipe.training.objectives", "dpo_recipe.evaluation.command", "dpo_recipe.evaluation.__main__"),
+    # judges score sampled answers with the answer checks, the packed pass and adapters; on-policy pairs are
+    # sampled by a policy and made by a judge
+    ("dpo_recipe.judges",),
+    ("dpo_recipe.onpolicy",),
     ("dpo_recipe.artifacts",),
     ("dpo_recipe.deploy",),
     ("dpo_recipe.hub.publish",),
     # front ends: the run (python -m dpo_recipe.train), sweeps of runs, the Python API, the CLI over it
     ("dpo_recipe.train",),
     ("dpo_recipe.sweep",),
+    ("dpo_recipe.iterate",),
     ("dpo_recipe.api",),
     ("dpo_recipe.cli", "dpo_recipe.__main__", "dpo_recipe"),
 ]
@@ -169,6 +174,7 @@ def test_no_crumb_modules() -> None:
 ELSEWHERE = {  # test files named for what they run against rather than the module they test
     "test_real_hub": "publish",  # the same push, against huggingface.co (optional CI job)
     "test_llama_cpp": "export",  # exported files loaded by llama.cpp itself (CI job that builds it)
+    "test_llama_cpp_judge": "endpoint",  # the openai judge against llama.cpp's own server (the same CI job)
 }
 
 

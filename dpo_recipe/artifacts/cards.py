@@ -189,6 +189,7 @@ def render_model_card(
         held_out_explained=objective.held_out_explained,
         init_adapter=recipe.model.init_adapter,
         train_init_adapter=recipe.lora.train_init_adapter,
+        init_adapter_reference=recipe.lora.init_adapter_reference,
         objective_note=objective.card_note(recipe, metrics),
         training_note=_training_note(metrics.get("train", {})),
         chain=metrics.get("chain", []) if len(metrics.get("chain", [])) > 1 else [],

@@ -13,13 +13,16 @@ from dpo_recipe.config.coercion import build_section
 from dpo_recipe.config.schema import DataSection, Recipe, TrainingSection
 from dpo_recipe.config.vocabulary import (
     CHAT_ROLES,
+    GATES,
     KTO_LOSS_NAMES,
     LOSS_NAMES,
     NOT_READ_BY,
     PER_SOURCE_KEYS,
+    RULE_WEIGHTS,
     SOURCE_KEYS,
     is_reference_free,
     mixing_problem,
+    split_judge_spec,
     suggest,
 )
 
@@ -49,8 +52,59 @@ def cross_checks(recipe: Recipe) -> list[str]:
             )
     if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
         problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
+    if recipe.lora.init_adapter_reference == "base" and not recipe.lora.train_init_adapter:
+        problems.append(
+            "lora.init_adapter_reference: base is the reference of an init adapter trained further; set "
+            "lora.train_init_adapter: true too (a new adapter on a merged init adapter has that merged model as its "
+            "reference)"
+        )
+    elif recipe.lora.init_adapter_reference == "base" and recipe.training.objective != "dpo":
+        problems.append(
+            f"lora.init_adapter_reference: base is a DPO reference; objective {recipe.training.objective} does not "
+            "read it: remove the key"
+        )
+    problems.extend(judge_problems(recipe))
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def judge_problems(recipe: Recipe) -> list[str]:
+    """The judge's keys that each pass but cannot work: an unknown judge, gate or rule name, an empty length range,
+    a prompt template that does not format with {prompt}, {response0} and {response1}, a key variable's odd name."""
+    judge, problems = recipe.judge, []
+    try:
+        split_judge_spec(judge.kind)
+    except ValueError as exc:
+        problems.append(f"judge.kind: {exc}")
+    problems += [
+        f"judge.gates: unknown gate {name!r}; known: {', '.join(GATES)}{suggest(name, GATES)}"
+        for name in judge.gates
+        if name not in GATES
+    ]
+    for name, weight in judge.rules.items():
+        if name not in RULE_WEIGHTS:
+            problems.append(
+                f"judge.rules: unknown check {name!r}; known: {', '.join(RULE_WEIGHTS)}{suggest(name, RULE_WEIGHTS)}"
+            )
+        elif weight < 0:
+            problems.append(f"judge.rules.{name}: a weight must be >= 0, got {weight}")
+    if judge.min_chars >= judge.max_chars:
+        problems.append(f"judge.min_chars ({judge.min_chars}) must be below judge.max_chars ({judge.max_chars})")
+    marks = {"prompt": "\x00P", "response0": "\x00A", "response1": "\x00B"}
+    try:
+        filled = judge.prompt_template.format(**marks)
+        missing = [f"{{{name}}}" for name, mark in marks.items() if mark not in filled]
+        if missing:
+            problems.append(f"judge.prompt_template: has no {' or '.join(missing)}; the judge would not see it")
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(
+            f"judge.prompt_template: does not format ({type(exc).__name__}: {exc}); use {{prompt}}, {{response0}} and "
+            "{response1}, and double every other brace ({{ }})"
+        )
+    env = judge.api_key_env
+    if env is not None and not (env and env.replace("_", "a").isalnum() and not env[0].isdigit()):
+        problems.append(f"judge.api_key_env: {env!r} is not an environment variable name (e.g. OPENAI_API_KEY)")
     return problems
 
 

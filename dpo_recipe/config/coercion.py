@@ -54,6 +54,13 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
         strings = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
         if option == dict[str, str] and strings:
             return dict(value), None
+        named = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        if option == dict[str, float] and named:
+            numbers = {k: _finite_float(v) if not isinstance(v, (bool, str)) else None for k, v in value.items()}
+            if all(v is not None for v in numbers.values()):
+                return numbers, None
+        if option == dict[str, Any] and named:
+            return dict(value), None
         if typing.get_origin(option) is list and isinstance(value, list):
             (item,) = typing.get_args(option)
             if typing.get_origin(item) is dict and all(isinstance(v, dict) for v in value):
@@ -89,6 +96,8 @@ def describe_type(hint: Any) -> str:
         list[str]: "a list of strings",
         list[float]: "a list of finite numbers",
         dict[str, str]: "a mapping of names to names",
+        dict[str, float]: "a mapping of names to finite numbers",
+        dict[str, Any]: "a mapping of names to values",
         list[dict[str, Any]]: "a list of mappings",
     }
     parts = [names.get(o) or lists[o] for o in options]

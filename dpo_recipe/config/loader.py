@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from dpo_recipe.config.checks import cross_checks, data_problems
+from dpo_recipe.config.checks import cross_checks, data_problems, judge_problems
 from dpo_recipe.config.coercion import build_section
-from dpo_recipe.config.schema import REQUIRED_SECTIONS, SECTIONS, DataSection, Recipe
+from dpo_recipe.config.schema import REQUIRED_SECTIONS, SECTIONS, DataSection, JudgeSection, Recipe
 from dpo_recipe.config.vocabulary import NOT_READ_BY, OBJECTIVE_DEFAULTS, suggest
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.utils.files import packaged_dir
@@ -155,6 +155,22 @@ def data_section(values: dict[str, Any], overrides: list[str] | tuple[str, ...] 
     section = build_section(DataSection, "data", raw["data"], problems)
     if not problems:
         problems.extend(data_problems(section))
+    if problems:
+        raise RecipeError(f"{'; '.join(problems)}. See 'dpo-recipe recipes keys' for every key and its form.")
+    return section
+
+
+def judge_section(recipe: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JudgeSection:
+    """The judge keys of ``dpo-recipe pairs judge``: the named recipe's (with its ``--set`` items), else the
+    defaults with ``--set judge.KEY=VALUE`` items, checked as a recipe's are. Never a recorded recipe's: an
+    endpoint and the variable its key is read from are the user's to name."""
+    if recipe is not None:
+        return load_recipe(recipe, overrides).judge
+    raw = apply_overrides({"judge": {}}, overrides, source="--set")
+    problems = [f"{name}: without --recipe, pairs judge takes judge.KEY=VALUE only" for name in raw if name != "judge"]
+    section = build_section(JudgeSection, "judge", raw["judge"], problems)
+    if not problems:
+        problems.extend(judge_problems(Recipe(judge=section)))
     if problems:
         raise RecipeError(f"{'; '.join(problems)}. See 'dpo-recipe recipes keys' for every key and its form.")
     return section

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dpo_recipe.config.vocabulary import DATA_FORMS, OBJECTIVES
+from dpo_recipe.config.vocabulary import DATA_FORMS, GATES, OBJECTIVES, ROUND_REFERENCES, RULE_WEIGHTS
 
 
 def recipe_key(default: Any, help: str, **kwargs: Any) -> Any:
@@ -70,6 +70,12 @@ class LoraSection:
         "With model.init_adapter: train that adapter further (its own rank and target modules, which lora.r and "
         "lora.target_modules must repeat) instead of adding a new one; the reference is its starting state, a "
         "frozen copy. The output is a whole adapter for the bare base.",
+    )
+    init_adapter_reference: str = recipe_key(
+        "start",
+        "With lora.train_init_adapter: the DPO reference. start: the adapter as loaded, a frozen copy (TRL's default); "
+        "base: the bare base model, adapters off (on-policy rounds' first_model reference, dpo-recipe iterate).",
+        choices=("start", "base"),
     )
     token_learning_rate: float | None = recipe_key(
         None,
@@ -284,6 +290,146 @@ class EvalSection:
     no_repeat_ngram_size: int = recipe_key(0, "Decoding: never repeat an n-gram of this many tokens (0 = off).", min=0)
 
 
+# TRL's OpenAIPairwiseJudge prompt (removed after TRL 1.0): the judge answers with the identifier "0" or "1"
+PAIRWISE_PROMPT = '''I require a leaderboard for various large language models. I'll provide you with prompts given to \
+these models and their corresponding outputs. Your task is to assess these responses, and select the model that \
+produces the best output from a human perspective.
+
+## Instruction
+
+{{
+    "instruction": """{prompt}""",
+}}
+
+## Model Outputs
+
+Here are the unordered outputs from the models. Each output is associated with a specific model, identified by a \
+unique model identifier.
+
+{{
+    {{
+        "model_identifier": "0",
+        "output": """{response0}"""
+    }},
+    {{
+        "model_identifier": "1",
+        "output": """{response1}"""
+    }}
+}}
+
+## Task
+
+Evaluate the models on the basis of the quality and relevance of their results, and select the model that generated \
+the best result. Reply with the identifier of the best model. Our evaluation will only take into account the first \
+character of your answer, so make sure it contains only one of the identifiers and nothing else (no quotation marks, \
+no spaces, no new lines, ...).
+'''
+
+
+@dataclass
+class JudgeSection:
+    kind: str = recipe_key(
+        "rules",
+        "The judge of dpo-recipe pairs judge / iterate (--judge overrides it): rules (the answer checks as gates and a "
+        "weighted score, offline), implicit (the sampled adapter's own DPO reward, beta x (log pi - log pi_ref), "
+        "length-corrected), reward-model:PATH_OR_ID (a sequence-classification model with one label), or "
+        "openai:URL (an OpenAI-compatible chat endpoint asked pairwise, both orders).",
+    )
+    gates: list[str] = recipe_key(
+        ["japanese", "no_loop", "ends_sentence"],
+        f"What a chosen answer must pass, whatever the judge: any of {', '.join(GATES)} (japanese: judge."
+        "min_japanese_share; no_loop: repetition <= judge.max_repetition; length: judge.min_chars..max_chars). "
+        "[] turns them off.",
+    )
+    rules: dict[str, float] = recipe_key(
+        {"japanese_share": 1.0, "names_topic": 1.0, "repetition": 1.0, "ends_sentence": 1.0, "length": 0.5},
+        f"The rules judge's soft score: a weight per answer check ({', '.join(RULE_WEIGHTS)}); the score is their "
+        "weighted sum, each check in [0, 1] (repetition counts as 1 - repetition, length as 1 inside "
+        "judge.min_chars..max_chars).",
+    )
+    min_margin: float = recipe_key(
+        0.0,
+        "A pair is kept only when its chosen answer's score beats the rejected one's by more than this (ties never "
+        "pair); the pairs dropped are counted.",
+        min=0.0,
+    )
+    min_japanese_share: float = recipe_key(
+        0.5, "Gate japanese: the least Japanese share of an answer.", min=0.0, max=1.0
+    )
+    max_repetition: float = recipe_key(
+        0.5, "Gate no_loop: the most repetition (characters in repeated 8-grams) of an answer.", min=0.0, max=1.0
+    )
+    min_chars: int = recipe_key(8, "Gate and rule length: the fewest characters of an answer.", min=0)
+    max_chars: int = recipe_key(400, "Gate and rule length: the most characters of an answer.", min=1)
+    length_correction: bool = recipe_key(
+        True,
+        "implicit: subtract alpha x tokens from each reward, alpha fitted (DICE) so that the mean token length of "
+        "the chosen and rejected answers of the best-vs-worst pairs differ by as little as it can: the implicit "
+        "reward favours long answers.",
+    )
+    batch_size: int = recipe_key(8, "implicit / reward-model: answers scored per forward pass.", min=1)
+    prompt_template: str = recipe_key(
+        PAIRWISE_PROMPT,
+        "openai: the pairwise prompt, with {prompt}, {response0} and {response1} (TRL's OpenAIPairwiseJudge names; "
+        "other braces doubled). The reply must start with 0 or 1.",
+    )
+    model: str | None = recipe_key(None, "openai: the model name sent to the endpoint (null: none is sent).")
+    api_key_env: str | None = recipe_key(
+        None,
+        "openai: the environment variable that holds the API key (sent as a Bearer token, never printed or "
+        "written). null: no key is sent.",
+    )
+    max_tokens: int = recipe_key(1, "openai: the reply's token budget (TRL's judge asked for 1).", min=1, max=4096)
+    timeout_s: float = recipe_key(30.0, "openai: seconds to wait for one reply.", min_exclusive=0.0, max=3600.0)
+    retries: int = recipe_key(
+        3, "openai: tries after the first for a reply that times out, fails (5xx, 429) or is not 0 / 1.", min=0, max=20
+    )
+    retry_backoff_s: float = recipe_key(
+        1.0, "openai: seconds before the first retry, doubled for each next one.", min=0.0, max=600.0
+    )
+    request_extra: dict[str, Any] = recipe_key(
+        {},
+        'openai: more fields of the request body, e.g. llama.cpp\'s {grammar: \'root ::= "0" | "1"\'} or '
+        "vLLM's {guided_choice: ['0', '1']}, so a small judge can only answer 0 or 1.",
+    )
+
+
+@dataclass
+class IterateSection:
+    rounds: int = recipe_key(
+        2, "On-policy rounds after round 0 (dpo-recipe iterate; --rounds overrides it).", min=1, max=50
+    )
+    replay: float = recipe_key(
+        0.3,
+        "Share of each round's training pairs that are the original training pairs (the rest are the round's judged "
+        "pairs), mixed through data.sources; reproductions that replayed none lost their gain after round 1. Above "
+        "0: the original source also carries round 0's held-out pairs into every round.",
+        min_exclusive=0.0,
+        max_exclusive=1.0,
+    )
+    reference: str = recipe_key(
+        "first_model",
+        "The DPO reference of round k: first_model (the model round 0 started from, RLHFlow's advice; held-out "
+        "numbers stay comparable across rounds) or last_policy (round k-1's policy, as DICE and SPIN do).",
+        choices=ROUND_REFERENCES,
+    )
+    num_generations: int = recipe_key(
+        4, "TRL num_generations: answers sampled per prompt (dpo-recipe pairs sample --n).", min=2, max=64
+    )
+    temperature: float = recipe_key(0.8, "TRL temperature: sampling temperature.", min_exclusive=0.0, max=5.0)
+    top_p: float = recipe_key(0.95, "TRL top_p: nucleus sampling's probability mass.", min_exclusive=0.0, max=1.0)
+    max_completion_length: int = recipe_key(
+        64, "TRL max_completion_length: the most tokens of a sampled answer.", min=1, max=32768
+    )
+    generation_batch_size: int = recipe_key(
+        16, "TRL generation_batch_size: answers generated per generate call (whole prompts' worth).", min=1
+    )
+    max_prompts: int | None = recipe_key(
+        None, "Sample at most N training prompts a round, chosen after a shuffle seeded by data.seed.", min=1
+    )
+    seed: int = recipe_key(0, "Sampling seed; round k samples with seed + k.")
+
+
 @dataclass
 class HubSection:
     push: bool = recipe_key(False, "Push the adapter to the Hub at the end of training.")
@@ -300,6 +446,8 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+    iterate: IterateSection = field(default_factory=IterateSection)
     hub: HubSection = field(default_factory=HubSection)
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,6 +38,34 @@ PER_SOURCE_KEYS = (
 )
 
 
+# judge.kind / --judge: how answers are scored or compared (dpo_recipe.judges); the last two take ":WHERE"
+JUDGE_KINDS = ("rules", "implicit", "reward-model", "openai")
+# judge.rules: the answer checks (evaluation.answer_checks) the rules judge weighs into its soft score
+RULE_WEIGHTS = ("japanese_share", "names_topic", "repetition", "ends_sentence", "length")
+# judge.gates: what a chosen answer must pass, whatever the judge (the published iterative methods' filters)
+GATES = ("japanese", "no_loop", "ends_sentence", "length")
+
+
+def split_judge_spec(spec: str) -> tuple[str, str | None]:
+    """``judge.kind`` / ``--judge`` as ``(kind, where)``: ``rules`` -> ("rules", None), ``openai:URL`` -> ("openai",
+    URL). Raises ValueError with the problem, phrased to follow the value."""
+    kind, sep, where = spec.strip().partition(":")
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"unknown judge {spec!r}; known: rules, implicit, reward-model:PATH_OR_ID, openai:URL")
+    needs_where = kind in ("reward-model", "openai")
+    if needs_where and not where.strip():
+        raise ValueError(f"{kind} needs where it is: {kind}:{'PATH_OR_ID' if kind == 'reward-model' else 'URL'}")
+    if not needs_where and sep:
+        raise ValueError(f"{kind} takes nothing after it (got {spec!r})")
+    if kind == "openai" and not where.startswith(("http://", "https://")):
+        raise ValueError(f"openai:URL needs an http:// or https:// URL, got {where!r}")
+    return kind, where.strip() if needs_where else None
+
+
+# iterate.reference: the DPO reference of round k >= 1
+ROUND_REFERENCES = ("first_model", "last_policy")
+
+
 def suggest(name: str, choices: Any) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""

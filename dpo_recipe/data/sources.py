@@ -283,6 +283,17 @@ def hold_out(
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 
+def hold_out_prompts(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
+    """``hold_out`` by topic, or by prompt where a row has no topic: a prompt's rows (KTO's desirable and
+    undesirable answers, plain prompt rows) stay on one side, so no held-out prompt is trained on."""
+    return hold_out(rows, test_size, seed, group=lambda row: topic_of(row) or prompt_key(row["prompt"]))
+
+
+def prompt_key(prompt: Any) -> str:
+    """A prompt (text or messages) as one comparable string: the same prompt read twice gives the same key."""
+    return json.dumps(prompt, ensure_ascii=False)
+
+
 def sample_rows(rows: Rows, limit: int | None, seed: int) -> Rows:
     """At most ``limit`` of ``rows``, chosen after a seeded shuffle and kept in their order: the one place that
     cuts rows (data.max_train_pairs / max_eval_pairs, a mixture's fraction), so which rows train never depends
@@ -553,6 +564,8 @@ def checked_out(out: Path, source: str, *, overwrite: bool) -> Path:
             f"--out {out} is the source itself; converting it in place would replace the data it was read from. "
             "Write to another file, check it, then move it."
         )
+    if where.is_dir():
+        raise DataError(f"--out {out} is a folder; name the file to write (a folder is never replaced).")
     if where.exists() and not overwrite:
         raise DataError(f"{out} already exists. Choose another --out or pass --overwrite.")
     folder = next(parent for parent in where.absolute().parents if parent.exists())

@@ -86,8 +86,46 @@ def greedy_ids(
 ) -> list[list[int]]:
     """The token ids ``greedy_batch`` generates for each prompt, before decoding: what the base cache keeps,
     so that a change to the tokenizer's decoder changes the text read back."""
-    import torch
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    settings: dict[str, Any] = {"do_sample": False, "no_repeat_ngram_size": no_repeat_ngram_size}
+    if repetition_penalty != 1.0:
+        # transformers' processor, counting only the answer's tokens: a penalty on the question's own words
+        # made the model shorten the topic it was asked about (「主成分分析」 -> 「主成分とは」)
+        width = max(len(ids) for ids in prompt_ids(tokenizer, texts))
+        penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width)
+        settings["logits_processor"] = LogitsProcessorList([penalty])
+    return generated_ids(model, tokenizer, texts, max_new_tokens, **settings)
+
+
+def sampled_batch(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_new_tokens: int,
+    *,
+    num_return_sequences: int,
+    temperature: float,
+    top_p: float,
+) -> list[list[str]]:
+    """``num_return_sequences`` sampled answers to each prompt, in one ``generate`` call: the policy's own answers
+    for on-policy pairs (``onpolicy.sampling``). The caller seeds torch's generator. Pure temperature and top-p
+    sampling (top-k off, no repetition penalty): what the policy writes, loops included, is what gets judged.
+
+    An answer cut by ``max_new_tokens`` inside a character's bytes ends in U+FFFD; that broken tail is dropped (the
+    answer still counts as cut off). Broken characters inside an answer are the model's own and are kept."""
+    settings = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    ids = generated_ids(model, tokenizer, texts, max_new_tokens, num_return_sequences=num_return_sequences, **settings)
+    answers = [text.rstrip("\ufffd").rstrip() for text in decoded(tokenizer, ids)]
+    return [answers[i : i + num_return_sequences] for i in range(0, len(answers), num_return_sequences)]
+
+
+def generated_ids(
+    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, **settings: Any
+) -> list[list[int]]:
+    """The ids ``generate`` writes after each left-padded prompt (``settings``: its decoding options), stopping at
+    EOS or the template's turn end; with ``num_return_sequences`` n, each prompt's n answers in a row."""
+    import torch
 
     encoded, pad_id = prompt_ids(tokenizer, texts), padding_id(tokenizer)
     width = max(len(ids) for ids in encoded)
@@ -95,16 +133,10 @@ def greedy_ids(
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
     settings = {
         "max_new_tokens": max_new_tokens,
-        "do_sample": False,
         "pad_token_id": pad_id,
         "eos_token_id": turn_end_ids(tokenizer),
-        "no_repeat_ngram_size": no_repeat_ngram_size,
+        **settings,
     }
-    if repetition_penalty != 1.0:
-        # transformers' processor, counting only the answer's tokens: a penalty on the question's own words
-        # made the model shorten the topic it was asked about (「主成分分析」 -> 「主成分とは」)
-        penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width)
-        settings["logits_processor"] = LogitsProcessorList([penalty])
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **settings

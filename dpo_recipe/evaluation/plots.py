@@ -3,6 +3,7 @@
 ``plot_training``: loss, reward accuracy and reward margin against step (train, and the held-out
 point). ``plot_report``: a held-out report's accuracy by rejection type and its reward-margin
 histogram. ``plot_sweep``: a sweep's configurations by held-out accuracy, with their 95% intervals.
+``plot_rounds``: on-policy rounds (``dpo-recipe iterate``): held-out accuracy and the answer checks per round.
 They go into the model card and the notebook, so they are drawn headless (Agg), at a fixed size,
 and each function returns the files it wrote.
 """
@@ -104,5 +105,33 @@ def plot_sweep(ranked: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_xlabel("held-out reward accuracy (95% CI)")
     ax.set_title("Sweep, best first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)
+
+
+def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Held-out reward accuracy (95% CI) and the answer checks (mostly a loop, topic named, ends a sentence) and
+    the rules judge's win rate over round 0, against the round."""
+    plt = _pyplot()
+    rounds = [r["round"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    accuracy = [r["reward_accuracy"] for r in rows]
+    if all(a is not None for a in accuracy):
+        low = [a - (r["reward_accuracy_ci95"] or [a, a])[0] for a, r in zip(accuracy, rows, strict=True)]
+        high = [(r["reward_accuracy_ci95"] or [a, a])[1] - a for a, r in zip(accuracy, rows, strict=True)]
+        left.errorbar(rounds, accuracy, yerr=[low, high], marker="o", capsize=3)
+    left.set(xlabel="round", ylabel="held-out reward accuracy (95% CI)", ylim=(0, 1), xticks=rounds)
+    for key, label in (
+        ("mostly_loop", "mostly a loop"),
+        ("names_topic", "topic named"),
+        ("ends_sentence", "ends a sentence"),
+        ("win_rate_vs_round_0", "rules win rate vs round 0"),
+    ):
+        points = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", label=label)
+    right.set(xlabel="round", ylabel="share of held-out answers", ylim=(0, 1), xticks=rounds)
+    right.legend(fontsize=8)
+    fig.suptitle("On-policy rounds")
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

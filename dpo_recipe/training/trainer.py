@@ -106,8 +106,10 @@ def packing_limitation(model: Any, max_length: int | None = None) -> str | None:
         )
     if is_deepspeed_zero3_enabled():
         return "DeepSpeed ZeRO-3 shards the weights before the reference pass could run"
-    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
-        return f"{type(model).__name__}.forward takes no logits_to_keep"
+    # a PeftModel (lora.train_init_adapter hands one over) passes its keyword arguments on to the model it wraps
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "logits_to_keep" not in inspect.signature(type(inner).forward).parameters:
+        return f"{type(inner).__name__}.forward takes no logits_to_keep"
     attention = attention_implementation(model)
     if attention not in BLOCK_MASK_ATTENTION:  # flash-attention kernels take no block masks
         return f"attention {attention!r} takes no block mask (load the model with attn_implementation='sdpa')"
@@ -117,6 +119,13 @@ def packing_limitation(model: Any, max_length: int | None = None) -> str | None:
 def supports_packing(model: Any, args: Any) -> bool:
     """Whether the packed path computes exactly what DPOTrainer would for this model and config."""
     return not unpackable_settings(args) and packing_limitation(model, args.max_length) is None
+
+
+def drop_reference_copy(model: Any) -> None:
+    """Remove the frozen ``"ref"`` copy TRL makes of an adapter trained further, so that the reference is the bare
+    base with adapters off (``lora.init_adapter_reference: base``: on-policy rounds' first model)."""
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
 
 
 class PackedCollator:
@@ -148,6 +157,7 @@ class PackedDPOTrainer(DPOTrainer):
         token_learning_rate: float | None = None,
         simpo_gamma: float = 0.5,
         cpo_alpha: float = 0.0,
+        reference_is_base: bool = False,
         **kwargs: Any,
     ) -> None:
         dpo_args = kwargs["args"]
@@ -161,6 +171,8 @@ class PackedDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if not hasattr(self.model, "peft_config"):
             raise ValueError("PackedDPOTrainer trains LoRA adapters: pass peft_config or a PeftModel.")
+        if reference_is_base:
+            drop_reference_copy(self.model)
         self.base_cache = base_cache or BaseCache(None)
         self.reference_free_settings = SimpleNamespace(
             beta=self.args.beta, label_smoothing=self.args.label_smoothing, simpo_gamma=simpo_gamma, cpo_alpha=cpo_alpha

@@ -51,3 +51,23 @@ def test_plot_report_draws_only_what_the_report_holds(tmp_path: Path) -> None:
     assert list((tmp_path / "empty").iterdir()) == []
     margins_only = plot_report({"per_pair": [{"reward_margin": 0.3}]}, tmp_path / "margins")
     assert [p.name for p in margins_only] == ["reward_margin_histogram.png"]
+
+
+def test_plot_rounds_draws_what_the_rounds_hold(tmp_path: Path) -> None:
+    from dpo_recipe.evaluation.plots import plot_rounds
+
+    rows = [
+        {
+            "round": 0,
+            "reward_accuracy": 0.8,
+            "reward_accuracy_ci95": [0.7, 0.9],
+            "mostly_loop": 0.1,
+            "names_topic": 0.5,
+        },
+        {"round": 1, "reward_accuracy": 0.85, "reward_accuracy_ci95": None, "mostly_loop": 0.0, "names_topic": 0.6},
+        {"round": 2, "reward_accuracy": 0.9, "reward_accuracy_ci95": [0.8, 0.95], "win_rate_vs_round_0": 0.6},
+    ]
+    path = plot_rounds(rows, tmp_path / "deep" / "rounds.png")
+    assert path == tmp_path / "deep" / "rounds.png" and png_size(path) == (1000, 360)
+    no_accuracy = [{**row, "reward_accuracy": None} for row in rows]  # a round without held-out pairs still draws
+    assert png_size(plot_rounds(no_accuracy, tmp_path / "none.png")) == (1000, 360)

@@ -279,6 +279,27 @@ def test_train_init_adapter_continues_the_same_adapter_from_its_own_reference(
     assert any(not torch.equal(trained[k], start[k]) for k in start)
 
 
+def test_an_adapter_trained_further_against_the_bare_base(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    """lora.init_adapter_reference base: the reference is the base with adapters off, not the adapter's start, so at
+    step 0 the policy (the start) already differs from it; the card says which reference it was. Both train on the
+    packed path: the PeftModel handed over passes logits_to_keep on to the model it wraps."""
+    import math
+
+    from dpo_recipe.train import run
+
+    settings = (f"model.init_adapter={first_adapter}", "lora.train_init_adapter=true")
+    start = run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "start"))
+    settings += ("lora.init_adapter_reference=base",)
+    base = run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "base"))
+    assert start["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(base["train"]["first_loss"] - math.log(2)) > 1e-4  # the start is not the reference any more
+    assert "its reference model was the bare base" in (tmp_path / "base" / "README.md").read_text()
+    assert "its reference model was that adapter's starting state" in (tmp_path / "start" / "README.md").read_text()
+    assert "plain DPOTrainer" not in capsys.readouterr().out
+
+
 def test_a_bad_init_adapter_is_refused_in_one_paragraph_before_weights_load(
     first_adapter: Path, tiny_model: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -76,7 +76,8 @@ def test_every_lora_key_arrives_in_lora_config() -> None:
     assert lora_config(recipe, []).trainable_token_indices is None  # no token rows: PEFT adds no wrapper
     from dpo_recipe.config.schema import LoraSection
 
-    handled_elsewhere = {"token_learning_rate", "train_init_adapter"}  # an optimizer group's lr; the adapter's own
+    # an optimizer group's lr; the adapter's own; which reference it trains against
+    handled_elsewhere = {"token_learning_rate", "train_init_adapter", "init_adapter_reference"}
     mapped = {key.split(".")[1] for key in RECIPE_TO_LORA_CONFIG}
     assert mapped | handled_elsewhere == set(LoraSection.__dataclass_fields__)
 

@@ -109,9 +109,15 @@ class DPO(Objective):
         from trl import DPOTrainer
 
         from dpo_recipe.models.hardware import keep_freed_memory_in_heap
-        from dpo_recipe.training.trainer import PackedDPOTrainer, check_packable, packing_limitation
+        from dpo_recipe.training.trainer import (
+            PackedDPOTrainer,
+            check_packable,
+            drop_reference_copy,
+            packing_limitation,
+        )
 
         trainer_class, extra = DPOTrainer, {}
+        base_reference = recipe.lora.train_init_adapter and recipe.lora.init_adapter_reference == "base"
         reference_free = is_reference_free(args.loss_type)
         if reference_free and not recipe.training.packing:  # recipe validation says so first; a changed args may not
             raise RecipeError(
@@ -125,6 +131,7 @@ class DPO(Objective):
                 extra = {
                     "base_cache": cache,
                     "token_learning_rate": recipe.lora.token_learning_rate,
+                    "reference_is_base": base_reference,
                     **objective_kwargs(recipe),
                 }
             elif reference_free:  # DPOTrainer does not compute SimPO or ORPO: no fallback
@@ -151,6 +158,8 @@ class DPO(Objective):
             peft_config=recipe_lora(recipe, tokenizer),
             **extra,
         )
+        if base_reference and trainer_class is DPOTrainer:  # TRL reads its reference lazily: the copy can go now
+            drop_reference_copy(trainer.model)
         return with_run_callbacks(trainer, out)
 
     def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:

@@ -23,7 +23,6 @@ its numbers in metrics, card and quickstart. The refusals of DPO-only keys are t
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +33,12 @@ from dpo_recipe.data.lint import LintReport, lint_unpaired
 from dpo_recipe.data.sources import (
     as_conversation,
     converted_source,
-    hold_out,
+    hold_out_prompts,
     kept_note,
     lint_error_message,
     load_preference_splits,
     provenance,
     sample_rows,
-    topic_of,
     train_and_held_out,
     warning_notes,
 )
@@ -122,7 +120,7 @@ def _unpaired_rows(conversion: Conversion, data: DataSection, name: str) -> tupl
     prompt is judged on both sides."""
     if conversion.findings:
         raise DataError(lint_error_message(name, LintReport(conversion.findings, {})))
-    train, test = train_and_held_out(conversion, data, name, hold=_hold_out_prompts)
+    train, test = train_and_held_out(conversion, data, name, hold=hold_out_prompts)
     report = lint_unpaired({data.train_split: train, **({data.test_split: test} if test else {})})
     if report.errors:
         raise DataError(lint_error_message(name, report))
@@ -131,16 +129,6 @@ def _unpaired_rows(conversion: Conversion, data: DataSection, name: str) -> tupl
     if data.as_conversation:
         train, test = [as_conversation(r) for r in train], [as_conversation(r) for r in test]
     return train, test, [*conversion.notes, *kept_note(data, train, before), *warning_notes(report)]
-
-
-def _hold_out_prompts(rows: Rows, test_size: float, seed: int) -> tuple[Rows, Rows]:
-    """``hold_out`` by topic, or by prompt where a row has no topic: a prompt's desirable and undesirable answers
-    stay on one side, so no held-out prompt was trained on."""
-    return hold_out(rows, test_size, seed, group=_topic_or_prompt)
-
-
-def _topic_or_prompt(row: dict[str, Any]) -> str:
-    return topic_of(row) or json.dumps(row["prompt"], ensure_ascii=False)
 
 
 def completion_as_pair(row: dict[str, Any]) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_a_stages_recipe_trains_one_folder_a_stage_the_last_card_shows_the_chain
     capsys.readouterr()
     main([*argv, "--resume"])
     kept = capsys.readouterr().out
-    assert "--resume: stage 1 (tiny-ja-sft) finished" in kept and "--resume: stage 2 (tiny-ja) finished" in kept
+    assert "--resume: stage 1 of 2 (tiny-ja-sft) finished" in kept and "--resume: stage 2 of 2 (tiny-ja)" in kept
     assert (second / "metrics.json").stat().st_mtime_ns == stamp
 
 

@@ -1,0 +1,174 @@
+"""dpo-recipe iterate on the tiny model: round 0 and two on-policy rounds with each judge, one run folder a round,
+every round scored on round 0's held-out pairs, the rounds table, --resume keeping finished rounds; and every
+mistake refused before round 0 trains."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import invoke, tiny_overrides
+
+from dpo_recipe.config.loader import load_recipe
+from dpo_recipe.errors import DpoRecipeError, JudgeError, RecipeError
+from dpo_recipe.iterate import run_iterate
+
+# small rounds: 8 prompts, 4 short answers each (a random tiny model writes broken characters in long ones), no
+# gates (its answers never end a sentence), 16 original pairs
+SMALL = (
+    "judge.gates=[]",
+    "iterate.max_prompts=8",
+    "iterate.num_generations=4",
+    "iterate.max_completion_length=4",
+    "iterate.temperature=1.0",
+    "data.max_train_pairs=16",
+    "data.max_eval_pairs=8",
+    "eval.num_generations=2",
+)
+
+
+def set_items(tiny_model: Path, *extra: str) -> list[str]:
+    return [arg for item in tiny_overrides(tiny_model, *SMALL, *extra) for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def rules_rounds(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("rounds") / "rules"
+    args = ["iterate", "--recipe", "tiny-ja", "--rounds", "2", "--judge", "rules", "--out", out]
+    result = invoke(CliRunner(), *args, *set_items(tiny_model))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_two_rounds_with_the_rules_judge(rules_rounds: Path) -> None:
+    out = rules_rounds
+    metrics = [json.loads((out / f"round-{k}" / "metrics.json").read_text()) for k in range(3)]
+    # every round is scored on round 0's 8 held-out pairs
+    assert [m["eval"]["overall"]["pairs"] for m in metrics] == [8, 8, 8]
+    for k in (1, 2):
+        judged = json.loads((out / "data" / f"round-{k}" / "judge.json").read_text())
+        assert judged["judge"] == "rules" and judged["prompts"] == 8 and judged["pairs"] >= 2
+        replayed = max(1, round(judged["pairs"] * 0.3 / 0.7))
+        assert metrics[k]["train"]["pairs"] == judged["pairs"] + replayed  # the judged pairs and the replayed share
+        recipe = load_recipe(str(out / f"round-{k}" / "recipe.yaml"))
+        assert recipe.model.init_adapter == str(out / f"round-{k - 1}")
+        assert (recipe.lora.train_init_adapter, recipe.lora.init_adapter_reference) == (True, "base")
+        sources = [entry["source"] for entry in recipe.data.sources]
+        assert sources == [str(out / "data" / f"round-{k}" / "pairs.jsonl"), str(out / "data" / "original")]
+    table = (out / "rounds.md").read_text()
+    assert "judge `rules`; rounds k >= 1 train against the first model (the bare base, adapters off)" in table
+    assert "on round 0's 8 held-out pairs; the answer checks on 2 held-out questions" in table
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [row["round"] for row in rows] == ["0", "1", "2"] and rows[1]["judge"] == "rules"
+    assert rows[0]["win_rate_vs_round_0"] == "" and 0 <= float(rows[2]["win_rate_vs_round_0"]) <= 1
+    assert (out / "rounds.png").stat().st_size > 1000
+    card = (out / "round-2" / "README.md").read_text()
+    assert "## On-policy rounds" in card and "| round | judge | pairs kept |" in card
+    assert "its reference model was the bare base" in card
+
+
+def test_resume_keeps_finished_rounds_and_a_second_start_is_refused(rules_rounds: Path, tiny_model: Path) -> None:
+    stamps = [(rules_rounds / f"round-{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)]
+    settings = tuple(tiny_overrides(tiny_model, *SMALL))
+    rows = run_iterate("tiny-ja", 2, judge="rules", output_dir=str(rules_rounds), overrides=settings, resume=True)
+    assert [(rules_rounds / f"round-{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)] == stamps
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    with pytest.raises(RecipeError, match="already holds an iterate run. Continue it with --resume"):
+        run_iterate("tiny-ja", 2, output_dir=str(rules_rounds), overrides=settings)
+    with pytest.raises(RecipeError, match="judge 'rules' then, 'implicit' now"):  # its pairs would mix two judges
+        run_iterate("tiny-ja", 2, judge="implicit", output_dir=str(rules_rounds), overrides=settings, resume=True)
+
+
+@pytest.mark.parametrize("judge", ["implicit", "reward-model", "openai"])
+def test_two_rounds_from_a_finished_run_with_each_other_judge(
+    judge: str, rules_rounds: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    import contextlib
+
+    from fake_openai import TEMPLATE, FakeOpenAI
+    from judges.test_reward_model import tiny_reward_model
+
+    extra: tuple[str, ...] = ()
+    server = FakeOpenAI("longer") if judge == "openai" else contextlib.nullcontext()
+    with server:
+        spec = judge
+        if judge == "reward-model":
+            spec = f"reward-model:{tiny_reward_model(tiny_model, tmp_path / 'rm')}"
+        if judge == "openai":
+            spec, extra = f"openai:{server.url}", (f"judge.prompt_template={json.dumps(TEMPLATE)}",)
+        settings = (*tiny_overrides(tiny_model, *SMALL, *extra), "iterate.reference=last_policy")
+        out = tmp_path / "rounds"
+        start = str(rules_rounds / "round-0")
+        rows = run_iterate("tiny-ja", 2, judge=spec, start=start, output_dir=str(out), overrides=settings)
+    assert [row["round"] for row in rows] == [0, 1, 2] and rows[0]["output_dir"] == start
+    assert not (out / "round-0").exists() and (out / "round-2" / "metrics.json").is_file()
+    assert [row["judge"] for row in rows[1:]] == [spec, spec] and all(row["pairs"] >= 1 for row in rows[1:])
+    recipe = load_recipe(str(out / "round-1" / "recipe.yaml"))
+    assert recipe.model.init_adapter == start and recipe.lora.init_adapter_reference == "start"
+    assert "each round's starting policy (the round before it)" in (out / "rounds.md").read_text()
+    if judge == "implicit":
+        figures = json.loads((out / "data" / "round-1" / "judge.json").read_text())["judge_figures"]
+        assert figures["beta"] == 0.1 and figures["length_penalty_alpha"] >= 0
+        assert figures["adapter"] == start  # round 1 scores with the adapter that sampled it
+
+
+def test_mistakes_are_refused_before_round_0_trains(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    training = importlib.import_module("dpo_recipe.train")
+    monkeypatch.setattr(training, "load_policy", lambda *a: pytest.fail("weights loaded"))
+    settings = tuple(tiny_overrides(tiny_model, *SMALL))
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes")
+    cases = [
+        (dict(output_dir=str(foreign)), "holds files iterate did not write"),
+        (dict(judge="gpt4"), "--judge: unknown judge 'gpt4'"),
+        (dict(judge=f"reward-model:{tmp_path}"), "no model config could be read"),
+        (dict(start=str(tmp_path)), "not a finished training run"),
+        (dict(overrides=("training.objective=kto", "training.per_device_batch_size=2")), "objective kto does not"),
+        (dict(overrides=(f"model.init_adapter={tmp_path}",)), "this recipe merges model.init_adapter"),
+        (dict(overrides=("iterate.replay=0",)), r"iterate.replay: must be > 0.0"),
+        (dict(output_dir=" "), "--out is empty"),
+    ]
+    for given, message in cases:
+        options: dict = {"output_dir": str(tmp_path / "out"), **given}
+        options["overrides"] = (*settings, *given.get("overrides", ()))
+        with pytest.raises(DpoRecipeError, match=message):
+            run_iterate("tiny-ja", 2, **options)
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(JudgeError, match="judge.api_key_env names NO_SUCH_KEY"):
+        run_iterate(
+            "tiny-ja",
+            2,
+            judge="openai:http://127.0.0.1:9/v1",
+            output_dir=str(tmp_path / "out"),
+            overrides=(*settings, "judge.api_key_env=NO_SUCH_KEY"),
+        )
+    assert not (tmp_path / "out" / "round-0").exists()
+
+
+def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
+    rules_rounds: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from fake_openai import TEMPLATE, FakeOpenAI
+
+    settings = (*tiny_overrides(tiny_model, *SMALL), f"judge.prompt_template={json.dumps(TEMPLATE)}")
+    out = tmp_path / "rounds"
+    with FakeOpenAI("always_0") as server, pytest.raises(JudgeError) as err:
+        run_iterate(
+            "tiny-ja",
+            1,
+            judge=f"openai:{server.url}",
+            start=str(rules_rounds / "round-0"),
+            output_dir=str(out),
+            overrides=settings,
+        )
+    assert "no pairs; nothing to train" in str(err.value) and "Every judged prompt's answers tied" in str(err.value)
+    assert not (out / "round-1").exists() and not (out / "data" / "round-1" / "pairs.jsonl").exists()
