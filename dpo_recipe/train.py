@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dpo_recipe.artifacts.outputs import collect_metrics, gather_adapter_digests, save_artifacts, summary_line
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.trust import fetched_summary
-from dpo_recipe.data.sources import pin_hub_revision
+from dpo_recipe.data.sources import pin_hub_revision, sample_rows
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.adapters import load_policy
 from dpo_recipe.models.hardware import check_hardware, check_launch
@@ -45,6 +45,13 @@ from dpo_recipe.training.run_dir import (
     release_lock,
     stops_raise,
     write_failures_explained,
+)
+from dpo_recipe.training.step_evaluation import (
+    early_stopping_sentence,
+    held_out_steps_line,
+    keep_best_adapter,
+    watch_held_out,
+    watch_metrics,
 )
 from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
@@ -225,6 +232,7 @@ class TrainingRun:
     stopwatch: Stopwatch
     cache: BaseCache  # the base's reference log-probs and answers, shared by every run on that base
     data_sources: list[dict]  # each source's form and row counts (``data.sources.provenance``): the card's table
+    early_stopping: dict[str, Any] | None = None  # after training with it: the step the adapter comes from
 
 
 def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRun | None:
@@ -258,6 +266,10 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
             model = load_policy(recipe)  # the base, or base + model.init_adapter
         with stopwatch.phase("tokenizing and reference pass"):
             trainer = objective.build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+        if recipe.eval.steps is not None:  # the same held-out rows at every evaluation
+            rows = sample_rows(eval_rows, recipe.eval.subset, recipe.data.seed)
+            evaluate = objective.step_evaluator(trainer, tokenizer, rows, recipe, cache)
+            watch_held_out(trainer, evaluate, recipe, len(rows))
     except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on
         release_lock(out)
         raise interrupted(stop, out, context.resume_command(out), stopwatch.current) from None
@@ -347,6 +359,7 @@ def train(training: TrainingRun) -> None:
             f"its checkpoint is in {newest_complete_checkpoint(out)}. Nothing is lost: continue with {resume_command}",
             stop.received,
         )
+    training.early_stopping = keep_best_adapter(trainer)  # the best evaluation's adapter is the run's
 
 
 def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] | None:
@@ -364,6 +377,11 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
         return None
     metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     metrics["train"].update(objective.training_metrics(training.train_rows, trainer.state.log_history))
+    if training.early_stopping:
+        metrics["train"]["early_stopping"] = training.early_stopping
+    watched = watch_metrics(trainer)
+    if watched:
+        metrics["eval_steps"] = watched
     metrics["data"] = {"sources": training.data_sources}
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
@@ -381,6 +399,10 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
     training.cache.write_held()
     overall = metrics["eval"].get("overall")
     print(summary_line(metrics, out, objective.unit, objective.summary_numbers(overall) if overall else None))
+    if watched:
+        print(held_out_steps_line(watched, metrics["train"]["runtime_s"], objective.unit))
+    if training.early_stopping:
+        print(early_stopping_sentence(training.early_stopping))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir

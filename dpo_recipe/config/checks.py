@@ -13,6 +13,8 @@ from dpo_recipe.config.coercion import build_section
 from dpo_recipe.config.schema import DataSection, Recipe, TrainingSection
 from dpo_recipe.config.vocabulary import (
     CHAT_ROLES,
+    EARLY_STOPPING_KEYS,
+    EARLY_STOPPING_METRICS,
     KTO_LOSS_NAMES,
     LOSS_NAMES,
     PER_SOURCE_KEYS,
@@ -46,10 +48,47 @@ def cross_checks(recipe: Recipe) -> list[str]:
                 f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type "
                 "entry"
             )
+    problems.extend(watch_problems(recipe))
     if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
         problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def watch_problems(recipe: Recipe) -> list[str]:
+    """The keys of the held-out evaluation during training: ``eval.subset`` and ``training.early_stopping`` read
+    what ``eval.steps`` measures, and early stopping needs a patience and a metric it knows."""
+    problems = []
+    stopping = recipe.training.early_stopping
+    if recipe.eval.steps is None:
+        if recipe.eval.subset is not None:
+            problems.append("eval.subset: the pairs eval.steps scores during training; set eval.steps or remove it")
+        if stopping is not None:
+            problems.append(
+                "training.early_stopping: stops on the held-out numbers eval.steps measures; set eval.steps too "
+                "(e.g. eval.steps: 10)"
+            )
+    if stopping is None:
+        return problems
+    known = ", ".join(EARLY_STOPPING_KEYS)
+    problems += [
+        f"training.early_stopping.{key}: unknown key (known: {known}){suggest(key, EARLY_STOPPING_KEYS)}"
+        for key in stopping
+        if key not in EARLY_STOPPING_KEYS
+    ]
+    patience = stopping.get("patience")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        problems.append(
+            f"training.early_stopping.patience: expected an integer >= 1 (evaluations without improvement before "
+            f"training stops), got {patience!r}"
+        )
+    metric = stopping.get("metric", "loss")
+    if metric not in EARLY_STOPPING_METRICS:
+        problems.append(
+            f"training.early_stopping.metric: expected one of {', '.join(EARLY_STOPPING_METRICS)}, got {metric!r}"
+            f"{suggest(str(metric), EARLY_STOPPING_METRICS)}"
+        )
     return problems
 
 
@@ -180,6 +219,12 @@ def sft_problems(recipe: Recipe) -> list[str]:
 def padded_trainer_problems(recipe: Recipe, trainer: str) -> list[str]:
     """The packed path's keys, which an objective trained by TRL's ``trainer`` on padded rows does not read."""
     objective, problems = recipe.training.objective, []
+    if recipe.eval.steps is not None:
+        problems.append(
+            f"eval.steps: the held-out evaluation during training scores pairs on the packed path (objective dpo); "
+            f"objective {objective} scores its held-out rows at the end only: remove eval.steps (and "
+            "training.early_stopping)"
+        )
     if recipe.training.packing:
         problems.append(
             f"training.packing: the packed path computes DPO's losses; objective {objective} trains with TRL's "

@@ -54,6 +54,8 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
         strings = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
         if option == dict[str, str] and strings:
             return dict(value), None
+        if option == dict[str, Any] and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value), None  # its keys and values are checked by config.checks
         if typing.get_origin(option) is list and isinstance(value, list):
             (item,) = typing.get_args(option)
             if typing.get_origin(item) is dict and all(isinstance(v, dict) for v in value):
@@ -89,6 +91,7 @@ def describe_type(hint: Any) -> str:
         list[str]: "a list of strings",
         list[float]: "a list of finite numbers",
         dict[str, str]: "a mapping of names to names",
+        dict[str, Any]: "a mapping",
         list[dict[str, Any]]: "a list of mappings",
     }
     parts = [names.get(o) or lists[o] for o in options]

@@ -4,8 +4,9 @@
 lists the same tables, so the card shows exactly the hyper-parameters the trainer received, under
 both names. Each objective (``training.objectives``) names its config class and table: ``DPOConfig``
 with ``RECIPE_TO_DPO_CONFIG`` below, the others derived from it in their own modules.
-Everything else the config gets is fixed by how dpo-recipe trains (checkpoint layout, logging,
-no in-loop evaluation) or derived from the hardware (precision flags).
+Everything else the config gets is fixed by how dpo-recipe trains (checkpoint layout, logging, no
+transformers evaluation loop: ``eval.steps`` is ``training.step_evaluation``'s) or derived from the
+hardware (precision flags).
 """
 
 from __future__ import annotations
