@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import pickle
 import signal
@@ -53,6 +52,7 @@ from dpo_recipe.training.step_evaluation import (
     watch_held_out,
     watch_metrics,
 )
+from dpo_recipe.training.trackers import check_trackers, close_trackers, record_run
 from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
 
@@ -270,6 +270,7 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
             rows = sample_rows(eval_rows, recipe.eval.subset, recipe.data.seed)
             evaluate = objective.step_evaluator(trainer, tokenizer, rows, recipe, cache)
             watch_held_out(trainer, evaluate, recipe, len(rows))
+        record_run(trainer, recipe)  # the recipe as the trackers' run config
     except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on
         release_lock(out)
         raise interrupted(stop, out, context.resume_command(out), stopwatch.current) from None
@@ -304,11 +305,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     check_hardware(recipe.model, recipe.training.precision)
     check_launch()
     cache_root()  # an empty DPO_RECIPE_CACHE, or one naming a file, is refused before anything runs
-    if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise RecipeError(
-            "training.tensorboard is true but TensorBoard is not installed: "
-            "pip install 'dpo-recipe[tensorboard]' (or set training.tensorboard: false)."
-        )
+    check_trackers(recipe.training)  # a tracker's missing package, before anything loads
     if not context.dry_run:
         out = Path(recipe.training.output_dir)
         check_output_dir(out, resume=context.resume, overwrite=context.overwrite, first=first_process())
@@ -397,6 +394,7 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
             command=context.rerun_command(),
         )
     training.cache.write_held()
+    close_trackers(trainer, metrics)  # the final report as the trackers' run summary
     overall = metrics["eval"].get("overall")
     print(summary_line(metrics, out, objective.unit, objective.summary_numbers(overall) if overall else None))
     if watched:

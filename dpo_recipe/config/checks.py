@@ -18,6 +18,7 @@ from dpo_recipe.config.vocabulary import (
     KTO_LOSS_NAMES,
     LOSS_NAMES,
     PER_SOURCE_KEYS,
+    REPORT_TO,
     SOURCE_KEYS,
     is_reference_free,
     mixing_problem,
@@ -49,10 +50,25 @@ def cross_checks(recipe: Recipe) -> list[str]:
                 "entry"
             )
     problems.extend(watch_problems(recipe))
+    problems.extend(tracker_problems(recipe.training))
     if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
         problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append("hub.repo_id: required when hub.push is true (USER/NAME)")
+    return problems
+
+
+def tracker_problems(training: TrainingSection) -> list[str]:
+    """``training.report_to``: known tracker names, and ``none`` alone (not beside a tracker or tensorboard: true)."""
+    names = [training.report_to] if isinstance(training.report_to, str) else training.report_to
+    problems = [
+        f"training.report_to: unknown tracker {name!r}; known: {', '.join(REPORT_TO)}{suggest(name, REPORT_TO)}"
+        for name in names
+        if name not in REPORT_TO
+    ]
+    if "none" in names and (len(names) > 1 or training.tensorboard):
+        also = "training.tensorboard: true" if training.tensorboard else ", ".join(n for n in names if n != "none")
+        problems.append(f"training.report_to: none contradicts {also}; keep one")
     return problems
 
 

@@ -250,7 +250,17 @@ class TrainingSection:
     logging_steps: int = recipe_key(5, "Optimizer steps between log lines.", min=1)
     save_steps: int = recipe_key(50, "Optimizer steps between checkpoints.", min=1)
     save_total_limit: int = recipe_key(2, "Checkpoints kept (oldest deleted).", min=1)
-    tensorboard: bool = recipe_key(False, "Also write TensorBoard events to output_dir/runs.")
+    report_to: list[str] | str = recipe_key(
+        [],
+        "Trackers that get the training curves (and eval.steps' held-out points) besides train_log.jsonl, through "
+        "transformers' integrations: any of tensorboard (events in output_dir/runs), wandb (Weights & Biases; "
+        "WANDB_MODE=offline logs without an account), trackio (a local project, 'trackio show'), or none. The run "
+        "is named after output_dir, the recipe is its config and the final held-out report its summary. wandb and "
+        "trackio are extras: pip install 'dpo-recipe[wandb]' / 'dpo-recipe[trackio]'.",
+    )
+    tensorboard: bool = recipe_key(
+        False, "Same as tensorboard in training.report_to (kept for recipes written before report_to)."
+    )
     early_stopping: dict[str, Any] | None = recipe_key(
         None,
         "Stop when the held-out metric eval.steps measures has not improved for `patience` evaluations in a row, "

@@ -71,7 +71,9 @@ class HeldOutSteps(TrainerCallback, ExportableState):
         self.seconds += time.perf_counter() - started
         from transformers import Trainer
 
+        should_log = control.should_log  # logging resets it, and this step's training line is still to come
         Trainer.log(self.trainer, held_out_logs(overall))  # TRL's own log would fold its batch metrics in
+        control.should_log = should_log
         if self.patience is not None:
             self._watch(overall[self.metric], state, control, last)
 

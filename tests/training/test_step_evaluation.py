@@ -90,6 +90,14 @@ def test_each_point_equals_dpo_recipe_eval_of_that_steps_checkpoint(watched_run,
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     logged = [r for r in log if "eval_loss" in r]
     assert [r["step"] for r in logged] == [4, 6] and metrics["train"]["steps"] == 6
+    assert [r["step"] for r in log if "loss" in r] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]  # a held-out line takes no training line's place
     points = metrics["eval_steps"]["points"]
     assert [p["step"] for p in points] == [4, 6] and metrics["eval_steps"]["every"] == 4
     assert metrics["eval_steps"]["pairs"] == 8 and metrics["eval_steps"]["seconds"] > 0
