@@ -73,6 +73,12 @@ def _recipe_keys(run: Path) -> dict[str, Any]:
     if not run.is_dir():
         raise DpoRecipeError(f"{run}: {'no such folder' if not run.exists() else 'not a folder'}")
     path = run / "recipe.yaml"
+    links = [f.name for f in (path, run / "metrics.json") if f.is_symlink()]
+    if links:  # a downloaded folder's link would show the file it points to (a key, a config) in the table
+        raise DpoRecipeError(
+            f"{run}: its {' and '.join(links)} {'is a link' if len(links) == 1 else 'are links'}, not the run's "
+            "own file"
+        )
     if not (run / "metrics.json").is_file() or not path.is_file():
         stages = sorted(p.name for p in run.glob("stage-*") if (p / "metrics.json").is_file())
         hint = f" (it holds the stages {', '.join(stages)} of a --then chain: compare those)" if stages else ""
@@ -228,4 +234,9 @@ def write_csv(comparison: Comparison, path: Path) -> Path:
     if path.is_dir():
         raise DpoRecipeError(f"compare --csv {path}: a folder; give a file name, e.g. {path / 'compare.csv'}.")
     text = csv_text(comparison)
-    return write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    try:
+        return write_file_atomically(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+    except OSError as exc:  # read-only, full, a parent that is a file: nothing half-written is left
+        raise DpoRecipeError(
+            f"compare --csv {path}: cannot be written ({_reason(exc)}); the table above is whole."
+        ) from None

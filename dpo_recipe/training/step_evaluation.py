@@ -131,11 +131,14 @@ def keep_best_adapter(trainer: Any) -> dict[str, Any] | None:
     info = {"metric": watch.metric, "patience": watch.patience, "last_step": last, "stopped_at_step": watch.stopped_at}
     if best is None:  # no evaluation gave a number (NaN): the last step's adapter stays
         return {**info, "adapter_step": last, "value": None}
+    weights = Path(trainer.args.output_dir) / f"checkpoint-{best}" / "adapter_model.safetensors"
+    if best != last and not weights.is_file():  # removed by hand since: the last step's adapter is what there is
+        print(f"Early stopping: {weights} is gone, so the adapter is the last step's ({last}), not the best ({best}).")
+        return {**info, "adapter_step": last, "value": None}
     if best != last:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = Path(trainer.args.output_dir) / f"checkpoint-{best}" / "adapter_model.safetensors"
         model = trainer.accelerator.unwrap_model(trainer.model)
         loaded = set_peft_model_state_dict(model, load_file(weights), adapter_name=model.active_adapter)
         if loaded.unexpected_keys:
@@ -172,7 +175,7 @@ def early_stopping_sentence(stopping: dict[str, Any]) -> str:
     """One sentence on where the adapter comes from: the printed line's and the card's."""
     metric = stopping["metric"].replace("_", " ")
     if stopping["value"] is None:
-        kept = f"no evaluation gave a held-out {metric}; the adapter is the last step's ({stopping['adapter_step']})"
+        kept = f"the adapter is the last step's ({stopping['adapter_step']}), no best step's checkpoint to take"
     else:
         kept = f"the adapter is step {stopping['adapter_step']}'s (held-out {metric} {stopping['value']:.4f}, the best)"
     if stopping["stopped_at_step"] is not None:

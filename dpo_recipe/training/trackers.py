@@ -30,15 +30,16 @@ PROJECT = "dpo-recipe"  # the W&B / trackio project every run logs to
 def reported_to(training: TrainingSection) -> list[str]:
     """The trackers ``training.report_to`` names, ``training.tensorboard: true`` counting as ``tensorboard``."""
     names = [training.report_to] if isinstance(training.report_to, str) else list(training.report_to)
-    names = [name for name in names if name != "none"]
-    if training.tensorboard and "tensorboard" not in names:
+    if training.tensorboard:
         names.append("tensorboard")
-    return names
+    return list(dict.fromkeys(name for name in names if name != "none"))  # each once: one callback a tracker
 
 
 def check_trackers(training: TrainingSection) -> None:
-    """Refuse, before any weights load, a tracker whose package is not installed, naming the extra to install."""
-    missing = [name for name in reported_to(training) if importlib.util.find_spec(TRACKERS[name]) is None]
+    """Refuse, before any weights load, a tracker whose package is not installed, naming the extra to install,
+    and W&B without a login where it would log online (it would fail when training begins)."""
+    names = reported_to(training)
+    missing = [name for name in names if importlib.util.find_spec(TRACKERS[name]) is None]
     if missing:
         extras = " ".join(f"'dpo-recipe[{name}]'" for name in missing)
         raise RecipeError(
@@ -46,6 +47,17 @@ def check_trackers(training: TrainingSection) -> None:
             f"install {extras} (or remove {', '.join(missing)} from training.report_to"
             f"{'; training.tensorboard: true counts as tensorboard' if training.tensorboard else ''})."
         )
+    if "wandb" in names and os.environ.get("WANDB_MODE") not in ("offline", "disabled", "dryrun"):
+        import wandb
+
+        try:  # wandb's own check of its key (environment, .netrc, its settings); no network without verify
+            wandb.login(verify=False)
+        except Exception as exc:
+            raise RecipeError(
+                f"training.report_to: wandb cannot log in here ({str(exc).splitlines()[0]}). Run 'wandb login' or set "
+                "WANDB_API_KEY, or set WANDB_MODE=offline to keep the run in a local folder (wandb sync uploads it "
+                "later)."
+            ) from None
 
 
 def run_name(out: Path) -> str:

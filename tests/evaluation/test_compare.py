@@ -153,3 +153,24 @@ def test_the_cli_prints_the_table_and_refuses_in_one_line(two_runs, runner, tmp_
     refused = invoke(runner, "compare", two_runs[0], tmp_path / "nothing")
     assert refused.exit_code == 1 and f"{tmp_path / 'nothing'}: no such folder" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_a_run_whose_files_are_links_is_refused(two_runs, tmp_path: Path) -> None:
+    """A downloaded folder whose recipe.yaml points at a file of the user's would show that file in the table."""
+    secret = tmp_path / "settings.yaml"
+    secret.write_text("training:\n  api_key: s3cr3t\n")
+    linked = tmp_path / "linked"
+    shutil.copytree(two_runs[0], linked)
+    (linked / "recipe.yaml").unlink()
+    (linked / "recipe.yaml").symlink_to(secret)
+    with pytest.raises(DpoRecipeError, match=f"{linked}: its recipe.yaml is a link, not the run's own file") as refused:
+        compare_runs([two_runs[0], linked])
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_a_csv_that_cannot_be_written_is_one_line_and_leaves_nothing(two_runs, tmp_path: Path) -> None:
+    parent = tmp_path / "a-file"
+    parent.write_text("x")
+    with pytest.raises(DpoRecipeError, match=rf"compare --csv {parent / 'c.csv'}: cannot be written \("):
+        write_csv(compare_runs(list(two_runs)), parent / "c.csv")
+    assert parent.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import tiny_overrides
@@ -17,7 +18,7 @@ from transformers.trainer_callback import TrainerControl, TrainerState
 from dpo_recipe.errors import RunInterrupted
 from dpo_recipe.evaluation.command import run_eval
 from dpo_recipe.train import run
-from dpo_recipe.training.step_evaluation import HeldOutSteps, early_stopping_sentence
+from dpo_recipe.training.step_evaluation import HeldOutSteps, early_stopping_sentence, keep_best_adapter
 
 QUICK = ["data.max_eval_pairs=8", "eval.num_generations=0", "training.save_total_limit=10"]
 
@@ -194,3 +195,19 @@ def test_a_run_stopped_by_a_signal_and_resumed_keeps_the_same_best(
     assert f"Held-out every step: {len(metrics['eval_steps']['points'])} points on 3 pairs, " in printed
     again, first = load_file(out / "adapter_model.safetensors"), load_file(reference_out / "adapter_model.safetensors")
     assert again.keys() == first.keys() and all((again[k] == first[k]).all() for k in first)
+
+
+def test_a_best_checkpoint_removed_by_hand_leaves_the_last_adapter_and_says_so(tmp_path: Path, capsys) -> None:
+    callback = watched("loss", patience=3)
+    state = TrainerState(global_step=9, best_global_step=4, best_metric=0.5)
+    trainer = SimpleNamespace(
+        callback_handler=SimpleNamespace(callbacks=[callback]),
+        state=state,
+        args=SimpleNamespace(output_dir=str(tmp_path)),
+    )
+    kept = keep_best_adapter(trainer)
+    assert (kept["adapter_step"], kept["value"], kept["last_step"]) == (9, None, 9)
+    assert (
+        f"Early stopping: {tmp_path / 'checkpoint-4' / 'adapter_model.safetensors'} is gone" in capsys.readouterr().out
+    )
+    assert "the adapter is the last step's (9), no best step's checkpoint to take" in early_stopping_sentence(kept)

@@ -52,6 +52,8 @@ def test_report_to_names_with_tensorboard_kept_for_older_recipes() -> None:
     assert reported_to(load_recipe("tiny-ja", ["training.report_to=[none]"]).training) == []
     both = load_recipe("tiny-ja", ["training.report_to=[trackio]", "training.tensorboard=true"])
     assert reported_to(both.training) == ["trackio", "tensorboard"]
+    twice = load_recipe("tiny-ja", ["training.report_to=[tensorboard, wandb, wandb]", "training.tensorboard=true"])
+    assert reported_to(twice.training) == ["tensorboard", "wandb"]  # one callback a tracker, one line a value
     assert run_name(Path("outputs/tiny-ja")) == "tiny-ja" and run_name(Path("runs/chain/stage-2")) == "chain/stage-2"
 
 
@@ -82,6 +84,24 @@ def test_a_missing_tracker_package_is_refused_before_weights_load(
     if missing == "tensorboard":  # the older key says it counts too
         with pytest.raises(RecipeError, match="training.tensorboard: true counts as tensorboard"):
             run("tiny-ja", tiny_overrides(tiny_model, "training.tensorboard=true"), output_dir=str(tmp_path / "o"))
+
+
+def test_wandb_online_without_a_login_is_refused_before_weights_load(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc entry
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(RecipeError) as refused:
+        run("tiny-ja", tiny_overrides(tiny_model, "training.report_to=wandb"), output_dir=str(tmp_path / "out"))
+    assert "training.report_to: wandb cannot log in here (No API key configured." in str(refused.value)
+    assert "set WANDB_MODE=offline to keep the run in a local folder" in str(refused.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_summary_figures_flatten_the_report_intervals_and_answer_checks() -> None:
