@@ -498,6 +498,23 @@ def iterate_command(
     )
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the table as CSV to this file.")
+def compare_command(run_dirs: tuple[Path, ...], csv_path: Path | None) -> None:
+    """Finished runs side by side: the recipe keys that differ, held-out reward accuracy with its 95% CI and
+    loss, the tuned answers' checks, steps, time and peak memory, as a Markdown table (and CSV).
+
+    Reads each RUN_DIR's recipe.yaml and metrics.json; nothing is loaded or recomputed.
+    """
+    from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+
+    comparison = compare_runs(list(run_dirs))
+    click.echo(markdown_table(comparison), nl=False)
+    if csv_path is not None:
+        click.echo(f"CSV: {write_csv(comparison, csv_path)}")
+
+
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_command(args: tuple[str, ...]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.errors import RecipeError
+from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE
 from dpo_recipe.training.run_dir import check_output_dir, is_finished, is_run_folder
 from dpo_recipe.utils.files import write_file_atomically
@@ -110,7 +111,7 @@ def run_sweep(
     return ranked
 
 
-SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
+SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png", "compare.csv")
 
 
 def refuse_foreign_sweep_dir(out: Path) -> None:
@@ -173,7 +174,8 @@ def results_table(ranked: list[dict[str, Any]]) -> str:
 
 
 def write_results(ranked: list[dict[str, Any]], out: Path) -> None:
-    """``sweep.json``, ``sweep.md`` (the table) and ``sweep.png`` (accuracy with its CI, per configuration)."""
+    """``sweep.json``, ``sweep.md`` (the table), ``sweep.png`` (accuracy with its CI, per configuration) and
+    ``compare.csv`` (``dpo-recipe compare`` of the runs, also printed)."""
     from dpo_recipe.evaluation.plots import plot_sweep
 
     table = results_table(ranked)
@@ -183,3 +185,6 @@ def write_results(ranked: list[dict[str, Any]], out: Path) -> None:
     write_file_atomically(out / "sweep.md", lambda staging: staging.write_text(table, encoding="utf-8"))
     plot_sweep(ranked, out / "sweep.png")
     print("\n" + table + f"\nSweep results: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    if ranked:  # the runs side by side, every recipe key that differs (dpo-recipe compare)
+        comparison = compare_runs([Path(r["output_dir"]) for r in ranked])
+        print("\n" + markdown_table(comparison) + f"\nCompared: {write_csv(comparison, out / 'compare.csv')}")

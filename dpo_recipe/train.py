@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import pickle
 import signal
@@ -35,7 +34,7 @@ from dpo_recipe.artifacts.outputs import (
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.stages import Stage
 from dpo_recipe.config.trust import fetched_summary
-from dpo_recipe.data.sources import pin_hub_revision
+from dpo_recipe.data.sources import pin_hub_revision, sample_rows
 from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.adapters import load_policy
 from dpo_recipe.models.hardware import check_hardware, check_launch
@@ -54,6 +53,14 @@ from dpo_recipe.training.run_dir import (
     stops_raise,
     write_failures_explained,
 )
+from dpo_recipe.training.step_evaluation import (
+    early_stopping_sentence,
+    held_out_steps_line,
+    keep_best_adapter,
+    watch_held_out,
+    watch_metrics,
+)
+from dpo_recipe.training.trackers import check_trackers, close_trackers, record_run
 from dpo_recipe.utils.files import cache_root
 from dpo_recipe.utils.stopwatch import Stopwatch
 
@@ -287,6 +294,7 @@ class TrainingRun:
     stopwatch: Stopwatch
     cache: BaseCache  # the base's reference log-probs and answers, shared by every run on that base
     data_sources: list[dict]  # each source's form and row counts (``data.sources.provenance``): the card's table
+    early_stopping: dict[str, Any] | None = None  # after training with it: the step the adapter comes from
 
 
 def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRun | None:
@@ -320,6 +328,11 @@ def setup(context: RunContext, stopwatch: Stopwatch | None = None) -> TrainingRu
             model = load_policy(recipe)  # the base, or base + model.init_adapter
         with stopwatch.phase("tokenizing and reference pass"):
             trainer = objective.build_trainer(recipe, args, model, tokenizer, train_rows, out, cache)
+        if recipe.eval.steps is not None:  # the same held-out rows at every evaluation
+            rows = sample_rows(eval_rows, recipe.eval.subset, recipe.data.seed)
+            evaluate = objective.step_evaluator(trainer, tokenizer, rows, recipe, cache)
+            watch_held_out(trainer, evaluate, recipe, len(rows))
+        record_run(trainer, recipe)  # the recipe as the trackers' run config
     except (KeyboardInterrupt, Terminated) as stop:  # in the reference pass: the folder is claimed, say how to go on
         release_lock(out)
         raise interrupted(stop, out, context.resume_command(out), stopwatch.current) from None
@@ -354,11 +367,7 @@ def checked_recipe(context: RunContext) -> Recipe:
     check_hardware(recipe.model, recipe.training.precision)
     check_launch()
     cache_root()  # an empty DPO_RECIPE_CACHE, or one naming a file, is refused before anything runs
-    if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise RecipeError(
-            "training.tensorboard is true but TensorBoard is not installed: "
-            "pip install 'dpo-recipe[tensorboard]' (or set training.tensorboard: false)."
-        )
+    check_trackers(recipe.training)  # a tracker's missing package, before anything loads
     if not context.dry_run:
         out = Path(recipe.training.output_dir)
         check_output_dir(out, resume=context.resume, overwrite=context.overwrite, first=first_process())
@@ -409,6 +418,7 @@ def train(training: TrainingRun) -> None:
             f"its checkpoint is in {newest_complete_checkpoint(out)}. Nothing is lost: continue with {resume_command}",
             stop.received,
         )
+    training.early_stopping = keep_best_adapter(trainer)  # the best evaluation's adapter is the run's
 
 
 def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] | None:
@@ -426,6 +436,11 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
         return None
     metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     metrics["train"].update(objective.training_metrics(training.train_rows, trainer.state.log_history))
+    if training.early_stopping:
+        metrics["train"]["early_stopping"] = training.early_stopping
+    watched = watch_metrics(trainer)
+    if watched:
+        metrics["eval_steps"] = watched
     metrics["data"] = {"sources": training.data_sources}
     metrics["train"]["end_to_end_s"] = round(time.perf_counter() - started, 2)
     metrics["timings_s"] = training.stopwatch.rounded()  # saving, timed below, is not in its own file
@@ -444,7 +459,12 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
             command=context.rerun_command(),
         )
     training.cache.write_held()
+    close_trackers(trainer, metrics)  # the final report as the trackers' run summary
     print(summary_line(metrics, out, objective.unit, held_out))
+    if watched:
+        print(held_out_steps_line(watched, metrics["train"]["runtime_s"], objective.unit))
+    if training.early_stopping:
+        print(early_stopping_sentence(training.early_stopping))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir

@@ -22,6 +22,24 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_DEVICE = os.environ.get("DPO_RECIPE_TEST_DEVICE", "cpu")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _offline_trackers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """W&B offline and trackio's projects in this session's folder (trackio reads TRACKIO_DIR once, when it is
+    imported): no test sends a run anywhere or writes into the user's own tracker folders."""
+    root = tmp_path_factory.getbasetemp() / "trackers"
+    settings = {"WANDB_MODE": "offline", "TRACKIO_DIR": str(root / "trackio")}
+    settings |= {name: str(root / "wandb") for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR")}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    (root / "wandb").mkdir(parents=True, exist_ok=True)
+    yield root
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DPO_RECIPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

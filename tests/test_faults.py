@@ -763,8 +763,14 @@ def test_two_pushes_at_once_leave_one_whole_run(hub, two_runs: dict[str, Path], 
 
 
 def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, monkeypatch, capfd, record) -> None:
-    """generate → train (TensorBoard, push) → eval from the Hub → push → a refused push: grep every byte."""
+    """generate → train (TensorBoard, offline W&B, trackio, push) → eval from the Hub → push → a refused push:
+    grep every byte."""
+    import wandb
+
     monkeypatch.setenv("HF_TOKEN", CANARY)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))  # offline (conftest); trackio: the session's folder
+    (tmp_path / "wandb").mkdir()
+    wandb.teardown()  # a W&B run of an earlier test kept its folder
     with record.case("security"):
         data = tmp_path / "data"
         outputs = [invoke(runner, "data", "generate", "--out", data, "--num-pairs", 60, "--tokenizer", "none").output]
@@ -774,6 +780,7 @@ def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, mo
             "data.max_train_pairs=8",
             "data.max_eval_pairs=4",
             "training.tensorboard=true",
+            "training.report_to=[wandb, trackio]",
             "hub.push=true",
             "hub.repo_id=alice/canary",
         )
@@ -801,8 +808,10 @@ def test_the_token_never_leaks(hub, runner, tiny_model: Path, tmp_path: Path, mo
         outputs.append(refused.output)
         captured = capfd.readouterr()
         outputs += [captured.out, captured.err]
-        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        trackio_project = Path(os.environ["TRACKIO_DIR"]) / "dpo-recipe.db"
+        files = [p for p in tmp_path.rglob("*") if p.is_file()] + [trackio_project]
         assert any("tfevents" in p.name for p in files) and report.exists()
+        assert any(p.suffix == ".wandb" for p in files) and trackio_project.is_file()
         assert (tmp_path / "hub-storage" / "blobs").is_dir()  # what the Hub stored is searched too
         leaks = [str(p) for p in files if CANARY.encode() in p.read_bytes()]
         leaks += [f"output {i}" for i, text in enumerate(outputs) if CANARY in text]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def test_a_sweep_trains_each_point_shares_the_reference_and_ranks(
     assert table == results_table(ranked) and table.count("\n| ") == 3  # the separator and two rows
     assert "| 1 | " in table and "training.learning_rate" in table.splitlines()[0]
     assert (out / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+    # it ends with dpo-recipe compare of its runs, best first: the one key that differs, in the output and as CSV
+    compared = list(csv.DictReader((out / "compare.csv").open(encoding="utf-8")))
+    assert [row["path"] for row in compared] == [r["output_dir"] for r in ranked]
+    assert list(compared[0])[2:4] == ["training.learning_rate", "objective"]
+    assert "| run | training.learning_rate | held-out reward acc. (95% CI) |" in result.output
     again = invoke(runner, *args)  # a second sweep into the same directory is refused before it trains
     assert again.exit_code == 1 and "01-training.learning_rate=1e-5 holds a finished run" in again.output
 

@@ -202,7 +202,12 @@ def test_an_fsdp_launch_on_a_machine_without_gpus_stops_with_one_line(tiny_model
 def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     launcher = two_process_launcher()
-    command = train_cmd(tiny_model, out, "training.per_device_batch_size=2", "training.save_steps=4", launcher=launcher)
+    # held-out points every 4 steps, and early stopping that never stops but keeps the best step: every rank takes
+    # the same decisions on the same numbers and loads the same best adapter
+    watched = ("eval.steps=4", "training.early_stopping={patience: 100, metric: reward_margin}")
+    command = train_cmd(
+        tiny_model, out, "training.per_device_batch_size=2", "training.save_steps=4", *watched, launcher=launcher
+    )
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -213,6 +218,9 @@ def test_two_processes_train_in_sync_and_write_once(tiny_model: Path, tmp_path: 
     assert result.stdout.count("Done:") == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 17))  # logged once, not once per rank
+    assert [r["step"] for r in log if "eval_loss" in r] == [4, 8, 12, 16]
+    margins = {p["step"]: p["reward_margin"] for p in metrics["eval_steps"]["points"]}
+    assert metrics["train"]["early_stopping"]["adapter_step"] == max(margins, key=margins.get)
 
 
 def test_tensorboard_events_when_the_recipe_asks(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from dpo_recipe.data.sources import is_hub_id, source_entries
 from dpo_recipe.data.tokens import length_percentiles
 from dpo_recipe.evaluation.report import markdown_summary
 from dpo_recipe.training.objectives import objective_for
+from dpo_recipe.training.step_evaluation import early_stopping_sentence
 from dpo_recipe.training.trl_args import mapped_lora
 from dpo_recipe.utils.files import packaged_dir
 
@@ -193,6 +194,7 @@ def render_model_card(
         objective_note=objective.card_note(recipe, metrics),
         training_note=_training_note(metrics.get("train", {})),
         chain=metrics.get("chain", []) if len(metrics.get("chain", [])) > 1 else [],
+        watch_note=_watch_note(metrics, objective.unit),
     )
 
 
@@ -209,6 +211,20 @@ def _training_note(train: dict[str, Any]) -> str:
         f"{figures} over the whole run, {train['runtime_s']:.0f} s of training in {len(parts)} parts "
         f"(resumed at step {resumed})."
     )
+
+
+def _watch_note(metrics: dict[str, Any], unit: str) -> str:
+    """The held-out evaluation during training (``eval.steps``) and where early stopping took the adapter from."""
+    watched, stopping = metrics.get("eval_steps"), metrics.get("train", {}).get("early_stopping")
+    sentences = []
+    if watched:
+        sentences.append(
+            f"Held-out {unit} ({watched['pairs']}) were scored every {watched['every']} steps during training "
+            f"({len(watched['points'])} points: the held-out line of the training curves)."
+        )
+    if stopping:
+        sentences.append(early_stopping_sentence(stopping))
+    return " ".join(sentences)
 
 
 EXPORT_PLACEHOLDER = "./path/to/export"  # replaced by the repo id when the export is pushed

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import Recipe
-from dpo_recipe.training.callbacks import EVAL_PREFIX, REWARD_ACCURACY, REWARD_KEYS, REWARD_MARGIN
+from dpo_recipe.training.callbacks import EVAL_PREFIX, REWARD_ACCURACY, REWARD_KEYS, held_out_logs
 from dpo_recipe.training.run_dir import mark_finished
 from dpo_recipe.training.run_totals import run_totals, whole_run_loss
 
@@ -143,13 +143,10 @@ def save_artifacts(
     tokenizer.save_pretrained(staging)
     (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     history = list(trainer.state.log_history)
-    if report:  # the held-out point at the last step, beside the training curves
-        overall = report["overall"]
-        point = {"step": trainer.state.global_step, "eval_loss": overall["loss"]}
-        for key, logged in (("reward_accuracy", REWARD_ACCURACY), ("reward_margin", REWARD_MARGIN)):
-            if key in overall:  # an SFT report has none: its loss is the completions' NLL
-                point[EVAL_PREFIX + logged] = overall[key]
-        history.append(point)
+    if report:
+        step = metrics["train"].get("early_stopping", {}).get("adapter_step", trainer.state.global_step)
+        if not any(EVAL_PREFIX + "loss" in h and h["step"] == step for h in history):  # eval.steps measured it
+            history.append({"step": step, **held_out_logs(report["overall"])})  # the held-out point at the end
         (staging / "eval_report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )

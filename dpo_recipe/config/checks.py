@@ -13,11 +13,14 @@ from dpo_recipe.config.coercion import build_section
 from dpo_recipe.config.schema import DataSection, Recipe, TrainingSection
 from dpo_recipe.config.vocabulary import (
     CHAT_ROLES,
+    EARLY_STOPPING_KEYS,
+    EARLY_STOPPING_METRICS,
     GATES,
     KTO_LOSS_NAMES,
     LOSS_NAMES,
     NOT_READ_BY,
     PER_SOURCE_KEYS,
+    REPORT_TO,
     RULE_WEIGHTS,
     SOURCE_KEYS,
     is_reference_free,
@@ -50,6 +53,8 @@ def cross_checks(recipe: Recipe) -> list[str]:
                 f"training.loss_weights: {len(weights)} weights for {len(losses)} loss types; give one per loss_type "
                 "entry"
             )
+    problems.extend(watch_problems(recipe))
+    problems.extend(tracker_problems(recipe.training))
     if recipe.lora.train_init_adapter and not recipe.model.init_adapter:
         problems.append("lora.train_init_adapter: true trains model.init_adapter further; set model.init_adapter too")
     if recipe.lora.init_adapter_reference == "base" and not recipe.lora.train_init_adapter:
@@ -105,6 +110,55 @@ def judge_problems(recipe: Recipe) -> list[str]:
     env = judge.api_key_env
     if env is not None and not (env and env.replace("_", "a").isalnum() and not env[0].isdigit()):
         problems.append(f"judge.api_key_env: {env!r} is not an environment variable name (e.g. OPENAI_API_KEY)")
+
+
+def tracker_problems(training: TrainingSection) -> list[str]:
+    """``training.report_to``: known tracker names, and ``none`` alone (not beside a tracker or tensorboard: true)."""
+    names = [training.report_to] if isinstance(training.report_to, str) else training.report_to
+    problems = [
+        f"training.report_to: unknown tracker {name!r}; known: {', '.join(REPORT_TO)}{suggest(name, REPORT_TO)}"
+        for name in names
+        if name not in REPORT_TO
+    ]
+    if "none" in names and (len(names) > 1 or training.tensorboard):
+        also = "training.tensorboard: true" if training.tensorboard else ", ".join(n for n in names if n != "none")
+        problems.append(f"training.report_to: none contradicts {also}; keep one")
+    return problems
+
+
+def watch_problems(recipe: Recipe) -> list[str]:
+    """The keys of the held-out evaluation during training: ``eval.subset`` and ``training.early_stopping`` read
+    what ``eval.steps`` measures, and early stopping needs a patience and a metric it knows."""
+    problems = []
+    stopping = recipe.training.early_stopping
+    if recipe.eval.steps is None:
+        if recipe.eval.subset is not None:
+            problems.append("eval.subset: the pairs eval.steps scores during training; set eval.steps or remove it")
+        if stopping is not None:
+            problems.append(
+                "training.early_stopping: stops on the held-out numbers eval.steps measures; set eval.steps too "
+                "(e.g. eval.steps: 10)"
+            )
+    if stopping is None:
+        return problems
+    known = ", ".join(EARLY_STOPPING_KEYS)
+    problems += [
+        f"training.early_stopping.{key}: unknown key (known: {known}){suggest(key, EARLY_STOPPING_KEYS)}"
+        for key in stopping
+        if key not in EARLY_STOPPING_KEYS
+    ]
+    patience = stopping.get("patience")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        problems.append(
+            f"training.early_stopping.patience: expected an integer >= 1 (evaluations without improvement before "
+            f"training stops), got {patience!r}"
+        )
+    metric = stopping.get("metric", "loss")
+    if metric not in EARLY_STOPPING_METRICS:
+        problems.append(
+            f"training.early_stopping.metric: expected one of {', '.join(EARLY_STOPPING_METRICS)}, got {metric!r}"
+            f"{suggest(str(metric), EARLY_STOPPING_METRICS)}"
+        )
     return problems
 
 
@@ -236,6 +290,12 @@ def sft_problems(recipe: Recipe) -> list[str]:
 def padded_trainer_problems(recipe: Recipe, trainer: str) -> list[str]:
     """The packed path's keys, which an objective trained by TRL's ``trainer`` on padded rows does not read."""
     objective, problems = recipe.training.objective, []
+    if recipe.eval.steps is not None:
+        problems.append(
+            f"eval.steps: the held-out evaluation during training scores pairs on the packed path (objective dpo); "
+            f"objective {objective} scores its held-out rows at the end only: remove eval.steps (and "
+            "training.early_stopping)"
+        )
     if recipe.training.packing:
         problems.append(
             f"training.packing: the packed path computes DPO's losses; objective {objective} trains with TRL's "

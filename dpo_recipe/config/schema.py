@@ -256,7 +256,24 @@ class TrainingSection:
     logging_steps: int = recipe_key(5, "Optimizer steps between log lines.", min=1)
     save_steps: int = recipe_key(50, "Optimizer steps between checkpoints.", min=1)
     save_total_limit: int = recipe_key(2, "Checkpoints kept (oldest deleted).", min=1)
-    tensorboard: bool = recipe_key(False, "Also write TensorBoard events to output_dir/runs.")
+    report_to: list[str] | str = recipe_key(
+        [],
+        "Trackers that get the training curves (and eval.steps' held-out points) besides train_log.jsonl, through "
+        "transformers' integrations: any of tensorboard (events in output_dir/runs), wandb (Weights & Biases; "
+        "WANDB_MODE=offline logs without an account), trackio (a local project, 'trackio show'), or none. The run "
+        "is named after output_dir, the recipe is its config and the final held-out report its summary. wandb and "
+        "trackio are extras: pip install 'dpo-recipe[wandb]' / 'dpo-recipe[trackio]'.",
+    )
+    tensorboard: bool = recipe_key(
+        False, "Same as tensorboard in training.report_to (kept for recipes written before report_to)."
+    )
+    early_stopping: dict[str, Any] | None = recipe_key(
+        None,
+        "Stop when the held-out metric eval.steps measures has not improved for `patience` evaluations in a row, "
+        "and keep the adapter of its best step (saved as a checkpoint when it was measured): {patience: N, "
+        "metric: loss | reward_accuracy | reward_margin} (metric defaults to loss; a tie is no improvement). "
+        "metrics.json, the card and the last line say which step the adapter comes from.",
+    )
     packing: bool = recipe_key(
         True,
         "Pack each pair into one sequence (prompt computed once, no padding, LM head on completion tokens "
@@ -288,6 +305,21 @@ class EvalSection:
         min=1.0,
     )
     no_repeat_ngram_size: int = recipe_key(0, "Decoding: never repeat an n-gram of this many tokens (0 = off).", min=0)
+    steps: int | None = recipe_key(
+        None,
+        "Score the held-out pairs (eval.subset of them) every N optimizer steps and at the last one, while "
+        "training: reward accuracy, loss and margin, the numbers dpo-recipe eval gives for that step's adapter. "
+        "Logged to the progress bar, train_log.jsonl, the trackers, metrics.json and the plots; the base's half "
+        "is scored once (and kept in the base cache). null: only at the end. Objective dpo only.",
+        min=1,
+    )
+    subset: int | None = recipe_key(
+        None,
+        "How many held-out pairs eval.steps scores: a fixed sample chosen after a shuffle seeded by data.seed "
+        "(with data.max_eval_pairs unset, the pairs dpo-recipe eval --max-pairs N scores); null: all. The "
+        "evaluation at the end always scores all.",
+        min=1,
+    )
 
 
 # TRL's OpenAIPairwiseJudge prompt (removed after TRL 1.0): the judge answers with the identifier "0" or "1"

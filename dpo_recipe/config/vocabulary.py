@@ -130,3 +130,13 @@ def mixing_problem(names: Sequence[str]) -> str | None:
             f"Name one of {', '.join(REFERENCE_FREE_LOSS_NAMES)} alone, or only reference-based losses"
         )
     return None
+
+
+# training.early_stopping: its keys, and the held-out metrics it may watch, each with whether higher is better
+EARLY_STOPPING_KEYS = ("patience", "metric")
+EARLY_STOPPING_METRICS = {"loss": False, "reward_accuracy": True, "reward_margin": True}
+
+
+# training.report_to: the trackers transformers' integrations log to (each one's package), and "none"
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+REPORT_TO = (*TRACKERS, "none")

@@ -46,22 +46,26 @@ def score_pairs(
     batch_size: int,
     progress: bool = True,
     cache: BaseCache | None = None,
+    reference: tuple[list[float], list[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-pair log-probs under the tuned model and the base (adapter disabled), in ``rows`` order.
 
     Each record holds the ``dpo_preference`` metric's inputs, plus the row's breakdown keys and
     topic. Rows are tokenized as TRL tokenizes them (``tokens.encode_pair``) and truncated as it
     truncates them, so the token counts are those training optimised. The base's half comes from
-    ``cache`` when an earlier run on the same base scored the same pairs (then one forward a pair, not two).
+    ``cache`` when an earlier run on the same base scored the same pairs (then one forward a pair, not two),
+    or from ``reference`` (chosen, rejected), the base's log-probs of these rows already in memory.
     Call it inside the autocast the model's forward runs in (the key records it).
     """
     from dpo_recipe.training.packing import score_packed, truncated
 
     cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
-    # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
-    key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
-    reference = cache.read_logps(key, len(pairs))
+    key = ""
+    if reference is None:  # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
+        key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
+        cached = cache.read_logps(key, len(pairs))
+        reference = None if cached is None else (cached[0].tolist(), cached[1].tolist())
     scores = score_packed(
         model,
         pairs,
@@ -72,10 +76,10 @@ def score_pairs(
         progress_desc="Scoring held-out pairs" if progress else None,
     )
     if reference is None:
-        reference = scores.reference
-        cache.write_logps(key, reference)
+        cache.write_logps(key, scores.reference)
+        reference = (scores.reference[0].tolist(), scores.reference[1].tolist())
     policy_chosen, policy_rejected = (t.tolist() for t in scores.policy)
-    reference_chosen, reference_rejected = (t.tolist() for t in reference)
+    reference_chosen, reference_rejected = reference
     scored = []
     for j, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
         _, chosen, rejected = truncated(pair, max_length)
@@ -141,6 +145,68 @@ def summarise(scored: list[dict[str, Any]], beta: float, loss_type: str | list[s
     return report
 
 
+def shared_scores(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    max_length: int,
+    batch_size: int,
+    *,
+    cache: BaseCache | None = None,
+    reference: tuple[list[float], list[float]] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """``score_pairs`` of ``rows`` with each process scoring a shard; every process gets all records, in
+    ``rows`` order (so every process can take the same decision on them). ``reference``: the base's
+    log-probs of all ``rows``; ``progress``: a bar on the main process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    with state.split_between_processes(list(enumerate(rows))) as shard:
+        mine = None if reference is None else tuple([side[i] for i, _ in shard] for side in reference)
+        scored = score_pairs(
+            model,
+            tokenizer,
+            [r for _, r in shard],
+            max_length,
+            batch_size,
+            progress=progress and state.is_main_process,
+            cache=cache,
+            reference=mine,
+        )
+        tagged = [(i, s) for (i, _), s in zip(shard, scored, strict=True)]
+    return [s for _, s in sorted(gather_object(tagged), key=lambda item: item[0])]
+
+
+class StepScorer:
+    """The held-out pairs ``eval.steps`` scores during training: the base's half once (from the base cache when
+    an earlier run scored them), the tuned half at every call. Every process returns the same numbers."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        rows: list[dict[str, Any]],
+        *,
+        beta: float,
+        max_length: int,
+        batch_size: int,
+        loss_type: str | list[str],
+        cache: BaseCache | None = None,
+    ) -> None:
+        self.tokenizer, self.rows, self.cache = tokenizer, rows, cache
+        self.beta, self.max_length, self.batch_size, self.loss_type = beta, max_length, batch_size, loss_type
+        self.reference: tuple[list[float], list[float]] | None = None
+
+    def __call__(self, model: Any) -> dict[str, Any]:
+        """``summarise``'s ``overall`` for ``model`` as it is now; call it inside the forward's autocast."""
+        settings = {"cache": self.cache, "reference": self.reference}
+        scored = shared_scores(model, self.tokenizer, self.rows, self.max_length, self.batch_size, **settings)
+        if self.reference is None:
+            self.reference = tuple([s[f"reference_{side}_logps"] for s in scored] for side in ("chosen", "rejected"))
+        return summarise(scored, self.beta, self.loss_type)["overall"]
+
+
 def evaluate_adapter(
     model: Any,
     tokenizer: Any,
@@ -163,26 +229,14 @@ def evaluate_adapter(
     model with each answer's checks) and ``answer_checks`` (their summary and the decoding used).
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     state, stopwatch = PartialState(), stopwatch or Stopwatch()
-    indexed = list(enumerate(rows))
-    with stopwatch.phase("held-out scoring"), state.split_between_processes(indexed) as shard:
-        scored = score_pairs(
-            model,
-            tokenizer,
-            [r for _, r in shard],
-            max_length,
-            settings.batch_size,
-            progress=state.is_main_process,
-            cache=cache,
-        )
-        tagged = [(i, s) for (i, _), s in zip(shard, scored, strict=True)]
-    gathered = sorted(gather_object(tagged), key=lambda item: item[0])
+    with stopwatch.phase("held-out scoring"):
+        scored = shared_scores(model, tokenizer, rows, max_length, settings.batch_size, cache=cache, progress=True)
     if not state.is_main_process:
         return None
-    report = summarise([s for _, s in gathered], beta, loss_type)
-    report["per_pair"] = [s for _, s in gathered]
+    report = summarise(scored, beta, loss_type)
+    report["per_pair"] = scored
     if settings.num_generations:
         with stopwatch.phase("answers"):
             report["generations"], report["answer_checks"] = checked_answers(model, tokenizer, rows, settings, cache)

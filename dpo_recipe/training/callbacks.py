@@ -45,17 +45,42 @@ REWARD_KEYS = (REWARD_ACCURACY, REWARD_MARGIN, REWARD_CHOSEN, REWARD_REJECTED, L
 EVAL_PREFIX = "eval_"  # the Trainer's prefix for held-out metrics: "eval_rewards/accuracies"
 
 
-LIVE_KEYS = {"loss": "loss", REWARD_ACCURACY: "acc", REWARD_MARGIN: "margin"}
+# a held-out report's overall figures -> the names they are logged under, beside the training curves
+HELD_OUT_LOGGED = {
+    "loss": EVAL_PREFIX + "loss",
+    "reward_accuracy": EVAL_PREFIX + REWARD_ACCURACY,
+    "reward_margin": EVAL_PREFIX + REWARD_MARGIN,
+}
+
+
+def held_out_logs(overall: dict[str, Any]) -> dict[str, float]:
+    """``overall``'s figures under their logged names (``HELD_OUT_LOGGED``); an SFT report has only a loss."""
+    return {logged: overall[key] for key, logged in HELD_OUT_LOGGED.items() if key in overall}
+
+
+LIVE_KEYS = {
+    "loss": "loss",
+    REWARD_ACCURACY: "acc",
+    REWARD_MARGIN: "margin",
+    HELD_OUT_LOGGED["loss"]: "held-out loss",
+    HELD_OUT_LOGGED["reward_accuracy"]: "held-out acc",
+}
 
 
 class LiveMetricsProgress(ProgressCallback):
-    """tqdm bar with live loss / reward accuracy / margin instead of a printed dict per log."""
+    """tqdm bar with live loss / reward accuracy / margin instead of a printed dict per log; the last held-out
+    numbers (``eval.steps``) stay beside them until the next evaluation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: dict[str, str] = {}
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and self.training_bar is not None and logs:
             shown = {short: f"{logs[key]:.4f}" for key, short in LIVE_KEYS.items() if key in logs}
             if shown:
-                self.training_bar.set_postfix(shown, refresh=True)
+                self.shown.update(shown)
+                self.training_bar.set_postfix(self.shown, refresh=True)
 
 
 class JsonlLogger(TrainerCallback):

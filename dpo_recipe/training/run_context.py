@@ -85,8 +85,8 @@ class RunContext:
         """The validated recipe with ``--set`` items, ``--output-dir`` and ``--trust-remote-code`` applied.
 
         ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false`` (no
-        repo id, branch or privacy of the publisher's) and ``training.output_dir=outputs/NAME`` unless the user
-        sets those keys. That file was written
+        repo id, branch or privacy of the publisher's), no trackers (``training.report_to``) and
+        ``training.output_dir=outputs/NAME`` unless the user sets those keys. That file was written
         by someone else: it passes ``config.trust`` (no remote code, no local paths unless the user gives
         them) before anything else reads it."""
         user_settings = [*self.overrides, *([f"training.output_dir={self.output_dir}"] if self.output_dir else [])]
@@ -95,13 +95,16 @@ class RunContext:
         if self.from_hub is None:
             return load_recipe(str(self.recipe), user_settings)
         repo_name = self.from_hub.split("@")[0].split("/")[-1]
-        # where the run goes is the user's to say: not the publisher's folder, push switch, repo or branch
+        # where the run goes is the user's to say: not the publisher's folder, push switch, repo or branch, nor
+        # the trackers its curves and config are sent to (W&B's servers)
         implied = [
             "hub.push=false",
             "hub.repo_id=null",
             "hub.revision=null",
             "hub.private=false",
             f"training.output_dir=outputs/{repo_name}",
+            "training.report_to=[]",
+            "training.tensorboard=false",
         ]
         given = user_keys(user_settings)
         settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings

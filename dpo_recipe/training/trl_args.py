@@ -4,18 +4,19 @@
 lists the same tables, so the card shows exactly the hyper-parameters the trainer received, under
 both names. Each objective (``training.objectives``) names its config class and table: ``DPOConfig``
 with ``RECIPE_TO_DPO_CONFIG`` below, the others derived from it in their own modules.
-Everything else the config gets is fixed by how dpo-recipe trains (checkpoint layout, logging,
-no in-loop evaluation) or derived from the hardware (precision flags).
+Everything else the config gets is fixed by how dpo-recipe trains (checkpoint layout, logging, no
+transformers evaluation loop: ``eval.steps`` is ``training.step_evaluation``'s) or derived from the
+hardware (precision flags).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.training.run_dir import CHECKPOINTS
+from dpo_recipe.training.trackers import tracker_settings
 
 # recipe key -> DPOConfig field
 RECIPE_TO_DPO_CONFIG: dict[str, str] = {
@@ -92,9 +93,6 @@ def precision_flags(precision: str) -> dict[str, bool]:
 def trainer_config(recipe: Recipe, out: Path, config_class: type, table: dict[str, str]) -> Any:
     """``config_class`` (a TRL config) from ``table`` and the fixed settings; checkpoints go to ``out/checkpoints``.
     Creating it starts accelerate's process state, so code after this call is rank-aware."""
-    t = recipe.training
-    if t.tensorboard:  # transformers 5 reads the TensorBoard directory from the environment only
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "runs")
     fields = {
         field: [value] if key in LIST_FIELDS and isinstance(value, str) else value
         for key, field, value in mapped(recipe, table)
@@ -105,8 +103,8 @@ def trainer_config(recipe: Recipe, out: Path, config_class: type, table: dict[st
         logging_first_step=True,
         save_strategy="steps",
         eval_strategy="no",
-        report_to=["tensorboard"] if t.tensorboard else [],
+        **tracker_settings(recipe.training, out),
         dataloader_pin_memory=False,
         ddp_find_unused_parameters=False,
-        **precision_flags(t.precision),
+        **precision_flags(recipe.training.precision),
     )

@@ -223,3 +223,36 @@ def test_the_keys_an_objective_does_not_read_are_recipe_keys_that_the_checks_ref
             recipe = load_recipe("tiny-ja", [f"training.objective={objective}", "training.per_device_batch_size=2"])
             setattr(getattr(recipe, section), key, changed[key])
             assert any(problem.startswith(dotted) for problem in cross_checks(recipe)), (objective, dotted)
+
+
+def test_the_held_out_evaluation_keys_are_checked_together() -> None:
+    """eval.subset and training.early_stopping read what eval.steps measures; early stopping's keys are checked
+    one by one; objectives without a packed held-out scorer refuse eval.steps, all before any weights load."""
+    stopping = load_recipe("tiny-ja", ["eval.steps=5", "training.early_stopping={patience: 3}"])
+    assert (stopping.eval.steps, stopping.training.early_stopping) == (5, {"patience": 3})
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["eval.subset=8", "training.early_stopping={patience: 2}"])
+    assert "eval.subset: the pairs eval.steps scores during training; set eval.steps" in str(err.value)
+    assert "training.early_stopping: stops on the held-out numbers eval.steps measures; set eval.steps" in str(
+        err.value
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["eval.steps=5", "training.early_stopping={patiense: 2, metric: acc}"])
+    message = str(err.value)
+    assert "training.early_stopping.patiense: unknown key (known: patience, metric); did you mean patience?" in message
+    assert "training.early_stopping.patience: expected an integer >= 1" in message and "got None" in message
+    assert "training.early_stopping.metric: expected one of loss, reward_accuracy, reward_margin, got 'acc'" in message
+    for patience in ("0", "true", "1.5", "'3'"):
+        with pytest.raises(RecipeError, match="training.early_stopping.patience: expected an integer >= 1"):
+            load_recipe("tiny-ja", ["eval.steps=5", f"training.early_stopping={{patience: {patience}}}"])
+    with pytest.raises(
+        RecipeError, match="training.early_stopping: expected a mapping of names to values or null, got 3"
+    ):
+        load_recipe("tiny-ja", ["eval.steps=5", "training.early_stopping=3"])
+    with pytest.raises(RecipeError, match="eval.steps: must be >= 1, got 0"):
+        load_recipe("tiny-ja", ["eval.steps=0"])
+    for recipe in ("tiny-ja-kto", "tiny-ja-sft"):
+        with pytest.raises(
+            RecipeError, match=r"eval.steps: the held-out evaluation during training .* remove eval.steps"
+        ):
+            load_recipe(recipe, ["eval.steps=2"])

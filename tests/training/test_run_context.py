@@ -54,12 +54,13 @@ def test_from_hub_implies_no_push_and_an_output_dir_named_after_the_repo(monkeyp
     assert local.training.output_dir == "o"
 
 
-def test_a_fetched_recipe_never_chooses_where_the_users_push_goes(monkeypatch, tmp_path) -> None:
+def test_a_fetched_recipe_never_chooses_where_the_users_push_or_curves_go(monkeypatch, tmp_path) -> None:
     """A stranger's recipe naming the user's own repo, branch and privacy: none of it is kept; the user who turns
     push on names the repo themselves."""
     recipe = tmp_path / "recipe.yaml"
     text = resolve_recipe_path("tiny-ja").read_text()
-    recipe.write_text(text + "hub:\n  push: true\n  repo_id: alice/precious\n  revision: main\n  private: false\n")
+    hub = "hub:\n  push: true\n  repo_id: alice/precious\n  revision: main\n  private: false\n"
+    recipe.write_text(text.replace("training:\n", "training:\n  report_to: [wandb]\n  tensorboard: true\n") + hub)
     monkeypatch.setattr("dpo_recipe.training.run_context.recipe_from_hub", lambda repo: recipe)
     fetched = RunContext(from_hub="bob/x").load_recipe()
     assert (fetched.hub.push, fetched.hub.repo_id, fetched.hub.revision, fetched.hub.private) == (
@@ -68,6 +69,10 @@ def test_a_fetched_recipe_never_chooses_where_the_users_push_goes(monkeypatch, t
         None,
         False,
     )
+    assert (fetched.training.report_to, fetched.training.tensorboard) == ([], False)  # no trackers of theirs
+    assert RunContext(
+        from_hub="bob/x", overrides=("training.report_to=[trackio]",)
+    ).load_recipe().training.report_to == ["trackio"]
     with pytest.raises(RecipeError, match="hub.repo_id: required when hub.push is true"):
         RunContext(from_hub="bob/x", overrides=("hub.push=true",)).load_recipe()
     mine = RunContext(from_hub="bob/x", overrides=("hub.push=true", "hub.repo_id=alice/mine")).load_recipe()

@@ -47,8 +47,9 @@ def test_every_mapped_key_arrives_in_dpo_config(tmp_path: Path) -> None:
 def test_the_table_covers_every_training_key_but_those_handled_elsewhere() -> None:
     tables = (RECIPE_TO_DPO_CONFIG, RECIPE_TO_KTO_CONFIG)  # training.objective kto: KTOConfig's
     mapped = {key.split(".")[1] for table in tables for key in table if key.startswith("training.")}
-    # run_dir, precision_flags, report_to; CPOConfig's SimPO fields go to PackedDPOTrainer (objective_kwargs)
-    handled_elsewhere = {"output_dir", "precision", "tensorboard", "packing"}
+    # run_dir, precision_flags; CPOConfig's SimPO fields go to PackedDPOTrainer (objective_kwargs);
+    # early stopping is training.step_evaluation's, report_to training.trackers'
+    handled_elsewhere = {"output_dir", "precision", "tensorboard", "report_to", "packing", "early_stopping"}
     handled_elsewhere |= {key.split(".")[1] for key in RECIPE_TO_OBJECTIVE}
     assert mapped | handled_elsewhere == set(TrainingSection.__dataclass_fields__)
     assert not mapped & handled_elsewhere

@@ -10,6 +10,7 @@ CLI ask it instead of asking which objective it is, so a new objective is one ne
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -85,6 +86,17 @@ class Objective(ABC):
         self, recipe: Recipe, model: Any, tokenizer: Any, rows: Rows, cache: BaseCache, stopwatch: Stopwatch
     ) -> dict[str, Any] | None:
         """``dpo-recipe eval``'s report of an adapter already trained (``model``), the numbers training gave."""
+
+    def step_evaluator(
+        self, trainer: Any, tokenizer: Any, rows: Rows, recipe: Recipe, cache: BaseCache
+    ) -> Callable[[], dict[str, Any]]:
+        """``eval.steps``: a function that scores ``rows`` under the adapter ``trainer`` is training, as it is when
+        called, and returns the held-out report's ``overall`` (on every process). An objective without one
+        scores its held-out rows at the end only; recipe validation refuses ``eval.steps`` for it first."""
+        raise RecipeError(
+            f"eval.steps: objective {self.name} scores its held-out {self.unit} at the end of training only; "
+            "remove eval.steps."
+        )
 
     def training_metrics(self, train_rows: Rows, log_history: list[dict[str, Any]]) -> dict[str, Any]:
         """``metrics.json``'s ``train`` additions: the objective's name and its own counts and numbers."""

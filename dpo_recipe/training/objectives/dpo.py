@@ -9,6 +9,7 @@ report is ``evaluation.scoring``'s: reward accuracy with its interval, margins, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +191,29 @@ class DPO(Objective):
             cache=cache,
             stopwatch=stopwatch,
         )
+
+    def step_evaluator(
+        self, trainer: Any, tokenizer: Any, rows: Rows, recipe: Recipe, cache: BaseCache
+    ) -> Callable[[], dict[str, Any]]:
+        """``evaluation.scoring.StepScorer`` on the adapter in training, inside the trainer's autocast (as
+        ``held_out_report``): the numbers ``dpo-recipe eval`` gives that step's adapter."""
+        from dpo_recipe.evaluation.scoring import StepScorer
+
+        scorer = StepScorer(
+            tokenizer,
+            rows,
+            beta=recipe.training.beta,
+            max_length=recipe.training.max_length,
+            batch_size=recipe.eval.batch_size,
+            loss_type=recipe.training.loss_type,
+            cache=cache,
+        )
+
+        def evaluate() -> dict[str, Any]:
+            with trainer.accelerator.autocast():
+                return scorer(trainer.accelerator.unwrap_model(trainer.model))
+
+        return evaluate
 
     def report_lines(self, report: dict[str, Any]) -> list[str]:
         return dpo_lines(report)

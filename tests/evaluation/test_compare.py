@@ -1,0 +1,176 @@
+"""dpo-recipe compare: finished runs side by side, exactly the recipe keys that differ, and a refusal naming each
+folder or file that is not a finished run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import invoke, tiny_overrides
+
+from dpo_recipe.errors import DpoRecipeError
+from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+from dpo_recipe.train import run
+
+QUICK = ["data.max_train_pairs=8", "data.max_eval_pairs=4", "eval.num_generations=1", "eval.max_new_tokens=4"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    run("tiny-ja", tiny_overrides(tiny_model, *QUICK), output_dir=str(root / "base"))
+    run("tiny-ja", tiny_overrides(tiny_model, *QUICK, "training.beta=0.3", "lora.r=4"), output_dir=str(root / "beta"))
+    return root / "base", root / "beta"
+
+
+def test_two_runs_list_exactly_the_keys_that_differ_and_what_each_measured(two_runs, tmp_path: Path) -> None:
+    comparison = compare_runs(list(two_runs))
+    assert comparison.keys == ["lora.r", "training.beta"]  # not the output folders, which always differ
+    for row, folder in zip(comparison.rows, two_runs, strict=True):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        overall, tuned = metrics["eval"]["overall"], metrics["eval"]["answer_checks"]["tuned"]
+        assert row["run"] == folder.name and row["held_out"] == 4 and row["steps"] == metrics["train"]["steps"]
+        assert (row["reward_accuracy"], [row["ci95_low"], row["ci95_high"]]) == (
+            overall["reward_accuracy"],
+            overall["reward_accuracy_ci95"],
+        )
+        assert row["held_out_loss"] == overall["loss"] and row["answers_japanese_share"] == tuned["japanese_share"]
+        assert (
+            row["train_s"] == metrics["train"]["runtime_s"] and row["peak_rss_mb"] == metrics["memory"]["peak_rss_mb"]
+        )
+    assert [(r["lora.r"], r["training.beta"]) for r in comparison.rows] == [(8, 0.1), (4, 0.3)]
+    table = markdown_table(comparison)
+    header, _, first, second = table.splitlines()
+    assert header.startswith("| run | lora.r | training.beta | held-out reward acc. (95% CI) | held-out loss |")
+    assert first.startswith("| base | 8 | 0.1 | ") and second.startswith("| beta | 4 | 0.3 | ")
+    low, high = comparison.rows[0]["ci95_low"], comparison.rows[0]["ci95_high"]
+    assert f"({low:.3f}–{high:.3f}) on 4 |" in first
+    written = write_csv(comparison, tmp_path / "runs.csv")
+    rows = list(csv.DictReader(written.open(encoding="utf-8")))
+    assert [(r["run"], r["lora.r"], r["training.beta"]) for r in rows] == [("base", "8", "0.1"), ("beta", "4", "0.3")]
+    assert float(rows[1]["reward_accuracy"]) == comparison.rows[1]["reward_accuracy"] and rows[0]["peak_cuda_mb"] == ""
+
+
+def test_the_same_recipe_twice_differs_in_nothing_and_one_run_is_a_table_too(two_runs, tmp_path: Path) -> None:
+    copy = tmp_path / "again"
+    shutil.copytree(two_runs[0], copy)
+    comparison = compare_runs([two_runs[0], copy])
+    assert comparison.keys == [] and "The runs' recipes are the same" in markdown_table(comparison)
+    assert len(compare_runs([two_runs[1]]).rows) == 1
+
+
+def test_every_input_that_is_not_a_finished_run_is_named_at_once(two_runs, tmp_path: Path) -> None:
+    good = two_runs[0]
+    empty, not_run, unfinished, garbled, listed, binary, chain = (
+        tmp_path / n for n in ("empty", "notes", "unfinished", "garbled", "listed", "binary", "chain")
+    )
+    empty.mkdir()
+    not_run.mkdir()
+    (not_run / "metrics.json").write_text("{}")  # a metrics.json without its recipe.yaml
+    for folder in (unfinished, garbled, listed, binary):
+        shutil.copytree(good, folder)
+    (unfinished / "metrics.json").unlink()
+    (unfinished / "INCOMPLETE").write_text("resume it")
+    (garbled / "metrics.json").write_text('{"train": {')  # cut mid-write
+    (listed / "metrics.json").write_text("[1, 2]")
+    (binary / "metrics.json").write_bytes(b"\xff\xfe\x00")
+    shutil.copytree(good, chain / "stage-1")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    given = [good, empty, not_run, unfinished, garbled, listed, binary, chain, a_file, tmp_path / "missing", good]
+    with pytest.raises(DpoRecipeError) as refused:
+        compare_runs(given)
+    message = str(refused.value)
+    expected = [
+        f"{empty}: not a finished run, it has no recipe.yaml",
+        f"{not_run}: not a finished run, it has no recipe.yaml",
+        f"{unfinished}: an unfinished run (resume it first), it has no metrics.json",
+        f"{garbled / 'metrics.json'}: cannot be read (JSONDecodeError",
+        f"{listed / 'metrics.json'}: not a run's metrics (no train and eval sections)",
+        f"{binary / 'metrics.json'}: cannot be read (UnicodeDecodeError",
+        f"{chain}: not a finished run, it has no recipe.yaml (it holds the stages stage-1 of a --then chain",
+        f"{a_file}: not a folder",
+        f"{tmp_path / 'missing'}: no such folder",
+        f"{good}: given twice (the same folder as {good}); name each run once",
+    ]
+    for part in expected:
+        assert part in message, part
+    assert message.startswith("compare: ") and "\n" not in message
+
+
+def test_a_run_named_twice_by_another_path_is_refused(two_runs, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(two_runs[0], target_is_directory=True)
+    with pytest.raises(DpoRecipeError, match=f"{link}: given twice"):
+        compare_runs([two_runs[0], link])
+    with pytest.raises(DpoRecipeError, match="given twice"):
+        compare_runs([two_runs[0], Path(f"{two_runs[0]}/")])
+
+
+def test_a_broken_recipe_and_values_that_would_break_the_table(two_runs, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(two_runs[0], broken)
+    (broken / "recipe.yaml").write_text("training: [1, 2\n")
+    with pytest.raises(DpoRecipeError, match=rf"{broken / 'recipe.yaml'}: cannot be read as a recipe \(ParserError"):
+        compare_runs([broken])
+    (broken / "recipe.yaml").write_text("- a list\n")
+    with pytest.raises(DpoRecipeError, match="not a recipe"):
+        compare_runs([broken])
+    odd = tmp_path / "odd"
+    shutil.copytree(two_runs[0], odd)
+    recipe = (odd / "recipe.yaml").read_text().replace("license: apache-2.0", 'license: "a|b\\nc"')
+    (odd / "recipe.yaml").write_text(recipe)
+    table = markdown_table(compare_runs([two_runs[0], odd]))
+    assert "| a\\|b c |" in table and all(
+        line.count(" | ") == table.splitlines()[0].count(" | ") for line in table.splitlines()[:4]
+    )
+
+
+def test_the_csv_never_lands_in_a_run_or_on_a_folder_or_through_a_link(two_runs, tmp_path: Path) -> None:
+    comparison = compare_runs(list(two_runs))
+    before = (two_runs[0] / "metrics.json").read_bytes()
+    with pytest.raises(DpoRecipeError, match="inside the run .*whose files are the run's"):
+        write_csv(comparison, two_runs[0] / "metrics.json")
+    assert (two_runs[0] / "metrics.json").read_bytes() == before
+    with pytest.raises(DpoRecipeError, match="a folder; give a file name"):
+        write_csv(comparison, tmp_path)
+    target, link = tmp_path / "precious.txt", tmp_path / "out.csv"
+    target.write_text("mine")
+    link.symlink_to(target)
+    write_csv(comparison, link)
+    assert target.read_text() == "mine" and not link.is_symlink() and link.read_text().startswith("run,path,")
+
+
+def test_the_cli_prints_the_table_and_refuses_in_one_line(two_runs, runner, tmp_path: Path) -> None:
+    result = invoke(runner, "compare", *two_runs, "--csv", tmp_path / "c.csv")
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.startswith("| run | lora.r | training.beta |") and f"CSV: {tmp_path / 'c.csv'}" in result.output
+    )
+    refused = invoke(runner, "compare", two_runs[0], tmp_path / "nothing")
+    assert refused.exit_code == 1 and f"{tmp_path / 'nothing'}: no such folder" in refused.output
+    assert "Traceback" not in refused.output
+
+
+def test_a_run_whose_files_are_links_is_refused(two_runs, tmp_path: Path) -> None:
+    """A downloaded folder whose recipe.yaml points at a file of the user's would show that file in the table."""
+    secret = tmp_path / "settings.yaml"
+    secret.write_text("training:\n  api_key: s3cr3t\n")
+    linked = tmp_path / "linked"
+    shutil.copytree(two_runs[0], linked)
+    (linked / "recipe.yaml").unlink()
+    (linked / "recipe.yaml").symlink_to(secret)
+    with pytest.raises(DpoRecipeError, match=f"{linked}: its recipe.yaml is a link, not the run's own file") as refused:
+        compare_runs([two_runs[0], linked])
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_a_csv_that_cannot_be_written_is_one_line_and_leaves_nothing(two_runs, tmp_path: Path) -> None:
+    parent = tmp_path / "a-file"
+    parent.write_text("x")
+    with pytest.raises(DpoRecipeError, match=rf"compare --csv {parent / 'c.csv'}: cannot be written \("):
+        write_csv(compare_runs(list(two_runs)), parent / "c.csv")
+    assert parent.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
