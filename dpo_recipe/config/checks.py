@@ -110,6 +110,7 @@ def judge_problems(recipe: Recipe) -> list[str]:
     env = judge.api_key_env
     if env is not None and not (env and env.replace("_", "a").isalnum() and not env[0].isdigit()):
         problems.append(f"judge.api_key_env: {env!r} is not an environment variable name (e.g. OPENAI_API_KEY)")
+    return problems
 
 
 def tracker_problems(training: TrainingSection) -> list[str]:
