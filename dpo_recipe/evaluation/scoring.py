@@ -55,12 +55,12 @@ def score_pairs(
     ``cache`` when an earlier run on the same base scored the same pairs (then one forward a pair, not two).
     Call it inside the autocast the model's forward runs in (the key records it).
     """
-    from dpo_recipe.training.packing import score_packed, truncated
+    from dpo_recipe.training.packing import SCORING_TOKENS, score_packed, truncated
 
     cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
-    # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
-    key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
+    # the ids the model is given, pairs a row (a row's length moves half-precision sums) and rows a forward
+    key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size, tokens=SCORING_TOKENS)
     reference = cache.read_logps(key, len(pairs))
     scores = score_packed(
         model,
