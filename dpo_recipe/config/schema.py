@@ -286,8 +286,8 @@ class TrainingSection:
 class EvalSection:
     batch_size: int = recipe_key(
         1,
-        "Held-out pairs packed into one row per forward pass. 1 is fastest on a CPU (a row's attention "
-        "grows with the square of its length); a GPU can take more.",
+        "Held-out pairs packed into one row; rows are stacked up to a token budget a forward pass. 1 "
+        "computes no attention the block mask hides (a row's attention grows with the square of its length).",
         min=1,
     )
     num_generations: int = recipe_key(

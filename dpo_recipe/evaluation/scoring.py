@@ -57,13 +57,14 @@ def score_pairs(
     or from ``reference`` (chosen, rejected), the base's log-probs of these rows already in memory.
     Call it inside the autocast the model's forward runs in (the key records it).
     """
-    from dpo_recipe.training.packing import score_packed, truncated
+    from dpo_recipe.training.packing import SCORING_TOKENS, score_packed, truncated
 
     cache = cache or BaseCache(None)
     pairs = [vars(encode_pair(tokenizer, row)) for row in rows]
     key = ""
-    if reference is None:  # the ids the model is given, and pairs a row (a row's length moves half-precision sums)
-        key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size)
+    if reference is None:  # the ids the model is given, pairs a row (a row's length moves half-precision sums), rows
+        # a forward
+        key = cache.key(model, [truncated(pair, max_length) for pair in pairs], rows=batch_size, tokens=SCORING_TOKENS)
         cached = cache.read_logps(key, len(pairs))
         reference = None if cached is None else (cached[0].tolist(), cached[1].tolist())
     scores = score_packed(

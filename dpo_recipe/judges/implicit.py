@@ -74,7 +74,7 @@ class ImplicitJudge(ScoringJudge):
         after ``max_length`` truncation)."""
         from dpo_recipe.data.tokens import encode_pair
         from dpo_recipe.training.base_cache import BaseCache
-        from dpo_recipe.training.packing import score_packed, truncated
+        from dpo_recipe.training.packing import SCORING_TOKENS, score_packed, truncated
 
         cache = self.cache or BaseCache(None)
         couples, i = [], 0  # two answers to the same prompt a packed pair; an odd one out is paired with itself
@@ -84,7 +84,8 @@ class ImplicitJudge(ScoringJudge):
             i = j + 1
         rows = [{"prompt": prompts[a], "chosen": completions[a], "rejected": completions[b]} for a, b in couples]
         pairs = [vars(encode_pair(self.tokenizer, row)) for row in rows]
-        key = cache.key(self.model, [truncated(p, self.max_length) for p in pairs], rows=self.settings.batch_size)
+        inputs = [truncated(p, self.max_length) for p in pairs]
+        key = cache.key(self.model, inputs, rows=self.settings.batch_size, tokens=SCORING_TOKENS)
         reference = cache.read_logps(key, len(pairs))
         scores = score_packed(
             self.model,

@@ -11,9 +11,10 @@ A cached value must equal what a cold run computes, so an entry's key is *what p
 counts), the model config without what changes no number (its path, ``use_cache``, the writing
 transformers version), the weights' dtype, the precision the forward really runs in, the
 attention kernel, the device type, the torch / transformers / peft / accelerate / trl versions
-and a digest of dpo-recipe's own scoring code. Then the caller's inputs as the model sees them:
-token ids after truncation, pairs per packed row and processes for log-probs; prompt ids, pad and
-stop ids, the generation config and decoding for answers. Answers are kept as token ids and
+and a digest of what runs in dpo-recipe's own scoring code (not its docstrings or comments). Then
+the caller's inputs as the model sees them: token ids after truncation, pairs per packed row, the
+token budget of a forward and processes for log-probs; prompt ids, pad and stop ids, the generation
+config and decoding for answers. Answers are kept as token ids and
 decoded at read time, so a fixed tokenizer decoder reads them right.
 
 The cache is a convenience, never a source of truth or of failure: every entry carries a sha256
@@ -26,6 +27,7 @@ names it wrote, in a root that carries its marker, and never follows a link.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -58,7 +60,8 @@ _PEFT_WRAPPERS = (".base_layer", ".token_adapter", ".original_module")  # name s
 _CONFIG_NOISE = ("_name_or_path", "use_cache", "pad_token_id", "transformers_version")
 _VERSIONED = ("dpo-recipe", "torch", "transformers", "peft", "accelerate", "trl")
 # dpo-recipe's code that computes cached values (the reference pass, held-out scoring, generation): editing
-# any of it must miss, not serve the old numbers; the dpo-recipe version covers an upgrade
+# what runs in any of it must miss, not serve the old numbers (docstrings, comments and layout change none;
+# ``code_digest``); the dpo-recipe version covers an upgrade
 _SCORING_CODE = (
     "dpo_recipe.training.base_cache",
     "dpo_recipe.training.packing",
@@ -70,7 +73,7 @@ _SCORING_CODE = (
 _PRODUCER = "the base's weights, config, dtype, forward precision, attention, device, library versions and scoring code"
 KINDS = {  # what the cache root holds: directory -> what one entry is and what it is keyed on
     "reference_logps": "the base's log-probs of a list of pairs (training's reference pass, held-out scoring); "
-    f"keyed on {_PRODUCER}, the truncated token ids, pairs per packed row and processes",
+    f"keyed on {_PRODUCER}, the truncated token ids, pairs per packed row, tokens per forward and processes",
     "base_answers": f"the base's greedy answers (token ids) to held-out prompts; keyed on {_PRODUCER}, the prompt "
     "token ids, pad and stop ids, the generation config, max_new_tokens and decoding",
     "gguf": "a GGUF base dequantized to safetensors once; keyed on the GGUF file's content",
@@ -152,12 +155,26 @@ def _without_noise(config: dict[str, Any]) -> dict[str, Any]:
     return {k: _without_noise(v) if isinstance(v, dict) else v for k, v in config.items() if k not in _CONFIG_NOISE}
 
 
-def scoring_code_digest() -> str:
-    """sha256 of the dpo-recipe modules that compute cached values (``_SCORING_CODE``)."""
+def code_digest(paths: list[Path]) -> str:
+    """sha256 of what runs in the Python files at ``paths``: their syntax trees without docstrings, so an
+    edit to a docstring, a comment or the layout keeps the digest (and the cache's entries), and any edit
+    to the code itself, which may change a number, changes it."""
     digest = hashlib.sha256()
-    for module in _SCORING_CODE:
-        digest.update(Path(find_spec(module).origin).read_bytes())
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            documented = isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            if documented and node.body and isinstance(node.body[0], ast.Expr):
+                first = node.body[0].value
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    node.body = node.body[1:] or [ast.Pass()]
+        digest.update(ast.dump(tree).encode())
     return digest.hexdigest()
+
+
+def scoring_code_digest() -> str:
+    """``code_digest`` of the dpo-recipe modules that compute cached values (``_SCORING_CODE``)."""
+    return code_digest([Path(find_spec(module).origin) for module in _SCORING_CODE])
 
 
 def producer(model: Any) -> dict[str, Any]:

@@ -9,8 +9,12 @@ go into one row side by side, each blind to the others. Only the positions that 
 completion token go through the LM head. The log-probabilities are those of TRL's two padded
 rows (the equivalence test in tests/test_packing.py holds them to 1e-5), with fewer tokens.
 
-``score_packed`` is the one no-grad scoring loop over many pairs: the trainer's reference pass
-and the held-out evaluation both run it, so both score pairs exactly as training packs them.
+``score_packed`` is the one forward-only scoring loop over many pairs: the trainer's reference pass
+and the held-out evaluation both run it, so both score pairs packed as training packs them. It
+stacks packed rows into one forward up to a token budget (``SCORING_TOKENS``), longest first, under
+``torch.inference_mode``, and runs the LM head itself on the scored positions only, in chunks
+(``scored_token_logps``): a 262k-word head over a few hundred positions is most of a forward's work
+and, all at once, a gigabyte of logits.
 """
 
 from __future__ import annotations
@@ -23,16 +27,29 @@ from typing import Any
 import torch
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL's tokenized pair, as pack_pairs reads it
+# tokens a forward-only pass takes at once: packed rows x the longest of them. Rows go longest first, so
+# stacked rows are of about one length and padding stays small; a row longer than the budget goes alone
+SCORING_TOKENS = 4096
+# logits held at once where the LM head runs in chunks of scored positions: 2**24 floats (64 MiB), 64
+# positions of Gemma 3's 262,144-word vocabulary; all of a pair's positions at once took 113 MB and its
+# log-softmax as much again
+HEAD_CHUNK_LOGITS = 2**24
+# model types whose causal-LM forward is nothing but the LM head on the decoder's last hidden state (Gemma 2
+# and 3: then a final-logit soft-cap, which scored_token_logps applies): the forward-only passes run that head
+# themselves, on scored positions only. Each is checked against the model's own forward in
+# tests/training/test_packing.py; any other model is scored one packed row a forward, through its forward.
+OWN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma2", "gemma3_text")
 
 
 @dataclass
 class PackedPairs:
-    """One row holding several pairs; tensors have a leading batch dimension of 1."""
+    """One row holding several pairs (B = 1, what a training step takes), or B such rows stacked for a
+    forward-only pass (``stack_rows``)."""
 
-    input_ids: torch.Tensor  # (1, L)
-    position_ids: torch.Tensor  # (1, L)
-    attention_mask: torch.Tensor  # (1, 1, L, L) bool: True where a query may attend to a key
-    predictor_index: torch.Tensor  # (N,) positions whose next-token distribution is scored
+    input_ids: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool: True where a query may attend to a key
+    predictor_index: torch.Tensor  # (N,) positions (in the flattened B x L) whose next-token distribution is scored
     target_ids: torch.Tensor  # (N,) the token each of those positions must predict
     segment: torch.Tensor  # (N,) 2 * pair + (0 chosen, 1 rejected): which log-prob sum a token joins
     num_pairs: int
@@ -212,6 +229,112 @@ def reference_adapter(model: Any) -> AbstractContextManager:
     return use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
 
 
+def stack_rows(rows: list[PackedPairs]) -> PackedPairs:
+    """Packed rows as one batch of B rows for a forward-only pass, padded to the longest.
+
+    A padding position attends to itself alone and is never scored: some kernels (torch's SDPA math
+    path before 2.5) give NaN for a query that sees nothing, and a NaN value would reach every query
+    through the attention matmul, even at weight 0. Pair numbers run on across rows, so the segments
+    are those of the rows' pairs in order.
+
+    >>> a = pack_pairs([{"prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8]}], None)
+    >>> b = pack_pairs([{"prompt_ids": [9], "chosen_ids": [10], "rejected_ids": [11]}], None)
+    >>> both = stack_rows([a, b])
+    >>> both.input_ids.tolist(), both.predictor_index.tolist(), both.segment.tolist()
+    ([[5, 6, 7, 8], [9, 10, 11, 0]], [1, 1, 4, 4], [0, 1, 2, 3])
+    >>> both.attention_mask[1, 0, 3].tolist()  # the padding position
+    [False, False, False, True]
+    """
+    length = max(row.input_ids.shape[1] for row in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    position_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
+    predictors, segments, pairs = [], [], 0
+    for b, row in enumerate(rows):
+        if row.scores_prompts:
+            raise ValueError("stack_rows stacks completion scoring only; prompt segments would be renumbered")
+        n = row.input_ids.shape[1]
+        input_ids[b, :n], position_ids[b, :n] = row.input_ids[0], row.position_ids[0]
+        mask[b, 0, :n, :n] = row.attention_mask[0, 0]
+        predictors.append(row.predictor_index + b * length)
+        segments.append(row.segment + 2 * pairs)
+        pairs += row.num_pairs
+    return PackedPairs(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=mask,
+        predictor_index=torch.cat(predictors),
+        target_ids=torch.cat([row.target_ids for row in rows]),
+        segment=torch.cat(segments),
+        num_pairs=pairs,
+    )
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside a PEFT wrapper (LoRA layers and trained token rows are in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def computes_own_head(model: Any) -> bool:
+    """Whether ``scored_token_logps`` gives ``model``'s own numbers: its forward is the LM head on the last
+    hidden state (``OWN_HEAD_MODEL_TYPES``) and it takes block masks."""
+    config = getattr(_causal_lm(model), "config", None)
+    return (
+        getattr(config, "model_type", None) in OWN_HEAD_MODEL_TYPES
+        and attention_implementation(model) in BLOCK_MASK_ATTENTION
+    )
+
+
+def scored_token_logps(model: Any, packed: PackedPairs) -> torch.Tensor:
+    """The log-prob of each scored token (``packed.target_ids``), forward-only: the decoder runs on all
+    positions, the LM head on the scored ones only, ``HEAD_CHUNK_LOGITS`` logits at a time.
+
+    The head and log-softmax run outside any autocast, in the weights' dtype and then fp32 (all fp32 for an
+    fp32 model, so under bf16 autocast only the decoder runs in bf16). The log-softmax is the one a training
+    step takes (``segment_logps``): in fp32 a row scored alone gives the step's sums bit for bit (Gemma 3
+    270M, the tiny Llama), and stacked rows moved a pair's sum by 2e-7 relative at most. Only for
+    ``computes_own_head`` models: this is their forward, from the last hidden state on."""
+    causal_lm = _causal_lm(model)
+    hidden = causal_lm.get_decoder()(
+        input_ids=packed.input_ids,
+        attention_mask=block_mask_for(attention_implementation(model), packed.attention_mask),
+        position_ids=packed.position_ids,
+        use_cache=False,
+    ).last_hidden_state
+    hidden = hidden.flatten(0, 1)[packed.predictor_index]
+    head, config = causal_lm.get_output_embeddings(), causal_lm.config.get_text_config()
+    cap = getattr(config, "final_logit_softcapping", None)
+    step = max(1, HEAD_CHUNK_LOGITS // config.vocab_size)
+    logps = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, len(hidden), step):
+            logits = head(hidden[start : start + step].to(causal_lm.dtype)).float()
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            targets = packed.target_ids[start : start + step, None]
+            logps[start : start + step] = logits.log_softmax(-1).gather(1, targets).squeeze(1)
+    return logps
+
+
+def token_batches(lengths: list[int], budget: int | None) -> list[list[int]]:
+    """Consecutive rows (by index) grouped so that rows x the longest of them stays within ``budget``
+    tokens; a row over the budget goes alone. ``budget`` None: one row a group.
+
+    >>> token_batches([9, 8, 8, 5, 3], 24)
+    [[0, 1], [2, 3, 4]]
+    """
+    groups: list[list[int]] = []
+    longest = 0
+    for i, length in enumerate(lengths):
+        if groups and budget is not None and max(longest, length) * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(i)
+            longest = max(longest, length)
+        else:
+            groups.append([i])
+            longest = length
+    return groups
+
+
 def score_packed(
     model: Any,
     pairs: list[dict[str, Any]],
@@ -221,13 +344,18 @@ def score_packed(
     policy: bool,
     reference: bool,
     progress_desc: str | None = None,
+    token_budget: int | None = SCORING_TOKENS,
 ) -> PackedScores:
-    """Score tokenized ``pairs`` without gradients, ``batch_size`` pairs a packed row, longest first.
+    """Score tokenized ``pairs`` forward-only, ``batch_size`` pairs a packed row, longest first.
 
-    ``policy`` scores them under ``model`` as it is (adapter on); ``reference`` under the DPO
-    reference (``reference_adapter``). ``model`` is a PEFT model; it runs in eval mode and gets its
-    previous mode back. ``progress_desc`` labels a progress bar; None shows none. The caller sets
-    precision (autocast) and splits pairs between processes.
+    Rows are stacked into one forward up to ``token_budget`` tokens and the LM head runs on scored
+    positions only (``scored_token_logps``) where ``computes_own_head``; ``token_budget`` None (or
+    another model) runs one row a forward through the model's own forward, exactly as a training
+    step computes it: the trainer's reference pass in half precision needs that. ``policy`` scores
+    the pairs under ``model`` as it is (adapter on); ``reference`` under the DPO reference
+    (``reference_adapter``). ``model`` is a PEFT model; it runs in eval mode and gets its previous mode
+    back. ``progress_desc`` labels a progress bar; None shows none. The caller sets precision
+    (autocast) and splits pairs between processes.
     """
     from tqdm.auto import tqdm
 
@@ -239,16 +367,26 @@ def score_packed(
     scores = {name: (torch.empty(len(pairs)), torch.empty(len(pairs))) for name in contexts}
     device = next(model.parameters()).device
     order = longest_first(pairs)
+    rows = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    packed_rows = [pack_pairs([pairs[i] for i in row], max_length) for row in rows]
+    own_head = token_budget is not None and computes_own_head(model)
+    groups = token_batches([p.input_ids.shape[1] for p in packed_rows], token_budget if own_head else None)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc=progress_desc, disable=progress_desc is None):
-            chunk = order[start : start + batch_size]
-            packed = pack_pairs([pairs[i] for i in chunk], max_length).to(device)
+    with torch.inference_mode(), tqdm(total=len(pairs), desc=progress_desc, disable=progress_desc is None) as bar:
+        for group in groups:
+            packed = stack_rows([packed_rows[r] for r in group]) if own_head else packed_rows[group[0]]
+            packed = packed.to(device)
+            chunk = [i for r in group for i in rows[r]]
             for name, context in contexts.items():
                 with context():
-                    chosen, rejected = pair_logps(model, packed)
-                scores[name][0][chunk] = chosen.cpu()
-                scores[name][1][chunk] = rejected.cpu()
+                    if own_head:
+                        sums = torch.zeros(packed.num_segments, device=device)
+                        sums = sums.index_add(0, packed.segment, scored_token_logps(model, packed))
+                    else:
+                        sums = segment_logps(model, packed)
+                scores[name][0][chunk] = sums[0::2].cpu()
+                scores[name][1][chunk] = sums[1::2].cpu()
+            bar.update(len(chunk))
     model.train(was_training)
     return PackedScores(policy=scores.get("policy"), reference=scores.get("reference"))

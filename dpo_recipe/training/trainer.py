@@ -8,9 +8,10 @@ changes is how much work a step does:
 - each pair is one packed row (``dpo_recipe.training.packing``): the prompt is computed once, nothing is
   padded, and only completion positions go through the LM head;
 - the reference log-probs (the base model with the adapter off) are computed once, before
-  training, in no-grad packed batches (``packing.score_packed``, the pass the held-out
-  evaluation runs too), and kept in ``base_cache`` under a key made of the base weights, the
-  tokenized pairs, max_length and precision, so a resume, a re-run or a sweep skips them.
+  training, forward-only (``packing.score_packed``, the pass the held-out evaluation runs too:
+  packed rows stacked up to a token budget, the LM head on scored positions only), and kept in
+  ``base_cache`` under a key made of the base weights, the tokenized pairs, max_length and
+  precision, so a resume, a re-run or a sweep skips them.
 
 The reference-free objectives (``losses.REFERENCE_FREE_LOSSES``: SimPO and ORPO, which TRL trains
 with its experimental CPO / ORPO trainers, not DPOTrainer) train on this path only: no reference
@@ -48,6 +49,7 @@ from dpo_recipe.training.losses import LOSSES, PairLogps, chosen_nll, preference
 from dpo_recipe.training.packing import (
     BLOCK_MASK_ATTENTION,
     PAIR_COLUMNS,
+    SCORING_TOKENS,
     PackedPairs,
     attention_implementation,
     longest_first,
@@ -207,6 +209,7 @@ class PackedDPOTrainer(DPOTrainer):
                 model,
                 [truncated(example, self.args.max_length) for example in examples],
                 rows=self._reference_rows(),
+                tokens=self._reference_tokens(),  # the rows stacked into one forward
                 processes=self.accelerator.num_processes,  # each scores every world-th pair: other rows
             )
             cached = self.base_cache.read_logps(key, len(examples))
@@ -233,22 +236,26 @@ class PackedDPOTrainer(DPOTrainer):
             policy=False,
             reference=True,
             progress_desc=f"Reference log-probs ({name})" if self.accelerator.is_local_main_process else None,
+            token_budget=self._reference_tokens(),
         ).reference
         scores = list(zip(mine, chosen.tolist(), rejected.tolist(), strict=True))
         gathered = sorted(gather_object(scores) if world > 1 else scores)
         return torch.tensor([s[1] for s in gathered]), torch.tensor([s[2] for s in gathered])
 
     def _reference_rows(self) -> int:
-        """Pairs per packed row in the reference pass: ``precompute_ref_batch_size``, else twice a training
-        step's (no gradients), except in bf16 / fp16, where a row's length changes the kernels' rounding (a
-        pair's summed log-prob moved by up to 1.1 nats between one and two pairs a row, measured on
-        SmolLM2-135M): there the pass packs rows as the steps do, so that with one pair a row policy and
-        reference agree exactly at step 0."""
-        if self.args.precompute_ref_batch_size:
-            return self.args.precompute_ref_batch_size
-        if self.args.bf16 or self.args.fp16:
-            return self.args.per_device_train_batch_size
-        return 2 * self.args.per_device_train_batch_size
+        """Pairs per packed row in the reference pass: ``precompute_ref_batch_size``, else a training step's.
+
+        In bf16 / fp16 a row's length changes the kernels' rounding (a pair's summed log-prob moved by up to
+        1.1 nats between one and two pairs a row, measured on SmolLM2-135M), so with one pair a row policy and
+        reference agree exactly at step 0 only if the pass packs rows as the steps do."""
+        return self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+
+    def _reference_tokens(self) -> int | None:
+        """The reference pass's token budget (``packing.score_packed``): in bf16 / fp16 none, so that each row
+        goes through the model's own forward alone, as a step computes it (the first loss is then ln 2 to the
+        bit); in fp32 rows are stacked and the LM head runs on scored positions only (a pair's sums move by
+        2e-7 relative at most against the step's computation)."""
+        return None if self.args.bf16 or self.args.fp16 else SCORING_TOKENS
 
     # ---- the step ------------------------------------------------------------------------------------
     def compute_loss(

@@ -50,11 +50,11 @@ def _with_lora(model, targets: list[str] | str, seed: int = 1, tokens: list[int]
 
 
 class _Forwards:
-    """Counts forward calls of a model, to see which passes ran."""
+    """Counts forward calls of a model's decoder, to see which passes ran."""
 
     def __init__(self, model) -> None:
         self.calls = 0
-        self.handle = model.get_base_model().register_forward_hook(self._count)
+        self.handle = model.get_base_model().get_decoder().register_forward_hook(self._count)
 
     def _count(self, *_) -> None:
         self.calls += 1
@@ -84,6 +84,41 @@ def test_keys_follow_inputs_settings_and_precision(tiny, tmp_path: Path) -> None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert autocast_precision("cpu") == "bfloat16"
         assert cache.key(tuned, [[1, 2, 3]], max_length=64) != key
+
+
+SCORING = '''"""A scoring module."""
+
+LIMIT = 4096  # tokens a forward
+
+
+def score(x):
+    """Why it scores so."""
+    return x * 2
+'''
+EDITS_THAT_CHANGE_NO_NUMBER = {
+    "a docstring": ("Why it scores so.", "Why it scores that way, at length."),
+    "a comment": ("# tokens a forward", "# tokens in one forward pass"),
+    "the layout": ("return x * 2", "return (\n        x * 2\n    )"),
+    "the module docstring": ('"""A scoring module."""', '"""Scoring."""'),
+}
+EDITS_THAT_MAY = {
+    "a constant": ("LIMIT = 4096", "LIMIT = 2048"),
+    "the code": ("return x * 2", "return x * 3"),
+    "a string that is not a docstring": ("return x * 2", "return 'x'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("edit", "changes"), [(e, False) for e in EDITS_THAT_CHANGE_NO_NUMBER] + [(e, True) for e in EDITS_THAT_MAY]
+)
+def test_the_code_digest_follows_the_code_not_its_docs(tmp_path: Path, edit: str, changes: bool) -> None:
+    """Entries are kept across edits to docstrings, comments and layout, and missed after any edit to what runs."""
+    module = tmp_path / "scoring.py"
+    module.write_text(SCORING, encoding="utf-8")
+    before = base_cache.code_digest([module])
+    old, new = {**EDITS_THAT_CHANGE_NO_NUMBER, **EDITS_THAT_MAY}[edit]
+    module.write_text(SCORING.replace(old, new), encoding="utf-8")
+    assert (base_cache.code_digest([module]) != before) is changes
 
 
 def test_entries_round_trip_and_a_cache_without_a_directory_keeps_nothing(tmp_path: Path) -> None:
@@ -120,7 +155,8 @@ def test_held_out_scoring_reads_the_base_half_from_the_cache(tiny, tmp_path: Pat
     first = score_pairs(tuned, tokenizer, rows[:12], max_length, 4, progress=False, cache=cache)
     cold = forwards.calls
     again = score_pairs(tuned, tokenizer, rows[:12], max_length, 4, progress=False, cache=cache)
-    assert (cold, forwards.calls - cold) == (6, 3)  # 3 packed batches: policy + reference, then policy alone
+    # 3 packed rows of 4 pairs, stacked into one forward: policy + reference, then policy alone
+    assert (cold, forwards.calls - cold) == (2, 1)
     assert again == first  # the same records, to the bit
     # another adapter on the same base reuses the entry; its own policy numbers are its own
     other = _with_lora(model, "all-linear", seed=5)
@@ -575,6 +611,10 @@ SCORING_MODULES = (
 )
 
 
+def test_the_code_digest_covers_every_module_that_computes_an_entry() -> None:
+    assert set(base_cache._SCORING_CODE) == set(SCORING_MODULES)
+
+
 @pytest.mark.parametrize("module", SCORING_MODULES)
 def test_an_edit_to_the_code_that_computes_an_entry_misses(tiny, tmp_path: Path, monkeypatch, module: str) -> None:
     from importlib.util import find_spec
@@ -583,10 +623,13 @@ def test_an_edit_to_the_code_that_computes_an_entry_misses(tiny, tmp_path: Path,
     cache = BaseCache(tmp_path)
     before = cache.key(model, [[1, 2, 3]])
     edited = tmp_path / "edited.py"
-    edited.write_bytes(Path(find_spec(module).origin).read_bytes() + b"\n# one more line\n")
     monkeypatch.setattr(
         base_cache, "find_spec", lambda name: SimpleNamespace(origin=edited) if name == module else find_spec(name)
     )
+    source = Path(find_spec(module).origin).read_bytes()
+    edited.write_bytes(source + b"\n# one more line of comment\n")
+    assert cache.key(model, [[1, 2, 3]]) == before  # what runs is the same: the entries stay
+    edited.write_bytes(source + b"\n_ONE_MORE_LINE = 1\n")
     assert cache.key(model, [[1, 2, 3]]) != before
 
 

@@ -13,10 +13,19 @@ import pytest
 import torch
 from conftest import TEST_DEVICE, tiny_overrides
 
-import dpo_recipe.training.packing
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.models.loading import load_model
-from dpo_recipe.training.packing import longest_first, pack_pairs, pair_logps, score_packed
+from dpo_recipe.training import packing
+from dpo_recipe.training.packing import (
+    OWN_HEAD_MODEL_TYPES,
+    longest_first,
+    pack_pairs,
+    pair_logps,
+    score_packed,
+    scored_token_logps,
+    segment_logps,
+    stack_rows,
+)
 from dpo_recipe.training.trainer import PackedCollator
 
 PAIRS = [  # not sorted by length: score_packed must hand results back in this order
@@ -57,30 +66,31 @@ def test_packing_rejected_never_sees_chosen(model) -> None:
     assert packed["attention_mask"][0, 0, 4].tolist() == [True, True, True, False, True] + [False] * 5
 
 
-def _small_model(family: str):
-    from transformers import (
-        Gemma3ForCausalLM,
-        Gemma3TextConfig,
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+def _small_model(family: str, vocab_size: int = 300):
+    import transformers
 
     torch.manual_seed(0)
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=64))
-    shape = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
-    if family == "gemma3":  # a sliding-window layer and a global one, as Gemma 3 alternates them
-        config = Gemma3TextConfig(
-            **shape,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=16,
-            layer_types=["sliding_attention", "full_attention"],
-        )
-        return Gemma3ForCausalLM(config)
-    return LlamaForCausalLM(LlamaConfig(**shape, num_attention_heads=4))
+        config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab_size, n_positions=64)
+        return transformers.GPT2LMHeadModel(config)
+    shape = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    shape |= {"num_attention_heads": 4, "num_key_value_heads": 2}
+    if family in ("gemma2", "gemma3"):  # a sliding-window layer and a global one, as Gemma alternates them
+        shape |= {"num_key_value_heads": 1, "head_dim": 16, "layer_types": ["sliding_attention", "full_attention"]}
+        # the final-logit soft-cap is part of the head: small enough to bend a random model's logits
+        shape |= {"final_logit_softcapping": 2.0}
+    if family == "gemma2":
+        return transformers.Gemma2ForCausalLM(transformers.Gemma2Config(**shape))
+    if family == "gemma3":
+        return transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**shape))
+    classes = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    config = getattr(transformers, f"{classes}Config")(**shape)
+    return getattr(transformers, f"{classes}ForCausalLM")(config)
+
+
+# one model of each type whose head the forward-only passes compute themselves (packing.OWN_HEAD_MODEL_TYPES)
+OWN_HEAD_FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
+OWN_HEAD_FAMILIES |= {"gemma2": "gemma2", "gemma3": "gemma3_text"}
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -121,8 +131,8 @@ def test_a_sliding_window_is_not_applied_inside_a_packed_row() -> None:
 
 
 def test_pack_pairs_docstring_example_runs() -> None:
-    result = doctest.testmod(dpo_recipe.training.packing)
-    assert result.attempted >= 5 and result.failed == 0
+    result = doctest.testmod(packing)
+    assert result.attempted >= 8 and result.failed == 0
 
 
 def test_longest_first_orders_by_total_tokens() -> None:
@@ -198,3 +208,97 @@ def test_scored_prompts_join_segments_after_every_completion() -> None:
     assert torch.equal(scored.predictor_index[:n], plain.predictor_index)
     assert scored.predictor_index[n:].tolist() == [0, 1] and scored.target_ids[n:].tolist() == [6, 7]
     assert scored.segment[n:].tolist() == [4, 4] and (plain.num_segments, scored.num_segments) == (4, 6)
+
+
+# ---------------------------------------------------------------------------- the forward-only passes' own head
+# score_packed stacks rows up to a token budget and runs the LM head itself on scored positions, in chunks:
+# each faster path against the plain computation, the model's own forward one packed row at a time.
+
+ROWS = [  # of different lengths, so that stacked rows carry padding
+    {"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]},
+    {"prompt_ids": [20, 21], "chosen_ids": [22], "rejected_ids": [23, 24, 25, 26]},
+    {"prompt_ids": [30], "chosen_ids": [31, 32, 33, 34, 35, 36], "rejected_ids": [37]},
+]
+
+
+def _stacked_and_alone(model, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment sums of ``rows`` stacked into one forward through the own head, and each row through the
+    model's own forward alone (the training step's computation)."""
+    packed = stack_rows([pack_pairs([row], None) for row in rows]).to(TEST_DEVICE)
+    with torch.inference_mode():
+        stacked = torch.zeros(packed.num_segments, device=TEST_DEVICE)
+        stacked = stacked.index_add(0, packed.segment, scored_token_logps(model, packed))
+        alone = torch.cat([segment_logps(model, pack_pairs([row], None).to(TEST_DEVICE)) for row in rows])
+    return stacked, alone
+
+
+def test_every_own_head_model_type_is_tested() -> None:
+    assert sorted(OWN_HEAD_FAMILIES.values()) == sorted(OWN_HEAD_MODEL_TYPES)
+
+
+@pytest.mark.parametrize(  # Gemma 2's attention soft-cap has no SDPA kernel: eager alone
+    ("family", "attention"),
+    [(family, attention) for family in OWN_HEAD_FAMILIES for attention in ("sdpa", "eager") if family != "gemma2"]
+    + [("gemma2", "eager")],
+)
+def test_stacked_rows_and_the_own_head_give_the_models_own_logps(family: str, attention: str, monkeypatch) -> None:
+    """Padding, the position scheme, Gemma's soft-cap: stacked rows through the own head, 2 positions a head
+    chunk, give what the model's own forward gives each row alone. ``DPO_RECIPE_TEST_DEVICE=cuda`` runs it
+    on a GPU."""
+    model = _small_model(family).to(TEST_DEVICE).eval()
+    model.set_attn_implementation(attention)
+    assert model.config.model_type == OWN_HEAD_FAMILIES[family] and packing.computes_own_head(model)
+    monkeypatch.setattr(packing, "HEAD_CHUNK_LOGITS", 2 * 300)  # several chunks, the last one short
+    stacked, alone = _stacked_and_alone(model, ROWS)
+    assert torch.allclose(stacked, alone, rtol=1e-5, atol=0), (stacked - alone).abs().max()
+
+
+def test_the_own_head_in_chunks_on_a_262k_vocabulary() -> None:
+    """Gemma 3's vocabulary size: 64 scored positions a head chunk, so a long row takes several chunks."""
+    model = _small_model("gemma3", vocab_size=262_144).eval()
+    rows = [{"prompt_ids": [5, 6], "chosen_ids": list(range(100, 170)), "rejected_ids": list(range(200, 230))}]
+    assert packing.HEAD_CHUNK_LOGITS // 262_144 == 64 < 100
+    stacked, alone = _stacked_and_alone(model, rows + ROWS)
+    assert torch.allclose(stacked, alone, rtol=1e-5, atol=0), (stacked - alone).abs().max()
+
+
+class _Calls:
+    """Counts forward calls of a module."""
+
+    def __init__(self, module) -> None:
+        self.count = 0
+        module.register_forward_hook(self._counted)
+
+    def _counted(self, *_) -> None:
+        self.count += 1
+
+
+@pytest.mark.parametrize("budget", [1, 21, 10_000])
+def test_token_budget_batching_gives_per_pair_scores(lora_model, budget: int) -> None:
+    """Rows stacked up to the budget (one a forward, two, all five) give what scoring each pair alone gives."""
+    lora_model.eval()
+    decoder = _Calls(lora_model.get_base_model().get_decoder())
+    scores = score_packed(lora_model, PAIRS, None, batch_size=1, policy=True, reference=False, token_budget=budget)
+    assert decoder.count == {1: 5, 21: 3, 10_000: 1}[budget]  # rows of 11 | 10, 7 | 5, 4 tokens at 21
+    assert torch.allclose(torch.stack(scores.policy, dim=1), _alone(lora_model, None), rtol=1e-5, atol=0)
+
+
+def test_without_a_budget_or_an_own_head_each_row_goes_through_the_models_forward(lora_model, monkeypatch) -> None:
+    """``token_budget`` None (the reference pass in half precision) and a model type whose head is not known
+    to be plain both take the training step's path: the model's forward, one packed row at a time."""
+    lora_model.eval()
+    expected = _alone(lora_model, None)
+    forwards = _Calls(lora_model.get_base_model())
+    unbudgeted = score_packed(lora_model, PAIRS, None, batch_size=2, policy=True, reference=False, token_budget=None)
+    assert forwards.count == 3  # 5 pairs, 2 a row
+    monkeypatch.setattr(packing, "OWN_HEAD_MODEL_TYPES", ())
+    assert not packing.computes_own_head(lora_model)
+    unknown = score_packed(lora_model, PAIRS, None, batch_size=1, policy=True, reference=False)
+    assert forwards.count == 3 + 5
+    for scores in (unbudgeted, unknown):
+        assert torch.allclose(torch.stack(scores.policy, dim=1), expected, rtol=1e-5, atol=0)
+
+
+def test_stack_rows_refuses_prompt_segments() -> None:
+    with pytest.raises(ValueError, match="completion scoring only"):
+        stack_rows([pack_pairs(ROWS[:1], None, score_prompts=True)])
