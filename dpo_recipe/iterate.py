@@ -33,6 +33,7 @@ from typing import Any
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.vocabulary import split_judge_spec
 from dpo_recipe.errors import RecipeError
+from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE, RunContext
 from dpo_recipe.training.run_dir import is_finished
 from dpo_recipe.utils.files import write_file_atomically
@@ -113,7 +114,7 @@ def checked_plan(
     items = (*overrides, *((f"iterate.rounds={rounds}",) if rounds is not None else ()))
     context = RunContext(recipe=recipe, overrides=items, output_dir=output_dir, resume=resume, overwrite=overwrite)
     loaded = context.load_recipe()
-    if loaded.training.objective != "dpo":
+    if objective_for(loaded).unit != "pairs":  # what one training example of the objective is
         raise RecipeError(
             f"iterate makes pairs, which objective {loaded.training.objective} does not train: use a recipe with "
             "training.objective dpo (any loss_type)."

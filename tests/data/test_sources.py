@@ -192,7 +192,8 @@ def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Pa
         converted_source(mixture({**SHAREGPT, "split": "dev"}))
 
     sources = (
-        "data.sources=[{source: a.jsonl, weight: 1, fraction: 0.5}, {form: chat, weight: 0}, {source: c.jsonl, mix: 1}]"
+        "data.sources=[{source: a.jsonl, weight: 1, fraction: 0.5}, {form: dialogue, weight: 0}, "
+        "{source: c.jsonl, mix: 1}]"
     )
     with pytest.raises(RecipeError) as err:
         load_recipe("tiny-ja", [sources])
@@ -203,7 +204,7 @@ def test_a_mixture_refuses_text_with_messages_and_names_bad_sources(tmp_path: Pa
         "data.sources[1].source: required (a file, a dataset directory or a Hub id)",
         "data.sources[1].weight: must be a finite number > 0",
         "data.sources[1].form: expected one of auto, standard, implicit, hh, ranked, sharegpt, openai, unpaired, "
-        "completion, chat",
+        "completion, chat, got 'dialogue'",
         "data.sources[2].mix: not a per-source key",
     ):
         assert problem in message, problem

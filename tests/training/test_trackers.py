@@ -99,7 +99,7 @@ def test_wandb_online_without_a_login_is_refused_before_weights_load(
     monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
     with pytest.raises(RecipeError) as refused:
         run("tiny-ja", tiny_overrides(tiny_model, "training.report_to=wandb"), output_dir=str(tmp_path / "out"))
-    assert "training.report_to: wandb cannot log in here (No API key configured." in str(refused.value)
+    assert "training.report_to: wandb cannot log in here (" in str(refused.value)  # wandb's own reason follows
     assert "set WANDB_MODE=offline to keep the run in a local folder" in str(refused.value)
     assert not (tmp_path / "out").exists()
 
