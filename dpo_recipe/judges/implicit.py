@@ -135,7 +135,7 @@ def load_implicit_judge(adapter: str, settings: JudgeSection) -> ImplicitJudge:
     adapter_dir, recipe, model_section = adapter_base(adapter)
     model, tokenizer = load_adapter_model(adapter_dir, model_section)
     if recipe.lora.train_init_adapter and recipe.lora.init_adapter_reference == "start":
-        model.load_adapter(str(init_adapter_dir(recipe.model)), adapter_name="ref")
+        model.load_adapter(str(init_adapter_dir(str(recipe.model.init_adapter))), adapter_name="ref")
         model.set_adapter("default")
     judge = ImplicitJudge(
         model,
