@@ -91,6 +91,9 @@ def test_wandb_online_without_a_login_is_refused_before_weights_load(
 ) -> None:
     import importlib
 
+    import wandb
+
+    wandb.teardown()  # W&B keeps its settings a process: an earlier test's offline mode would skip the check
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc entry
