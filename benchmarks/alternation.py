@@ -15,6 +15,19 @@ from collections.abc import Callable
 from typing import Any
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (pairs, rounds), refused with the value otherwise."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def chosen(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     """The comma-separated names of ``value``, each one of ``allowed``, or exit naming ``flag`` and the choices."""
     names = [name.strip() for name in value.split(",") if name.strip()]

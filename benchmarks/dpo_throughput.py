@@ -50,6 +50,7 @@ from alternation import (  # the shared one-process-per-run harness
     alternated,
     answered_as_worker,
     chosen,
+    positive,
     run_in_process,
     tiny_model_dir,
 )
@@ -68,12 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="A recipe override, for all."
     )
-    parser.add_argument("--pairs", type=int, default=64, help="Training pairs per run.")
-    parser.add_argument("--eval-pairs", type=int, default=32, help="Held-out pairs scored after each run.")
-    parser.add_argument("--max-length", type=int, help="training.max_length (default: the recipe's).")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pairs", type=positive, default=64, help="Training pairs per run.")
+    parser.add_argument("--eval-pairs", type=positive, default=32, help="Held-out pairs scored after each run.")
+    parser.add_argument("--max-length", type=positive, help="training.max_length (default: the recipe's).")
+    parser.add_argument("--rounds", type=positive, default=2)
     parser.add_argument(
-        "--dpo-recipe-batch", type=int, help="dpo-recipe's pairs per packed row (default: the recipe's)."
+        "--dpo-recipe-batch", type=positive, help="dpo-recipe's pairs per packed row (default: the recipe's)."
     )
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Every configuration's precision."
@@ -131,7 +132,10 @@ def _layout(recipe: Any, batch: int) -> Any:
     t = recipe.training
     effective = t.per_device_batch_size * t.gradient_accumulation_steps
     if effective % batch:
-        raise SystemExit(f"a batch of {batch} does not divide the recipe's effective batch of {effective}")
+        raise SystemExit(
+            f"--dpo-recipe-batch {batch} does not divide the recipe's effective batch of {effective} "
+            "(training.per_device_batch_size x training.gradient_accumulation_steps): give one of its divisors"
+        )
     training = dataclasses.replace(t, per_device_batch_size=batch, gradient_accumulation_steps=effective // batch)
     return dataclasses.replace(recipe, training=training)
 
@@ -336,9 +340,16 @@ def main(argv: list[str] | None = None) -> None:
         args.max_length = 512 if args.workload == "long-prompt" else 64  # a long prompt must fit whole
         tiny_dir = tiny_model_dir()
     else:
+        from dpo_recipe.errors import DpoRecipeError
         from dpo_recipe.models.loading import resolve_model_source
 
-        resolve_model_source(_recipe(args).model)  # a GGUF base is converted once here, not inside a timed run
+        try:  # a bad --recipe, --set or layout is said here, in one line, before any run
+            recipe = _recipe(args)
+            if args.dpo_recipe_batch:
+                _layout(recipe, args.dpo_recipe_batch)
+            resolve_model_source(recipe.model)  # a GGUF base is converted once here, not inside a timed run
+        except DpoRecipeError as exc:
+            raise SystemExit(str(exc)) from None
     runs = alternated(
         configs,
         args.rounds,

@@ -35,6 +35,7 @@ from alternation import (  # the shared one-process-per-run harness
     alternated,
     answered_as_worker,
     chosen,
+    positive,
     run_in_process,
     tiny_model_dir,
 )
@@ -46,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", help="A trained adapter directory (its recipe.yaml names the base).")
     parser.add_argument("--recipe", default="gemma3-270m-ja", help="Recipe whose held-out split is scored.")
-    parser.add_argument("--pairs", type=int, default=32, help="Held-out pairs scored.")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pairs", type=positive, default=32, help="Held-out pairs scored.")
+    parser.add_argument("--rounds", type=positive, default=2)
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS)
     )
@@ -194,6 +195,16 @@ def main(argv: list[str] | None = None) -> None:
         tiny_dir = tiny_model_dir()
     elif not args.adapter:
         raise SystemExit("--adapter: give a trained adapter directory (e.g. outputs/quickstart/adapter), or --smoke")
+    else:
+        from dpo_recipe.config.loader import load_recipe
+        from dpo_recipe.errors import DpoRecipeError
+        from dpo_recipe.models.adapters import adapter_base
+
+        try:  # a bad --adapter or --recipe is said here, in one line, before any run
+            adapter_base(args.adapter, None)
+            load_recipe(args.recipe)
+        except DpoRecipeError as exc:
+            raise SystemExit(str(exc)) from None
     runs = alternated(
         variants,
         args.rounds,
