@@ -31,10 +31,11 @@ PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL's tokenized p
 # stacked rows are of about one length and padding stays small; a row longer than the budget goes alone
 SCORING_TOKENS = 4096
 # logits held at once where the LM head runs in chunks of scored positions (their log-softmax overwrites
-# them): 2**26 floats (256 MiB), 256 positions of Gemma 3's 262,144-word vocabulary. Each chunk reads the
-# whole 640 x 262,144 head: on a 2-core CPU a position took 4.3 ms in chunks of 64, 3.4 ms in chunks of 256
-# and 2.8 ms in chunks of 1,024 (at 1 GiB of logits a chunk)
-HEAD_CHUNK_LOGITS = 2**26
+# them): 2**25 floats (128 MiB), 128 positions of Gemma 3's 262,144-word vocabulary. Each chunk reads the
+# whole 640 x 262,144 head: on a 2-core CPU a position took 4.3 ms in chunks of 64, 3.8 in chunks of 128,
+# 3.4 in chunks of 256 and 2.8 in chunks of 1,024; but with glibc's freed memory kept in the heap
+# (``dpo-recipe eval``) chunks of 256 raised the peak RSS of scoring 32 Gemma pairs by 500-750 MB, 128 by 30-50
+HEAD_CHUNK_LOGITS = 2**25
 # model types whose causal-LM forward is nothing but the LM head on the decoder's last hidden state (Gemma 2
 # and 3: then a final-logit soft-cap, which scored_token_logps applies): the forward-only passes run that head
 # themselves, on scored positions only. Each is checked against the model's own forward in
@@ -293,7 +294,7 @@ def scored_token_logps(model: Any, packed: PackedPairs) -> torch.Tensor:
     The head and log-softmax run outside any autocast, in the weights' dtype and then fp32 (all fp32 for an
     fp32 model, so under bf16 autocast only the decoder runs in bf16). The log-softmax is the one a training
     step takes (``segment_logps``): in fp32 a row scored alone gives the step's sums bit for bit (Gemma 3
-    270M, the tiny Llama), and stacked rows moved a pair's sum by 2e-7 relative at most. Only for
+    270M, the tiny Llama), and stacked rows moved a pair's sum by 5e-7 relative at most (32 Gemma pairs). Only for
     ``computes_own_head`` models: this is their forward, from the last hidden state on."""
     causal_lm = _causal_lm(model)
     hidden = causal_lm.get_decoder()(
