@@ -292,7 +292,8 @@ class EvalSection:
     )
     num_generations: int = recipe_key(
         4,
-        "Held-out prompts (one per topic) answered greedily by the base and the tuned model, and scored by the "
+        "Held-out prompts (one per topic, then a second per topic, ...) answered greedily by the base and the "
+        "tuned model, and scored by the "
         "answer checks (Japanese share, topic named, repetition, sentence end).",
         min=0,
     )

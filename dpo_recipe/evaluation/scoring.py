@@ -17,6 +17,7 @@ the one definition of the flags.
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,7 @@ def evaluate_adapter(
     and answers, which are the same every run on that base; ``stopwatch`` times scoring and answers.
 
     The report: ``summarise``'s keys, ``per_pair`` (``score_pairs``'s records with their reward
-    margin), ``generations`` (held-out prompts, one per topic, answered by the base and the tuned
+    margin), ``generations`` (held-out prompts spread over the topics, answered by the base and the tuned
     model with each answer's checks) and ``answer_checks`` (their summary and the decoding used).
     """
     from accelerate import PartialState
@@ -244,12 +245,19 @@ def evaluate_adapter(
     return report
 
 
-def one_per_topic(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """The first row of each topic (of each prompt, without a topic column): distinct questions to answer."""
-    picked: dict[str, dict[str, Any]] = {}
+def questions_across_topics(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Distinct questions to answer, spread over the topics: the first question of each topic, then the second
+    of each, and so on (without a topic column, each distinct prompt once), ``limit`` at most. Up to one a
+    topic the pick is the first row of each, so asking for more questions keeps the ones asked before."""
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
     for row in rows:
-        picked.setdefault(str(row.get("topic", row["prompt"])), row)
-    return list(picked.values())[:limit]
+        question = str(row["prompt"])
+        if question not in seen:
+            seen.add(question)
+            by_topic.setdefault(str(row.get("topic", question)), []).append(row)
+    rounds = zip_longest(*by_topic.values())
+    return [row for round_ in rounds for row in round_ if row is not None][:limit]
 
 
 def checked_answers(
@@ -263,7 +271,7 @@ def checked_answers(
         "repetition_penalty": settings.repetition_penalty,
         "no_repeat_ngram_size": settings.no_repeat_ngram_size,
     }
-    picked = one_per_topic(rows, settings.num_generations)
+    picked = questions_across_topics(rows, settings.num_generations)
     print(f"Answering {len(picked)} held-out prompts, base and tuned, {settings.max_new_tokens} new tokens at most ...")
     answers = greedy_answers(model, tokenizer, picked, settings.max_new_tokens, cache=cache, **decoding)
     for answer, row in zip(answers, picked, strict=True):

@@ -248,10 +248,14 @@ def test_held_out_answers_carry_their_checks_and_summary(trained: Path) -> None:
     assert f"| tuned | {100 * checks['tuned']['japanese_share']:.1f}% |" in table
 
 
-def test_one_per_topic_keeps_the_first_row_of_each_topic() -> None:
-    from dpo_recipe.evaluation.scoring import one_per_topic
+def test_questions_across_topics_takes_each_topics_first_question_then_the_next() -> None:
+    from dpo_recipe.evaluation.scoring import questions_across_topics
 
-    rows = [{"prompt": p, "topic": t} for p, t in [("a1", "A"), ("a2", "A"), ("b1", "B"), ("c1", "C")]]
-    assert [r["prompt"] for r in one_per_topic(rows, 5)] == ["a1", "b1", "c1"]
-    assert [r["prompt"] for r in one_per_topic(rows, 2)] == ["a1", "b1"]
-    assert [r["prompt"] for r in one_per_topic([{"prompt": "x"}, {"prompt": "x"}, {"prompt": "y"}], 5)] == ["x", "y"]
+    pairs = [("a1", "A"), ("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B"), ("c1", "C"), ("c2", "C")]
+    rows = [{"prompt": p, "topic": t} for p, t in pairs]  # a1 twice: two pairs of one question
+    assert [r["prompt"] for r in questions_across_topics(rows, 2)] == ["a1", "b1"]
+    assert [r["prompt"] for r in questions_across_topics(rows, 3)] == ["a1", "b1", "c1"]  # one a topic first
+    assert [r["prompt"] for r in questions_across_topics(rows, 5)] == ["a1", "b1", "c1", "a2", "c2"]
+    assert [r["prompt"] for r in questions_across_topics(rows, 99)] == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    untopical = [{"prompt": "x"}, {"prompt": "x"}, {"prompt": "y"}]
+    assert [r["prompt"] for r in questions_across_topics(untopical, 5)] == ["x", "y"]
