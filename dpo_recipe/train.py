@@ -505,9 +505,10 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
         print(early_stopping_sentence(training.early_stopping))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
     if judge_failure is not None:  # the run is saved; what the judge said stops it before a push
+        held_out = f" --max-pairs {recipe.data.max_eval_pairs}" if recipe.data.max_eval_pairs else ""
         raise JudgeError(
             f"{judge_failure} The run itself is saved in {out} (adapter, metrics.json, card), without the judged win "
-            f"rate; judge its answers with: dpo-recipe eval --adapter {out} --judge {recipe.eval.judge} "
+            f"rate; judge its answers with: dpo-recipe eval --adapter {out}{held_out} --judge {recipe.eval.judge} "
             f"--judge-recipe {out / 'recipe.yaml'} --out {out / 'eval_report.json'}"
         )
     if recipe.hub.push:

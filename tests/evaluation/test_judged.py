@@ -14,6 +14,7 @@ from fake_openai import TEMPLATE, FakeOpenAI, shown_answers
 
 from dpo_recipe.config.schema import JudgeSection
 from dpo_recipe.errors import JudgeError
+from dpo_recipe.evaluation.command import run_eval
 from dpo_recipe.evaluation.judged import TIE, journal_path, judge_answers, judge_report, outcome
 from dpo_recipe.evaluation.report import judged_line
 from dpo_recipe.judges import judge_for
@@ -157,23 +158,39 @@ def test_an_implicit_judge_at_the_end_of_training_lands_in_metrics_report_and_ca
 
 def test_a_judge_that_fails_at_the_end_of_training_leaves_the_run_saved(tiny_model: Path, tmp_path: Path) -> None:
     """The endpoint goes down after one reply: the run is saved (adapter, metrics, card) without the judged
-    figure, the reply is kept, and the error names the command that judges the rest."""
+    figure, the reply is kept, and the command the error names judges the rest, asking only what it had not."""
     out = tmp_path / "run"
     with FakeOpenAI("longer", down_after=1) as server:
         settings = [
             *QUICK,
             f"eval.judge=openai:{server.url}",
+            "training.learning_rate=5e-2",  # tuned answers that differ from the base's
             "judge.retries=0",
             f"judge.prompt_template={json.dumps(TEMPLATE)}",
         ]
         with pytest.raises(JudgeError) as failure:
             run("tiny-ja", tiny_overrides(tiny_model, *settings), output_dir=str(out))
-    message = str(failure.value)
-    assert f"The run itself is saved in {out} (adapter, metrics.json, card), without the judged win rate" in message
-    assert (
-        f"dpo-recipe eval --adapter {out} --judge openai:{server.url} --judge-recipe {out / 'recipe.yaml'}" in message
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert "judged" not in metrics["eval"] and metrics["eval"]["overall"]["pairs"] == 4
-    assert (out / "adapter_model.safetensors").is_file() and "Judged win rate" not in (out / "README.md").read_text()
-    assert len(journal_path(out / "eval_report.json").read_text().splitlines()) == 1
+        message = str(failure.value)
+        assert f"The run itself is saved in {out} (adapter, metrics.json, card), without the judged win rate" in message
+        command = f"--adapter {out} --max-pairs 4 --judge openai:{server.url} --judge-recipe {out / 'recipe.yaml'}"
+        assert f"dpo-recipe eval {command} --out {out / 'eval_report.json'}" in message
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert "judged" not in metrics["eval"] and metrics["eval"]["overall"]["pairs"] == 4
+        assert (out / "adapter_model.safetensors").is_file() and "Judged win rate" not in (
+            out / "README.md"
+        ).read_text()
+        journal = journal_path(out / "eval_report.json")
+        assert len(journal.read_text().splitlines()) == 1
+        server.down_after = None  # back up: the command the error gave
+        before, kept = len(server.requests), server.requests[0]["body"]["messages"][-1]["content"]
+        report = run_eval(
+            str(out),
+            max_pairs=4,
+            judge=f"openai:{server.url}",
+            judge_recipe=str(out / "recipe.yaml"),
+            out=out / "eval_report.json",
+        )
+    assert report is not None and report["judged"]["questions"] == 3
+    asked = [r["body"]["messages"][-1]["content"] for r in server.requests[before:]]
+    assert kept not in asked and server.answered == 1 + len(asked) == 1 + report["judged"]["judge_figures"]["asked"]
+    assert json.loads((out / "eval_report.json").read_text())["judged"] == report["judged"] and not journal.exists()
