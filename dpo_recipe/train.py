@@ -434,7 +434,6 @@ def judge_held_out(training: TrainingRun, report: dict[str, Any] | None) -> Judg
     recipe, trainer = training.recipe, training.trainer
     if not (recipe.eval.judge and report and report.get("generations")):
         return None
-    journal = journal_path(training.out / "eval_report.json")
     try:
         with training.stopwatch.phase("judging"), trainer.accelerator.autocast():
             judge = answer_judge(
@@ -445,10 +444,10 @@ def judge_held_out(training: TrainingRun, report: dict[str, Any] | None) -> Judg
                 beta=recipe.training.beta,
                 max_length=recipe.training.max_length,
                 cache=training.cache,
-                journal=journal,
+                journal=journal_path(training.out / "eval_report.json"),
                 adapter=str(training.out),
             )
-            judge_report(report, training.eval_rows, judge, journal)
+            judge_report(report, training.eval_rows, judge)
     except JudgeError as failure:
         return failure
     return None

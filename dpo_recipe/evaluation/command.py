@@ -200,7 +200,7 @@ def run_eval(
                 journal=journal_path(out),
                 adapter=adapter,
             )
-            judge_report(report, rows, judging, journal_path(out))
+            judge_report(report, rows, judging)
     report["adapter"] = adapter
     report["base_model"] = model_section.name_or_path
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ The win rate is (wins + ties / 2) / questions, a tie half a win (AlpacaEval's co
 interval over the questions, the reward accuracy's (``dpo_preference.wilson_interval``). A question then scores
 0, 1/2 or 1, whose variance is at most the binomial's, so with ties the interval is if anything too wide.
 
-``implicit`` is the tuned adapter's own reward, beta x (log pi - log pi_ref): its greedy answers are the ones it
-rates highest, so it favours them by construction. It says whether the adapter's preference shows in what it
-writes, not whether a reader would prefer it; the report names the judge beside the figure.
+``implicit`` is the tuned adapter's own reward, beta x (log pi - log pi_ref): the model judges its own answers.
+It says whether what the adapter writes is what its preference rates above the base's answer, not whether a
+reader would prefer it; the report names the judge beside the figure.
 
 An endpoint's replies are appended to a journal beside the report (``journal_path``) as they arrive; a judge that
 fails half-way (an endpoint down) raises ``JudgeError`` and the same command asks only what it has not asked yet.
@@ -111,13 +111,16 @@ def judge_answers(judge: Judge, generations: list[dict[str, Any]], prompts: list
     return {"judge": judge.spec, **tally(outcomes), "judge_figures": dict(judge.summary)}
 
 
-def judge_report(report: dict[str, Any], rows: list[dict[str, Any]], judge: Judge, journal: Path) -> dict[str, Any]:
+def judge_report(report: dict[str, Any], rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
     """The judged comparison of a held-out report's answers (``report["generations"]``, written from ``rows``) by
-    ``judge`` (``answer_judge``), ``report["judged"]`` once done; ``journal``, the judge's replies, is removed then
-    (every reply is in the report)."""
+    ``judge`` (``answer_judge``), ``report["judged"]`` once done. An endpoint's journal of replies is removed then
+    (every reply is in the report); a link there, or a file where a judge that keeps none would keep one, is not
+    the judge's and stays."""
     generations = report["generations"]
     prompts = [row["prompt"] for row in one_per_topic(rows, len(generations))]  # the rows they answered
     print(f"Judging {len(generations)} held-out answers of the tuned model against the base's with {judge.spec} ...")
     report["judged"] = judge_answers(judge, generations, prompts)
-    journal.unlink(missing_ok=True)
+    journal = getattr(judge, "journal", None)  # EndpointJudge's
+    if journal is not None and not journal.is_symlink():
+        journal.unlink(missing_ok=True)
     return report["judged"]

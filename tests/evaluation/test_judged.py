@@ -121,12 +121,12 @@ def test_a_judge_that_fails_half_way_keeps_its_replies_and_goes_on_from_there(tm
     assert journal.name == "eval_report.judge-replies.jsonl" and journal.name in RUN_ENTRIES  # --overwrite's to remove
     with FakeOpenAI("longer", down_after=3) as server:
         with pytest.raises(JudgeError) as failure:
-            judge_report(report, rows, endpoint(server.url, journal), journal)
+            judge_report(report, rows, endpoint(server.url, journal))
         message = str(failure.value)
         assert "HTTP 503 from the endpoint" in message and "Nothing already judged is lost" in message
         assert "judged" not in report and len(journal.read_text().splitlines()) == 3
         server.down_after = None  # back up
-        judged = judge_report(report, rows, endpoint(server.url, journal), journal)
+        judged = judge_report(report, rows, endpoint(server.url, journal))
     assert server.answered == 6  # 3 before it went down, the 3 it had not been asked after
     assert (judged["wins"], judged["losses"], judged["ties"]) == (2, 1, 0) and report["judged"] is judged
     assert judged["judge_figures"]["from_journal"] == 3 and judged["judge_figures"]["asked"] == 3
@@ -194,3 +194,20 @@ def test_a_judge_that_fails_at_the_end_of_training_leaves_the_run_saved(tiny_mod
     asked = [r["body"]["messages"][-1]["content"] for r in server.requests[before:]]
     assert kept not in asked and server.answered == 1 + len(asked) == 1 + report["judged"]["judge_figures"]["asked"]
     assert json.loads((out / "eval_report.json").read_text())["judged"] == report["judged"] and not journal.exists()
+
+
+def test_a_file_where_the_journal_goes_is_the_judges_only_when_it_wrote_it(tmp_path: Path) -> None:
+    """A judge that keeps no journal (rules) leaves a file of that name alone; an endpoint never writes through a
+    link there, and the file the link names is untouched."""
+    generations = answers(("短い。", "長い回答です。"))
+    journal = journal_path(tmp_path / "eval_report.json")
+    journal.write_text("the user's own\n")
+    judge_report({"generations": generations}, [{"prompt": "問"}], judge_for("rules", JudgeSection()))
+    assert journal.read_text() == "the user's own\n"
+    journal.unlink()
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep\n")
+    journal.symlink_to(target)
+    with FakeOpenAI("longer") as server, pytest.raises(JudgeError, match="is a symbolic link; the judge's journal is"):
+        judge_report({"generations": generations}, [{"prompt": "問"}], endpoint(server.url, journal))
+    assert target.read_text() == "keep\n" and journal.is_symlink()
