@@ -10,8 +10,8 @@ Each question is one comparison:
   (``EndpointJudge.judge_groups``): the tuned answer wins when both orders pick it, loses when both pick the
   base's, and ties when the orders disagree (the judge preferred a position, not an answer);
 - a scoring judge (``rules``, ``implicit``, ``reward-model``) scores each answer alone; the higher score wins and
-  scores within ``TIE`` of each other tie. The judges keep 6 decimals of a score, so ``TIE`` (1e-6) is one unit of
-  the last one kept: two answers the judge scored alike, not a rounding apart.
+  scores within ``TIE`` of each other, that included, tie. The judges keep 6 decimals of a score, so ``TIE``
+  (1e-6) is one unit of the last one kept: two scores that may differ by their rounding alone tie.
 
 The win rate is (wins + ties / 2) / questions, a tie half a win (AlpacaEval's convention), with Wilson's 95 %
 interval over the questions, the reward accuracy's (``dpo_preference.wilson_interval``). A question then scores
@@ -35,7 +35,7 @@ from dpo_recipe.evaluation.scoring import one_per_topic
 from dpo_recipe.judges.base import Group, Judge, Verdict
 from dpo_recipe.training.base_cache import BaseCache
 
-TIE = 1e-6  # scores this close are the same score (the judges keep 6 decimals)
+TIE = 1e-6  # scores this close are the same score (the judges keep 6 decimals: one unit of the last)
 OUTCOMES = ("win", "tie", "loss")  # of the tuned answer against the base's
 
 
@@ -71,7 +71,7 @@ def answer_judge(
 
 def outcome(base: Verdict, tuned: Verdict) -> str:
     """The tuned answer's ``win`` / ``tie`` / ``loss`` against the base's, by their scores."""
-    difference = tuned.score - base.score
+    difference = round(tuned.score - base.score, 9)  # 0.500001 - 0.5 is 1.0000000000287557e-06 in floats
     return "win" if difference > TIE else "loss" if difference < -TIE else "tie"
 
 

@@ -65,6 +65,7 @@ def test_scores_within_the_tie_margin_tie() -> None:
     base = Verdict(0.5, "")
     assert TIE == 1e-6
     assert outcome(base, Verdict(0.5 + 5e-7, "")) == "tie" and outcome(base, Verdict(0.5 - 5e-7, "")) == "tie"
+    assert outcome(base, Verdict(0.500001, "")) == "tie" and outcome(Verdict(0.500001, ""), base) == "tie"  # 1e-6
     assert outcome(base, Verdict(0.5 + 2e-6, "")) == "win" and outcome(base, Verdict(0.5 - 2e-6, "")) == "loss"
 
 
