@@ -122,13 +122,18 @@ def evaluate(
     max_pairs: int | None = None,
     out: str | Path = "eval_report.json",
     trust_remote_code: bool = False,
+    judge: str | None = None,
+    judge_recipe: str | None = None,
+    judge_overrides: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Score an adapter (directory or Hub id) on held-out pairs: reward accuracy, before / after, by failure type.
 
     Defaults come from the adapter's ``recipe.yaml`` (base model, data source, beta), so scoring a
     training run's own adapter reproduces its ``metrics.json`` ``eval`` numbers. Prints the Markdown
     tables (``evaluation.markdown_summary``), writes the JSON report to ``out`` and charts beside it,
-    and returns the report (``None`` on non-main processes).
+    and returns the report (``None`` on non-main processes). ``judge`` (``rules``, ``implicit``,
+    ``reward-model:PATH_OR_ID``, ``openai:URL``) also judges the tuned answers against the base's (the report's
+    ``judged``), with the judge keys of ``judge_recipe`` and ``judge_overrides`` (``judge.KEY=VALUE`` items).
     """
     from dpo_recipe.evaluation.command import run_eval
 
@@ -141,6 +146,9 @@ def evaluate(
         max_pairs=max_pairs,
         out=Path(out),
         trust_remote_code=trust_remote_code,
+        judge=judge,
+        judge_recipe=judge_recipe,
+        judge_overrides=tuple(judge_overrides),
     )
 
 

@@ -35,7 +35,7 @@ from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.stages import Stage
 from dpo_recipe.config.trust import fetched_summary
 from dpo_recipe.data.sources import pin_hub_revision, sample_rows
-from dpo_recipe.errors import RecipeError, RunInterrupted, exit_on_user_error
+from dpo_recipe.errors import JudgeError, RecipeError, RunInterrupted, exit_on_user_error
 from dpo_recipe.models.adapters import load_policy
 from dpo_recipe.models.hardware import check_hardware, check_launch
 from dpo_recipe.training.launch import first_process
@@ -368,6 +368,10 @@ def checked_recipe(context: RunContext) -> Recipe:
     check_launch()
     cache_root()  # an empty DPO_RECIPE_CACHE, or one naming a file, is refused before anything runs
     check_trackers(recipe.training)  # a tracker's missing package, before anything loads
+    if recipe.eval.judge:  # an endpoint's unset key variable, a reward model that is a classifier
+        from dpo_recipe.judges import check_judge
+
+        check_judge(recipe.eval.judge, recipe.judge)
     if not context.dry_run:
         out = Path(recipe.training.output_dir)
         check_output_dir(out, resume=context.resume, overwrite=context.overwrite, first=first_process())
@@ -421,6 +425,34 @@ def train(training: TrainingRun) -> None:
     training.early_stopping = keep_best_adapter(trainer)  # the best evaluation's adapter is the run's
 
 
+def judge_held_out(training: TrainingRun, report: dict[str, Any] | None) -> JudgeError | None:
+    """``eval.judge``: the held-out answers judged tuned against base into ``report["judged"]`` (main process,
+    inside the trainer's autocast, as the answers were written). A judge that fails (an endpoint down) is
+    returned, not raised: the run is saved first, and its replies so far stay in the journal beside the report."""
+    from dpo_recipe.evaluation.judged import answer_judge, journal_path, judge_report
+
+    recipe, trainer = training.recipe, training.trainer
+    if not (recipe.eval.judge and report and report.get("generations")):
+        return None
+    try:
+        with training.stopwatch.phase("judging"), trainer.accelerator.autocast():
+            judge = answer_judge(
+                recipe.eval.judge,
+                recipe.judge,
+                model=trainer.accelerator.unwrap_model(trainer.model),
+                tokenizer=training.tokenizer,
+                beta=recipe.training.beta,
+                max_length=recipe.training.max_length,
+                cache=training.cache,
+                journal=journal_path(training.out / "eval_report.json"),
+                adapter=str(training.out),
+            )
+            judge_report(report, training.eval_rows, judge)
+    except JudgeError as failure:
+        return failure
+    return None
+
+
 def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] | None:
     """Score the held-out pairs (every rank scores a shard), then save, print and push on the main process."""
     recipe, trainer, out, context = training.recipe, training.trainer, training.out, training.context
@@ -434,6 +466,7 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
     if not training.is_main_process:
         training.cache.write_held()
         return None
+    judge_failure = judge_held_out(training, report)
     metrics = collect_metrics(recipe, trainer, report, len(training.train_rows), digests)  # the whole run's
     metrics["train"].update(objective.training_metrics(training.train_rows, trainer.state.log_history))
     if training.early_stopping:
@@ -461,11 +494,22 @@ def evaluate_and_save(training: TrainingRun, started: float) -> dict[str, Any] |
     training.cache.write_held()
     close_trackers(trainer, metrics)  # the final report as the trackers' run summary
     print(summary_line(metrics, out, objective.unit, held_out))
+    if report and report.get("judged"):
+        from dpo_recipe.evaluation.report import judged_line
+
+        print(judged_line(report["judged"]))
     if watched:
         print(held_out_steps_line(watched, metrics["train"]["runtime_s"], objective.unit))
     if training.early_stopping:
         print(early_stopping_sentence(training.early_stopping))
     print(training.stopwatch.line(highlight="training"), training.cache.summary())
+    if judge_failure is not None:  # the run is saved; what the judge said stops it before a push
+        held_out = f" --max-pairs {recipe.data.max_eval_pairs}" if recipe.data.max_eval_pairs else ""
+        raise JudgeError(
+            f"{judge_failure} The run itself is saved in {out} (adapter, metrics.json, card), without the judged win "
+            f"rate; judge its answers with: dpo-recipe eval --adapter {out}{held_out} --judge {recipe.eval.judge} "
+            f"--judge-recipe {out / 'recipe.yaml'} --out {out / 'eval_report.json'}"
+        )
     if recipe.hub.push:
         from dpo_recipe.hub.publish import push_dir
 

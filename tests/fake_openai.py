@@ -27,10 +27,14 @@ class FakeOpenAI:
     """``with FakeOpenAI("longer") as server: server.url`` (``http://127.0.0.1:PORT/v1``).
 
     ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow``;
-    ``fail_first``: answer the first N requests with HTTP 503 (then by ``mode``)."""
+    ``fail_first``: answer the first N requests with HTTP 503 (then by ``mode``); ``down_after``: answer N requests by
+    ``mode``, then HTTP 503 to every one (a server that went down; set it to None to bring it back)."""
 
-    def __init__(self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0) -> None:
-        self.mode, self.fail_first, self.delay_s = mode, fail_first, delay_s
+    def __init__(
+        self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0, down_after: int | None = None
+    ) -> None:
+        self.mode, self.fail_first, self.delay_s, self.down_after = mode, fail_first, delay_s, down_after
+        self.answered = 0
         self.requests: list[dict[str, Any]] = []
         server = self
 
@@ -60,6 +64,9 @@ class FakeOpenAI:
             return 404, {"error": {"message": f"no route {path}"}}
         if len(self.requests) <= self.fail_first:
             return 503, {"error": {"message": "loading model"}}
+        if self.down_after is not None and self.answered >= self.down_after:
+            return 503, {"error": {"message": "server is down"}}
+        self.answered += 1
         if self.mode == "refuse_401":
             return 401, {"error": {"message": "invalid api key"}}
         if self.mode == "not_json":

@@ -210,4 +210,4 @@ def test_pairs_commands_refuse_bad_input(runner, tiny_adapter: Path, tiny_sample
     unknown = invoke(runner, "pairs", "judge", tiny_samples, "--judge", "gpt4", "--out", tmp_path / "p.jsonl")
     assert unknown.exit_code == 1 and "--judge: unknown judge 'gpt4'" in unknown.output
     keys = invoke(runner, "pairs", "judge", tiny_samples, "--out", tmp_path / "p.jsonl", "--set", "training.beta=1")
-    assert keys.exit_code == 1 and "without --recipe, pairs judge takes judge.KEY=VALUE only" in keys.output
+    assert keys.exit_code == 1 and "without a recipe, --set takes judge.KEY=VALUE only" in keys.output

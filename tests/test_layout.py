@@ -22,12 +22,14 @@ STAGES = [
     ("dpo_recipe.models",),
     ("dpo_recipe.training",),
     ("dpo_recipe.evaluation",),
-    # an objective reads its data, builds its trainer and scores its held-out report: after evaluation; the
-    # `dpo-recipe eval` front end scores an adapter by its objective
-    ("dpo_recipe.training.objectives", "dpo_recipe.evaluation.command", "dpo_recipe.evaluation.__main__"),
+    # an objective reads its data, builds its trainer and scores its held-out report: after evaluation
+    ("dpo_recipe.training.objectives",),
     # judges score sampled answers with the answer checks, the packed pass and adapters; on-policy pairs are
     # sampled by a policy and made by a judge
     ("dpo_recipe.judges",),
+    # the held-out answers judged tuned against base, and the `dpo-recipe eval` front end, which scores an adapter
+    # by its objective and judges its answers
+    ("dpo_recipe.evaluation.judged", "dpo_recipe.evaluation.command", "dpo_recipe.evaluation.__main__"),
     ("dpo_recipe.onpolicy",),
     ("dpo_recipe.artifacts",),
     ("dpo_recipe.deploy",),

@@ -296,3 +296,25 @@ def test_tiny_dpo_and_kto_numbers_are_the_recorded_ones(recipe: str, tiny_model:
     train, overall = metrics["train"], metrics["eval"]["overall"]
     measured = (train["first_loss"], train["last_loss"], *(overall[k] for k in ("reward_accuracy", "reward_margin")))
     assert measured + (overall["loss"],) == pytest.approx(RECORDED[recipe], abs=1e-6)
+
+
+def test_a_judge_that_cannot_judge_is_refused_before_weights_load(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """eval.judge is checked with the recipe and the judge itself before anything loads: an unknown kind (naming the
+    key), an endpoint whose key variable is not set, a "reward model" that is a causal language model."""
+    import importlib
+
+    from dpo_recipe.errors import JudgeError
+
+    monkeypatch.setattr(importlib.import_module("dpo_recipe.train"), "load_policy", lambda *a: pytest.fail("loaded"))
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match="eval.judge: unknown judge 'gpt-4'; known: rules, implicit"):
+        run("tiny-ja", tiny_overrides(tiny_model, "eval.judge=gpt-4"), output_dir=str(out))
+    keyless = ["eval.judge=openai:http://127.0.0.1:9/v1", "judge.api_key_env=NO_SUCH_KEY_VAR"]
+    with pytest.raises(JudgeError, match="judge.api_key_env names NO_SUCH_KEY_VAR, but that environment variable is"):
+        run("tiny-ja", tiny_overrides(tiny_model, *keyless), output_dir=str(out))
+    with pytest.raises(JudgeError, match="the model is a causal language model .*not a reward model"):
+        run("tiny-ja", tiny_overrides(tiny_model, f"eval.judge=reward-model:{tiny_model}"), output_dir=str(out))
+    assert not out.exists()

@@ -75,13 +75,24 @@ def cross_checks(recipe: Recipe) -> list[str]:
 
 
 def judge_problems(recipe: Recipe) -> list[str]:
-    """The judge's keys that each pass but cannot work: an unknown judge, gate or rule name, an empty length range,
-    a prompt template that does not format with {prompt}, {response0} and {response1}, a key variable's odd name."""
+    """The judge's keys that each pass but cannot work: an unknown judge (``judge.kind``, ``eval.judge``), gate or
+    rule name, an empty length range, a prompt template that does not format with {prompt}, {response0} and
+    {response1}, a key variable's odd name, held-out answers judged where none are written."""
     judge, problems = recipe.judge, []
     try:
         split_judge_spec(judge.kind)
     except ValueError as exc:
         problems.append(f"judge.kind: {exc}")
+    if recipe.eval.judge is not None:
+        try:
+            split_judge_spec(recipe.eval.judge)
+        except ValueError as exc:
+            problems.append(f"eval.judge: {exc}")
+        if recipe.eval.num_generations == 0:
+            problems.append(
+                "eval.judge: judges the held-out answers of base and tuned model, and eval.num_generations is 0 (no "
+                "question is answered); set eval.num_generations to 1 or more, or remove eval.judge"
+            )
     problems += [
         f"judge.gates: unknown gate {name!r}; known: {', '.join(GATES)}{suggest(name, GATES)}"
         for name in judge.gates

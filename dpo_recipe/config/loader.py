@@ -161,13 +161,13 @@ def data_section(values: dict[str, Any], overrides: list[str] | tuple[str, ...] 
 
 
 def judge_section(recipe: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JudgeSection:
-    """The judge keys of ``dpo-recipe pairs judge``: the named recipe's (with its ``--set`` items), else the
-    defaults with ``--set judge.KEY=VALUE`` items, checked as a recipe's are. Never a recorded recipe's: an
-    endpoint and the variable its key is read from are the user's to name."""
+    """The judge keys of ``dpo-recipe pairs judge`` and ``eval --judge``: the named recipe's (with its ``--set``
+    items), else the defaults with ``--set judge.KEY=VALUE`` items, checked as a recipe's are. Never a recorded
+    recipe's: an endpoint and the variable its key is read from are the user's to name."""
     if recipe is not None:
         return load_recipe(recipe, overrides).judge
     raw = apply_overrides({"judge": {}}, overrides, source="--set")
-    problems = [f"{name}: without --recipe, pairs judge takes judge.KEY=VALUE only" for name in raw if name != "judge"]
+    problems = [f"{name}: without a recipe, --set takes judge.KEY=VALUE only" for name in raw if name != "judge"]
     section = build_section(JudgeSection, "judge", raw["judge"], problems)
     if not problems:
         problems.extend(judge_problems(Recipe(judge=section)))

@@ -321,6 +321,14 @@ class EvalSection:
         "evaluation at the end always scores all.",
         min=1,
     )
+    judge: str | None = recipe_key(
+        None,
+        "Judge the held-out answers (the eval.num_generations questions the base and the tuned model answer) tuned "
+        "against base, one comparison a question, with a judge named as judge.kind names one: rules, implicit, "
+        "reward-model:PATH_OR_ID or openai:URL, its settings from the judge section. openai is asked both orders "
+        "(a tie where they disagree); a scoring judge ties within 1e-6. Win rate (wins + ties / 2) / questions "
+        "with a Wilson 95% interval, in the report, metrics.json and the card. null: no judging.",
+    )
 
 
 # TRL's OpenAIPairwiseJudge prompt (removed after TRL 1.0): the judge answers with the identifier "0" or "1"

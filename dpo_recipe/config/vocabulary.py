@@ -51,7 +51,8 @@ def split_judge_spec(spec: str) -> tuple[str, str | None]:
     URL). Raises ValueError with the problem, phrased to follow the value."""
     kind, sep, where = spec.strip().partition(":")
     if kind not in JUDGE_KINDS:
-        raise ValueError(f"unknown judge {spec!r}; known: rules, implicit, reward-model:PATH_OR_ID, openai:URL")
+        known = "rules, implicit, reward-model:PATH_OR_ID, openai:URL"
+        raise ValueError(f"unknown judge {spec!r}; known: {known}{suggest(kind, JUDGE_KINDS)}")
     needs_where = kind in ("reward-model", "openai")
     if needs_where and not where.strip():
         raise ValueError(f"{kind} needs where it is: {kind}:{'PATH_OR_ID' if kind == 'reward-model' else 'URL'}")
@@ -59,6 +60,13 @@ def split_judge_spec(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"{kind} takes nothing after it (got {spec!r})")
     if kind == "openai" and not where.startswith(("http://", "https://")):
         raise ValueError(f"openai:URL needs an http:// or https:// URL, got {where!r}")
+    if kind == "openai" and ("@" in where.split("/")[2] or "?" in where or "#" in where):
+        # the spec is written into the pairs, metrics.json and the model card; /chat/completions is appended to it
+        raise ValueError(
+            "openai:URL takes the endpoint's address alone (e.g. http://host:8080/v1), without a user name, "
+            "password, query or fragment: the judge's name is written into pairs files, metrics.json and the model "
+            "card. Put a key in an environment variable and name it in judge.api_key_env"
+        )
     return kind, where.strip() if needs_where else None
 
 

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config.schema import DataSection
-from dpo_recipe.errors import DpoRecipeError, exit_on_user_error
+from dpo_recipe.config.loader import judge_section
+from dpo_recipe.config.schema import DataSection, EvalSection, JudgeSection
+from dpo_recipe.errors import DpoRecipeError, JudgeError, exit_on_user_error
 from dpo_recipe.evaluation.report import markdown_summary
+from dpo_recipe.judges import check_judge
 from dpo_recipe.training.base_cache import default_cache
 from dpo_recipe.training.launch import positive_int
 from dpo_recipe.utils.files import write_file_atomically
@@ -60,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="Allow the base model repo's own Python code; an adapter's recipe.yaml cannot turn this on by itself.",
     )
     parser.add_argument(
+        "--judge",
+        metavar="KIND",
+        help="Also judge the held-out answers, tuned against base: rules | implicit | reward-model:PATH_OR_ID | "
+        "openai:URL (openai asked both orders). Win rate with a 95%% interval in the report. The adapter's recorded "
+        "eval.judge is never run by itself.",
+    )
+    parser.add_argument(
+        "--judge-recipe",
+        metavar="RECIPE",
+        help="Read the judge.* keys (rules weights, endpoint options) from this recipe, e.g. RUN/recipe.yaml "
+        "(default: their defaults, and --set).",
+    )
+    parser.add_argument(
+        "--set",
+        dest="judge_overrides",
+        action="append",
+        default=[],
+        metavar="judge.KEY=VALUE",
+        help="A judge key for --judge (repeatable), checked as a recipe's are.",
+    )
+    parser.add_argument(
         "--out",
         default="eval_report.json",
         metavar="PATH",
@@ -81,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         max_pairs=args.max_pairs,
         out=Path(args.out),
         trust_remote_code=args.trust_remote_code,
+        judge=args.judge,
+        judge_recipe=args.judge_recipe,
+        judge_overrides=tuple(args.judge_overrides),
     )
 
 
@@ -98,6 +124,28 @@ def held_out_data(recorded: DataSection, data: str | None, split: str, max_pairs
     )
 
 
+def checked_judge(
+    spec: str | None, recipe: str | None, overrides: tuple[str, ...], recorded: EvalSection
+) -> JudgeSection:
+    """The judge keys ``--judge`` judges with (``config.loader.judge_section``), checked with the judge itself
+    before any weights load; ``--judge-recipe`` or ``--set`` without ``--judge``, or an adapter whose recipe
+    writes no held-out answers (``eval.num_generations: 0``), is refused."""
+    if spec is None:
+        if recipe is not None or overrides:
+            given = "--judge-recipe" if recipe is not None else f"--set {overrides[0]}"
+            raise JudgeError(f"{given} sets the judge of --judge, and no --judge is given; add --judge KIND.")
+        return JudgeSection()
+    if recorded.num_generations == 0:
+        raise JudgeError(
+            "--judge judges the held-out answers of base and tuned model, and this adapter's recipe recorded "
+            "eval.num_generations 0: its evaluation answers no question. Judge a run trained with "
+            "eval.num_generations 1 or more."
+        )
+    settings = judge_section(recipe, overrides)
+    check_judge(spec, settings)
+    return settings
+
+
 def run_eval(
     adapter: str,
     *,
@@ -108,10 +156,15 @@ def run_eval(
     max_pairs: int | None = None,
     out: Path = Path("eval_report.json"),
     trust_remote_code: bool = False,
+    judge: str | None = None,
+    judge_recipe: str | None = None,
+    judge_overrides: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """Everything that can be wrong is checked before the base model's weights load. The adapter is scored by
     the objective its recipe trained with (``training.objectives``: a KTO adapter on unpaired rows), as
-    training scored it."""
+    training scored it. ``judge`` also judges its held-out answers (``evaluation.judged``) with the judge keys of
+    ``judge_recipe`` and ``judge_overrides`` (``--set judge.KEY=VALUE``), never the adapter's recorded ones: an
+    endpoint, and the variable its key is read from, are the user's to name."""
     from dpo_recipe.evaluation.plots import plot_report
     from dpo_recipe.models.adapters import adapter_base, load_adapter_model
     from dpo_recipe.training.objectives import objective_for
@@ -119,6 +172,7 @@ def run_eval(
     stopwatch, cache = Stopwatch(), default_cache()
     with stopwatch.phase("checks and data"):
         adapter_dir, recipe, model_section = adapter_base(adapter, base, trust_remote_code=trust_remote_code, data=data)
+        judge_settings = checked_judge(judge, judge_recipe, judge_overrides, recipe.eval)
         data_section = held_out_data(recipe.data, data, split, max_pairs)
         objective = objective_for(recipe)
         rows = objective.held_out_rows(data_section, recipe)
@@ -131,6 +185,22 @@ def run_eval(
     report = objective.eval_report(recipe, model, tokenizer, rows, cache, stopwatch)
     if report is None:
         return None
+    if judge:
+        from dpo_recipe.evaluation.judged import answer_judge, journal_path, judge_report
+
+        with stopwatch.phase("judging"):
+            judging = answer_judge(
+                judge,
+                judge_settings,
+                model=model,
+                tokenizer=tokenizer,
+                beta=training.beta,
+                max_length=training.max_length,
+                cache=cache,
+                journal=journal_path(out),
+                adapter=adapter,
+            )
+            judge_report(report, rows, judging)
     report["adapter"] = adapter
     report["base_model"] = model_section.name_or_path
     out.parent.mkdir(parents=True, exist_ok=True)

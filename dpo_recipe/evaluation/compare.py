@@ -5,7 +5,8 @@ A sweep, an SFT → DPO chain or a few hand-made variants end as folders with a 
 what each measured. ``compare_runs`` reads both files of every run (nothing is loaded or recomputed) and
 gives one row a run: the recipe keys whose values are not the same in all of them (the output folder
 aside: it always differs), held-out reward accuracy with its 95 % interval (KTO's on rows; an SFT run has
-none) and loss, the tuned model's answer checks, training and whole-run seconds, and peak memory.
+none) and loss, the judged win rate of its answers against the base's where it has one (``eval.judge``), the
+tuned model's answer checks, training and whole-run seconds, and peak memory.
 ``markdown_table`` and ``write_csv`` render it. A folder that is not a finished run, an unreadable file
 or the same run given twice is refused in one paragraph that names each.
 """
@@ -119,10 +120,17 @@ def _number(value: Any) -> float | None:
     return value if ok else None
 
 
+def _interval(value: Any) -> list[float | None]:
+    """A ``[low, high]`` the metrics hold, or two blanks where it is not one."""
+    whole = isinstance(value, list) and len(value) == 2 and all(_number(v) is not None for v in value)
+    return value if whole else [None, None]
+
+
 def _row(run: Path, recipe: dict[str, Any], metrics: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     overall = metrics["eval"].get("overall") or {}
-    ci = overall.get("reward_accuracy_ci95")
-    ci = ci if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci) else [None, None]
+    ci = _interval(overall.get("reward_accuracy_ci95"))
+    judged = metrics["eval"].get("judged") if isinstance(metrics["eval"].get("judged"), dict) else {}
+    judged_ci = _interval(judged.get("win_rate_ci95"))
     tuned = (metrics["eval"].get("answer_checks") or {}).get("tuned") or {}
     train, memory = metrics["train"], metrics.get("memory") or {}
     stopping = train.get("early_stopping") if isinstance(train.get("early_stopping"), dict) else {}
@@ -137,6 +145,11 @@ def _row(run: Path, recipe: dict[str, Any], metrics: dict[str, Any], keys: list[
         "ci95_high": ci[1],
         "held_out_loss": _number(overall.get("loss")),
         **{f"answers_{check}": _number(tuned.get(check)) for check in ANSWER_CHECKS},
+        "judge": judged.get("judge") if isinstance(judged.get("judge"), str) else None,
+        "judged_questions": _number(judged.get("questions")),
+        "judged_win_rate": _number(judged.get("win_rate")),
+        "judged_ci95_low": judged_ci[0],
+        "judged_ci95_high": judged_ci[1],
         "steps": _number(train.get("steps")),
         "adapter_step": _number(stopping.get("adapter_step")),
         "train_s": _number(train.get("runtime_s")),
@@ -168,11 +181,14 @@ def _format(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def markdown_table(comparison: Comparison) -> str:
-    """The comparison as a Markdown table: recipe keys that differ, then the measured columns."""
+    """The comparison as a Markdown table: recipe keys that differ, then the measured columns; the judged win rate
+    against the base's answers where a run has one (``eval.judge``)."""
+    judged = any(row["judged_win_rate"] is not None for row in comparison.rows)
     header = [
         "run",
         *comparison.keys,
         "held-out reward acc. (95% CI)",
+        *(["judged win rate vs base (95% CI)"] if judged else []),
         "held-out loss",
         "answers: Japanese / topic / mostly a loop / ends a sentence",
         "steps",
@@ -182,11 +198,7 @@ def markdown_table(comparison: Comparison) -> str:
     ]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + " --- |" * len(header)]
     for row in comparison.rows:
-        accuracy = _format(row["reward_accuracy"], ".3f")
-        if row["ci95_low"] is not None and row["reward_accuracy"] is not None:
-            accuracy += f" ({row['ci95_low']:.3f}–{row['ci95_high']:.3f})"
-        if row["held_out"] is not None and row["reward_accuracy"] is not None:
-            accuracy += f" on {row['held_out']:.0f}"
+        accuracy = _share(row["reward_accuracy"], row["ci95_low"], row["ci95_high"], row["held_out"])
         answers = " / ".join(_format(row[f"answers_{c}"], ".0%") for c in ANSWER_CHECKS)
         steps = _format(row["steps"], ".0f")
         if row["adapter_step"] is not None:
@@ -198,6 +210,7 @@ def markdown_table(comparison: Comparison) -> str:
             row["run"],
             *(_shown(row[key]) for key in comparison.keys),
             accuracy,
+            *([_judged(row)] if judged else []),
             _format(row["held_out_loss"], ".4f"),
             answers,
             steps,
@@ -209,6 +222,21 @@ def markdown_table(comparison: Comparison) -> str:
     if not comparison.keys:
         lines.append("\nThe runs' recipes are the same (but for their output folders).")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None, low: float | None, high: float | None, of: float | None) -> str:
+    """``0.750 (0.301–0.954) on 4``: a share, its 95 % interval and what it is a share of, as far as known."""
+    if value is None:
+        return "–"
+    return (
+        f"{value:.3f}" + ("" if low is None else f" ({low:.3f}–{high:.3f})") + ("" if of is None else f" on {of:.0f}")
+    )
+
+
+def _judged(row: dict[str, Any]) -> str:
+    """The judged win rate's cell: ``_share`` and the judge (``0.750 (0.301–0.954) on 4, rules``)."""
+    text = _share(row["judged_win_rate"], row["judged_ci95_low"], row["judged_ci95_high"], row["judged_questions"])
+    return text + (f", {row['judge']}" if row["judge"] and row["judged_win_rate"] is not None else "")
 
 
 def csv_text(comparison: Comparison) -> str:

@@ -18,9 +18,12 @@ def _num(value: float | None) -> str:
 
 
 def markdown_summary(report: dict[str, Any], headline: list[str]) -> str:
-    """A report as Markdown: ``headline`` (the objective's numbers and tables, ``Objective.report_lines``),
-    then the answer checks and the base-versus-tuned answers."""
+    """A report as Markdown: ``headline`` (the objective's numbers and tables, ``Objective.report_lines``) with the
+    judged win rate after its first line (the headline figure, reward accuracy), then the answer checks and the
+    base-versus-tuned answers."""
     lines = list(headline)
+    if report.get("judged"):
+        lines.insert(1, judged_line(report["judged"]))
     if report.get("answer_checks"):
         lines += answer_checks_table(report["answer_checks"]) + [""]
     if report.get("generations"):
@@ -29,6 +32,16 @@ def markdown_summary(report: dict[str, Any], headline: list[str]) -> str:
             cells = [g[k].replace("\n", " ").replace("|", "\\|")[:120] for k in ("prompt", "base", "tuned")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def judged_line(judged: dict[str, Any]) -> str:
+    """The judged win rate (``evaluation.judged``) in one sentence: rate, interval, counts and the judge."""
+    low, high = judged["win_rate_ci95"]
+    return (
+        f"Judged win rate of the tuned answers against the base's **{_pct(judged['win_rate'])}** (95% CI "
+        f"{_pct(low)}–{_pct(high)}) on {judged['questions']} held-out questions, judge {judged['judge']}: "
+        f"{judged['wins']} wins, {judged['ties']} ties, {judged['losses']} losses (a tie counts half)."
+    )
 
 
 def dpo_lines(report: dict[str, Any]) -> list[str]:

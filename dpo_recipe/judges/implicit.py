@@ -82,7 +82,14 @@ class ImplicitJudge(ScoringJudge):
             j = i + 1 if i + 1 < len(completions) and prompts[i + 1] == prompts[i] else i
             couples.append((i, j))
             i = j + 1
-        rows = [{"prompt": prompts[a], "chosen": completions[a], "rejected": completions[b]} for a, b in couples]
+        rows = [
+            {
+                "prompt": prompts[a],
+                "chosen": _as_answer(prompts[a], completions[a]),
+                "rejected": _as_answer(prompts[a], completions[b]),
+            }
+            for a, b in couples
+        ]
         pairs = [vars(encode_pair(self.tokenizer, row)) for row in rows]
         inputs = [truncated(p, self.max_length) for p in pairs]
         key = cache.key(self.model, inputs, rows=self.settings.batch_size, tokens=SCORING_TOKENS)
@@ -123,6 +130,12 @@ class ImplicitJudge(ScoringJudge):
             )
             for reward, length in zip(rewards, tokens, strict=True)
         ]
+
+
+def _as_answer(prompt: Any, completion: str) -> Any:
+    """A completion in its prompt's form, as TRL's conversational rows hold one: after chat messages, an assistant
+    turn (rendered through the chat template, its turn end included), after text, the text."""
+    return [{"role": "assistant", "content": completion}] if isinstance(prompt, list) else completion
 
 
 def load_implicit_judge(adapter: str, settings: JudgeSection) -> ImplicitJudge:

@@ -85,8 +85,9 @@ class RunContext:
         """The validated recipe with ``--set`` items, ``--output-dir`` and ``--trust-remote-code`` applied.
 
         ``--from-hub`` reads the pushed run's recipe.yaml (a download) and implies ``hub.push=false`` (no
-        repo id, branch or privacy of the publisher's), no trackers (``training.report_to``) and
-        ``training.output_dir=outputs/NAME`` unless the user sets those keys. That file was written
+        repo id, branch or privacy of the publisher's), no trackers (``training.report_to``), no judge of the
+        held-out answers (``eval.judge``, ``judge.api_key_env``) and ``training.output_dir=outputs/NAME`` unless
+        the user sets those keys. That file was written
         by someone else: it passes ``config.trust`` (no remote code, no local paths unless the user gives
         them) before anything else reads it."""
         user_settings = [*self.overrides, *([f"training.output_dir={self.output_dir}"] if self.output_dir else [])]
@@ -105,6 +106,10 @@ class RunContext:
             f"training.output_dir=outputs/{repo_name}",
             "training.report_to=[]",
             "training.tensorboard=false",
+            # nor the judge its held-out answers go to (an endpoint of the publisher's choosing), or the
+            # environment variable whose value is sent to it as a key
+            "eval.judge=null",
+            "judge.api_key_env=null",
         ]
         given = user_keys(user_settings)
         settings = [item for item in implied if item.partition("=")[0] not in given] + user_settings

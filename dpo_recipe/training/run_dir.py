@@ -67,6 +67,7 @@ RUN_ENTRIES = frozenset(
         "train_log.jsonl",
         "metrics.json",
         "eval_report.json",
+        "eval_report.judge-replies.jsonl",  # evaluation.judged.journal_path: an endpoint judge's replies so far
         "recipe.yaml",
         "README.md",
         "adapter_model.safetensors",

@@ -256,3 +256,30 @@ def test_the_held_out_evaluation_keys_are_checked_together() -> None:
             RecipeError, match=r"eval.steps: the held-out evaluation during training .* remove eval.steps"
         ):
             load_recipe(recipe, ["eval.steps=2"])
+
+
+def test_eval_judge_is_checked_with_the_recipe() -> None:
+    """eval.judge: a judge judge.kind could name; refused, naming the key, before any data or weights: a judge
+    that does not exist (with the nearest name), one whose URL carries a password or query (written into
+    metrics.json and the card), and one with no answers to judge."""
+    assert load_recipe("tiny-ja", ["eval.judge=rules"]).eval.judge == "rules"
+    assert load_recipe("tiny-ja").eval.judge is None
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", ["eval.judge=rule"])
+    assert (
+        "eval.judge: unknown judge 'rule'; known: rules, implicit, reward-model:PATH_OR_ID, openai:URL; did you "
+        in (str(err.value))
+    )
+    assert str(err.value).count("\n") == 0  # one paragraph
+    for url in ("http://user:sk-secret@host/v1", "https://host/v1?api_key=sk-secret", "http://host/v1#x"):
+        with pytest.raises(RecipeError, match="eval.judge: openai:URL takes the endpoint's address alone") as err:
+            load_recipe("tiny-ja", [f"eval.judge=openai:{url}"])
+        assert "judge.api_key_env" in str(err.value)
+    with pytest.raises(RecipeError, match="judge.kind: openai:URL takes the endpoint's address alone"):
+        load_recipe("tiny-ja", ["judge.kind=openai:http://user:pw@host/v1"])
+    with pytest.raises(RecipeError, match="eval.judge: expected a string or null, got 5"):
+        load_recipe("tiny-ja", ["eval.judge=5"])
+    with pytest.raises(RecipeError, match="eval.judge: judges the held-out answers .* eval.num_generations is 0"):
+        load_recipe("tiny-ja", ["eval.judge=rules", "eval.num_generations=0"])
+    with pytest.raises(RecipeError, match="eval.judge: openai needs where it is: openai:URL"):
+        load_recipe("tiny-ja", ["eval.judge='openai:'"])

@@ -174,3 +174,45 @@ def test_a_csv_that_cannot_be_written_is_one_line_and_leaves_nothing(two_runs, t
     with pytest.raises(DpoRecipeError, match=rf"compare --csv {parent / 'c.csv'}: cannot be written \("):
         write_csv(compare_runs(list(two_runs)), parent / "c.csv")
     assert parent.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_the_judged_win_rate_column_shows_where_a_run_has_one(two_runs, tmp_path: Path) -> None:
+    """A run judged with eval.judge gets its win rate, interval, questions and judge in a column of its own; a run
+    without one a dash; a judged entry that is not numbers (a hand-edited file) a dash, never a broken row."""
+    assert "judged win rate" not in markdown_table(compare_runs(list(two_runs)))  # no run judged: no column
+    judged = tmp_path / "judged"
+    shutil.copytree(two_runs[0], judged)
+    metrics = json.loads((judged / "metrics.json").read_text())
+    metrics["eval"]["judged"] = {
+        "judge": "openai:http://127.0.0.1:8080/v1",
+        "questions": 4,
+        "wins": 2,
+        "ties": 1,
+        "losses": 1,
+        "win_rate": 0.625,
+        "win_rate_ci95": [0.2, 0.9],
+    }
+    (judged / "metrics.json").write_text(json.dumps(metrics))
+    comparison = compare_runs([judged, two_runs[1]])
+    assert (comparison.rows[0]["judged_win_rate"], comparison.rows[1]["judged_win_rate"]) == (0.625, None)
+    header, _, first, second = markdown_table(comparison).splitlines()
+    column = header.split(" | ").index("judged win rate vs base (95% CI)")
+    assert column == header.split(" | ").index("held-out reward acc. (95% CI)") + 1  # beside reward accuracy
+    assert first.split(" | ")[column] == "0.625 (0.200–0.900) on 4, openai:http://127.0.0.1:8080/v1"
+    assert second.split(" | ")[column] == "–"
+    written = list(csv.DictReader(write_csv(comparison, tmp_path / "runs.csv").open(encoding="utf-8")))
+    assert (written[0]["judged_win_rate"], written[0]["judge"], written[1]["judged_win_rate"]) == (
+        "0.625",
+        "openai:http://127.0.0.1:8080/v1",
+        "",
+    )
+    metrics["eval"]["judged"] = {"judge": ["x"], "win_rate": "NaN", "win_rate_ci95": "wide", "questions": True}
+    (judged / "metrics.json").write_text(json.dumps(metrics))
+    metrics["eval"]["judged"] = "half"
+    other = tmp_path / "other"
+    shutil.copytree(judged, other)
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    rows = compare_runs([judged, other]).rows
+    assert [(r["judge"], r["judged_win_rate"], r["judged_ci95_low"], r["judged_questions"]) for r in rows] == [
+        (None, None, None, None)
+    ] * 2

@@ -74,3 +74,22 @@ def test_rewards_equal_the_plain_computation(tiny_adapter: Path) -> None:
     expected = [r - alpha * t for r, t in zip(rewards, tokens, strict=True)]
     assert [v.score for v in verdicts] == pytest.approx(expected, abs=1e-6)  # scores are kept to 6 decimals
     assert verdicts[0].reason.startswith(f"beta x log-ratio {rewards[0]:+.4f}, {tokens[0]} tokens")
+
+
+def test_chat_prompts_are_scored_with_the_answer_as_the_assistant_turn(tiny_adapter: Path) -> None:
+    """Messages prompts (chat data, the held-out answers of a conversational run): each answer is scored as the
+    assistant's turn after them, through the chat template, as TRL scores a conversational pair; it raised a
+    TypeError (a list plus a string) before."""
+    judge = load_implicit_judge(str(tiny_adapter), JudgeSection(batch_size=2, length_correction=False))
+    chats = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
+    rewards, tokens = judge.rewards(chats, ANSWERS)
+    model = judge.model.eval()
+    for chat, answer, reward, length in zip(chats, ANSWERS, rewards, tokens, strict=True):
+        turn = [{"role": "assistant", "content": answer}]
+        pair = encode_pair(judge.tokenizer, {"prompt": chat, "chosen": turn, "rejected": turn})
+        policy = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
+        with model.disable_adapter():
+            reference = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
+        assert reward == pytest.approx(judge.beta * (policy - reference), abs=1e-4)
+        assert length == len(pair.chosen_ids)
+    assert tokens != judge.rewards(PROMPTS, ANSWERS)[1]  # the template's turn markers are scored too

@@ -101,3 +101,19 @@ def test_a_chain_of_recipes_is_repeated_whole_and_starts_from_a_recipe() -> None
     )
     with pytest.raises(RecipeError, match="--then chains recipes you name: start the chain with --recipe"):
         RunContext(from_hub="alice/run", then=("tiny-ja",))
+
+
+def test_a_fetched_recipe_never_sends_the_held_out_answers_or_a_key_to_its_judge(monkeypatch, tmp_path) -> None:
+    """A stranger's eval.judge (their endpoint) and judge.api_key_env (a variable of the user's, whose value would
+    go to it as a key) are not kept; a judge the user names themselves is."""
+    recipe = tmp_path / "recipe.yaml"
+    judge = "judge:\n  api_key_env: HF_TOKEN\n"
+    text = (
+        resolve_recipe_path("tiny-ja").read_text().replace("eval:\n", "eval:\n  judge: openai:http://evil.example/v1\n")
+    )
+    recipe.write_text(text + judge)
+    monkeypatch.setattr("dpo_recipe.training.run_context.recipe_from_hub", lambda repo: recipe)
+    fetched = RunContext(from_hub="bob/x").load_recipe()
+    assert (fetched.eval.judge, fetched.judge.api_key_env) == (None, None)
+    mine = RunContext(from_hub="bob/x", overrides=("eval.judge=rules",)).load_recipe()
+    assert (mine.eval.judge, mine.judge.api_key_env) == ("rules", None)
