@@ -3,7 +3,8 @@
 It answers ``POST /v1/chat/completions`` by a rule the test picks, so the judge's real HTTP code runs against
 every way a server can behave: prefer the longer answer (a judge with an opinion), always answer "0" (a judge
 that only ever picks the first shown), answer nonsense, refuse (HTTP 401 / 503), echo the request's key, or
-answer slower than the judge waits. The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
+answer slower than the judge waits, or redirect elsewhere. Every request is recorded, a GET too (where a
+followed redirect would arrive). The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
 the two answers can be read back from the request.
 """
 
@@ -26,11 +27,12 @@ def shown_answers(content: str) -> tuple[str, str]:
 class FakeOpenAI:
     """``with FakeOpenAI("longer") as server: server.url`` (``http://127.0.0.1:PORT/v1``).
 
-    ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow``;
-    ``fail_first``: answer the first N requests with HTTP 503 (then by ``mode``)."""
+    ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow`` |
+    ``redirect`` (HTTP 302 to ``location``); ``fail_first``: answer the first N requests with HTTP 503 (then by
+    ``mode``)."""
 
-    def __init__(self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0) -> None:
-        self.mode, self.fail_first, self.delay_s = mode, fail_first, delay_s
+    def __init__(self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0, location: str = "") -> None:
+        self.mode, self.fail_first, self.delay_s, self.location = mode, fail_first, delay_s, location
         self.requests: list[dict[str, Any]] = []
         server = self
 
@@ -45,12 +47,20 @@ class FakeOpenAI:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    if status == 302:
+                        self.send_header("Location", server.location)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the judge gave up waiting (slow mode)
                     pass
+
+            def do_GET(self) -> None:  # noqa: N802 - where a followed redirect (POST turned GET) arrives
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -60,6 +70,8 @@ class FakeOpenAI:
             return 404, {"error": {"message": f"no route {path}"}}
         if len(self.requests) <= self.fail_first:
             return 503, {"error": {"message": "loading model"}}
+        if self.mode == "redirect":
+            return 302, {}
         if self.mode == "refuse_401":
             return 401, {"error": {"message": "invalid api key"}}
         if self.mode == "not_json":

@@ -127,6 +127,7 @@ def test_mistakes_are_refused_before_round_0_trains(
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("my notes")
+    local = "openai:http://127.0.0.1:9/v1"
     cases = [
         (dict(output_dir=str(foreign)), "holds files iterate did not write"),
         (dict(judge="gpt4"), "--judge: unknown judge 'gpt4'"),
@@ -135,22 +136,23 @@ def test_mistakes_are_refused_before_round_0_trains(
         (dict(overrides=("training.objective=kto", "training.per_device_batch_size=2")), "objective kto does not"),
         (dict(overrides=(f"model.init_adapter={tmp_path}",)), "this recipe merges model.init_adapter"),
         (dict(overrides=("iterate.replay=0",)), r"iterate.replay: must be > 0.0"),
+        (dict(overrides=("iterate.replay=1",)), r"iterate.replay: must be < 1.0"),
+        (dict(overrides=("iterate.replay=most",)), r"iterate.replay: expected a finite number, got 'most'"),
+        (dict(overrides=("judge.rules={}",)), r"judge.rules: no weight above 0"),
         (dict(output_dir=" "), "--out is empty"),
+        (dict(judge=local, overrides=("judge.api_key_env=NO_SUCH_KEY",)), "judge.api_key_env names NO_SUCH_KEY"),
+        (
+            dict(judge="openai:http://judge.example.com/v1", overrides=("judge.api_key_env=JUDGE_KEY",)),
+            "is plain http:// to judge.example.com, which is not this machine",
+        ),
     ]
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    monkeypatch.setenv("JUDGE_KEY", "sk-not-over-http")
     for given, message in cases:
         options: dict = {"output_dir": str(tmp_path / "out"), **given}
         options["overrides"] = (*settings, *given.get("overrides", ()))
         with pytest.raises(DpoRecipeError, match=message):
             run_iterate("tiny-ja", 2, **options)
-    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(JudgeError, match="judge.api_key_env names NO_SUCH_KEY"):
-        run_iterate(
-            "tiny-ja",
-            2,
-            judge="openai:http://127.0.0.1:9/v1",
-            output_dir=str(tmp_path / "out"),
-            overrides=(*settings, "judge.api_key_env=NO_SUCH_KEY"),
-        )
     assert not (tmp_path / "out" / "round-0").exists()
 
 

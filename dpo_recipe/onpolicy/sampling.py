@@ -150,7 +150,9 @@ def sample(
         ):
             for start in starts:
                 chunk = prompts[start : start + step]
-                torch.manual_seed(settings.seed * 1_000_003 + start)  # the same answers, resumed or not
+                # the same answers, resumed or not; any integer seed (a negative or 20-digit --seed) within the
+                # 64 bits torch's generator takes
+                torch.manual_seed((settings.seed * 1_000_003 + start) % 2**64)
                 texts = [prompt_text(tokenizer, row["prompt"]) for row in chunk]
                 answers = sampled_batch(
                     model,
