@@ -484,9 +484,9 @@ def iterate_command(
     \b
       dpo-recipe iterate --recipe tiny-ja --rounds 2 --judge rules --out outputs/rounds
     """
-    from dpo_recipe.iterate import run_iterate
+    from dpo_recipe.api import iterate
 
-    run_iterate(
+    iterate(
         recipe,
         rounds,
         judge=spec,
@@ -701,9 +701,9 @@ def pairs_sample(
       dpo-recipe pairs judge samples.jsonl --judge rules --out pairs.jsonl
       dpo-recipe train --recipe tiny-ja --set model.init_adapter=outputs/tiny-ja --set data.source=pairs.jsonl
     """
-    from dpo_recipe.onpolicy.sampling import run_sample
+    from dpo_recipe.api import sample
 
-    result = run_sample(
+    result = sample(
         out,
         adapter=adapter,
         recipe=recipe,
@@ -744,10 +744,9 @@ def pairs_judge(
     The chosen answer passes every gate (judge.gates) and scores best, the rejected one scores worst; ties and
     pairs within judge.min_margin are dropped and counted. 'dpo-recipe train' and 'data lint' take OUT as it is.
     """
-    from dpo_recipe.config.loader import judge_section
-    from dpo_recipe.onpolicy.pairing import run_judge
+    from dpo_recipe.api import judge
 
-    summary = run_judge(samples, out, judge_section(recipe, overrides), spec, overwrite=overwrite)
+    summary = judge(samples, out, kind=spec, recipe=recipe, overrides=overrides, overwrite=overwrite)
     click.echo(summary.line())
     if summary.judge_figures:
         click.echo("judge: " + ", ".join(f"{k} {v}" for k, v in summary.judge_figures.items()))

@@ -92,6 +92,8 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     """A samples file's rows, each checked to hold a prompt and its answers as ``pairs judge`` needs them."""
     from dpo_recipe.data.sources import read_file
 
+    if not path.is_file():  # the CLI's argument is checked by click; the API's is not
+        raise DataError(f"{path}: no such samples file. Give the file 'dpo-recipe pairs sample' wrote.")
     rows = read_file(path)
     for number, row in enumerate(rows, 1):
         answers, prompt = row.get(COMPLETIONS), row.get("prompt")

@@ -127,6 +127,9 @@ def test_a_samples_file_must_hold_prompts_and_answers(tmp_path: Path) -> None:
     number = write_jsonl(tmp_path / "number.jsonl", [{"prompt": 7, "completions": ["a", "b"]}])
     with pytest.raises(DataError, match=r"number.jsonl, row 1: the prompt is not text or chat messages \(int\)"):
         read_samples(number)
+    for missing in (tmp_path / "missing.jsonl", tmp_path):  # the API's path, which click does not check
+        with pytest.raises(DataError, match=f"{missing}: no such samples file. Give the file 'dpo-recipe pairs"):
+            read_samples(missing)
 
 
 def test_a_stranger_or_a_careless_hand_cannot_make_it_write_elsewhere(
