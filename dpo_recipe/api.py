@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.config.loader import DEFAULT_RECIPE
 from dpo_recipe.deploy.export import export  # the function itself: it imports torch only when called
-from dpo_recipe.errors import DataError, DpoRecipeError
+from dpo_recipe.errors import DataError, DpoRecipeError, RecipeError
 from dpo_recipe.hub.publish import PushResult
 
 if TYPE_CHECKING:  # their modules import torch; these names only annotate
@@ -46,6 +46,14 @@ __all__ = [
     "sample",
     "train",
 ]
+
+
+def _items(overrides: Sequence[str]) -> tuple[str, ...]:
+    """``overrides`` as the tuple the recipe loader reads; one string is refused, which would otherwise be read
+    a character at a time ("--set 'd': expected SECTION.KEY=VALUE")."""
+    if isinstance(overrides, str):
+        raise RecipeError(f"overrides is a list of 'SECTION.KEY=VALUE' strings, not one string: pass [{overrides!r}].")
+    return tuple(overrides)
 
 
 def generate_dataset(
@@ -121,7 +129,7 @@ def train(
 
     return run(
         recipe,
-        list(overrides),
+        list(_items(overrides)),
         output_dir=str(output_dir) if output_dir is not None else None,
         resume=resume,
         overwrite=overwrite,
@@ -255,7 +263,7 @@ def sample(
         Path(out),
         adapter=str(adapter) if adapter is not None else None,
         recipe=recipe,
-        overrides=tuple(overrides),
+        overrides=_items(overrides),
         prompts=prompts,
         max_prompts=max_prompts,
         overwrite=overwrite,
@@ -289,7 +297,7 @@ def judge(
     from dpo_recipe.config.loader import judge_section
     from dpo_recipe.onpolicy.pairing import run_judge
 
-    return run_judge(Path(samples), Path(out), judge_section(recipe, tuple(overrides)), kind, overwrite=overwrite)
+    return run_judge(Path(samples), Path(out), judge_section(recipe, _items(overrides)), kind, overwrite=overwrite)
 
 
 def iterate(
@@ -321,7 +329,7 @@ def iterate(
         judge=judge,
         start=str(start) if start is not None else None,
         output_dir=str(output_dir) if output_dir is not None else None,
-        overrides=tuple(overrides),
+        overrides=_items(overrides),
         resume=resume,
         overwrite=overwrite,
     )

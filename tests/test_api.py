@@ -165,6 +165,25 @@ def test_iterate_trains_a_round_from_a_finished_run(tiny_model: Path, finished: 
     assert "| round | judge | pairs kept |" in (tmp_path / "rounds" / "rounds.md").read_text()
 
 
+def test_a_string_of_overrides_and_an_empty_out_are_named(runner, tmp_path: Path) -> None:
+    """Two slips a notebook makes: one --set item as a string (read a character at a time, it said "--set 'i'"),
+    and an out from an unset variable (a ValueError about PosixPath('.') from deep inside)."""
+    from dpo_recipe.errors import DataError, RecipeError
+
+    for call in (
+        lambda: api.iterate("tiny-ja", overrides="iterate.replay=0.5", output_dir=tmp_path / "rounds"),
+        lambda: api.train("tiny-ja", "iterate.replay=0.5", output_dir=tmp_path / "run"),
+    ):
+        with pytest.raises(RecipeError, match=r"not one string: pass \['iterate.replay=0.5'\]"):
+            call()
+    for call in (lambda: api.sample("", recipe="tiny-ja"), lambda: api.judge(tmp_path / "s.jsonl", "")):
+        with pytest.raises(DataError, match=r"--out '\.' names no file \(empty, '\.' or a root\)"):
+            call()
+    result = invoke(runner, "pairs", "sample", "--recipe", "tiny-ja", "--out", "")
+    assert result.exit_code == 1 and "Error: --out '.' names no file" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 API_CALLS = {  # each documented name, called the cheapest way that reaches its own checks: (call, what it says)
     "generate_dataset": ("generate_dataset(OUT, num_pairs=5)", "num_pairs must be at least 10"),
     "train": ("train('no-such-recipe')", "no-such-recipe"),

@@ -85,6 +85,9 @@ class SampleResult:
 
 
 def partial_path(out: Path) -> Path:
+    """Where a stopped ``pairs sample`` / ``pairs judge`` keeps its work: beside ``out``, which must name a file."""
+    if not out.name:  # "", "." or "/" (the API's out is not checked by click; an unset variable gives "")
+        raise DataError(f"--out {str(out)!r} names no file (empty, '.' or a root); name the file to write.")
     return out.with_name(out.name + ".partial")
 
 
