@@ -118,8 +118,17 @@ def test_mistakes_are_refused_before_round_0_trains(
     foreign.mkdir()
     (foreign / "notes.txt").write_text("my notes")
     local = "openai:http://127.0.0.1:9/v1"
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    earlier = tmp_path / "earlier"  # an earlier iterate's folder whose data is a link to the user's folder
+    earlier.mkdir()
+    (earlier / "iterate.json").write_text("{}")
+    (earlier / "data").symlink_to(foreign)
     cases = [
         (dict(output_dir=str(foreign)), "holds files iterate did not write"),
+        (dict(output_dir=str(tmp_path / "a-file")), r"iterate --out .*a-file is a file, not a directory"),
+        (dict(output_dir=str(tmp_path / "link")), r"iterate --out .*link is a symbolic link"),
+        (dict(output_dir=str(earlier), overwrite=True), r"earlier holds symbolic links \(data\); a run never writes"),
         (dict(judge="gpt4"), "--judge: unknown judge 'gpt4'"),
         (dict(judge=f"reward-model:{tmp_path}"), "no model config could be read"),
         (dict(start=str(tmp_path)), "not a finished training run"),
@@ -143,7 +152,8 @@ def test_mistakes_are_refused_before_round_0_trains(
         options["overrides"] = (*settings, *given.get("overrides", ()))
         with pytest.raises(DpoRecipeError, match=message):
             run_iterate(RECIPE, 2, **options)
-    assert not (tmp_path / "out" / "round-0").exists()
+    assert not (tmp_path / "out" / "round-0").exists() and not (tmp_path / "nowhere").exists()
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
