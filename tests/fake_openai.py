@@ -3,8 +3,8 @@
 It answers ``POST /v1/chat/completions`` by a rule the test picks, so the judge's real HTTP code runs against
 every way a server can behave: prefer the longer answer (a judge with an opinion), always answer "0" (a judge
 that only ever picks the first shown), answer nonsense, refuse (HTTP 401 / 503), echo the request's key, or
-answer slower than the judge waits, or redirect elsewhere. Every request is recorded, a GET too (where a
-followed redirect would arrive). The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
+answer slower than the judge waits, redirect elsewhere, or send 3 MB. Every request is recorded, a GET too
+(where a followed redirect would arrive). The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
 the two answers can be read back from the request.
 """
 
@@ -28,8 +28,8 @@ class FakeOpenAI:
     """``with FakeOpenAI("longer") as server: server.url`` (``http://127.0.0.1:PORT/v1``).
 
     ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow`` |
-    ``redirect`` (HTTP 302 to ``location``); ``fail_first``: answer the first N requests with HTTP 503 (then by
-    ``mode``)."""
+    ``redirect`` (HTTP 302 to ``location``) | ``huge`` (3 MB); ``fail_first``: answer the first N requests with
+    HTTP 503 (then by ``mode``)."""
 
     def __init__(self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0, location: str = "") -> None:
         self.mode, self.fail_first, self.delay_s, self.location = mode, fail_first, delay_s, location
@@ -76,6 +76,8 @@ class FakeOpenAI:
             return 401, {"error": {"message": "invalid api key"}}
         if self.mode == "not_json":
             return 200, b"<html>gateway</html>"
+        if self.mode == "huge":
+            return 200, b"0" * (3 << 20)
         if self.mode == "slow":
             time.sleep(self.delay_s)
         content = body["messages"][-1]["content"]

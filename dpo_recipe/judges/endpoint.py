@@ -8,16 +8,16 @@ A judge model prefers whichever answer comes first more often than chance, so ev
 both orders: an answer wins when both orders agree, and the two tie when they do not. An answer's score is the
 comparisons it won (a tie counting one half), so a prompt's answers are ranked for best-versus-worst pairs.
 
-What can go wrong is named, with the samples file's row: a reply that is not 0 or 1 (nonsense, a refusal), a
-refused request (HTTP 401 / 403: the key), a server that cannot be reached, a reply slower than
-``judge.timeout_s``. Timeouts, dropped connections, HTTP 429 / 5xx and malformed replies are asked again
-``judge.retries`` times, ``judge.retry_backoff_s`` doubling between tries. Every reply is appended to a journal
-as it arrives, keyed on what was asked (endpoint, model, prompt, the two answers in their order), so a run
-stopped or failed half-way asks only what it has not asked yet. The API key is read from the environment
-variable ``judge.api_key_env`` names, sent as a Bearer token, and never printed or written: a reply quoted in an
-error has it masked. It goes only where it cannot be read on the way: over https, or over plain http to this
-machine (localhost, 127.0.0.0/8, ::1), never through a proxy there; a redirect is refused rather than followed,
-since urllib would carry the Authorization header to whatever host the reply names.
+What can go wrong is named, with the samples file's row: a reply that is not 0 or 1 (nonsense, a refusal, a
+body over 1 MB, which is not read further), a refused request (HTTP 401 / 403: the key), a server that cannot
+be reached, a reply slower than ``judge.timeout_s``. Timeouts, dropped connections, HTTP 429 / 5xx and malformed
+replies are asked again ``judge.retries`` times, ``judge.retry_backoff_s`` doubling between tries. Every reply is
+appended to a journal as it arrives, keyed on what was asked (endpoint, model, prompt, the two answers in their
+order), so a run stopped or failed half-way asks only what it has not asked yet. The API key is read from the
+environment variable ``judge.api_key_env`` names, sent as a Bearer token, and never printed or written: a reply
+quoted in an error has it masked. It goes only where it cannot be read on the way: over https, or over plain
+http to this machine (localhost, 127.0.0.0/8, ::1), never through a proxy there; a redirect is refused rather
+than followed, since urllib would carry the Authorization header to whatever host the reply names.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from dpo_recipe.judges.base import Group, Judge, Verdict, prompt_question
 IDENTIFIER = re.compile(r"""^\s*["'`]?([01])(?![0-9A-Za-z])""")  # TRL read the reply's first character
 RETRYABLE_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 EXCERPT = 160  # characters of a bad reply quoted in an error
+MAX_REPLY = 1 << 20  # bytes read of a reply: a completion of judge.max_tokens tokens is far smaller; a server
+# streaming without end is cut here, not read into memory
 
 
 class Retry(Exception):
@@ -219,9 +221,9 @@ class EndpointJudge(Judge):
         request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers, method="POST")
         try:
             with self.opener.open(request, timeout=settings.timeout_s) as response:
-                raw = response.read()
+                raw = response.read(MAX_REPLY + 1)
         except urllib.error.HTTPError as exc:
-            detail = self._excerpt(exc.read().decode("utf-8", "replace"))
+            detail = self._excerpt(exc.read(MAX_REPLY).decode("utf-8", "replace"))
             if 300 <= exc.code < 400:
                 where_to = self._excerpt(redacted(exc.headers.get("Location") or "nowhere named"))
                 raise JudgeError(
@@ -250,6 +252,8 @@ class EndpointJudge(Judge):
             raise Retry(f"the endpoint cannot be reached ({type(exc.reason).__name__}: {exc.reason})") from None
         except (http.client.HTTPException, ConnectionError) as exc:
             raise Retry(f"the connection failed ({type(exc).__name__})") from None
+        if len(raw) > MAX_REPLY:
+            raise Retry(f"the reply is over {MAX_REPLY >> 20} MB, not a chat completion of judge.max_tokens tokens")
         return self._identifier(raw.decode("utf-8", "replace"))
 
     def _identifier(self, text: str) -> str:

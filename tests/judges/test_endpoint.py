@@ -83,6 +83,7 @@ def test_a_server_that_recovers_after_503s_is_retried_with_backoff(tmp_path: Pat
         ("nonsense", "the judge answered 'Both answers are lovely!', not the identifier 0 or 1 (2 tries)"),
         ("not_json", "the reply is not an OpenAI chat completion: '<html>gateway</html>'"),
         ("slow", "no reply within judge.timeout_s 0.3 s (2 tries)"),
+        ("huge", "the reply is over 1 MB, not a chat completion of judge.max_tokens tokens (2 tries)"),
     ],
 )
 def test_a_bad_reply_is_named_with_its_row(mode: str, expected: str, tmp_path: Path) -> None:
