@@ -7,9 +7,9 @@ not import torch.
 ``train`` is also the name of the module ``python -m dpo_recipe.train`` runs (and ``iterate`` of the
 module ``dpo_recipe.iterate``), and importing a submodule sets the package attribute of its name to
 the module, which would shadow the function (``from dpo_recipe import train`` returning a module
-after ``import dpo_recipe.train``). The
-package's module class keeps the API's names for the API's functions; the submodules stay
-importable by their dotted names (``from dpo_recipe.train import main``).
+after ``import dpo_recipe.train``). The package's module class keeps the API's names for the API's
+functions; the submodules stay importable by their dotted names (``from dpo_recipe.train import
+main``).
 """
 
 import sys

@@ -100,6 +100,12 @@ class EndpointJudge(Judge):
                     f"empty). Export it (export {settings.api_key_env}=...) or set judge.api_key_env: null for an "
                     "endpoint without a key."
                 )
+            if not all(" " < c < "\x7f" for c in self.key):  # http.client would quote it in a ValueError
+                raise JudgeError(
+                    f"judge.api_key_env names {settings.api_key_env}, whose value holds what no API key holds (a "
+                    "space, a line break, another control character or non-ASCII text); nothing was sent. Export "
+                    "the key alone."
+                )
         self.summary: dict[str, Any] = {}
 
     # ---- the journal: replies already had -----------------------------------------------------------------

@@ -122,6 +122,15 @@ def test_the_key_is_sent_from_its_variable_and_never_shown(monkeypatch: pytest.M
     assert len(server.requests) == 1 and KEY not in str(err.value)  # a refusal is not retried
 
 
+@pytest.mark.parametrize("pasted", [f"{KEY}\nX-Evil: 1", f"{KEY} extra", f"sk-\t{KEY}", f"ｓｋ-{KEY}"])
+def test_a_key_no_header_can_carry_is_refused_unquoted(pasted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.client refuses such a header with a ValueError that quotes it: the key, in a traceback."""
+    monkeypatch.setenv("JUDGE_KEY", pasted)
+    with pytest.raises(JudgeError) as err:
+        EndpointJudge("http://127.0.0.1:9/v1", dataclasses.replace(SETTINGS, api_key_env="JUDGE_KEY"))
+    assert "JUDGE_KEY, whose value holds what no API key holds" in str(err.value) and KEY not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("url", "allowed"),
     [
