@@ -4,11 +4,12 @@ The Python API (``dpo_recipe.api``) is re-exported here lazily: ``from dpo_recip
 loads it on first use, so importing the package (and ``dpo-recipe --help``) stays fast and does
 not import torch.
 
-``train`` is also the name of the module ``python -m dpo_recipe.train`` runs, and importing a
-submodule sets the package attribute of its name to the module, which would shadow the function
-(``from dpo_recipe import train`` returning a module after ``import dpo_recipe.train``). The
-package's module class keeps the API's names for the API's functions; the submodules stay
-importable by their dotted names (``from dpo_recipe.train import main``).
+``train`` is also the name of the module ``python -m dpo_recipe.train`` runs (and ``iterate`` of the
+module ``dpo_recipe.iterate``), and importing a submodule sets the package attribute of its name to
+the module, which would shadow the function (``from dpo_recipe import train`` returning a module
+after ``import dpo_recipe.train``). The package's module class keeps the API's names for the API's
+functions; the submodules stay importable by their dotted names (``from dpo_recipe.train import
+main``).
 """
 
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train")
+_API = ("chat", "evaluate", "export", "generate_dataset", "iterate", "judge", "load_adapter", "push", "sample", "train")
 __all__ = ["__version__", *_API]
 
 

@@ -7,10 +7,11 @@
     from dpo_recipe import load_adapter
     from dpo_recipe import chat
     from dpo_recipe import export
+    from dpo_recipe import sample, judge, iterate   # on-policy rounds: the model's own answers
 
 Each function is a thin wrapper over the module that does the work (``generate``, ``train``,
-``evaluation``, ``hub``, ``model``, ``export``), so a notebook and ``dpo-recipe`` run the same code and
-give the same numbers; the CLI commands call these functions. User errors raise
+``evaluation``, ``hub``, ``model``, ``export``, ``onpolicy``, ``iterate``), so a notebook and ``dpo-recipe``
+run the same code and give the same numbers; the CLI commands call these functions. User errors raise
 ``dpo_recipe.errors.DpoRecipeError`` subclasses whose message says what to fix.
 
 Heavy libraries (torch, transformers) are imported inside the functions, so importing this
@@ -22,14 +23,37 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpo_recipe.config.loader import DEFAULT_RECIPE
 from dpo_recipe.deploy.export import export  # the function itself: it imports torch only when called
-from dpo_recipe.errors import DataError, DpoRecipeError
+from dpo_recipe.errors import DataError, DpoRecipeError, RecipeError
 from dpo_recipe.hub.publish import PushResult
 
-__all__ = ["chat", "evaluate", "export", "generate_dataset", "load_adapter", "push", "train"]
+if TYPE_CHECKING:  # their modules import torch; these names only annotate
+    from dpo_recipe.onpolicy.pairing import PairingSummary
+    from dpo_recipe.onpolicy.sampling import SampleResult
+
+__all__ = [
+    "chat",
+    "evaluate",
+    "export",
+    "generate_dataset",
+    "iterate",
+    "judge",
+    "load_adapter",
+    "push",
+    "sample",
+    "train",
+]
+
+
+def _items(overrides: Sequence[str]) -> tuple[str, ...]:
+    """``overrides`` as the tuple the recipe loader reads; one string is refused, which would otherwise be read
+    a character at a time ("--set 'd': expected SECTION.KEY=VALUE")."""
+    if isinstance(overrides, str):
+        raise RecipeError(f"overrides is a list of 'SECTION.KEY=VALUE' strings, not one string: pass [{overrides!r}].")
+    return tuple(overrides)
 
 
 def generate_dataset(
@@ -105,7 +129,7 @@ def train(
 
     return run(
         recipe,
-        list(overrides),
+        list(_items(overrides)),
         output_dir=str(output_dir) if output_dir is not None else None,
         resume=resume,
         overwrite=overwrite,
@@ -214,3 +238,106 @@ def chat(
     model.eval()
     decoding = {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
     return greedy_answer(model, tokenizer, prompt_text(tokenizer, prompt), max_new_tokens, **decoding)
+
+
+def sample(
+    out: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    recipe: str | None = None,
+    overrides: Sequence[str] = (),
+    prompts: str | None = None,
+    n: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+    max_prompts: int | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> SampleResult:
+    """Sample ``n`` answers to each training prompt from a policy into the JSONL file ``out``, for ``judge``.
+
+    The policy is a trained ``adapter`` (directory or Hub id, on the base its ``recipe.yaml`` recorded) or the
+    model ``recipe`` starts from (with its ``overrides``); one of the two. ``prompts`` is any data the recipe
+    accepts (default: its own data); only its training prompts are asked, never a held-out one. The sampling
+    settings default to the recipe's ``iterate`` keys. Everything is checked before the weights load; a stopped
+    call keeps what it sampled in ``OUT.partial`` and the same call goes on from there. Returns the file, the
+    prompts and answers written, and how many came from the partial file.
+    """
+    from dpo_recipe.onpolicy.sampling import run_sample
+
+    return run_sample(
+        Path(out),
+        adapter=str(adapter) if adapter is not None else None,
+        recipe=recipe,
+        overrides=_items(overrides),
+        prompts=prompts,
+        max_prompts=max_prompts,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def judge(
+    samples: str | Path,
+    out: str | Path,
+    *,
+    kind: str | None = None,
+    recipe: str | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+) -> PairingSummary:
+    """Judge each prompt's answers in ``samples`` (a ``sample`` file) into pairs in the ranked form, at ``out``.
+
+    ``kind`` is the judge (``rules``, ``implicit``, ``reward-model:PATH_OR_ID``, ``openai:URL``; default the
+    recipe's ``judge.kind``); its settings are ``recipe``'s ``judge`` keys, or their defaults, with
+    ``overrides`` (``"judge.min_margin=0.5"``). The chosen answer passes every gate and scores best, the
+    rejected one scores worst; ties and pairs within ``judge.min_margin`` are dropped and counted. ``train``
+    reads ``out`` as it is. Returns the counts (``.line()`` is the summary the CLI prints); a judging that leaves
+    no pair raises ``JudgeError`` and writes nothing.
+    """
+    from dpo_recipe.config.loader import judge_section
+    from dpo_recipe.onpolicy.pairing import run_judge
+
+    return run_judge(Path(samples), Path(out), judge_section(recipe, _items(overrides)), kind, overwrite=overwrite)
+
+
+def iterate(
+    recipe: str,
+    rounds: int | None = None,
+    *,
+    judge: str | None = None,
+    start: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Round 0 trains ``recipe`` (or is the finished run ``start``); each of ``rounds`` (default
+    ``iterate.rounds``) more samples the last adapter on the training prompts, judges the answers into pairs
+    (``judge``, default ``judge.kind``) and trains that adapter further on them, mixed with ``iterate.replay`` of
+    the original pairs.
+
+    One run folder a round under ``output_dir`` (default ``training.output_dir``), every round scored on round
+    0's held-out pairs; ``rounds.md`` / ``.csv`` / ``.png`` at the end. Everything (recipe, judge, ``start``,
+    folder) is checked before round 0 trains; ``resume`` keeps finished rounds. Returns the rounds table's rows
+    (held-out reward accuracy, answer checks, the rules judge's win rate over round 0, seconds).
+    """
+    from dpo_recipe.iterate import run_iterate
+
+    return run_iterate(
+        recipe,
+        rounds,
+        judge=judge,
+        start=str(start) if start is not None else None,
+        output_dir=str(output_dir) if output_dir is not None else None,
+        overrides=_items(overrides),
+        resume=resume,
+        overwrite=overwrite,
+    )

@@ -456,27 +456,17 @@ def sweep_command(
 @click.option("--rounds", type=click.IntRange(min=1, max=50), help="On-policy rounds after round 0 [iterate.rounds].")
 @click.option(
     "--judge",
-    "spec",
     metavar="KIND",
     help="rules | implicit | reward-model:PATH_OR_ID | openai:URL [default: judge.kind, rules].",
 )
 @click.option("--from", "start", metavar="RUN", help="Round 0 is this finished training run instead of a new one.")
 @click.option(
-    "--out", "out_dir", help="Folder of the rounds (OUT/round-K, OUT/data, OUT/rounds.md) [training.output_dir]."
+    "--out", "output_dir", help="Folder of the rounds (OUT/round-K, OUT/data, OUT/rounds.md) [training.output_dir]."
 )
 @click.option("--resume", is_flag=True, help="Keep finished rounds, continue the first unfinished one.")
 @click.option("--overwrite", is_flag=True, help="Start an earlier iterate run in OUT over.")
 @set_option
-def iterate_command(
-    recipe: str,
-    rounds: int | None,
-    spec: str | None,
-    start: str | None,
-    out_dir: str | None,
-    resume: bool,
-    overwrite: bool,
-    overrides: tuple[str, ...],
-) -> None:
+def iterate_command(**options: Any) -> None:
     """Round 0 trains the recipe (or is --from RUN); each next round samples the last adapter on the training
     prompts, judges the answers into pairs and trains that adapter further on them, mixed with iterate.replay of
     the original pairs. One run folder per round; OUT/rounds.md, rounds.csv and rounds.png at the end.
@@ -484,18 +474,9 @@ def iterate_command(
     \b
       dpo-recipe iterate --recipe tiny-ja --rounds 2 --judge rules --out outputs/rounds
     """
-    from dpo_recipe.iterate import run_iterate
+    from dpo_recipe.api import iterate
 
-    run_iterate(
-        recipe,
-        rounds,
-        judge=spec,
-        start=start,
-        output_dir=out_dir,
-        overrides=overrides,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    iterate(**options)  # the options are the function's arguments, by name
 
 
 @cli.command("compare")
@@ -676,21 +657,7 @@ def pairs() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace --out, or start a stopped sample over.")
 @trust_option
 @set_option
-def pairs_sample(
-    adapter: str | None,
-    recipe: str | None,
-    prompts: str | None,
-    out: Path,
-    n: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-    max_new_tokens: int | None,
-    max_prompts: int | None,
-    overwrite: bool,
-    trust_remote_code: bool,
-    overrides: tuple[str, ...],
-) -> None:
+def pairs_sample(out: Path, **options: Any) -> None:
     """Sample N answers to each training prompt from a policy, for 'pairs judge'.
 
     Batched, seeded, with a progress bar; stopped (Ctrl-C), it keeps what it sampled in OUT.partial and the
@@ -701,23 +668,9 @@ def pairs_sample(
       dpo-recipe pairs judge samples.jsonl --judge rules --out pairs.jsonl
       dpo-recipe train --recipe tiny-ja --set model.init_adapter=outputs/tiny-ja --set data.source=pairs.jsonl
     """
-    from dpo_recipe.onpolicy.sampling import run_sample
+    from dpo_recipe.api import sample
 
-    result = run_sample(
-        out,
-        adapter=adapter,
-        recipe=recipe,
-        overrides=overrides,
-        prompts=prompts,
-        max_prompts=max_prompts,
-        overwrite=overwrite,
-        trust_remote_code=trust_remote_code,
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-    )
+    result = sample(out, **options)  # the options are the function's arguments, by name
     for note in result.notes:
         click.echo(note)
     resumed = f" ({result.resumed_from} of them from {out}.partial)" if result.resumed_from else ""
@@ -744,10 +697,9 @@ def pairs_judge(
     The chosen answer passes every gate (judge.gates) and scores best, the rejected one scores worst; ties and
     pairs within judge.min_margin are dropped and counted. 'dpo-recipe train' and 'data lint' take OUT as it is.
     """
-    from dpo_recipe.config.loader import judge_section
-    from dpo_recipe.onpolicy.pairing import run_judge
+    from dpo_recipe.api import judge
 
-    summary = run_judge(samples, out, judge_section(recipe, overrides), spec, overwrite=overwrite)
+    summary = judge(samples, out, kind=spec, recipe=recipe, overrides=overrides, overwrite=overwrite)
     click.echo(summary.line())
     if summary.judge_figures:
         click.echo("judge: " + ", ".join(f"{k} {v}" for k, v in summary.judge_figures.items()))

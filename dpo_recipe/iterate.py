@@ -35,7 +35,7 @@ from dpo_recipe.config.vocabulary import split_judge_spec
 from dpo_recipe.errors import RecipeError
 from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE, RunContext
-from dpo_recipe.training.run_dir import is_finished
+from dpo_recipe.training.run_dir import check_no_links, check_real_folder, is_finished
 from dpo_recipe.utils.files import write_file_atomically
 
 MARKER = "iterate.json"  # what an iterate output folder holds first: recipe, judge, rounds
@@ -179,7 +179,9 @@ def _checked_start(start: str, recipe: Recipe) -> Path:
 
 def _refuse_foreign_root(root: Path, *, resume: bool, overwrite: bool) -> None:
     """The output folder is new, empty, or an earlier iterate's (``--resume`` / ``--overwrite``): never a folder
-    of the user's files."""
+    of the user's files, a file, a link, or a folder with a link inside (its samples would be written through
+    it)."""
+    check_real_folder(root, "iterate --out", "--out")
     if not root.is_dir() or not any(root.iterdir()):
         return
     if not (root / MARKER).is_file():
@@ -187,6 +189,7 @@ def _refuse_foreign_root(root: Path, *, resume: bool, overwrite: bool) -> None:
             f"iterate --out {root} holds files iterate did not write; it writes only into a new or empty folder or "
             "an earlier iterate's. Choose another --out."
         )
+    check_no_links(root, "--out")
     if not (resume or overwrite):
         raise RecipeError(
             f"{root} already holds an iterate run. Continue it with --resume (finished rounds are kept), or start "

@@ -3,7 +3,8 @@
 It answers ``POST /v1/chat/completions`` by a rule the test picks, so the judge's real HTTP code runs against
 every way a server can behave: prefer the longer answer (a judge with an opinion), always answer "0" (a judge
 that only ever picks the first shown), answer nonsense, refuse (HTTP 401 / 503), echo the request's key, or
-answer slower than the judge waits. The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
+answer slower than the judge waits, redirect elsewhere, or send 3 MB. Every request is recorded, a GET too
+(where a followed redirect would arrive). The prompt template the tests set is ``A0:{response0}\\nA1:{response1}``, so
 the two answers can be read back from the request.
 """
 
@@ -26,15 +27,22 @@ def shown_answers(content: str) -> tuple[str, str]:
 class FakeOpenAI:
     """``with FakeOpenAI("longer") as server: server.url`` (``http://127.0.0.1:PORT/v1``).
 
-    ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow``;
-    ``fail_first``: answer the first N requests with HTTP 503 (then by ``mode``); ``down_after``: answer N requests by
-    ``mode``, then HTTP 503 to every one (a server that went down; set it to None to bring it back)."""
+    ``mode``: ``longer`` | ``always_0`` | ``nonsense`` | ``not_json`` | ``refuse_401`` | ``echo_key`` | ``slow`` |
+    ``redirect`` (HTTP 302 to ``location``) | ``huge`` (3 MB); ``fail_first``: answer the first N requests with
+    HTTP 503 (then by ``mode``); ``down_after``: answer N requests by ``mode``, then HTTP 503 to every one (a server
+    that went down; set it to None to bring it back)."""
 
     def __init__(
-        self, mode: str = "longer", *, fail_first: int = 0, delay_s: float = 2.0, down_after: int | None = None
+        self,
+        mode: str = "longer",
+        *,
+        fail_first: int = 0,
+        delay_s: float = 2.0,
+        location: str = "",
+        down_after: int | None = None,
     ) -> None:
-        self.mode, self.fail_first, self.delay_s, self.down_after = mode, fail_first, delay_s, down_after
-        self.answered = 0
+        self.mode, self.fail_first, self.delay_s, self.location = mode, fail_first, delay_s, location
+        self.down_after, self.answered = down_after, 0
         self.requests: list[dict[str, Any]] = []
         server = self
 
@@ -49,12 +57,20 @@ class FakeOpenAI:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    if status == 302:
+                        self.send_header("Location", server.location)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the judge gave up waiting (slow mode)
                     pass
+
+            def do_GET(self) -> None:  # noqa: N802 - where a followed redirect (POST turned GET) arrives
+                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -67,10 +83,14 @@ class FakeOpenAI:
         if self.down_after is not None and self.answered >= self.down_after:
             return 503, {"error": {"message": "server is down"}}
         self.answered += 1
+        if self.mode == "redirect":
+            return 302, {}
         if self.mode == "refuse_401":
             return 401, {"error": {"message": "invalid api key"}}
         if self.mode == "not_json":
             return 200, b"<html>gateway</html>"
+        if self.mode == "huge":
+            return 200, b"0" * (3 << 20)
         if self.mode == "slow":
             time.sleep(self.delay_s)
         content = body["messages"][-1]["content"]

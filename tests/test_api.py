@@ -119,6 +119,71 @@ def test_chat_as_conversation_renders_a_string_as_one_user_turn(loaded: tuple) -
     assert penalised == greedy_answer(*loaded, question, 8, repetition_penalty=1.5, no_repeat_ngram_size=2)
 
 
+# the on-policy steps at their smallest: 8 prompts, 4 answers of 4 tokens, no gates (the tiny model's answers
+# never end a sentence), a seed that gives the rules judge pairs
+ON_POLICY = dict(n=4, max_new_tokens=4, max_prompts=8, temperature=1.0, seed=0)
+NO_GATES = ["judge.gates=[]"]
+
+
+def test_sample_and_judge_write_what_the_cli_writes(runner, finished: Path, tmp_path: Path) -> None:
+    result = api.sample(tmp_path / "samples.jsonl", adapter=finished, **ON_POLICY)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert (result.out, result.prompts, result.answers, result.resumed_from) == (tmp_path / "samples.jsonl", 8, 32, 0)
+    assert [len(row["completions"]) for row in rows] == [4] * 8
+    assert rows[0]["sampled_from"]["adapter"] == str(finished.resolve()) and rows[0]["sampled_from"]["seed"] == 0
+    options = [item for key, value in ON_POLICY.items() for item in (f"--{key.replace('_', '-')}", value)]
+    cli = invoke(runner, "pairs", "sample", "--adapter", finished, *options, "--out", tmp_path / "cli.jsonl")
+    assert cli.exit_code == 0, cli.output
+    assert (tmp_path / "cli.jsonl").read_text() == (tmp_path / "samples.jsonl").read_text()
+
+    summary = api.judge(tmp_path / "samples.jsonl", tmp_path / "pairs.jsonl", kind="rules", overrides=NO_GATES)
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert (summary.judge, summary.prompts, summary.answers) == ("rules", 8, 32) and summary.pairs == len(pairs) >= 1
+    assert all(row["responses"][0]["score"] > row["responses"][1]["score"] for row in pairs)
+    args = ["pairs", "judge", tmp_path / "samples.jsonl", "--judge", "rules", "--set", NO_GATES[0]]
+    cli = invoke(runner, *args, "--out", tmp_path / "cli-pairs.jsonl")
+    assert cli.exit_code == 0 and summary.line() in cli.output
+    assert (tmp_path / "cli-pairs.jsonl").read_text() == (tmp_path / "pairs.jsonl").read_text()
+
+
+def test_iterate_trains_a_round_from_a_finished_run(tiny_model: Path, finished: Path, workdir: Path, tmp_path: Path):
+    settings = tiny_overrides(
+        tiny_model,
+        f"data.source={workdir / 'data'}",
+        "data.max_train_pairs=16",
+        "data.max_eval_pairs=8",
+        *NO_GATES,
+        *(f"iterate.{key}={value}" for key, value in [("max_prompts", 8), ("max_completion_length", 4)]),
+        "iterate.temperature=1.0",
+    )
+    rows = api.iterate("tiny-ja", 1, judge="rules", start=finished, output_dir=tmp_path / "rounds", overrides=settings)
+    judged = json.loads((tmp_path / "rounds" / "data" / "round-1" / "judge.json").read_text())
+    metrics = json.loads((tmp_path / "rounds" / "round-1" / "metrics.json").read_text())
+    assert [row["round"] for row in rows] == [0, 1] and rows[0]["output_dir"] == str(finished)
+    assert rows[1]["pairs"] == judged["pairs"] >= 1 and rows[1]["training_pairs"] == metrics["train"]["pairs"]
+    assert metrics["eval"]["overall"]["pairs"] == 8  # round 0's held-out pairs
+    assert "| round | judge | pairs kept |" in (tmp_path / "rounds" / "rounds.md").read_text()
+
+
+def test_a_string_of_overrides_and_an_empty_out_are_named(runner, tmp_path: Path) -> None:
+    """Two slips a notebook makes: one --set item as a string (read a character at a time, it said "--set 'i'"),
+    and an out from an unset variable (a ValueError about PosixPath('.') from deep inside)."""
+    from dpo_recipe.errors import DataError, RecipeError
+
+    for call in (
+        lambda: api.iterate("tiny-ja", overrides="iterate.replay=0.5", output_dir=tmp_path / "rounds"),
+        lambda: api.train("tiny-ja", "iterate.replay=0.5", output_dir=tmp_path / "run"),
+    ):
+        with pytest.raises(RecipeError, match=r"not one string: pass \['iterate.replay=0.5'\]"):
+            call()
+    for call in (lambda: api.sample("", recipe="tiny-ja"), lambda: api.judge(tmp_path / "s.jsonl", "")):
+        with pytest.raises(DataError, match=r"--out '\.' names no file \(empty, '\.' or a root\)"):
+            call()
+    result = invoke(runner, "pairs", "sample", "--recipe", "tiny-ja", "--out", "")
+    assert result.exit_code == 1 and "Error: --out '.' names no file" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 API_CALLS = {  # each documented name, called the cheapest way that reaches its own checks: (call, what it says)
     "generate_dataset": ("generate_dataset(OUT, num_pairs=5)", "num_pairs must be at least 10"),
     "train": ("train('no-such-recipe')", "no-such-recipe"),
@@ -127,10 +192,15 @@ API_CALLS = {  # each documented name, called the cheapest way that reaches its 
     "load_adapter": ("load_adapter(OUT)", "adapter_config.json"),
     "chat": ("chat(None, None, ' ')", "the prompt is empty"),
     "export": ("export(OUT, OUT / 'export')", "adapter_config.json"),
+    "sample": ("sample(OUT / 'samples.jsonl')", "Give the policy to sample: --adapter RUN"),
+    "judge": ("judge(OUT / 'samples.jsonl', OUT / 'pairs.jsonl')", "samples.jsonl: no such samples file"),
+    "iterate": ("iterate('no-such-recipe')", "no-such-recipe"),
 }
 
 
-@pytest.mark.parametrize("imported_first", ["", "import dpo_recipe.train, dpo_recipe.deploy.export, dpo_recipe.api"])
+@pytest.mark.parametrize(
+    "imported_first", ["", "import dpo_recipe.train, dpo_recipe.iterate, dpo_recipe.deploy.export, dpo_recipe.api"]
+)
 def test_every_documented_name_is_its_function(imported_first: str, tmp_path: Path) -> None:
     """In a fresh interpreter, and after the modules named like the functions were imported (a notebook cell
     run twice): ``from dpo_recipe import NAME`` is ``api.NAME``, a function that runs its own checks."""

@@ -15,31 +15,21 @@ from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.errors import DpoRecipeError, JudgeError, RecipeError
 from dpo_recipe.iterate import run_iterate
 
-# small rounds: 8 prompts, 4 short answers each (a random tiny model writes broken characters in long ones), no
-# gates (its answers never end a sentence), 16 original pairs
-SMALL = (
-    "judge.gates=[]",
-    "iterate.max_prompts=8",
-    "iterate.num_generations=4",
-    "iterate.max_completion_length=4",
-    "iterate.temperature=1.0",
-    "data.max_train_pairs=16",
-    "data.max_eval_pairs=8",
-    "eval.num_generations=2",
-)
-
-
-def set_items(tiny_model: Path, *extra: str) -> list[str]:
-    return [arg for item in tiny_overrides(tiny_model, *SMALL, *extra) for arg in ("--set", item)]
+# the packaged smoke recipe: tiny-ja's round 0 (16 pairs, 8 held out), then 2 rounds of 8 prompts x 4 answers of 4
+# tokens (a random tiny model writes broken characters in long ones), rules judge, no gates (its answers never end
+# a sentence)
+RECIPE = "tiny-ja-onpolicy"
 
 
 @pytest.fixture(scope="module")
 def rules_rounds(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dpo-recipe iterate --recipe tiny-ja-onpolicy``: the rounds and the judge from the recipe."""
     from click.testing import CliRunner
 
     out = tmp_path_factory.mktemp("rounds") / "rules"
-    args = ["iterate", "--recipe", "tiny-ja", "--rounds", "2", "--judge", "rules", "--out", out]
-    result = invoke(CliRunner(), *args, *set_items(tiny_model))
+    result = invoke(
+        CliRunner(), "iterate", "--recipe", RECIPE, "--out", out, "--set", f"model.name_or_path={tiny_model}"
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -73,14 +63,14 @@ def test_two_rounds_with_the_rules_judge(rules_rounds: Path) -> None:
 
 def test_resume_keeps_finished_rounds_and_a_second_start_is_refused(rules_rounds: Path, tiny_model: Path) -> None:
     stamps = [(rules_rounds / f"round-{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)]
-    settings = tuple(tiny_overrides(tiny_model, *SMALL))
-    rows = run_iterate("tiny-ja", 2, judge="rules", output_dir=str(rules_rounds), overrides=settings, resume=True)
+    settings = tuple(tiny_overrides(tiny_model))
+    rows = run_iterate(RECIPE, 2, judge="rules", output_dir=str(rules_rounds), overrides=settings, resume=True)
     assert [(rules_rounds / f"round-{k}" / "metrics.json").stat().st_mtime_ns for k in range(3)] == stamps
     assert [row["round"] for row in rows] == [0, 1, 2]
     with pytest.raises(RecipeError, match="already holds an iterate run. Continue it with --resume"):
-        run_iterate("tiny-ja", 2, output_dir=str(rules_rounds), overrides=settings)
+        run_iterate(RECIPE, 2, output_dir=str(rules_rounds), overrides=settings)
     with pytest.raises(RecipeError, match="judge 'rules' then, 'implicit' now"):  # its pairs would mix two judges
-        run_iterate("tiny-ja", 2, judge="implicit", output_dir=str(rules_rounds), overrides=settings, resume=True)
+        run_iterate(RECIPE, 2, judge="implicit", output_dir=str(rules_rounds), overrides=settings, resume=True)
 
 
 @pytest.mark.parametrize("judge", ["implicit", "reward-model", "openai"])
@@ -100,10 +90,10 @@ def test_two_rounds_from_a_finished_run_with_each_other_judge(
             spec = f"reward-model:{tiny_reward_model(tiny_model, tmp_path / 'rm')}"
         if judge == "openai":
             spec, extra = f"openai:{server.url}", (f"judge.prompt_template={json.dumps(TEMPLATE)}",)
-        settings = (*tiny_overrides(tiny_model, *SMALL, *extra), "iterate.reference=last_policy")
+        settings = (*tiny_overrides(tiny_model, *extra), "iterate.reference=last_policy")
         out = tmp_path / "rounds"
         start = str(rules_rounds / "round-0")
-        rows = run_iterate("tiny-ja", 2, judge=spec, start=start, output_dir=str(out), overrides=settings)
+        rows = run_iterate(RECIPE, 2, judge=spec, start=start, output_dir=str(out), overrides=settings)
     assert [row["round"] for row in rows] == [0, 1, 2] and rows[0]["output_dir"] == start
     assert not (out / "round-0").exists() and (out / "round-2" / "metrics.json").is_file()
     assert [row["judge"] for row in rows[1:]] == [spec, spec] and all(row["pairs"] >= 1 for row in rows[1:])
@@ -123,35 +113,47 @@ def test_mistakes_are_refused_before_round_0_trains(
 
     training = importlib.import_module("dpo_recipe.train")
     monkeypatch.setattr(training, "load_policy", lambda *a: pytest.fail("weights loaded"))
-    settings = tuple(tiny_overrides(tiny_model, *SMALL))
+    settings = tuple(tiny_overrides(tiny_model))
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("my notes")
+    local = "openai:http://127.0.0.1:9/v1"
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    earlier = tmp_path / "earlier"  # an earlier iterate's folder whose data is a link to the user's folder
+    earlier.mkdir()
+    (earlier / "iterate.json").write_text("{}")
+    (earlier / "data").symlink_to(foreign)
     cases = [
         (dict(output_dir=str(foreign)), "holds files iterate did not write"),
+        (dict(output_dir=str(tmp_path / "a-file")), r"iterate --out .*a-file is a file, not a directory"),
+        (dict(output_dir=str(tmp_path / "link")), r"iterate --out .*link is a symbolic link"),
+        (dict(output_dir=str(earlier), overwrite=True), r"earlier holds symbolic links \(data\); a run never writes"),
         (dict(judge="gpt4"), "--judge: unknown judge 'gpt4'"),
         (dict(judge=f"reward-model:{tmp_path}"), "no model config could be read"),
         (dict(start=str(tmp_path)), "not a finished training run"),
         (dict(overrides=("training.objective=kto", "training.per_device_batch_size=2")), "objective kto does not"),
         (dict(overrides=(f"model.init_adapter={tmp_path}",)), "this recipe merges model.init_adapter"),
         (dict(overrides=("iterate.replay=0",)), r"iterate.replay: must be > 0.0"),
+        (dict(overrides=("iterate.replay=1",)), r"iterate.replay: must be < 1.0"),
+        (dict(overrides=("iterate.replay=most",)), r"iterate.replay: expected a finite number, got 'most'"),
+        (dict(overrides=("judge.rules={}",)), r"judge.rules: no weight above 0"),
         (dict(output_dir=" "), "--out is empty"),
+        (dict(judge=local, overrides=("judge.api_key_env=NO_SUCH_KEY",)), "judge.api_key_env names NO_SUCH_KEY"),
+        (
+            dict(judge="openai:http://judge.example.com/v1", overrides=("judge.api_key_env=JUDGE_KEY",)),
+            "is plain http:// to judge.example.com, which is not this machine",
+        ),
     ]
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    monkeypatch.setenv("JUDGE_KEY", "sk-not-over-http")
     for given, message in cases:
         options: dict = {"output_dir": str(tmp_path / "out"), **given}
         options["overrides"] = (*settings, *given.get("overrides", ()))
         with pytest.raises(DpoRecipeError, match=message):
-            run_iterate("tiny-ja", 2, **options)
-    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(JudgeError, match="judge.api_key_env names NO_SUCH_KEY"):
-        run_iterate(
-            "tiny-ja",
-            2,
-            judge="openai:http://127.0.0.1:9/v1",
-            output_dir=str(tmp_path / "out"),
-            overrides=(*settings, "judge.api_key_env=NO_SUCH_KEY"),
-        )
-    assert not (tmp_path / "out" / "round-0").exists()
+            run_iterate(RECIPE, 2, **options)
+    assert not (tmp_path / "out" / "round-0").exists() and not (tmp_path / "nowhere").exists()
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
@@ -159,11 +161,11 @@ def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
 ) -> None:
     from fake_openai import TEMPLATE, FakeOpenAI
 
-    settings = (*tiny_overrides(tiny_model, *SMALL), f"judge.prompt_template={json.dumps(TEMPLATE)}")
+    settings = (*tiny_overrides(tiny_model), f"judge.prompt_template={json.dumps(TEMPLATE)}")
     out = tmp_path / "rounds"
     with FakeOpenAI("always_0") as server, pytest.raises(JudgeError) as err:
         run_iterate(
-            "tiny-ja",
+            RECIPE,
             1,
             judge=f"openai:{server.url}",
             start=str(rules_rounds / "round-0"),
@@ -172,3 +174,25 @@ def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
         )
     assert "no pairs; nothing to train" in str(err.value) and "Every judged prompt's answers tied" in str(err.value)
     assert not (out / "round-1").exists() and not (out / "data" / "round-1" / "pairs.jsonl").exists()
+
+
+def test_the_gemma_recipe_is_the_quickstarts_job_and_two_rules_rounds(tmp_path: Path) -> None:
+    """gemma3-270m-ja-onpolicy: round 0 trains what `dpo-recipe quickstart` trains, then 2 rules rounds of at most
+    as many pairs; checked as iterate checks it, with nothing loaded."""
+    from dpo_recipe.cli import quickstart
+    from dpo_recipe.iterate import checked_plan
+
+    slice_ = next(param for param in quickstart.params if param.name == "train_pairs").default
+    quick = load_recipe("gemma3-270m-ja", [f"data.max_train_pairs={slice_}"]).to_dict()
+    onpolicy = load_recipe("gemma3-270m-ja-onpolicy").to_dict()
+    differing = {
+        f"{section}.{key}" for section, keys in onpolicy.items() for key in keys if keys[key] != quick[section][key]
+    }
+    assert differing == {"training.output_dir", "iterate.max_prompts"}  # the judge and round keys are the defaults
+    plan = checked_plan(
+        "gemma3-270m-ja-onpolicy", None, None, None, str(tmp_path / "out"), (), resume=False, overwrite=False
+    )
+    assert (plan.rounds, plan.judge, plan.recipe.iterate.reference) == (2, "rules", "first_model")
+    prompts, replay = plan.recipe.iterate.max_prompts, plan.recipe.iterate.replay
+    assert prompts + round(prompts * replay / (1 - replay)) <= slice_ == 192  # a round trains no more than round 0
+    assert not (tmp_path / "out").exists()

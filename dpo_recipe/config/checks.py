@@ -76,8 +76,9 @@ def cross_checks(recipe: Recipe) -> list[str]:
 
 def judge_problems(recipe: Recipe) -> list[str]:
     """The judge's keys that each pass but cannot work: an unknown judge (``judge.kind``, ``eval.judge``), gate or
-    rule name, an empty length range, a prompt template that does not format with {prompt}, {response0} and
-    {response1}, a key variable's odd name, held-out answers judged where none are written."""
+    rule name, rule weights that score nothing (all 0) or overflow, an empty length range, a prompt template that
+    does not format with {prompt}, {response0} and {response1}, a key variable's odd name, held-out answers judged
+    where none are written."""
     judge, problems = recipe.judge, []
     try:
         split_judge_spec(judge.kind)
@@ -105,6 +106,14 @@ def judge_problems(recipe: Recipe) -> list[str]:
             )
         elif weight < 0:
             problems.append(f"judge.rules.{name}: a weight must be >= 0, got {weight}")
+    total = sum(judge.rules.values())
+    if not math.isfinite(total):  # each check is in [0, 1]: a finite sum keeps every score finite
+        problems.append(f"judge.rules: the weights add up to more than a number holds ({total}); keep them small")
+    elif not any(weight > 0 for weight in judge.rules.values()):
+        problems.append(
+            "judge.rules: no weight above 0, so the rules judge scores every answer alike: every prompt ties (no "
+            "pair) and iterate's win rate says nothing; give at least one check a weight, e.g. {repetition: 1}"
+        )
     if judge.min_chars >= judge.max_chars:
         problems.append(f"judge.min_chars ({judge.min_chars}) must be below judge.max_chars ({judge.max_chars})")
     marks = {"prompt": "\x00P", "response0": "\x00A", "response1": "\x00B"}

@@ -56,7 +56,7 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return dict(value), None
         named = isinstance(value, dict) and all(isinstance(k, str) for k in value)
         if option == dict[str, float] and named:
-            numbers = {k: _finite_float(v) if not isinstance(v, (bool, str)) else None for k, v in value.items()}
+            numbers = {k: _finite_float(v) if not isinstance(v, bool) else None for k, v in value.items()}
             if all(v is not None for v in numbers.values()):
                 return numbers, None
         if option == dict[str, Any] and named:

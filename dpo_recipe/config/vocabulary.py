@@ -7,6 +7,8 @@ names without importing torch (``training.losses`` computes the losses under the
 from __future__ import annotations
 
 import difflib
+import re
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,28 +48,69 @@ RULE_WEIGHTS = ("japanese_share", "names_topic", "repetition", "ends_sentence", 
 GATES = ("japanese", "no_loop", "ends_sentence", "length")
 
 
+def redacted(text: str) -> str:
+    """``text`` as a message may show it: what a URL carries before its last ``@`` (``user:secret@``) and from a
+    ``?`` or ``#`` on (``?api_key=...``) masked. Every message that quotes a judge spec quotes it through this."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    if "@" in rest:
+        rest = "[hidden]@" + rest.rpartition("@")[2]
+    return scheme + sep + re.sub(r"[?#].*", "?[hidden]", rest, flags=re.DOTALL)
+
+
 def split_judge_spec(spec: str) -> tuple[str, str | None]:
     """``judge.kind`` / ``--judge`` as ``(kind, where)``: ``rules`` -> ("rules", None), ``openai:URL`` -> ("openai",
-    URL). Raises ValueError with the problem, phrased to follow the value."""
+    URL). Raises ValueError with the problem, phrased to follow the value.
+
+    An ``openai:`` URL holding credentials (``user:secret@``, ``?api_key=``) is refused rather than masked: the
+    spec is the run's record of its judge (``recipe.yaml``, ``iterate.json``, the pairs file, the rounds table and
+    card, progress lines), so masking it everywhere would leave a recipe that no longer names its endpoint and a
+    leak at each new place that shows it; the key has its own way in, ``judge.api_key_env``."""
     kind, sep, where = spec.strip().partition(":")
     if kind not in JUDGE_KINDS:
         known = "rules, implicit, reward-model:PATH_OR_ID, openai:URL"
-        raise ValueError(f"unknown judge {spec!r}; known: {known}{suggest(kind, JUDGE_KINDS)}")
+        raise ValueError(f"unknown judge {redacted(spec)!r}; known: {known}{suggest(kind, JUDGE_KINDS)}")
     needs_where = kind in ("reward-model", "openai")
     if needs_where and not where.strip():
         raise ValueError(f"{kind} needs where it is: {kind}:{'PATH_OR_ID' if kind == 'reward-model' else 'URL'}")
     if not needs_where and sep:
-        raise ValueError(f"{kind} takes nothing after it (got {spec!r})")
+        raise ValueError(f"{kind} takes nothing after it (got {redacted(spec)!r})")
+    where = where.strip()
     if kind == "openai" and not where.startswith(("http://", "https://")):
-        raise ValueError(f"openai:URL needs an http:// or https:// URL, got {where!r}")
-    if kind == "openai" and ("@" in where.split("/")[2] or "?" in where or "#" in where):
-        # the spec is written into the pairs, metrics.json and the model card; /chat/completions is appended to it
+        raise ValueError(f"openai:URL needs an http:// or https:// URL, got {redacted(where)!r}")
+    if kind == "openai" and any(mark in where for mark in "@?#"):
         raise ValueError(
-            "openai:URL takes the endpoint's address alone (e.g. http://host:8080/v1), without a user name, "
-            "password, query or fragment: the judge's name is written into pairs files, metrics.json and the model "
-            "card. Put a key in an environment variable and name it in judge.api_key_env"
+            f"openai:URL {redacted(where)!r} carries credentials or a query (user:password@ before the host, or "
+            "?... / #... after the path), which would be shown in progress lines and errors and written into "
+            "recipe.yaml and the pairs file. Give the bare endpoint (e.g. openai:https://host/v1), put the key in "
+            "an environment variable and name that variable in judge.api_key_env (sent as a Bearer token, never "
+            "printed or written)"
         )
-    return kind, where.strip() if needs_where else None
+    if kind == "openai":
+        _check_endpoint(where)
+    return kind, where if needs_where else None
+
+
+def _check_endpoint(url: str) -> None:
+    """What urllib would only find when the first answer is asked (after the sampling): no host, a port that is
+    no number, spaces or control characters (a header's worth after a line break)."""
+    problem = ""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        problem = "it holds spaces or control characters"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            problem = "" if parts.hostname else "it names no host"
+    if problem:
+        raise ValueError(
+            f"openai:URL {redacted(url)!r} is not a URL the judge can ask ({problem}); give it as "
+            "http(s)://HOST[:PORT]/PATH, e.g. openai:http://127.0.0.1:8080/v1"
+        )
 
 
 # iterate.reference: the DPO reference of round k >= 1

@@ -8,37 +8,44 @@ A judge model prefers whichever answer comes first more often than chance, so ev
 both orders: an answer wins when both orders agree, and the two tie when they do not. An answer's score is the
 comparisons it won (a tie counting one half), so a prompt's answers are ranked for best-versus-worst pairs.
 
-What can go wrong is named, with the samples file's row: a reply that is not 0 or 1 (nonsense, a refusal), a
-refused request (HTTP 401 / 403: the key), a server that cannot be reached, a reply slower than
-``judge.timeout_s``. Timeouts, dropped connections, HTTP 429 / 5xx and malformed replies are asked again
-``judge.retries`` times, ``judge.retry_backoff_s`` doubling between tries. Every reply is appended to a journal
-as it arrives, keyed on what was asked (endpoint, model, prompt, the two answers in their order), so a run
-stopped or failed half-way asks only what it has not asked yet. The API key is read from the environment
-variable ``judge.api_key_env`` names, sent as a Bearer token, and never printed or written: a reply quoted in an
-error has it masked.
+What can go wrong is named, with the samples file's row: a reply that is not 0 or 1 (nonsense, a refusal, a
+body over 1 MB, which is not read further), a refused request (HTTP 401 / 403: the key), a server that cannot
+be reached, a reply slower than ``judge.timeout_s``. Timeouts, dropped connections, HTTP 429 / 5xx and malformed
+replies are asked again ``judge.retries`` times, ``judge.retry_backoff_s`` doubling between tries. Every reply is
+appended to a journal as it arrives, keyed on what was asked (endpoint, model, prompt, the two answers in their
+order), so a run stopped or failed half-way asks only what it has not asked yet. The API key is read from the
+environment variable ``judge.api_key_env`` names, sent as a Bearer token, and never printed or written: a reply
+quoted in an error has it masked. It goes only where it cannot be read on the way: over https, or over plain
+http to this machine (localhost, 127.0.0.0/8, ::1), never through a proxy there; a redirect is refused rather
+than followed, since urllib would carry the Authorization header to whatever host the reply names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import JudgeSection
+from dpo_recipe.config.vocabulary import redacted
 from dpo_recipe.errors import JudgeError
 from dpo_recipe.judges.base import Group, Judge, Verdict, prompt_question
 
 IDENTIFIER = re.compile(r"""^\s*["'`]?([01])(?![0-9A-Za-z])""")  # TRL read the reply's first character
 RETRYABLE_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
 EXCERPT = 160  # characters of a bad reply quoted in an error
+MAX_REPLY = 1 << 20  # bytes read of a reply: a completion of judge.max_tokens tokens is far smaller; a server
+# streaming without end is cut here, not read into memory
 
 
 class Retry(Exception):
@@ -51,10 +58,40 @@ def chat_completions_url(url: str) -> str:
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine by its name alone (``localhost``, 127.0.0.0/8, ``::1``): no lookup, so a
+    name that resolves to 127.0.0.1 today is not trusted with a key over plain http."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Refuse(urllib.request.HTTPRedirectHandler):
+    """No redirect is followed: the 3xx comes back as an HTTPError (``_one_try`` names where it pointed)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class EndpointJudge(Judge):
     def __init__(self, url: str, settings: JudgeSection, journal: Path | None = None) -> None:
         self.spec, self.url, self.settings, self.journal = f"openai:{url}", chat_completions_url(url), settings, journal
+        parts = urllib.parse.urlsplit(self.url)
+        local = is_loopback(parts.hostname or "")
+        handlers: list[Any] = [Refuse()] + ([urllib.request.ProxyHandler({})] if local else [])
+        self.opener = urllib.request.build_opener(*handlers)
         self.key = None
+        if settings.api_key_env and parts.scheme == "http" and not local:
+            raise JudgeError(
+                f"judge.api_key_env names {settings.api_key_env}, but openai:{url} is plain http:// to "
+                f"{parts.hostname}, which is not this machine: the key would cross the network unencrypted, "
+                "readable by anyone on the way. Use the endpoint's https:// URL; for a server on this machine give "
+                "it as localhost or 127.0.0.1; for a server without authentication set judge.api_key_env: null, "
+                "so no key is sent."
+            )
         if settings.api_key_env:
             self.key = os.environ.get(settings.api_key_env, "").strip() or None
             if self.key is None:
@@ -62,6 +99,12 @@ class EndpointJudge(Judge):
                     f"judge.api_key_env names {settings.api_key_env}, but that environment variable is not set (or "
                     f"empty). Export it (export {settings.api_key_env}=...) or set judge.api_key_env: null for an "
                     "endpoint without a key."
+                )
+            if not all(" " < c < "\x7f" for c in self.key):  # http.client would quote it in a ValueError
+                raise JudgeError(
+                    f"judge.api_key_env names {settings.api_key_env}, whose value holds what no API key holds (a "
+                    "space, a line break, another control character or non-ASCII text); nothing was sent. Export "
+                    "the key alone."
                 )
         self.summary: dict[str, Any] = {}
 
@@ -183,10 +226,17 @@ class EndpointJudge(Judge):
             headers["Authorization"] = f"Bearer {self.key}"
         request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
-                raw = response.read()
+            with self.opener.open(request, timeout=settings.timeout_s) as response:
+                raw = response.read(MAX_REPLY + 1)
         except urllib.error.HTTPError as exc:
-            detail = self._excerpt(exc.read().decode("utf-8", "replace"))
+            detail = self._excerpt(exc.read(MAX_REPLY).decode("utf-8", "replace"))
+            if 300 <= exc.code < 400:
+                where_to = self._excerpt(redacted(exc.headers.get("Location") or "nowhere named"))
+                raise JudgeError(
+                    f"openai judge {self.url}, {where}: the endpoint redirects (HTTP {exc.code}) to {where_to!r}, "
+                    "which is not followed (the request, and a key, would go wherever a reply points). Give the "
+                    "final URL as openai:URL."
+                ) from None
             if exc.code in (401, 403):
                 key = f"the key in {settings.api_key_env}" if settings.api_key_env else "no key (judge.api_key_env)"
                 raise JudgeError(
@@ -208,6 +258,8 @@ class EndpointJudge(Judge):
             raise Retry(f"the endpoint cannot be reached ({type(exc.reason).__name__}: {exc.reason})") from None
         except (http.client.HTTPException, ConnectionError) as exc:
             raise Retry(f"the connection failed ({type(exc).__name__})") from None
+        if len(raw) > MAX_REPLY:
+            raise Retry(f"the reply is over {MAX_REPLY >> 20} MB, not a chat completion of judge.max_tokens tokens")
         return self._identifier(raw.decode("utf-8", "replace"))
 
     def _identifier(self, text: str) -> str:

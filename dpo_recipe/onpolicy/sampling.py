@@ -85,6 +85,9 @@ class SampleResult:
 
 
 def partial_path(out: Path) -> Path:
+    """Where a stopped ``pairs sample`` / ``pairs judge`` keeps its work: beside ``out``, which must name a file."""
+    if not out.name:  # "", "." or "/" (the API's out is not checked by click; an unset variable gives "")
+        raise DataError(f"--out {str(out)!r} names no file (empty, '.' or a root); name the file to write.")
     return out.with_name(out.name + ".partial")
 
 
@@ -92,6 +95,8 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     """A samples file's rows, each checked to hold a prompt and its answers as ``pairs judge`` needs them."""
     from dpo_recipe.data.sources import read_file
 
+    if not path.is_file():  # the CLI's argument is checked by click; the API's is not
+        raise DataError(f"{path}: no such samples file. Give the file 'dpo-recipe pairs sample' wrote.")
     rows = read_file(path)
     for number, row in enumerate(rows, 1):
         answers, prompt = row.get(COMPLETIONS), row.get("prompt")
@@ -150,7 +155,9 @@ def sample(
         ):
             for start in starts:
                 chunk = prompts[start : start + step]
-                torch.manual_seed(settings.seed * 1_000_003 + start)  # the same answers, resumed or not
+                # the same answers, resumed or not; any integer seed (a negative or 20-digit --seed) within the
+                # 64 bits torch's generator takes
+                torch.manual_seed((settings.seed * 1_000_003 + start) % 2**64)
                 texts = [prompt_text(tokenizer, row["prompt"]) for row in chunk]
                 answers = sampled_batch(
                     model,

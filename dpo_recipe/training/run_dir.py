@@ -134,23 +134,39 @@ def _held_error(out: Path, holder: str) -> RecipeError:
     )
 
 
+def check_real_folder(out: Path, key: str, option: str) -> None:
+    """``out`` (the folder ``key`` / ``option`` names) is no link, and it or its nearest existing parent is a
+    folder that can be written: refused before anything is read or written."""
+    existing = next(p for p in (out, *out.parents) if p.exists() or p.is_symlink())
+    if out.is_symlink():
+        raise RecipeError(
+            f"{key} {out} is a symbolic link; a run writes only into a real folder. Give the "
+            f"folder it points to ({os.path.realpath(out)}) or another {option}."
+        )
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
+        raise RecipeError(
+            f"{key} {out}: {existing} {problem}, so nothing could be saved. "
+            f"Choose another {option} (or fix its permissions)."
+        )
+
+
+def check_no_links(out: Path, option: str) -> None:
+    """Nothing inside ``out`` is a symbolic link, which a run's writes or ``--overwrite`` would go through."""
+    links = sorted(p for p in out.rglob("*") if p.is_symlink())
+    if links:
+        raise RecipeError(
+            f"{out} holds symbolic links ({_listing(links, out)}); a run never writes through a link. Remove "
+            f"them, or choose another {option}."
+        )
+
+
 def check_output_dir(out: Path, *, resume: bool, overwrite: bool, first: bool = True) -> None:
     """Refuse, before anything is read or written, a directory that cannot be written, that is not a run
     folder, that another run is writing, or that holds a run the flags do not say what to do with.
 
     ``first``: this is the launch's first process, the one that will hold the lock (the others would see it)."""
-    existing = next(p for p in (out, *out.parents) if p.exists() or p.is_symlink())
-    if out.is_symlink():
-        raise RecipeError(
-            f"training.output_dir {out} is a symbolic link; a run writes only into a real folder. Give the "
-            f"folder it points to ({os.path.realpath(out)}) or another --output-dir."
-        )
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problem = "is a file, not a directory" if not existing.is_dir() else "is not writable"
-        raise RecipeError(
-            f"training.output_dir {out}: {existing} {problem}, so nothing could be saved. "
-            "Choose another --output-dir (or fix its permissions)."
-        )
+    check_real_folder(out, "training.output_dir", "--output-dir")
     if not out.exists() or not any(out.iterdir()):
         return
     if not is_run_folder(out):
@@ -164,12 +180,7 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool, first: bool = 
         if fd is None:
             raise _held_error(out, holder)
         os.close(fd)  # closing releases it: only a look
-    links = sorted(p for p in out.rglob("*") if p.is_symlink())
-    if links:
-        raise RecipeError(
-            f"{out} holds symbolic links ({_listing(links, out)}); a run never writes through a link. Remove "
-            "them, or choose another --output-dir."
-        )
+    check_no_links(out, "--output-dir")
     if resume or overwrite:
         return
     if (out / "metrics.json").exists():

@@ -272,10 +272,10 @@ def test_eval_judge_is_checked_with_the_recipe() -> None:
     )
     assert str(err.value).count("\n") == 0  # one paragraph
     for url in ("http://user:sk-secret@host/v1", "https://host/v1?api_key=sk-secret", "http://host/v1#x"):
-        with pytest.raises(RecipeError, match="eval.judge: openai:URL takes the endpoint's address alone") as err:
+        with pytest.raises(RecipeError, match="eval.judge: openai:URL .* carries credentials or a query") as err:
             load_recipe("tiny-ja", [f"eval.judge=openai:{url}"])
         assert "judge.api_key_env" in str(err.value)
-    with pytest.raises(RecipeError, match="judge.kind: openai:URL takes the endpoint's address alone"):
+    with pytest.raises(RecipeError, match="judge.kind: openai:URL .* carries credentials or a query"):
         load_recipe("tiny-ja", ["judge.kind=openai:http://user:pw@host/v1"])
     with pytest.raises(RecipeError, match="eval.judge: expected a string or null, got 5"):
         load_recipe("tiny-ja", ["eval.judge=5"])
@@ -283,3 +283,42 @@ def test_eval_judge_is_checked_with_the_recipe() -> None:
         load_recipe("tiny-ja", ["eval.judge=rules", "eval.num_generations=0"])
     with pytest.raises(RecipeError, match="eval.judge: openai needs where it is: openai:URL"):
         load_recipe("tiny-ja", ["eval.judge='openai:'"])
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("iterate.replay=0", "iterate.replay: must be > 0.0, got 0"),
+        ("iterate.replay=-0.5", "iterate.replay: must be > 0.0, got -0.5"),
+        ("iterate.replay=1", "iterate.replay: must be < 1.0, got 1"),
+        ("iterate.replay=1.5", "iterate.replay: must be < 1.0, got 1.5"),
+        ("iterate.replay=half", "iterate.replay: expected a finite number, got 'half'"),
+        ("iterate.replay=true", "iterate.replay: expected a finite number, got True"),
+        ("iterate.rounds=0", "iterate.rounds: must be >= 1, got 0"),
+        ("iterate.rounds=1.5", "iterate.rounds: expected an integer, got 1.5"),
+        ("iterate.num_generations=1", "iterate.num_generations: must be >= 2, got 1"),
+        ("iterate.temperature=0", "iterate.temperature: must be > 0.0, got 0"),
+        ("iterate.top_p=0", "iterate.top_p: must be > 0.0, got 0"),
+        ("iterate.top_p=1.5", "iterate.top_p: must be <= 1.0, got 1.5"),
+        ("judge.min_margin=-1", "judge.min_margin: must be >= 0.0, got -1"),
+        ("judge.rules={length: many}", "judge.rules: expected a mapping of names to finite numbers"),
+        ("judge.rules={length: true}", "judge.rules: expected a mapping of names to finite numbers"),
+        ("judge.rules={}", "judge.rules: no weight above 0, so the rules judge scores every answer alike"),
+        ("judge.rules={length: 0, repetition: 0}", "judge.rules: no weight above 0"),
+        ("judge.rules={length: 1e308, repetition: 1e308}", "judge.rules: the weights add up to more than a number"),
+        ("judge.kind=openai:http://127.0.0.1:8080/v 1", "is not a URL the judge can ask (it holds spaces or control"),
+        ("judge.kind=openai:http:///v1", "openai:URL 'http:///v1' is not a URL the judge can ask (it names no host)"),
+        ("judge.kind=openai:http://127.0.0.1:99999/v1", "is not a URL the judge can ask (Port out of range"),
+        ("judge.kind=openai:https://[::1/v1", "is not a URL the judge can ask (Invalid IPv6 URL)"),
+    ],
+)
+def test_the_on_policy_keys_are_refused_when_the_recipe_is_checked(item: str, expected: str) -> None:
+    """What iterate and pairs sample / judge read, refused by the recipe check that runs before any weights load."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe("tiny-ja", [item])
+    assert expected in str(err.value)
+
+
+def test_the_on_policy_keys_take_their_whole_range() -> None:
+    recipe = load_recipe("tiny-ja", ["iterate.top_p=1", "iterate.replay=0.99", "judge.rules={length: 5e-1}"])
+    assert (recipe.iterate.top_p, recipe.iterate.replay, recipe.judge.rules) == (1.0, 0.99, {"length": 0.5})

@@ -92,7 +92,7 @@ def test_eval_judge_refusals_come_before_any_weights_load(quick_run: Path, runne
             (quick_run, "--judge", "openai:http://127.0.0.1:9/v1", "--set", "judge.api_key_env=NO_SUCH_KEY_VAR"),
             "judge.api_key_env names NO_SUCH_KEY_VAR, but that environment variable is not set",
         ),
-        ((quick_run, "--judge", "openai:http://u:sk-1@h/v1"), "openai:URL takes the endpoint's address alone"),
+        ((quick_run, "--judge", "openai:http://u:sk-1@h/v1"), "carries credentials or a query"),
         ((silent, "--judge", "rules"), "this adapter's recipe recorded eval.num_generations 0"),
     ]
     for args, message in cases:

@@ -83,6 +83,7 @@ def test_a_server_that_recovers_after_503s_is_retried_with_backoff(tmp_path: Pat
         ("nonsense", "the judge answered 'Both answers are lovely!', not the identifier 0 or 1 (2 tries)"),
         ("not_json", "the reply is not an OpenAI chat completion: '<html>gateway</html>'"),
         ("slow", "no reply within judge.timeout_s 0.3 s (2 tries)"),
+        ("huge", "the reply is over 1 MB, not a chat completion of judge.max_tokens tokens (2 tries)"),
     ],
 )
 def test_a_bad_reply_is_named_with_its_row(mode: str, expected: str, tmp_path: Path) -> None:
@@ -119,3 +120,119 @@ def test_the_key_is_sent_from_its_variable_and_never_shown(monkeypatch: pytest.M
         EndpointJudge(server.url, settings).judge_groups(GROUPS)
     assert "refused the request (HTTP 401) with the key in JUDGE_KEY: " in str(err.value)
     assert len(server.requests) == 1 and KEY not in str(err.value)  # a refusal is not retried
+
+
+@pytest.mark.parametrize("pasted", [f"{KEY}\nX-Evil: 1", f"{KEY} extra", f"sk-\t{KEY}", f"ｓｋ-{KEY}"])
+def test_a_key_no_header_can_carry_is_refused_unquoted(pasted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.client refuses such a header with a ValueError that quotes it: the key, in a traceback."""
+    monkeypatch.setenv("JUDGE_KEY", pasted)
+    with pytest.raises(JudgeError) as err:
+        EndpointJudge("http://127.0.0.1:9/v1", dataclasses.replace(SETTINGS, api_key_env="JUDGE_KEY"))
+    assert "JUDGE_KEY, whose value holds what no API key holds" in str(err.value) and KEY not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example.com/v1", True),
+        ("http://localhost:8080/v1", True),
+        ("http://LOCALHOST.:8080/v1", True),
+        ("http://127.0.0.2:8080/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://api.example.com/v1", False),
+        ("http://10.0.0.5:8080/v1", False),
+        ("http://0.0.0.0:8080/v1", False),  # what llama.cpp's server prints; not a loopback address
+        ("http://localhost.example.com/v1", False),
+        ("http://127.0.0.1.nip.io/v1", False),  # resolves to 127.0.0.1, but that is the DNS's word
+    ],
+)
+def test_a_key_goes_only_over_https_or_to_this_machine(
+    url: str, allowed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    settings = dataclasses.replace(SETTINGS, api_key_env="JUDGE_KEY")
+    if allowed:
+        assert EndpointJudge(url, settings).key == KEY
+        return
+    with pytest.raises(JudgeError) as err:
+        EndpointJudge(url, settings)
+    message = str(err.value)
+    assert message.startswith(f"judge.api_key_env names JUDGE_KEY, but openai:{url} is plain http:// to ")
+    assert "Use the endpoint's https:// URL" in message and "set judge.api_key_env: null, so no key is sent" in message
+    assert KEY not in message
+    EndpointJudge(url, dataclasses.replace(SETTINGS, api_key_env=None))  # no key, nothing to protect
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib follows a 302 to any host, as a GET that keeps the Authorization header: the judge refuses it."""
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    settings = dataclasses.replace(SETTINGS, api_key_env="JUDGE_KEY")
+    with (
+        FakeOpenAI() as elsewhere,
+        FakeOpenAI("redirect", location=f"{elsewhere.url}/steal") as server,
+        pytest.raises(JudgeError) as err,
+    ):
+        EndpointJudge(server.url, settings).judge_groups(GROUPS)
+    assert f"the endpoint redirects (HTTP 302) to '{elsewhere.url}/steal', which is not followed" in str(err.value)
+    assert len(server.requests) == 1 and elsewhere.requests == []
+
+
+def test_a_request_to_this_machine_never_goes_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = dataclasses.replace(SETTINGS, api_key_env="JUDGE_KEY")
+    with FakeOpenAI() as proxy, FakeOpenAI("longer") as server:
+        monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/v1"))
+        verdicts = EndpointJudge(server.url, settings).judge_groups(GROUPS[1:])
+    assert [v.score for v in verdicts[0]] == [1.0, 0.0]
+    assert proxy.requests == [] and len(server.requests) == 2
+
+
+SECRET = "pw-CANARY-77f3"
+
+
+def test_credentials_in_the_url_are_refused_and_never_shown(runner, tmp_path: Path, capfd) -> None:
+    """A key put into the URL instead of judge.api_key_env: every way the spec arrives is refused, naming the way
+    in, and no byte of any output or written file holds it (the user's own recipe file aside)."""
+    import json
+
+    from conftest import invoke, write_jsonl
+
+    samples = write_jsonl(tmp_path / "samples.jsonl", [{"prompt": "AIとは？", "completions": ["A。", "BB。"]}])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"model: {{name_or_path: builtin:tiny}}\njudge: {{kind: 'openai:https://u:{SECRET}@h/v1'}}\n")
+    specs = [
+        f"openai:https://user:{SECRET}@api.example.com/v1",
+        f"openai:https://api.example.com/v1?api_key={SECRET}",
+        f"openai:https://api.example.com/v1#{SECRET}",
+        f"openai:https://user:pa/{SECRET}@api.example.com/v1",
+        f"openai:user:{SECRET}@api.example.com",  # no scheme
+        f"openia:https://user:{SECRET}@api.example.com/v1",  # a typo in the kind
+    ]
+    calls = []
+    for k, spec in enumerate(specs):
+        calls += [
+            ["pairs", "judge", samples, "--judge", spec, "--out", tmp_path / f"pairs-{k}.jsonl"],
+            ["pairs", "judge", samples, "--set", f"judge.kind={spec}", "--out", tmp_path / f"set-{k}.jsonl"],
+            ["iterate", "--recipe", "tiny-ja", "--judge", spec, "--out", tmp_path / f"rounds-{k}"],
+            ["iterate", "--recipe", "tiny-ja", "--set", f"judge.kind={spec}", "--out", tmp_path / f"set-rounds-{k}"],
+            ["recipes", "show", "tiny-ja", "--set", f"judge.kind={spec}"],
+        ]
+    calls += [
+        ["pairs", "judge", samples, "--recipe", mine, "--out", tmp_path / "mine.jsonl"],
+        ["iterate", "--recipe", mine, "--out", tmp_path / "mine-rounds"],
+    ]
+    outputs = []
+    for args in calls:
+        result = invoke(runner, *args)
+        assert result.exit_code != 0, (args, result.output)
+        outputs.append(result.output)
+    captured = capfd.readouterr()
+    outputs += [captured.out, captured.err]
+    told = [out for out in outputs[:-2] if "name that variable in judge.api_key_env" in out]
+    assert len(told) == 5 * 4 + 2, json.dumps(outputs, ensure_ascii=False)[:3000]  # all but the scheme and typo
+    assert sum("unknown judge 'openia:https://[hidden]@api.example.com/v1'" in out for out in outputs) == 5
+    leaks = [text for text in outputs if SECRET in text]
+    leaks += [str(p) for p in tmp_path.rglob("*") if p.is_file() and p != mine and SECRET.encode() in p.read_bytes()]
+    assert leaks == []

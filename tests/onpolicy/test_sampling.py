@@ -52,6 +52,20 @@ def test_answers_per_prompt_seeded_and_written_whole(policy, tmp_path: Path) -> 
     assert again.read_text() == out.read_text()  # the same seed, the same answers
 
 
+@pytest.mark.parametrize("seed", [-1, 10**20])
+def test_any_integer_seed_samples_the_same_answers_twice(seed: int, policy, tmp_path: Path) -> None:
+    """--seed and iterate.seed are any integer (YAML reads 20 digits as one): torch's generator takes 64 bits."""
+    import dataclasses
+
+    model, tokenizer = policy
+    settings = dataclasses.replace(SETTINGS, seed=seed)
+    first, second = (tmp_path / "first.jsonl", tmp_path / "second.jsonl")
+    for out in (first, second):
+        sample(model, tokenizer, PROMPTS[:2], settings, out, ORIGIN, progress=False)
+    assert [len(row["completions"]) for row in read_samples(first)] == [3, 3]
+    assert first.read_text() == second.read_text() and read_samples(first)[0]["sampled_from"]["seed"] == seed
+
+
 def test_a_stopped_sample_resumes_to_the_same_file(policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = policy
     whole = tmp_path / "whole.jsonl"
@@ -113,6 +127,9 @@ def test_a_samples_file_must_hold_prompts_and_answers(tmp_path: Path) -> None:
     number = write_jsonl(tmp_path / "number.jsonl", [{"prompt": 7, "completions": ["a", "b"]}])
     with pytest.raises(DataError, match=r"number.jsonl, row 1: the prompt is not text or chat messages \(int\)"):
         read_samples(number)
+    for missing in (tmp_path / "missing.jsonl", tmp_path):  # the API's path, which click does not check
+        with pytest.raises(DataError, match=f"{missing}: no such samples file. Give the file 'dpo-recipe pairs"):
+            read_samples(missing)
 
 
 def test_a_stranger_or_a_careless_hand_cannot_make_it_write_elsewhere(
