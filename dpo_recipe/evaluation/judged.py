@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_recipe.config.schema import JudgeSection
-from dpo_recipe.evaluation.scoring import one_per_topic
+from dpo_recipe.evaluation.scoring import questions_across_topics
 from dpo_recipe.judges.base import Group, Judge, Verdict
 from dpo_recipe.training.base_cache import BaseCache
 
@@ -117,7 +117,7 @@ def judge_report(report: dict[str, Any], rows: list[dict[str, Any]], judge: Judg
     (every reply is in the report); a link there, or a file where a judge that keeps none would keep one, is not
     the judge's and stays."""
     generations = report["generations"]
-    prompts = [row["prompt"] for row in one_per_topic(rows, len(generations))]  # the rows they answered
+    prompts = [row["prompt"] for row in questions_across_topics(rows, len(generations))]  # the rows they answered
     print(f"Judging {len(generations)} held-out answers of the tuned model against the base's with {judge.spec} ...")
     report["judged"] = judge_answers(judge, generations, prompts)
     journal = getattr(judge, "journal", None)  # EndpointJudge's
