@@ -40,7 +40,7 @@ def judged_line(judged: dict[str, Any]) -> str:
     return (
         f"Judged win rate of the tuned answers against the base's **{_pct(judged['win_rate'])}** (95% CI "
         f"{_pct(low)}–{_pct(high)}) on {judged['questions']} held-out questions, judge {judged['judge']}: "
-        f"{judged['wins']} wins, {judged['ties']} ties, {judged['losses']} losses (a tie counts half)."
+        f"won {judged['wins']}, tied {judged['ties']}, lost {judged['losses']} (a tie counts half)."
     )
 
 

@@ -58,7 +58,7 @@ def test_a_judge_that_prefers_longer_answers_gives_the_known_win_rate() -> None:
     assert generations[3]["judged"]["tuned"] == {"score": 3, "reason": "3 chars"}
     line = judged_line(judged)
     assert line.startswith("Judged win rate of the tuned answers against the base's **70.0%** (95% CI 29.9%–92.7%)")
-    assert "on 5 held-out questions, judge scores: 3 wins, 1 ties, 1 losses (a tie counts half)." in line
+    assert "on 5 held-out questions, judge scores: won 3, tied 1, lost 1 (a tie counts half)." in line
 
 
 def test_scores_within_the_tie_margin_tie() -> None:
