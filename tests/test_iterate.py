@@ -177,8 +177,8 @@ def test_a_judge_that_ties_everything_stops_the_rounds_with_nothing_trained(
 
 
 def test_the_gemma_recipe_is_the_quickstarts_job_and_two_rules_rounds(tmp_path: Path) -> None:
-    """gemma3-270m-ja-onpolicy: round 0 trains what `dpo-recipe quickstart` trains, then 2 rules rounds of at most
-    as many pairs; checked as iterate checks it, with nothing loaded."""
+    """gemma3-270m-ja-onpolicy: round 0 trains what `dpo-recipe quickstart` trains (and answers 36 held-out
+    questions), then 2 rules rounds of at most as many pairs; checked as iterate checks it, with nothing loaded."""
     from dpo_recipe.cli import quickstart
     from dpo_recipe.iterate import checked_plan
 
@@ -188,7 +188,14 @@ def test_the_gemma_recipe_is_the_quickstarts_job_and_two_rules_rounds(tmp_path: 
     differing = {
         f"{section}.{key}" for section, keys in onpolicy.items() for key in keys if keys[key] != quick[section][key]
     }
-    assert differing == {"training.output_dir", "iterate.max_prompts"}  # the judge and round keys are the defaults
+    # the judge and round keys are the defaults; 36 questions for the rounds table, answers as long as eval's
+    assert differing == {
+        "training.output_dir",
+        "iterate.max_prompts",
+        "iterate.max_completion_length",
+        "eval.num_generations",
+    }
+    assert onpolicy["iterate"]["max_completion_length"] == onpolicy["eval"]["max_new_tokens"]
     plan = checked_plan(
         "gemma3-270m-ja-onpolicy", None, None, None, str(tmp_path / "out"), (), resume=False, overwrite=False
     )
