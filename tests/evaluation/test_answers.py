@@ -89,3 +89,49 @@ def test_repetition_penalty_counts_the_answer_not_the_question(tiny) -> None:
         assert answer == expected
     plain = greedy_answer(model, tokenizer, texts[1], 12)
     assert greedy_answer(model, tokenizer, texts[1], 12, repetition_penalty=3.0) != plain  # the penalty acts
+
+
+@pytest.mark.parametrize("vocab", [262_144, 50])
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.8, 0.95), (1.3, 0.5), (0.5, 0.999), (1.0, 1.0)])
+def test_nucleus_sampling_gives_transformers_temperature_and_top_p_scores(
+    vocab: int, temperature: float, top_p: float
+) -> None:
+    """Score for score what TemperatureLogitsWarper then TopPLogitsWarper give: peaked rows (the nucleus among the
+    candidates), a flat row (it is not: transformers' own warper), Gemma 3's vocabulary and one under the
+    candidate count."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from dpo_recipe.evaluation.answers import NucleusSampling
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.cat([torch.randn(6, vocab, generator=generator) * 4, torch.zeros(1, vocab)])
+    input_ids = torch.zeros(len(scores), 3, dtype=torch.long)
+    tempered = TemperatureLogitsWarper(temperature)(input_ids, scores.clone())
+    expected = tempered if top_p >= 1.0 else TopPLogitsWarper(top_p)(input_ids, tempered)
+    got = NucleusSampling(temperature, top_p, candidates=64)(input_ids, scores.clone())
+    assert torch.equal(got[:-1], expected[:-1])
+    kept, kept_expected = (got > -float("inf")).sum(-1), (expected > -float("inf")).sum(-1)
+    # the flat row: which of its equal scores stay is the sort's choice; and where top_p x the vocabulary is a
+    # whole number (50 x 0.5) the boundary token's mass above it is top_p itself, summed in another order
+    assert abs(kept[-1] - kept_expected[-1]) <= (1 if (vocab * top_p).is_integer() else 0)
+    if top_p < 1.0:
+        assert (kept[:-1] < vocab).all() and kept[-1] >= vocab * top_p
+
+
+def test_sampled_answers_are_transformers_own_sampling(tiny) -> None:
+    """The same seed gives the same sampled tokens through NucleusSampling as through generate's own warpers."""
+    from dpo_recipe.evaluation.answers import generated_ids, sampled_batch
+
+    model, tokenizer = tiny
+    texts = [prompt_text(tokenizer, "AIとは何ですか？"), prompt_text(tokenizer, "機械学習とは？")]
+    torch.manual_seed(7)
+    ours = sampled_batch(model, tokenizer, texts, 12, num_return_sequences=3, temperature=0.8, top_p=0.9)
+    torch.manual_seed(7)
+    theirs = generated_ids(
+        model, tokenizer, texts, 12, num_return_sequences=3, do_sample=True, temperature=0.8, top_p=0.9, top_k=0
+    )
+    from dpo_recipe.evaluation.answers import decoded
+
+    answers = [text.rstrip("\ufffd").rstrip() for text in decoded(tokenizer, theirs)]
+    assert ours == [answers[0:3], answers[3:6]]
+    assert len({answer for group in ours for answer in group}) > 2  # sampled, not one greedy answer six times
