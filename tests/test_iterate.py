@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,24 @@ def test_the_gemma_recipe_is_the_quickstarts_job_and_two_rules_rounds(tmp_path: 
     prompts, replay = plan.recipe.iterate.max_prompts, plan.recipe.iterate.replay
     assert prompts + round(prompts * replay / (1 - replay)) <= slice_ == 192  # a round trains no more than round 0
     assert not (tmp_path / "out").exists()
+
+
+def test_the_second_judge_benchmark_judges_each_round_against_round_0(rules_rounds: Path) -> None:
+    """benchmarks/rounds_second_judge.py: one line a later round, its counts adding up to the questions both rounds
+    answered, the win rate counting a tie half."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "rounds_second_judge.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(rules_rounds), "--judge", "rules"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert [line.split(" over ")[0] for line in lines] == ["round-1", "round-2"]
+    for line in lines:
+        won, tied, lost, questions = (
+            int(n) for n in re.findall(r"won (\d+), tied (\d+), lost (\d+) of (\d+)", line)[0]
+        )
+        assert won + tied + lost == questions == 2  # tiny-ja-onpolicy answers 2 held-out questions
+        assert float(re.search(r"win rate ([\d.]+)", line).group(1)) == pytest.approx((won + tied / 2) / questions)
