@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,13 +222,31 @@ def check_init_adapter(recipe: Recipe, skeleton: Any) -> None:
         theirs = sorted(targets) if isinstance(targets, list) else targets
         ours = recipe.lora.target_modules
         ours = sorted(ours) if isinstance(ours, list) else ours
-        if (config.get("r"), theirs) != (recipe.lora.r, ours):
+        same = lora_targets(targets, skeleton) == lora_targets(recipe.lora.target_modules, skeleton)
+        if config.get("r") != recipe.lora.r or not same:
             raise ModelError(
                 f"lora.train_init_adapter: the adapter in {directory} has rank {config.get('r')} on {theirs}, the "
                 f"recipe's LoRA rank {recipe.lora.r} on {ours}; training it further keeps its own. Set lora.r: "
                 f"{config.get('r')} and lora.target_modules: {theirs}, or lora.train_init_adapter: false to train a "
                 "new adapter on top of it."
             )
+
+
+def lora_targets(target_modules: str | list[str], skeleton: Any) -> set[str]:
+    """The modules of ``skeleton`` that ``target_modules`` names, matched as PEFT matches them: ``all-linear``
+    every Linear layer but the output layer; a list each module whose name is an entry or ends in "." + one; a
+    string a regular expression of the whole name. PEFT records what it targeted in its own words (a list of names
+    for ``all-linear``, full paths on a small model, suffixes on a large one), so they are compared this way."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if target_modules == "all-linear":  # GPT-2's linear layers are Conv1D
+        output, linear = skeleton.get_output_embeddings(), (torch.nn.Linear, Conv1D)
+        return {name for name, m in skeleton.named_modules() if isinstance(m, linear) and m is not output}
+    names = [name for name, _ in skeleton.named_modules()]
+    if isinstance(target_modules, str):
+        return {name for name in names if re.fullmatch(target_modules, name)}
+    return {name for name in names if any(name == t or name.endswith("." + t) for t in target_modules)}
 
 
 def sits_on(adapter_dir: Path) -> str | None:

@@ -279,6 +279,28 @@ def test_train_init_adapter_continues_the_same_adapter_from_its_own_reference(
     assert any(not torch.equal(trained[k], start[k]) for k in start)
 
 
+def test_an_all_linear_adapter_is_trained_further_by_an_all_linear_recipe(
+    first_adapter: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """PEFT records all-linear as the module names it picked, so a recipe saying all-linear (the Gemma recipe, whose
+    on-policy rounds stopped here) continues its own adapter; against a q/v adapter it is refused."""
+    import math
+
+    from dpo_recipe.train import run
+
+    wide = ("lora.target_modules=all-linear",)
+    start = tmp_path / "all-linear"
+    run("tiny-ja", tiny_overrides(tiny_model, *FAST, *wide), output_dir=str(start))
+    settings = (*wide, f"model.init_adapter={start}", "lora.train_init_adapter=true")
+    more = run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "more"))
+    assert more["train"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    settings = (*wide, f"model.init_adapter={first_adapter}", "lora.train_init_adapter=true")
+    from dpo_recipe.errors import DpoRecipeError
+
+    with pytest.raises(DpoRecipeError, match=r"on \['q_proj', 'v_proj'\], the recipe's LoRA rank 8 on all-linear;"):
+        run("tiny-ja", tiny_overrides(tiny_model, *FAST, *settings), output_dir=str(tmp_path / "refused"))
+
+
 def test_an_adapter_trained_further_against_the_bare_base(
     first_adapter: Path, tiny_model: Path, tmp_path: Path, capsys
 ) -> None:
