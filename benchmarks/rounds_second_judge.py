@@ -22,7 +22,9 @@ from pathlib import Path
 
 from dpo_recipe.config.loader import load_recipe
 from dpo_recipe.evaluation.judged import judge_answers
+from dpo_recipe.evaluation.scoring import questions_across_topics
 from dpo_recipe.judges import judge_for
+from dpo_recipe.training.objectives import objective_for
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(rounds) < 2:
         raise SystemExit(f"{args.rounds}: no round after round 0 to judge")
     first = json.loads((rounds[0] / "metrics.json").read_text(encoding="utf-8"))["eval"]["generations"]
+    # a generation keeps its prompt as the template rendered it; the judge takes the held-out row's own (text or
+    # messages), as evaluation.judged.judge_report gives it, from round 0's held-out split
+    recipe = load_recipe(str(rounds[0] / "recipe.yaml"))
+    rows = questions_across_topics(objective_for(recipe).held_out_rows(recipe.data, recipe), len(first))
+    prompts = {g["question"]: row["prompt"] for g, row in zip(first, rows, strict=True)}
+    asked = [row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"] for row in rows]
+    if asked != [g["question"] for g in first]:
+        raise SystemExit(f"{rounds[0]}: its held-out split no longer gives the questions its answers were written to")
     judge_dir = args.rounds / f"round-{args.judge_round}"
     settings = load_recipe(str(judge_dir / "recipe.yaml")).judge
     judge = judge_for(args.judge, settings, adapter=str(judge_dir))
@@ -44,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         matched = [(g, by_question[g["question"]]) for g in first if g["question"] in by_question]
         # judge_answers compares "tuned" against "base": here round K against round 0
         pairs = [{**old, "base": old["tuned"], "tuned": new["tuned"]} for old, new in matched]
-        figures = judge_answers(judge, pairs, [old["prompt"] for old, _ in matched])
+        figures = judge_answers(judge, pairs, [prompts[old["question"]] for old, _ in matched])
         low, high = figures["win_rate_ci95"]
         print(
             f"{later_dir.name} over round-0, judge {args.judge} ({judge_dir.name}): won {figures['wins']}, tied "
