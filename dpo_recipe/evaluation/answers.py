@@ -140,11 +140,13 @@ class NucleusSampling:
     which stay is each sort's own choice)."""
 
     def __init__(self, temperature: float, top_p: float, candidates: int = 1024) -> None:
+        from transformers import TopPLogitsWarper
+
         self.temperature, self.top_p, self.candidates = temperature, top_p, candidates
+        self.whole_vocabulary = TopPLogitsWarper(top_p) if top_p < 1.0 else None  # for a flat row
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
-        from transformers import TopPLogitsWarper
 
         scores = scores / self.temperature
         if self.top_p >= 1.0:
@@ -157,7 +159,7 @@ class NucleusSampling:
         filtered = torch.full_like(scores, -float("inf")).scatter_(-1, index, top.masked_fill(~keep, -float("inf")))
         flat = (above[:, -1] + probs[:, -1]) < self.top_p  # the nucleus reaches past the candidates
         if flat.any():
-            filtered[flat] = TopPLogitsWarper(self.top_p)(input_ids[flat], scores[flat])
+            filtered[flat] = self.whole_vocabulary(input_ids[flat], scores[flat])
         return filtered
 
 
