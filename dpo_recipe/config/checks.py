@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,17 @@ def cross_checks(recipe: Recipe) -> list[str]:
     problems = []
     if not recipe.model.name_or_path and not recipe.model.gguf_file:
         problems.append("model.name_or_path: required (a Hub id or a local directory)")
-    if isinstance(recipe.lora.target_modules, list) and not recipe.lora.target_modules:
+    targets = recipe.lora.target_modules
+    if isinstance(targets, list) and not targets:
         problems.append("lora.target_modules: expected at least one module name or 'all-linear'")
+    elif isinstance(targets, str) and targets != "all-linear":
+        try:  # PEFT reads a string as a regular expression of whole module names
+            re.compile(targets)
+        except re.error as exc:
+            problems.append(
+                f"lora.target_modules: {targets!r} is read as a regular expression of module names, and it is not "
+                f"one ({exc}); give a list of names, e.g. [q_proj, v_proj], or all-linear"
+            )
     if not recipe.data.test_split:
         problems.append("data.test_split: the eval split name must not be empty")
     problems.extend(data_problems(recipe.data))

@@ -94,6 +94,10 @@ def test_overrides_apply_and_validate_the_same_way() -> None:
     assert recipe.training.learning_rate == 1e-5
     assert recipe.lora.target_modules == "all-linear"
     assert recipe.data.max_train_pairs == 8
+    assert load_recipe("tiny-ja", [r"lora.target_modules=.*\.(q|v)_proj"]).lora.target_modules == r".*\.(q|v)_proj"
+    # a regular expression that is none: refused with the recipe, not a traceback after the weights load
+    with pytest.raises(RecipeError, match=r"lora.target_modules: 'q_proj\[' is read as a regular expression"):
+        load_recipe("tiny-ja", ["lora.target_modules=q_proj["])
     with pytest.raises(RecipeError, match="training.learning_rate: must be > 0.0"):
         load_recipe("tiny-ja", ["training.learning_rate=-1e-5"])
     with pytest.raises(RecipeError, match="training.learnig_rate: unknown key; did you mean learning_rate"):
