@@ -5,6 +5,7 @@
     python benchmarks/dpo_throughput.py --smoke         # tiny model, seconds (what CI runs)
     python benchmarks/dpo_throughput.py --precision bf16     # every configuration under bf16 autocast
     python benchmarks/dpo_throughput.py --workload long-prompt   # multi-turn prompts >= 3x the answers
+    python benchmarks/dpo_throughput.py --configs dpo_recipe --compile   # dpo-recipe's decoder under torch.compile
 
 Every configuration trains the same pairs with the same settings, those of ``--recipe`` (default the
 quickstart's, gemma3-270m-ja; ``--set KEY=VALUE`` changes one for all): model, LoRA, loss types and
@@ -92,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="dpo-recipe's base cache, kept between runs: a re-run, resume or sweep, whose reference log-probs "
         "(training and held-out) were computed before. Run once to fill it. Default: a fresh cache per run.",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="dpo_recipe only: its training steps run the decoder under torch.compile (dynamic shapes, inductor); "
+        "train() then includes the compilation.",
     )
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
@@ -225,6 +232,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     if config == "dpo_recipe":
         dpo = DPO()
         trainer = dpo.build_trainer(recipe, dpo.trainer_args(recipe, out), model, tokenizer, rows, out, default_cache())
+        if args.compile:  # after the reference pass: only the training steps' forward and backward are compiled
+            decoder = trainer.model.get_base_model().get_decoder()
+            decoder.forward = torch.compile(decoder.forward, dynamic=True)
     else:
         trainer = _plain_trl_trainer(config, recipe, model, tokenizer, rows, out)
     training = time.perf_counter()
@@ -279,6 +289,7 @@ def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[
     command += ["--base-cache", args.base_cache] if args.base_cache else []
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
+    command += ["--compile"] if args.compile and config == "dpo_recipe" else []
     return run_in_process(__file__, command, config)
 
 

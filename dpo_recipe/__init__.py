@@ -18,7 +18,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("chat", "evaluate", "export", "generate_dataset", "iterate", "judge", "load_adapter", "push", "sample", "train")
+_API = (
+    "chat",
+    "compare",
+    "evaluate",
+    "export",
+    "generate_dataset",
+    "iterate",
+    "judge",
+    "load_adapter",
+    "push",
+    "sample",
+    "train",
+)
 __all__ = ["__version__", *_API]
 
 

@@ -8,10 +8,11 @@
     from dpo_recipe import chat
     from dpo_recipe import export
     from dpo_recipe import sample, judge, iterate   # on-policy rounds: the model's own answers
+    from dpo_recipe import compare                  # finished runs side by side
 
 Each function is a thin wrapper over the module that does the work (``generate``, ``train``,
-``evaluation``, ``hub``, ``model``, ``export``, ``onpolicy``, ``iterate``), so a notebook and ``dpo-recipe``
-run the same code and give the same numbers; the CLI commands call these functions. User errors raise
+``evaluation``, ``hub``, ``model``, ``export``, ``onpolicy``, ``iterate``, ``evaluation.compare``), so a notebook
+and ``dpo-recipe`` run the same code and give the same numbers; the CLI commands call these functions. User errors raise
 ``dpo_recipe.errors.DpoRecipeError`` subclasses whose message says what to fix.
 
 Heavy libraries (torch, transformers) are imported inside the functions, so importing this
@@ -31,11 +32,13 @@ from dpo_recipe.errors import DataError, DpoRecipeError, RecipeError
 from dpo_recipe.hub.publish import PushResult
 
 if TYPE_CHECKING:  # their modules import torch; these names only annotate
+    from dpo_recipe.evaluation.compare import Comparison
     from dpo_recipe.onpolicy.pairing import PairingSummary
     from dpo_recipe.onpolicy.sampling import SampleResult
 
 __all__ = [
     "chat",
+    "compare",
     "evaluate",
     "export",
     "generate_dataset",
@@ -341,3 +344,39 @@ def iterate(
         resume=resume,
         overwrite=overwrite,
     )
+
+
+def compare(
+    run_dirs: Sequence[str | Path],
+    *,
+    judge: str | None = None,
+    judge_recipe: str | None = None,
+    overrides: Sequence[str] = (),
+    csv: str | Path | None = None,
+) -> Comparison:
+    """Finished runs side by side from their ``recipe.yaml`` and ``metrics.json``: the recipe keys that differ and
+    what each measured (``evaluation.compare.markdown_table(result)`` renders it). ``judge`` (``rules``,
+    ``reward-model:PATH_OR_ID``, ``openai:URL``; not ``implicit``) also judges every run's held-out answers against
+    the first run's, with ``judge_recipe``'s ``judge`` keys, or their defaults, and ``overrides``
+    (``"judge.max_chars=200"``). ``csv`` also writes every column there. Everything is checked before a judge
+    is asked anything."""
+    from dpo_recipe.evaluation.compare import check_compare_judge, compare_runs, write_csv
+
+    paths = [Path(run) for run in run_dirs]
+    if judge is None:
+        if judge_recipe is not None or overrides:
+            given = "--judge-recipe" if judge_recipe is not None else f"--set {overrides[0]}"
+            raise RecipeError(f"{given} sets the judge of --judge, and no --judge is given; add --judge KIND.")
+        comparison = compare_runs(paths)
+    else:
+        from dpo_recipe.config.loader import judge_section
+        from dpo_recipe.judges import check_judge, judge_for
+
+        check_compare_judge(judge)
+        settings = judge_section(judge_recipe, _items(overrides))
+        check_judge(judge, settings)
+        compare_runs(paths)  # the runs are refused, if they are, before a judge loads or an endpoint is asked
+        comparison = compare_runs(paths, judge_for(judge, settings))
+    if csv is not None:
+        write_csv(comparison, Path(csv))
+    return comparison

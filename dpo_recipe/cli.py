@@ -482,18 +482,39 @@ def iterate_command(**options: Any) -> None:
 @cli.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write the table as CSV to this file.")
-def compare_command(run_dirs: tuple[Path, ...], csv_path: Path | None) -> None:
+@click.option(
+    "--judge",
+    "spec",
+    metavar="KIND",
+    help="Also judge every run's held-out answers against the first run's: rules | reward-model:PATH_OR_ID | "
+    "openai:URL (asked both orders). Win / tie / loss, ties half, with a Wilson 95% interval.",
+)
+@click.option("--judge-recipe", help="Read the judge.* keys from this recipe (default: their defaults, and --set).")
+@set_option
+def compare_command(
+    run_dirs: tuple[Path, ...],
+    csv_path: Path | None,
+    spec: str | None,
+    judge_recipe: str | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Finished runs side by side: the recipe keys that differ, held-out reward accuracy with its 95% CI and
-    loss, the tuned answers' checks, steps, time and peak memory, as a Markdown table (and CSV).
+    loss, the judged win rate against the base where a run has one, the tuned answers' checks, steps, time and
+    peak memory, as a Markdown table (and CSV).
 
-    Reads each RUN_DIR's recipe.yaml and metrics.json; nothing is loaded or recomputed.
+    Reads each RUN_DIR's recipe.yaml and metrics.json; nothing is loaded or recomputed. With --judge, the answers
+    each run gave to the held-out questions are judged against the first run's answers to the same questions.
+
+    \b
+      dpo-recipe compare outputs/rounds/round-0 outputs/rounds/round-2 --judge rules --csv runs.csv
     """
-    from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+    from dpo_recipe.api import compare
+    from dpo_recipe.evaluation.compare import markdown_table
 
-    comparison = compare_runs(list(run_dirs))
+    comparison = compare(run_dirs, judge=spec, judge_recipe=judge_recipe, overrides=overrides, csv=csv_path)
     click.echo(markdown_table(comparison), nl=False)
     if csv_path is not None:
-        click.echo(f"CSV: {write_csv(comparison, csv_path)}")
+        click.echo(f"CSV: {csv_path}")
 
 
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)

@@ -16,7 +16,9 @@ round-K/pairs.jsonl``, the ranked form) and round 0's own training and held-out 
 ``OUT/data/original`` exactly as round 0 read them, so every round is scored on round 0's held-out pairs and no
 held-out pair ever trains. Each round's held-out report (reward accuracy, the answer checks) is its run's own.
 At the end, ``OUT/rounds.md`` / ``rounds.csv`` / ``rounds.png`` hold the rounds side by side, with the rules
-judge's win rate of each round's held-out answers over round 0's, and the last round's card shows them too.
+judge's win rate of each round's held-out answers over round 0's (``dpo-recipe compare --judge rules`` of the
+round folders, whose table is printed too and written to ``OUT/compare.csv``), and the last round's card shows
+them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,14 +34,14 @@ from typing import Any
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.vocabulary import split_judge_spec
 from dpo_recipe.errors import RecipeError
+from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+from dpo_recipe.judges.rules import RulesJudge
 from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE, RunContext
 from dpo_recipe.training.run_dir import check_no_links, check_real_folder, is_finished
 from dpo_recipe.utils.files import write_file_atomically
 
 MARKER = "iterate.json"  # what an iterate output folder holds first: recipe, judge, rounds
-ROUND_FILES = ("rounds.md", "rounds.csv", "rounds.png", MARKER)
-BOOTSTRAP = 2000  # resamples of the win rate's interval
 
 
 @dataclass
@@ -88,8 +89,10 @@ def run_iterate(
     ]
     trained = chained_runs(plan.context, stages, adapter=plan.start)
     metrics = ([read_metrics(plan.start)] if plan.start else []) + trained
-    rows = [round_row(plan, k, m, metrics[0]) for k, m in enumerate(metrics)]
+    comparison = compare_runs([plan.round_dir(k) for k in range(len(metrics))], RulesJudge(plan.recipe.judge))
+    rows = [round_row(plan, k, m, versus) for k, (m, versus) in enumerate(zip(metrics, comparison.rows, strict=True))]
     write_rounds(plan, rows)
+    print("\n" + markdown_table(comparison) + f"\nCompared: {write_csv(comparison, plan.root / 'compare.csv')}")
     return rows
 
 
@@ -299,14 +302,15 @@ def read_metrics(run: Path) -> dict[str, Any]:
     return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
 
 
-def round_row(plan: Rounds, k: int, metrics: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
-    """One row of the rounds table: what round ``k`` trained on and how its held-out numbers came out."""
+def round_row(plan: Rounds, k: int, metrics: dict[str, Any], versus: dict[str, Any]) -> dict[str, Any]:
+    """One row of the rounds table: what round ``k`` trained on and how its held-out numbers came out; ``versus``:
+    its row of the rounds' comparison (``compare_runs`` with the rules judge: its answers against round 0's)."""
     overall = metrics["eval"].get("overall", {})
     checks = (metrics["eval"].get("answer_checks") or {}).get("tuned", {})
     judged = {}
     if k and (plan.data / f"round-{k}" / "judge.json").is_file():
         judged = json.loads((plan.data / f"round-{k}" / "judge.json").read_text(encoding="utf-8"))
-    wins = win_rate(first, metrics, plan.recipe) if k else None
+    won = versus["versus_first_win_rate"]
     train_s = metrics["train"].get("end_to_end_s") or 0.0
     return {
         "round": k,
@@ -327,35 +331,10 @@ def round_row(plan: Rounds, k: int, metrics: dict[str, Any], first: dict[str, An
         "repetition": checks.get("repetition"),
         "names_topic": checks.get("names_topic"),
         "ends_sentence": checks.get("ends_sentence"),
-        "win_rate_vs_round_0": None if wins is None else wins[0],
-        "win_rate_ci95": None if wins is None else wins[1],
+        "win_rate_vs_round_0": won,
+        "win_rate_ci95": None if won is None else [versus["versus_first_ci95_low"], versus["versus_first_ci95_high"]],
         "seconds": round(judged.get("sampling_s", 0.0) + judged.get("judging_s", 0.0) + train_s, 1),
     }
-
-
-def win_rate(first: dict[str, Any], later: dict[str, Any], recipe: Recipe) -> tuple[float, list[float]] | None:
-    """The rules judge's win rate of ``later``'s held-out answers over ``first``'s, question by question (a tie
-    counts one half; an answer failing a gate the other passes loses), with a seeded bootstrap 95% interval."""
-    from dpo_recipe.judges.rules import RulesJudge, failed_gates
-
-    by_question = {a["question"]: a for a in first["eval"].get("generations", [])}
-    matched = [
-        (by_question[a["question"]], a) for a in later["eval"].get("generations", []) if a["question"] in by_question
-    ]
-    if not matched:
-        return None
-    judge, settings = RulesJudge(recipe.judge), recipe.judge
-    outcomes = []
-    for old, new in matched:
-        topic = new.get("topic")
-        scores = judge.verdicts(["q", "q"], [new["tuned"], old["tuned"]], {"topic": [topic, topic]})
-        gated = [not failed_gates(text, settings, topic) for text in (new["tuned"], old["tuned"])]
-        key = [(gated[i], scores[i].score) for i in (0, 1)]
-        outcomes.append(1.0 if key[0] > key[1] else 0.5 if key[0] == key[1] else 0.0)
-    rng = random.Random(0)
-    means = sorted(sum(rng.choices(outcomes, k=len(outcomes))) / len(outcomes) for _ in range(BOOTSTRAP))
-    interval = [round(means[int(0.025 * BOOTSTRAP)], 4), round(means[int(0.975 * BOOTSTRAP) - 1], 4)]
-    return round(sum(outcomes) / len(outcomes), 4), interval
 
 
 COLUMNS = (
@@ -401,7 +380,7 @@ def rounds_table(plan: Rounds, rows: list[dict[str, Any]]) -> str:
         f"On-policy rounds of `{plan.context.recipe}`, judge `{plan.judge}`; rounds k >= 1 train against {reference}, "
         f"with iterate.replay {plan.recipe.iterate.replay:g} of the original pairs mixed in. Held-out reward accuracy "
         f"(95% CI) on round 0's {held} held-out pairs; the answer checks on {answers} held-out questions answered "
-        "greedily; the rules judge's win rate of a round's answers over round 0's (95% bootstrap CI).",
+        "greedily; the rules judge's win rate of a round's answers over round 0's, ties half (Wilson 95% CI).",
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "| " + " | ".join("---" for _ in COLUMNS) + " |",

@@ -195,6 +195,7 @@ API_CALLS = {  # each documented name, called the cheapest way that reaches its 
     "sample": ("sample(OUT / 'samples.jsonl')", "Give the policy to sample: --adapter RUN"),
     "judge": ("judge(OUT / 'samples.jsonl', OUT / 'pairs.jsonl')", "samples.jsonl: no such samples file"),
     "iterate": ("iterate('no-such-recipe')", "no-such-recipe"),
+    "compare": ("compare([OUT / 'nothing'])", "nothing: no such folder"),
 }
 
 

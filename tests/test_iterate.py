@@ -56,6 +56,10 @@ def test_two_rounds_with_the_rules_judge(rules_rounds: Path) -> None:
     rows = list(csv.DictReader((out / "rounds.csv").open()))
     assert [row["round"] for row in rows] == ["0", "1", "2"] and rows[1]["judge"] == "rules"
     assert rows[0]["win_rate_vs_round_0"] == "" and 0 <= float(rows[2]["win_rate_vs_round_0"]) <= 1
+    compared = list(csv.DictReader((out / "compare.csv").open()))  # iterate ends with dpo-recipe compare --judge rules
+    assert [row["run"] for row in compared] == ["round-0", "round-1", "round-2"]
+    assert [row["versus_first_win_rate"] for row in compared] == [row["win_rate_vs_round_0"] for row in rows]
+    assert "model.init_adapter" in compared[0] and compared[2]["versus_first_judge"] == "rules"
     assert (out / "rounds.png").stat().st_size > 1000
     card = (out / "round-2" / "README.md").read_text()
     assert "## On-policy rounds" in card and "| round | judge | pairs kept |" in card

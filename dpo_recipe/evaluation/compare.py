@@ -6,8 +6,11 @@ what each measured. ``compare_runs`` reads both files of every run (nothing is l
 gives one row a run: the recipe keys whose values are not the same in all of them (the output folder
 aside: it always differs), held-out reward accuracy with its 95 % interval (KTO's on rows; an SFT run has
 none) and loss, the judged win rate of its answers against the base's where it has one (``eval.judge``), the
-tuned model's answer checks, training and whole-run seconds, and peak memory.
-``markdown_table`` and ``write_csv`` render it. A folder that is not a finished run, an unreadable file
+tuned model's answer checks, training and whole-run seconds, and peak memory. Given a judge
+(``compare --judge``), every run's held-out answers are also judged against the first run's, question by
+question (``evaluation.judged.judge_runs``: the outcomes and Wilson interval of a judged eval), so runs are ranked
+by what they answer as well as by how they separate given answers. ``markdown_table`` and ``write_csv`` render
+it. A folder that is not a finished run, an unreadable file
 or the same run given twice is refused in one paragraph that names each.
 """
 
@@ -24,7 +27,8 @@ from typing import Any
 import yaml
 
 from dpo_recipe.config.schema import Recipe
-from dpo_recipe.errors import DpoRecipeError
+from dpo_recipe.errors import DpoRecipeError, JudgeError
+from dpo_recipe.judges.base import Judge
 from dpo_recipe.utils.files import write_file_atomically
 
 ALWAYS_DIFFERENT = ("training.output_dir",)  # each run's own folder: the run column names it
@@ -40,9 +44,10 @@ class Comparison:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def compare_runs(run_dirs: list[Path]) -> Comparison:
+def compare_runs(run_dirs: list[Path], judge: Judge | None = None) -> Comparison:
     """Read every run's ``recipe.yaml`` and ``metrics.json``; refuse what is not a finished run (all problems at
-    once, each naming its folder or file) or a folder given twice."""
+    once, each naming its folder or file) or a folder given twice. ``judge``: judge each later run's held-out
+    answers against the first run's (``versus_first_*`` columns)."""
     problems, seen, recipes, metrics = [], {}, [], []
     for given in run_dirs:
         run = Path(given).expanduser()
@@ -65,7 +70,39 @@ def compare_runs(run_dirs: list[Path]) -> Comparison:
     comparison = Comparison([Path(r) for r in run_dirs], keys)
     for run, recipe, measured in zip(comparison.runs, recipes, metrics, strict=True):
         comparison.rows.append(_row(run, recipe, measured, keys))
+    if judge is not None:
+        _judge_against_first(comparison, metrics, judge)
     return comparison
+
+
+def check_compare_judge(spec: str) -> None:
+    """``implicit`` is no judge between runs: each adapter's own reward favours its own answers (measured in
+    docs/evaluation.md, "On-policy rounds"), so whose reward would rank them decides the ranking."""
+    if spec.strip() == "implicit":
+        raise JudgeError(
+            "compare --judge implicit: the implicit reward is one adapter's own, and an adapter rates its own "
+            "answers above other runs' whatever they say, so the ranking would follow the adapter chosen. Compare "
+            "with rules, reward-model:PATH_OR_ID or openai:URL; 'dpo-recipe eval --adapter RUN --judge implicit' "
+            "judges one run against its base."
+        )
+
+
+def _judge_against_first(comparison: Comparison, metrics: list[dict[str, Any]], judge: Judge) -> None:
+    """Each run's ``versus_first_*`` columns: its answers against the first run's (blank for the first run, and for
+    a run that shares no held-out question with it)."""
+    from dpo_recipe.evaluation.judged import judge_runs
+
+    first = metrics[0]["eval"].get("generations") or []
+    for number, (row, measured) in enumerate(zip(comparison.rows, metrics, strict=True)):
+        judged = judge_runs(judge, first, measured["eval"].get("generations") or []) if number else None
+        ci = _interval((judged or {}).get("win_rate_ci95"))
+        row.update(
+            versus_first_judge=judge.spec,
+            versus_first_questions=(judged or {}).get("questions"),
+            versus_first_win_rate=(judged or {}).get("win_rate"),
+            versus_first_ci95_low=ci[0],
+            versus_first_ci95_high=ci[1],
+        )
 
 
 def _recipe_keys(run: Path) -> dict[str, Any]:
@@ -184,11 +221,17 @@ def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table: recipe keys that differ, then the measured columns; the judged win rate
     against the base's answers where a run has one (``eval.judge``)."""
     judged = any(row["judged_win_rate"] is not None for row in comparison.rows)
+    versus = "versus_first_judge" in comparison.rows[0] if comparison.rows else False
     header = [
         "run",
         *comparison.keys,
         "held-out reward acc. (95% CI)",
         *(["judged win rate vs base (95% CI)"] if judged else []),
+        *(
+            [f"win rate vs {comparison.rows[0]['run']} (95% CI), {comparison.rows[0]['versus_first_judge']}"]
+            if versus
+            else []
+        ),
         "held-out loss",
         "answers: Japanese / topic / mostly a loop / ends a sentence",
         "steps",
@@ -211,6 +254,7 @@ def markdown_table(comparison: Comparison) -> str:
             *(_shown(row[key]) for key in comparison.keys),
             accuracy,
             *([_judged(row)] if judged else []),
+            *([_versus_first(row)] if versus else []),
             _format(row["held_out_loss"], ".4f"),
             answers,
             steps,
@@ -237,6 +281,15 @@ def _judged(row: dict[str, Any]) -> str:
     """The judged win rate's cell: ``_share`` and the judge (``0.750 (0.301–0.954) on 4, rules``)."""
     text = _share(row["judged_win_rate"], row["judged_ci95_low"], row["judged_ci95_high"], row["judged_questions"])
     return text + (f", {row['judge']}" if row["judge"] and row["judged_win_rate"] is not None else "")
+
+
+def _versus_first(row: dict[str, Any]) -> str:
+    return _share(
+        row["versus_first_win_rate"],
+        row["versus_first_ci95_low"],
+        row["versus_first_ci95_high"],
+        row["versus_first_questions"],
+    )
 
 
 def csv_text(comparison: Comparison) -> str:

@@ -111,6 +111,19 @@ def judge_answers(judge: Judge, generations: list[dict[str, Any]], prompts: list
     return {"judge": judge.spec, **tally(outcomes), "judge_figures": dict(judge.summary)}
 
 
+def judge_runs(judge: Judge, first: list[dict[str, Any]], later: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``later``'s tuned answers against ``first``'s: two runs' held-out ``generations`` (``metrics.json``), on
+    the questions both answered, ``first`` in the base's place (``judge_answers``, so the same outcomes, ties
+    and interval as a judged eval). The judge reads each question as its prompt. None when no question is
+    shared (runs evaluated on other data or another ``eval.num_generations`` pick)."""
+    answered = {g["question"]: g for g in first if isinstance(g, dict) and "question" in g}
+    matched = [(answered[g["question"]], g) for g in later if isinstance(g, dict) and g.get("question") in answered]
+    if not matched:
+        return None
+    generations = [{"base": old["tuned"], "tuned": new["tuned"], "topic": new.get("topic")} for old, new in matched]
+    return judge_answers(judge, generations, [new["question"] for _, new in matched])
+
+
 def judge_report(report: dict[str, Any], rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
     """The judged comparison of a held-out report's answers (``report["generations"]``, written from ``rows``) by
     ``judge`` (``answer_judge``), ``report["judged"]`` once done. An endpoint's journal of replies is removed then

@@ -216,3 +216,57 @@ def test_the_judged_win_rate_column_shows_where_a_run_has_one(two_runs, tmp_path
     assert [(r["judge"], r["judged_win_rate"], r["judged_ci95_low"], r["judged_questions"]) for r in rows] == [
         (None, None, None, None)
     ] * 2
+
+
+def test_a_judge_ranks_each_runs_answers_against_the_first_runs(two_runs, runner, tmp_path: Path) -> None:
+    """compare --judge rules: the second run's answers judged against the first's, the same outcome as the rules
+    judge's own scores of the two answers; the first run's cell is blank (itself)."""
+    from dpo_recipe.config.schema import JudgeSection
+    from dpo_recipe.judges.rules import RulesJudge
+
+    judge = RulesJudge(JudgeSection())
+    comparison = compare_runs(list(two_runs), judge)
+    first, second = (json.loads((run / "metrics.json").read_text())["eval"]["generations"] for run in two_runs)
+    assert len(first) == len(second) == 1 and first[0]["question"] == second[0]["question"]
+    old, new = judge.verdicts(["q", "q"], [first[0]["tuned"], second[0]["tuned"]], {"topic": [first[0]["topic"]] * 2})
+    expected = 1.0 if new.score - old.score > 1e-6 else 0.0 if old.score - new.score > 1e-6 else 0.5
+    assert comparison.rows[0]["versus_first_win_rate"] is None and comparison.rows[0]["versus_first_judge"] == "rules"
+    assert (comparison.rows[1]["versus_first_win_rate"], comparison.rows[1]["versus_first_questions"]) == (expected, 1)
+    header, _, top, bottom = markdown_table(comparison).splitlines()
+    column = header.split(" | ").index("win rate vs base (95% CI), rules")
+    assert top.split(" | ")[column] == "–" and bottom.split(" | ")[column].startswith(f"{expected:.3f} (")
+    result = invoke(runner, "compare", *two_runs, "--judge", "rules", "--set", "judge.max_chars=300")
+    assert result.exit_code == 0 and "win rate vs base (95% CI), rules |" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--judge", "implicit"), "compare --judge implicit: the implicit reward is one adapter's own"),
+        (("--set", "judge.max_chars=300"), "--set judge.max_chars=300 sets the judge of --judge, and no --judge"),
+        (("--judge", "oracle"), "--judge: "),
+        (("--judge", "rules", "--set", "judge.max_chars=-1"), "judge.max_chars"),
+        (("--judge", "rules", "--set", "training.beta=2"), "--set takes judge.KEY=VALUE only"),
+    ],
+)
+def test_a_judge_that_cannot_compare_is_refused_in_one_line(two_runs, runner, arguments, message) -> None:
+    result = invoke(runner, "compare", *two_runs, *arguments)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_unfinished_runs_are_refused_before_the_judge_is_asked(two_runs, tmp_path: Path) -> None:
+    """An endpoint judge is never asked about runs the comparison would refuse (a wrong folder costs no call)."""
+    from fake_openai import TEMPLATE, FakeOpenAI
+
+    from dpo_recipe.api import compare
+
+    template = f"judge.prompt_template={json.dumps(TEMPLATE)}"
+    with FakeOpenAI("longer") as server:
+        with pytest.raises(DpoRecipeError, match="no such folder"):
+            compare([two_runs[0], tmp_path / "missing"], judge=f"openai:{server.url}", overrides=[template])
+        assert server.requests == []
+        comparison = compare(list(two_runs), judge=f"openai:{server.url}", overrides=[template])
+        assert 1 <= len(server.requests) <= 2  # one question, in both orders (once where both answers are the same)
+    first, second = (json.loads((run / "metrics.json").read_text())["eval"]["generations"][0] for run in two_runs)
+    longer = len(second["tuned"]) - len(first["tuned"])
+    assert comparison.rows[1]["versus_first_win_rate"] == (1.0 if longer > 0 else 0.0 if longer < 0 else 0.5)

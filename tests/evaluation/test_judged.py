@@ -15,7 +15,7 @@ from fake_openai import TEMPLATE, FakeOpenAI, shown_answers
 from dpo_recipe.config.schema import JudgeSection
 from dpo_recipe.errors import JudgeError
 from dpo_recipe.evaluation.command import run_eval
-from dpo_recipe.evaluation.judged import TIE, journal_path, judge_answers, judge_report, outcome
+from dpo_recipe.evaluation.judged import TIE, journal_path, judge_answers, judge_report, judge_runs, outcome
 from dpo_recipe.evaluation.report import judged_line
 from dpo_recipe.judges import judge_for
 from dpo_recipe.judges.base import ScoringJudge, Verdict
@@ -38,6 +38,22 @@ class Scores(ScoringJudge):
 def answers(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
     """Generations as the held-out report writes them: a question, its topic, the base's and the tuned answer."""
     return [{"question": f"質問{i}", "topic": None, "base": b, "tuned": t} for i, (b, t) in enumerate(pairs)]
+
+
+def test_one_runs_answers_against_anothers_on_the_questions_both_answered() -> None:
+    """compare --judge and iterate's rounds table: the later run's tuned answers in the tuned place, the first
+    run's in the base's, question by question; a question only one run answered is not judged."""
+    first = [{"question": q, "topic": None, "base": "x", "tuned": t} for q, t in (("一", "短い"), ("二", "長い回答"))]
+    later = [
+        {"question": "二", "topic": None, "base": "y", "tuned": "短"},  # loss (shorter than the first run's)
+        {"question": "一", "topic": None, "base": "y", "tuned": "もっと長い"},  # win
+        {"question": "三", "topic": None, "base": "y", "tuned": "とても長い回答です"},  # not in the first run
+    ]
+    judged = judge_runs(Scores(len), first, later)
+    assert (judged["wins"], judged["ties"], judged["losses"], judged["win_rate"]) == (1, 0, 1, 0.5)
+    assert judged["win_rate_ci95"] == pytest.approx([0.09453, 0.90547], abs=1e-5)  # Wilson, 1 of 2
+    assert judge_runs(Scores(len), first, [{"question": "三", "tuned": "a"}]) is None  # nothing shared
+    assert judge_runs(Scores(len), first, first)["ties"] == 2  # a run against itself ties throughout
 
 
 def test_a_judge_that_prefers_longer_answers_gives_the_known_win_rate() -> None:
