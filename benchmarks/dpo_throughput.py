@@ -6,6 +6,7 @@
     python benchmarks/dpo_throughput.py --precision bf16     # every configuration under bf16 autocast
     python benchmarks/dpo_throughput.py --workload long-prompt   # multi-turn prompts >= 3x the answers
     python benchmarks/dpo_throughput.py --configs dpo_recipe --compile   # dpo-recipe's decoder under torch.compile
+    python benchmarks/dpo_throughput.py --configs dpo_recipe --profile   # where train()'s time goes, op by op
 
 Every configuration trains the same pairs with the same settings, those of ``--recipe`` (default the
 quickstart's, gemma3-270m-ja; ``--set KEY=VALUE`` changes one for all): model, LoRA, loss types and
@@ -99,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="dpo_recipe only: its training steps run the decoder under torch.compile (dynamic shapes, inductor); "
         "train() then includes the compilation.",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="Run train() under torch.profiler and report the ops' shares of its CPU time, attention's first "
+        "(the bound on what computing attention over each pair's own blocks could save). Profiling slows it.",
     )
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 16 pairs, 1 round: a check only.")
     parser.add_argument("--out", type=Path, help="Also write the Markdown report here.")
@@ -238,7 +245,13 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     else:
         trainer = _plain_trl_trainer(config, recipe, model, tokenizer, rows, out)
     training = time.perf_counter()
-    trainer.train()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            trainer.train()
+    else:
+        trainer.train()
     finished = time.perf_counter()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -274,7 +287,27 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "held_out_pairs": len(held_out),
         "prompt_tokens": prompt_tokens,
         "answer_tokens": answer_tokens,
+        **({"op_shares": op_shares(profiler)} if args.profile else {}),
     }
+
+
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention")  # forward and backward kernels
+
+
+def op_shares(profiler: Any, top: int = 8) -> dict[str, float]:
+    """Shares of the profiled CPU time (self time, summed over threads): attention's kernels together, then the
+    ``top`` costliest ops."""
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events) or 1.0
+    shares = {
+        "attention (all kernels)": sum(
+            event.self_cpu_time_total for event in events if any(op in event.key for op in ATTENTION_OPS)
+        )
+        / total
+    }
+    for event in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]:
+        shares[event.key] = event.self_cpu_time_total / total
+    return shares
 
 
 # ---------------------------------------------------------------------------- the comparison
@@ -290,6 +323,7 @@ def _spawn(config: str, args: argparse.Namespace, tiny_dir: str | None) -> dict[
     command += ["--model", args.model] if args.model else []
     command += ["--tiny-dir", tiny_dir] if tiny_dir else []
     command += ["--compile"] if args.compile and config == "dpo_recipe" else []
+    command += ["--profile"] if args.profile else []
     return run_in_process(__file__, command, config)
 
 
@@ -337,6 +371,10 @@ def report(runs: list[dict[str, Any]], command: str, configs: list[str], recipe:
             for label, key in (("in train()", "train_s"), ("end to end", "end_to_end_s"), ("whole process", "whole_s")):
                 ratios = [o[key] / d[key] for d, o in zip(by_config["dpo_recipe"], by_config[other], strict=True)]
                 lines.append(f"- dpo_recipe / {other}, {label}: {_spread(ratios)}×")
+    for run in runs:
+        if "op_shares" in run:
+            shares = ", ".join(f"{op} {share:.1%}" for op, share in run["op_shares"].items())
+            lines += ["", f"Profiled train() of {run['config']}, shares of its CPU time: {shares}."]
     return "\n".join(lines) + "\n"
 
 

@@ -116,12 +116,24 @@ def judge_runs(judge: Judge, first: list[dict[str, Any]], later: list[dict[str, 
     the questions both answered, ``first`` in the base's place (``judge_answers``, so the same outcomes, ties
     and interval as a judged eval). The judge reads each question as its prompt. None when no question is
     shared (runs evaluated on other data or another ``eval.num_generations`` pick)."""
-    answered = {g["question"]: g for g in first if isinstance(g, dict) and "question" in g}
-    matched = [(answered[g["question"]], g) for g in later if isinstance(g, dict) and g.get("question") in answered]
+    answered = {g["question"]: g for g in _answers(first)}
+    matched = [(answered[g["question"]], g) for g in _answers(later) if g["question"] in answered]
     if not matched:
         return None
     generations = [{"base": old["tuned"], "tuned": new["tuned"], "topic": new.get("topic")} for old, new in matched]
     return judge_answers(judge, generations, [new["question"] for _, new in matched])
+
+
+def _answers(generations: Any) -> list[dict[str, Any]]:
+    """The generations that hold a question and a tuned answer as text: a hand-edited or older ``metrics.json``
+    may hold anything, and what is not an answer is not judged."""
+    if not isinstance(generations, list):
+        return []
+    return [
+        g
+        for g in generations
+        if isinstance(g, dict) and isinstance(g.get("question"), str) and isinstance(g.get("tuned"), str)
+    ]
 
 
 def judge_report(report: dict[str, Any], rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:

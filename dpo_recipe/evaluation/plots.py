@@ -35,8 +35,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_training(log_history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """One chart per ``TRAINING_CHARTS`` entry from a Trainer's ``log_history``; ``eval_`` entries are held-out."""
+def plot_training(log_history: list[dict[str, Any]], out_dir: Path, train_loss: str | None = None) -> list[Path]:
+    """One chart per ``TRAINING_CHARTS`` entry from a Trainer's ``log_history``; ``eval_`` entries are held-out.
+
+    ``train_loss``: what the training loss is when it is not the loss held-out evaluation reports (RPO's is
+    DPO's plus the NLL of chosen, several nats above DPO's alone): the held-out loss then gets an axis of its
+    own on the right, so neither curve is read against the other's scale."""
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -44,15 +48,26 @@ def plot_training(log_history: list[dict[str, Any]], out_dir: Path) -> list[Path
         train = [(h["step"], h[key]) for h in log_history if key in h]
         evals = [(h["step"], h[EVAL_PREFIX + key]) for h in log_history if EVAL_PREFIX + key in h]
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        apart = name == "loss" and train_loss is not None
+        lines = []
         if train:
-            ax.plot(*zip(*train, strict=True), marker=".", label="train")
+            lines += ax.plot(*zip(*train, strict=True), marker=".", label=f"train ({train_loss})" if apart else "train")
         if evals:
-            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="--", label="held-out")
+            held = ax.twinx() if apart else ax
+            lines += held.plot(
+                *zip(*evals, strict=True),
+                marker="o",
+                linestyle="--",
+                color="tab:orange",
+                label="held-out (right axis)" if apart else "held-out",
+            )
+            if apart:
+                held.set_ylabel(f"held-out {key}")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(key)
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(lines, [line.get_label() for line in lines])
         written.append(_save(fig, out_dir / f"{name}.png"))
     return written
 

@@ -270,3 +270,22 @@ def test_unfinished_runs_are_refused_before_the_judge_is_asked(two_runs, tmp_pat
     first, second = (json.loads((run / "metrics.json").read_text())["eval"]["generations"][0] for run in two_runs)
     longer = len(second["tuned"]) - len(first["tuned"])
     assert comparison.rows[1]["versus_first_win_rate"] == (1.0 if longer > 0 else 0.0 if longer < 0 else 0.5)
+
+
+def test_hand_edited_answers_are_left_out_of_the_judged_column_never_a_crash(two_runs, tmp_path: Path) -> None:
+    """A metrics.json whose generations are not answers (not a list, an entry without text) is judged on what
+    answers it holds, and a run with none gets a dash."""
+    from dpo_recipe.config.schema import JudgeSection
+    from dpo_recipe.judges.rules import RulesJudge
+
+    edited = []
+    for name, generations in (("not-a-list", "many"), ("no-text", [{"question": 3, "tuned": None}, "answer"])):
+        folder = tmp_path / name
+        shutil.copytree(two_runs[1], folder)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["eval"]["generations"] = generations
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        edited.append(folder)
+    comparison = compare_runs([two_runs[0], *edited, two_runs[1]], RulesJudge(JudgeSection()))
+    assert [row["versus_first_questions"] for row in comparison.rows] == [None, None, None, 1]
+    assert [line.count(" – ") >= 1 for line in markdown_table(comparison).splitlines()[3:5]] == [True, True]

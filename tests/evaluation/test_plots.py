@@ -35,6 +35,40 @@ def test_plot_training_with_and_without_the_held_out_point_differ(tmp_path: Path
     assert all(a.read_bytes() != b.read_bytes() for a, b in zip(with_eval, train_only, strict=True))
 
 
+def test_a_training_loss_that_is_not_the_held_out_loss_gets_its_own_axis(tmp_path: Path, monkeypatch) -> None:
+    """RPO trains on DPO's loss plus the NLL of chosen (about 3.5 on Gemma) while held-out reports DPO's alone
+    (about 0.2): on one axis the held-out curve would read as far below training. It gets the right axis; the
+    reward charts, the same quantity in both, keep one."""
+    from dpo_recipe.evaluation import plots
+
+    drawn = {}
+    keep = plots._save
+    monkeypatch.setattr(
+        plots,
+        "_save",
+        lambda fig, path: drawn.setdefault(path.stem, [a.get_ylabel() for a in fig.axes]) and keep(fig, path),
+    )
+    plot_training(HISTORY, tmp_path / "rpo", "sigmoid + sft")
+    assert drawn == {
+        "loss": ["loss", "held-out loss"],
+        "reward_accuracy": ["rewards/accuracies"],
+        "reward_margin": ["rewards/margins"],
+    }
+    drawn.clear()
+    plot_training(HISTORY, tmp_path / "dpo")
+    assert drawn["loss"] == ["loss"]
+
+
+def test_which_runs_draw_the_held_out_loss_apart() -> None:
+    from dpo_recipe.artifacts.outputs import _training_loss_apart
+    from dpo_recipe.config.loader import load_recipe
+
+    assert _training_loss_apart(load_recipe("gemma3-270m-ja")) == "sigmoid + sft"  # RPO
+    assert _training_loss_apart(load_recipe("tiny-ja", ["training.loss_type=sigmoid"])) is None
+    assert _training_loss_apart(load_recipe("tiny-ja", ["training.loss_type=ipo"])) == "ipo"
+    assert _training_loss_apart(load_recipe("tiny-ja-kto")) == "kto"
+
+
 def test_plot_report_writes_accuracy_by_type_and_margin_histogram(tmp_path: Path) -> None:
     group = {"reward_accuracy": 0.75, "base_loglik_accuracy_normalized": 0.5}
     report = {
