@@ -204,9 +204,13 @@ class EndpointJudge(Judge):
             except Retry as retry:
                 problem = str(retry)
         tries = settings.retries + 1
-        raise JudgeError(
-            f"openai judge {self.url}, {where}: {problem} ({tries} tr{'y' if tries == 1 else 'ies'}). "
+        kept = (
             "Nothing already judged is lost: the replies so far are kept, and the same command goes on from here. "
+            if self.journal is not None
+            else ""  # compare keeps no journal: its questions are few, and it writes nothing but its table
+        )
+        raise JudgeError(
+            f"openai judge {self.url}, {where}: {problem} ({tries} tr{'y' if tries == 1 else 'ies'}). {kept}"
             "Check the server, or judge.timeout_s / judge.retries / judge.request_extra (a grammar that allows "
             "only 0 or 1)."
         )

@@ -289,3 +289,16 @@ def test_hand_edited_answers_are_left_out_of_the_judged_column_never_a_crash(two
     comparison = compare_runs([two_runs[0], *edited, two_runs[1]], RulesJudge(JudgeSection()))
     assert [row["versus_first_questions"] for row in comparison.rows] == [None, None, None, 1]
     assert [line.count(" – ") >= 1 for line in markdown_table(comparison).splitlines()[3:5]] == [True, True]
+
+
+def test_an_endpoint_down_says_so_and_promises_no_kept_replies(two_runs) -> None:
+    """compare keeps no journal of an endpoint's replies, so its error does not say the replies were kept."""
+    from fake_openai import TEMPLATE, FakeOpenAI
+
+    from dpo_recipe.api import compare
+    from dpo_recipe.errors import JudgeError
+
+    settings = [f"judge.prompt_template={json.dumps(TEMPLATE)}", "judge.retries=0"]
+    with FakeOpenAI("longer", fail_first=100) as server, pytest.raises(JudgeError) as down:
+        compare(list(two_runs), judge=f"openai:{server.url}", overrides=settings)
+    assert "HTTP 503 from the endpoint" in str(down.value) and "replies so far are kept" not in str(down.value)
