@@ -123,7 +123,7 @@ def test_documented_imports_and_names_resolve() -> None:
 
     pages = [README, *sorted((REPO / "docs").glob("**/*.md"))]
     statements = {s.strip() for page in pages for s in _IMPORT.findall(page.read_text(encoding="utf-8"))}
-    names = "chat, evaluate, export, generate_dataset, iterate, judge, load_adapter, push, sample, train"
+    names = "chat, compare, evaluate, export, generate_dataset, iterate, judge, load_adapter, push, sample, train"
     assert f"from dpo_recipe import {names}" in statements
     for statement in statements:
         exec(statement, {})  # noqa: S102 - the statement is an import line taken from our own docs

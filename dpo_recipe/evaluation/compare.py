@@ -219,7 +219,8 @@ def _format(value: float | None, spec: str, suffix: str = "") -> str:
 
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table: recipe keys that differ, then the measured columns; the judged win rate
-    against the base's answers where a run has one (``eval.judge``)."""
+    against the base's answers where a run has one (``eval.judge``), and against the first run's where the
+    comparison was judged (``compare_runs(..., judge)``)."""
     judged = any(row["judged_win_rate"] is not None for row in comparison.rows)
     versus = "versus_first_judge" in comparison.rows[0] if comparison.rows else False
     header = [

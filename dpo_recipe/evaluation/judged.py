@@ -1,5 +1,6 @@
 """The judged win rate: the tuned model's held-out answers against the base model's, question by question, by a
-judge (``eval.judge`` at the end of training, ``dpo-recipe eval --judge``).
+judge (``eval.judge`` at the end of training, ``dpo-recipe eval --judge``); and one run's answers against
+another's (``judge_runs``: ``dpo-recipe compare --judge``, the rounds table of ``iterate``), counted the same way.
 
 Reward accuracy says how the adapter ranks answers it is given; whether its own answers got better is another
 question. The answers judged are those the held-out report already wrote (``scoring.checked_answers``: one
