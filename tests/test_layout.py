@@ -27,9 +27,14 @@ STAGES = [
     # judges score sampled answers with the answer checks, the packed pass and adapters; on-policy pairs are
     # sampled by a policy and made by a judge
     ("dpo_recipe.judges",),
-    # the held-out answers judged tuned against base, and the `dpo-recipe eval` front end, which scores an adapter
-    # by its objective and judges its answers
-    ("dpo_recipe.evaluation.judged", "dpo_recipe.evaluation.command", "dpo_recipe.evaluation.__main__"),
+    # the held-out answers judged tuned against base (and a run's against another's: `dpo-recipe compare --judge`),
+    # and the `dpo-recipe eval` front end, which scores an adapter by its objective and judges its answers
+    (
+        "dpo_recipe.evaluation.judged",
+        "dpo_recipe.evaluation.compare",
+        "dpo_recipe.evaluation.command",
+        "dpo_recipe.evaluation.__main__",
+    ),
     ("dpo_recipe.onpolicy",),
     ("dpo_recipe.artifacts",),
     ("dpo_recipe.deploy",),

@@ -135,6 +135,7 @@ def save_artifacts(
     ``recipe_name`` and ``command`` (the command that repeats the run) go into the model card."""
     from dpo_recipe.artifacts.cards import render_model_card
     from dpo_recipe.evaluation.plots import plot_report, plot_training
+    from dpo_recipe.training.objectives import objective_for
 
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -150,7 +151,7 @@ def save_artifacts(
         (staging / "eval_report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-    plots = plot_training(history, staging / "plots", _training_loss_apart(recipe))
+    plots = plot_training(history, staging / "plots", objective_for(recipe).training_loss_apart(recipe))
     plots += plot_report(report or {}, staging / "plots")
     card = render_model_card(
         recipe, metrics, recipe_name=recipe_name, command=command, plots=[str(p.relative_to(staging)) for p in plots]
@@ -188,14 +189,3 @@ def _parts(train: dict[str, Any]) -> str:
         return ""
     steps = ", ".join(str(step) for step in train["resumed_at_steps"])
     return f" in {len(train['runtime_parts_s'])} parts (resumed at step {steps})"
-
-
-def _training_loss_apart(recipe: Recipe) -> str | None:
-    """The training loss's name where it is not the held-out loss (DPO's sigmoid loss of the reward margin, as
-    ``dpo-recipe eval`` reports it): another objective, another loss type, or a mix such as RPO's
-    ``sigmoid + sft``; None where the two are the same quantity."""
-    training = recipe.training
-    names = [training.loss_type] if isinstance(training.loss_type, str) else list(training.loss_type)
-    if training.objective == "dpo" and names == ["sigmoid"] and training.loss_weights in (None, [1.0]):
-        return None
-    return " + ".join(names) if training.objective == "dpo" else training.objective

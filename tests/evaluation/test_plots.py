@@ -60,13 +60,17 @@ def test_a_training_loss_that_is_not_the_held_out_loss_gets_its_own_axis(tmp_pat
 
 
 def test_which_runs_draw_the_held_out_loss_apart() -> None:
-    from dpo_recipe.artifacts.outputs import _training_loss_apart
     from dpo_recipe.config.loader import load_recipe
+    from dpo_recipe.training.objectives import objective_for
 
-    assert _training_loss_apart(load_recipe("gemma3-270m-ja")) == "sigmoid + sft"  # RPO
-    assert _training_loss_apart(load_recipe("tiny-ja", ["training.loss_type=sigmoid"])) is None
-    assert _training_loss_apart(load_recipe("tiny-ja", ["training.loss_type=ipo"])) == "ipo"
-    assert _training_loss_apart(load_recipe("tiny-ja-kto")) == "kto"
+    def apart(recipe: str, *overrides: str) -> str | None:
+        loaded = load_recipe(recipe, list(overrides))
+        return objective_for(loaded).training_loss_apart(loaded)
+
+    assert apart("gemma3-270m-ja") == "sigmoid + sft"  # RPO
+    assert apart("tiny-ja", "training.loss_type=sigmoid") is None
+    assert apart("tiny-ja", "training.loss_type=ipo") == "ipo"
+    assert apart("tiny-ja-kto") == "kto"
 
 
 def test_plot_report_writes_accuracy_by_type_and_margin_histogram(tmp_path: Path) -> None:

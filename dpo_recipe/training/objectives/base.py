@@ -102,6 +102,11 @@ class Objective(ABC):
         """``metrics.json``'s ``train`` additions: the objective's name and its own counts and numbers."""
         return {"objective": self.name}
 
+    def training_loss_apart(self, recipe: Recipe) -> str | None:
+        """The training loss's name where it is not the quantity the held-out report calls its loss (the loss
+        chart then draws the held-out curve on an axis of its own); None where both are the same."""
+        return self.name
+
     @abstractmethod
     def report_lines(self, report: dict[str, Any]) -> list[str]:
         """The held-out report's headline and tables as Markdown (``evaluation.report.markdown_summary``)."""

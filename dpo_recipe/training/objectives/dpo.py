@@ -163,6 +163,15 @@ class DPO(Objective):
             drop_reference_copy(trainer.model)
         return with_run_callbacks(trainer, out)
 
+    def training_loss_apart(self, recipe: Recipe) -> str | None:
+        """The held-out loss is DPO's sigmoid loss of the reward margin (``dpo_preference``): the training loss is
+        that quantity for ``sigmoid`` alone, and another for any other loss type or mix (RPO's adds the NLL of
+        chosen, several nats)."""
+        names = _losses(recipe)
+        if names == ["sigmoid"] and recipe.training.loss_weights in (None, [1.0]):
+            return None
+        return " + ".join(names)
+
     def held_out_rows(self, data: DataSection, recipe: Recipe) -> Rows:
         return load_preference_splits(data)[1]
 
