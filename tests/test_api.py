@@ -229,6 +229,9 @@ def test_every_documented_name_is_its_function(imported_first: str, tmp_path: Pa
     for name, (_, expected) in API_CALLS.items():
         assert expected in said[name], (name, said[name])
     assert sorted(API_CALLS) == sorted(api.__all__)
+    import dpo_recipe
+
+    assert sorted(dpo_recipe._API) == sorted(api.__all__)  # the lazy re-export list and the API's are one list twice
 
 
 def test_api_train_defaults_to_the_quickstarts_recipe() -> None:
