@@ -360,23 +360,15 @@ def compare(
     the first run's, with ``judge_recipe``'s ``judge`` keys, or their defaults, and ``overrides``
     (``"judge.max_chars=200"``). ``csv`` also writes every column there. Everything is checked before a judge
     is asked anything."""
-    from dpo_recipe.evaluation.compare import check_compare_judge, compare_runs, write_csv
+    from dpo_recipe.evaluation.compare import check_compare_judge, compare_runs, judge_against_first, write_csv
+    from dpo_recipe.judges import checked_settings, judge_for
 
-    paths = [Path(run) for run in run_dirs]
-    if judge is None:
-        if judge_recipe is not None or overrides:
-            given = "--judge-recipe" if judge_recipe is not None else f"--set {overrides[0]}"
-            raise RecipeError(f"{given} sets the judge of --judge, and no --judge is given; add --judge KIND.")
-        comparison = compare_runs(paths)
-    else:
-        from dpo_recipe.config.loader import judge_section
-        from dpo_recipe.judges import check_judge, judge_for
-
+    if judge is not None:
         check_compare_judge(judge)
-        settings = judge_section(judge_recipe, _items(overrides))
-        check_judge(judge, settings)
-        compare_runs(paths)  # the runs are refused, if they are, before a judge loads or an endpoint is asked
-        comparison = compare_runs(paths, judge_for(judge, settings))
+    settings = checked_settings(judge, judge_recipe, _items(overrides))
+    comparison = compare_runs([Path(run) for run in run_dirs])
+    if judge is not None:  # the runs were read and checked first: a refused one costs no judge
+        judge_against_first(comparison, judge_for(judge, settings))
     if csv is not None:
         write_csv(comparison, Path(csv))
     return comparison

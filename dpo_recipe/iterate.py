@@ -34,7 +34,7 @@ from typing import Any
 from dpo_recipe.config.schema import Recipe
 from dpo_recipe.config.vocabulary import split_judge_spec
 from dpo_recipe.errors import RecipeError
-from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+from dpo_recipe.evaluation.compare import compare_runs, judge_against_first, markdown_table, write_csv
 from dpo_recipe.judges.rules import RulesJudge
 from dpo_recipe.training.objectives import objective_for
 from dpo_recipe.training.run_context import RESUME_AND_OVERWRITE, RunContext
@@ -89,7 +89,8 @@ def run_iterate(
     ]
     trained = chained_runs(plan.context, stages, adapter=plan.start)
     metrics = ([read_metrics(plan.start)] if plan.start else []) + trained
-    comparison = compare_runs([plan.round_dir(k) for k in range(len(metrics))], RulesJudge(plan.recipe.judge))
+    comparison = compare_runs([plan.round_dir(k) for k in range(len(metrics))])
+    judge_against_first(comparison, RulesJudge(plan.recipe.judge))
     rows = [round_row(plan, k, m, versus) for k, (m, versus) in enumerate(zip(metrics, comparison.rows, strict=True))]
     write_rounds(plan, rows)
     print("\n" + markdown_table(comparison) + f"\nCompared: {write_csv(comparison, plan.root / 'compare.csv')}")

@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpo_recipe.config.loader import judge_section
 from dpo_recipe.config.schema import DataSection, EvalSection, JudgeSection
 from dpo_recipe.errors import DpoRecipeError, JudgeError, exit_on_user_error
 from dpo_recipe.evaluation.report import markdown_summary
-from dpo_recipe.judges import check_judge
+from dpo_recipe.judges import checked_settings
 from dpo_recipe.training.base_cache import default_cache
 from dpo_recipe.training.launch import positive_int
 from dpo_recipe.utils.files import write_file_atomically
@@ -127,23 +126,15 @@ def held_out_data(recorded: DataSection, data: str | None, split: str, max_pairs
 def checked_judge(
     spec: str | None, recipe: str | None, overrides: tuple[str, ...], recorded: EvalSection
 ) -> JudgeSection:
-    """The judge keys ``--judge`` judges with (``config.loader.judge_section``), checked with the judge itself
-    before any weights load; ``--judge-recipe`` or ``--set`` without ``--judge``, or an adapter whose recipe
-    writes no held-out answers (``eval.num_generations: 0``), is refused."""
-    if spec is None:
-        if recipe is not None or overrides:
-            given = "--judge-recipe" if recipe is not None else f"--set {overrides[0]}"
-            raise JudgeError(f"{given} sets the judge of --judge, and no --judge is given; add --judge KIND.")
-        return JudgeSection()
-    if recorded.num_generations == 0:
+    """The judge keys ``--judge`` judges with (``judges.checked_settings``), checked before any weights load; an
+    adapter whose recipe writes no held-out answers (``eval.num_generations: 0``) has nothing to judge."""
+    if spec is not None and recorded.num_generations == 0:
         raise JudgeError(
             "--judge judges the held-out answers of base and tuned model, and this adapter's recipe recorded "
             "eval.num_generations 0: its evaluation answers no question. Judge a run trained with "
             "eval.num_generations 1 or more."
         )
-    settings = judge_section(recipe, overrides)
-    check_judge(spec, settings)
-    return settings
+    return checked_settings(spec, recipe, overrides)
 
 
 def run_eval(

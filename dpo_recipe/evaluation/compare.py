@@ -42,12 +42,12 @@ class Comparison:
     runs: list[Path]
     keys: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list)  # each run's held-out ``generations``, for judge_against_first
 
 
-def compare_runs(run_dirs: list[Path], judge: Judge | None = None) -> Comparison:
+def compare_runs(run_dirs: list[Path]) -> Comparison:
     """Read every run's ``recipe.yaml`` and ``metrics.json``; refuse what is not a finished run (all problems at
-    once, each naming its folder or file) or a folder given twice. ``judge``: judge each later run's held-out
-    answers against the first run's (``versus_first_*`` columns)."""
+    once, each naming its folder or file) or a folder given twice."""
     problems, seen, recipes, metrics = [], {}, [], []
     for given in run_dirs:
         run = Path(given).expanduser()
@@ -70,8 +70,7 @@ def compare_runs(run_dirs: list[Path], judge: Judge | None = None) -> Comparison
     comparison = Comparison([Path(r) for r in run_dirs], keys)
     for run, recipe, measured in zip(comparison.runs, recipes, metrics, strict=True):
         comparison.rows.append(_row(run, recipe, measured, keys))
-    if judge is not None:
-        _judge_against_first(comparison, metrics, judge)
+        comparison.answers.append(measured["eval"].get("generations"))
     return comparison
 
 
@@ -87,14 +86,15 @@ def check_compare_judge(spec: str) -> None:
         )
 
 
-def _judge_against_first(comparison: Comparison, metrics: list[dict[str, Any]], judge: Judge) -> None:
-    """Each run's ``versus_first_*`` columns: its answers against the first run's (blank for the first run, and for
-    a run that shares no held-out question with it)."""
+def judge_against_first(comparison: Comparison, judge: Judge) -> Comparison:
+    """Each run's ``versus_first_*`` columns: its held-out answers judged against the first run's
+    (``judged.judge_runs``); blank for the first run, and for a run that shares no held-out question with it.
+    A step after ``compare_runs``, so runs it refuses never cost a judge's loading or an endpoint's call."""
     from dpo_recipe.evaluation.judged import judge_runs
 
-    first = metrics[0]["eval"].get("generations") or []
-    for number, (row, measured) in enumerate(zip(comparison.rows, metrics, strict=True)):
-        judged = judge_runs(judge, first, measured["eval"].get("generations") or []) if number else None
+    first = comparison.answers[0] if comparison.answers else None
+    for number, (row, answers) in enumerate(zip(comparison.rows, comparison.answers, strict=True)):
+        judged = judge_runs(judge, first, answers) if number else None
         ci = _interval((judged or {}).get("win_rate_ci95"))
         row.update(
             versus_first_judge=judge.spec,
@@ -103,6 +103,7 @@ def _judge_against_first(comparison: Comparison, metrics: list[dict[str, Any]], 
             versus_first_ci95_low=ci[0],
             versus_first_ci95_high=ci[1],
         )
+    return comparison
 
 
 def _recipe_keys(run: Path) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def _format(value: float | None, spec: str, suffix: str = "") -> str:
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table: recipe keys that differ, then the measured columns; the judged win rate
     against the base's answers where a run has one (``eval.judge``), and against the first run's where the
-    comparison was judged (``compare_runs(..., judge)``)."""
+    comparison was judged (``judge_against_first``)."""
     judged = any(row["judged_win_rate"] is not None for row in comparison.rows)
     versus = "versus_first_judge" in comparison.rows[0] if comparison.rows else False
     header = [

@@ -112,7 +112,7 @@ def judge_answers(judge: Judge, generations: list[dict[str, Any]], prompts: list
     return {"judge": judge.spec, **tally(outcomes), "judge_figures": dict(judge.summary)}
 
 
-def judge_runs(judge: Judge, first: list[dict[str, Any]], later: list[dict[str, Any]]) -> dict[str, Any] | None:
+def judge_runs(judge: Judge, first: Any, later: Any) -> dict[str, Any] | None:
     """``later``'s tuned answers against ``first``'s: two runs' held-out ``generations`` (``metrics.json``), on
     the questions both answered, ``first`` in the base's place (``judge_answers``, so the same outcomes, ties
     and interval as a judged eval). The judge reads each question as its prompt. None when no question is

@@ -30,6 +30,22 @@ def check_judge(spec: str, settings: JudgeSection) -> None:
         checked_config(str(where))
 
 
+def checked_settings(spec: str | None, recipe: str | None, overrides: tuple[str, ...]) -> JudgeSection:
+    """The judge keys ``--judge`` judges with (``config.loader.judge_section``: ``--judge-recipe``'s, or the
+    defaults, with ``--set judge.KEY=VALUE``), checked with the judge itself (``check_judge``) before anything
+    loads; ``--judge-recipe`` or ``--set`` without ``--judge`` is refused (``eval``, ``compare``)."""
+    from dpo_recipe.config.loader import judge_section
+
+    if spec is None:
+        if recipe is not None or overrides:
+            given = "--judge-recipe" if recipe is not None else f"--set {overrides[0]}"
+            raise JudgeError(f"{given} sets the judge of --judge, and no --judge is given; add --judge KIND.")
+        return JudgeSection()
+    settings = judge_section(recipe, overrides)
+    check_judge(spec, settings)
+    return settings
+
+
 def judge_for(spec: str, settings: JudgeSection, *, adapter: str | None = None, journal: Path | None = None) -> Judge:
     """The judge ``spec`` names (``rules``, ``implicit``, ``reward-model:PATH_OR_ID``, ``openai:URL``), with the
     recipe's ``judge`` keys. ``adapter``: the adapter the answers were sampled from (``implicit`` scores with it);

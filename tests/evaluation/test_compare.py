@@ -12,7 +12,7 @@ import pytest
 from conftest import invoke, tiny_overrides
 
 from dpo_recipe.errors import DpoRecipeError
-from dpo_recipe.evaluation.compare import compare_runs, markdown_table, write_csv
+from dpo_recipe.evaluation.compare import compare_runs, judge_against_first, markdown_table, write_csv
 from dpo_recipe.train import run
 
 QUICK = ["data.max_train_pairs=8", "data.max_eval_pairs=4", "eval.num_generations=1", "eval.max_new_tokens=4"]
@@ -225,7 +225,7 @@ def test_a_judge_ranks_each_runs_answers_against_the_first_runs(two_runs, runner
     from dpo_recipe.judges.rules import RulesJudge
 
     judge = RulesJudge(JudgeSection())
-    comparison = compare_runs(list(two_runs), judge)
+    comparison = judge_against_first(compare_runs(list(two_runs)), judge)
     first, second = (json.loads((run / "metrics.json").read_text())["eval"]["generations"] for run in two_runs)
     assert len(first) == len(second) == 1 and first[0]["question"] == second[0]["question"]
     old, new = judge.verdicts(["q", "q"], [first[0]["tuned"], second[0]["tuned"]], {"topic": [first[0]["topic"]] * 2})
@@ -286,7 +286,7 @@ def test_hand_edited_answers_are_left_out_of_the_judged_column_never_a_crash(two
         metrics["eval"]["generations"] = generations
         (folder / "metrics.json").write_text(json.dumps(metrics))
         edited.append(folder)
-    comparison = compare_runs([two_runs[0], *edited, two_runs[1]], RulesJudge(JudgeSection()))
+    comparison = judge_against_first(compare_runs([two_runs[0], *edited, two_runs[1]]), RulesJudge(JudgeSection()))
     assert [row["versus_first_questions"] for row in comparison.rows] == [None, None, None, 1]
     assert [line.count(" – ") >= 1 for line in markdown_table(comparison).splitlines()[3:5]] == [True, True]
 
