@@ -514,7 +514,7 @@ def compare_command(
     comparison = compare(run_dirs, judge=spec, judge_recipe=judge_recipe, overrides=overrides, csv=csv_path)
     click.echo(markdown_table(comparison), nl=False)
     if csv_path is not None:
-        click.echo(f"CSV: {csv_path}")
+        click.echo(f"CSV: {csv_path.expanduser()}")  # the file write_csv wrote
 
 
 @cli.command("eval", context_settings=MODULE_OPTIONS, add_help_option=False)

@@ -4,6 +4,7 @@ computation, with DICE's length penalty fitted so chosen and rejected answers ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,17 +53,24 @@ def plain_logp(model: torch.nn.Module, ids: list[int], answer: list[int]) -> flo
     return logps.sum().item()
 
 
+def plain_reward(judge: Any, prompt: Any, answer: Any) -> tuple[float, int]:
+    """beta x (log pi - log pi_ref) of ``answer`` after ``prompt``, one plain forward each (the adapter on, then
+    off), and the answer's tokens: what the judge's packed, cached reward must equal."""
+    pair = encode_pair(judge.tokenizer, {"prompt": prompt, "chosen": answer, "rejected": answer})
+    model = judge.model.eval()
+    policy = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
+    with model.disable_adapter():
+        reference = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
+    return judge.beta * (policy - reference), len(pair.chosen_ids)
+
+
 def test_rewards_equal_the_plain_computation(tiny_adapter: Path) -> None:
     judge = load_implicit_judge(str(tiny_adapter), JudgeSection(batch_size=2, length_correction=False))
     rewards, tokens = judge.rewards(PROMPTS, ANSWERS)
-    model = judge.model.eval()
     for prompt, answer, reward, length in zip(PROMPTS, ANSWERS, rewards, tokens, strict=True):
-        pair = encode_pair(judge.tokenizer, {"prompt": prompt, "chosen": answer, "rejected": answer})
-        policy = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
-        with model.disable_adapter():
-            reference = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
-        assert reward == pytest.approx(judge.beta * (policy - reference), abs=1e-4)
-        assert length == len(pair.chosen_ids)
+        expected, answer_tokens = plain_reward(judge, prompt, answer)
+        assert reward == pytest.approx(expected, abs=1e-4)
+        assert length == answer_tokens
     assert any(abs(r) > 1e-4 for r in rewards)  # a trained adapter moves them
     scores = judge(prompts=PROMPTS, completions=[[{"role": "assistant", "content": a}] for a in ANSWERS])
     assert scores == pytest.approx(rewards, abs=1e-6)  # no length penalty asked for: the rewards themselves
@@ -83,13 +91,8 @@ def test_chat_prompts_are_scored_with_the_answer_as_the_assistant_turn(tiny_adap
     judge = load_implicit_judge(str(tiny_adapter), JudgeSection(batch_size=2, length_correction=False))
     chats = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
     rewards, tokens = judge.rewards(chats, ANSWERS)
-    model = judge.model.eval()
     for chat, answer, reward, length in zip(chats, ANSWERS, rewards, tokens, strict=True):
-        turn = [{"role": "assistant", "content": answer}]
-        pair = encode_pair(judge.tokenizer, {"prompt": chat, "chosen": turn, "rejected": turn})
-        policy = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
-        with model.disable_adapter():
-            reference = plain_logp(model, pair.prompt_ids, pair.chosen_ids)
-        assert reward == pytest.approx(judge.beta * (policy - reference), abs=1e-4)
-        assert length == len(pair.chosen_ids)
+        expected, answer_tokens = plain_reward(judge, chat, [{"role": "assistant", "content": answer}])
+        assert reward == pytest.approx(expected, abs=1e-4)
+        assert length == answer_tokens
     assert tokens != judge.rewards(PROMPTS, ANSWERS)[1]  # the template's turn markers are scored too
